@@ -1,0 +1,41 @@
+"""Optional heavy dependencies, imported only inside the functions that need them."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from types import ModuleType
+
+from resnest_deploy.errors import MissingDependencyError
+
+# module -> (pip extra of resnest-deploy, what the module does for us)
+_EXTRAS = {
+    "onnxruntime": ("onnx", "runs ONNX files"),
+    "onnx": ("onnx", "reads and writes ONNX files"),
+    "onnxscript": ("onnx", "is torch.onnx's exporter backend"),
+    "tensorrt": ("tensorrt", "builds and runs TensorRT engines"),
+    "tensorrt_rtx": ("rtx", "builds TensorRT-RTX engines"),
+    "polygraphy": ("rtx", "drives TensorRT builds and runs"),
+    "modelopt": ("quant", "converts ONNX to FP16/INT8 for TensorRT"),
+    "cuda": ("tensorrt", "moves data to and from the GPU"),
+    "huggingface_hub": ("hub", "downloads timm weights"),
+    "safetensors": ("hub", "reads .safetensors checkpoints"),
+}
+
+
+def has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require(module: str) -> ModuleType:
+    """Import ``module`` or raise an error that names the pip extra providing it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        root = module.split(".")[0]
+        extra, purpose = _EXTRAS.get(root, (None, "is needed here"))
+        fix = f"pip install 'resnest-deploy[{extra}]'" if extra else f"pip install {root}"
+        raise MissingDependencyError(f"{root} {purpose} but is not installed ({e}); run: {fix}") from e

@@ -1,0 +1,1 @@
+"""Typer CLI; a thin layer over the library."""

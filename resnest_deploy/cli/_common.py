@@ -1,0 +1,76 @@
+"""What every command shares: option types, output, and turning errors into one line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from resnest_deploy.errors import ResnestDeployError
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+ArchOpt = Annotated[
+    str, typer.Option("--arch", "-a", help="Model name, e.g. resnest50 (see `resnest-deploy models`).")
+]
+WeightsOpt = Annotated[
+    str,
+    typer.Option(
+        "--weights",
+        "-w",
+        help="'pretrained' (published weights, downloaded once and cached), 'random' (seeded, offline), "
+        "a .pth/.pt/.safetensors file, or a URL.",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
+OutputOpt = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Where to write; default under models/<arch>/.")
+]
+
+ARTIFACT_ROOT = Path("models")
+
+
+def default_path(arch: str | None, name: str) -> Path:
+    return ARTIFACT_ROOT / (arch or "custom") / name
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Known failures become ``error: <one line>`` and a non-zero exit, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ResnestDeployError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; no partial files were kept")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@contextmanager
+def progress(enabled: bool = True) -> Iterator[Callable[[str], None]]:
+    """A spinner on stderr whose text the library's ``progress`` callback updates."""
+    if not enabled or not err.is_terminal:
+        yield lambda msg: err.print(f"[dim]{msg}[/]", highlight=False)
+        return
+    with err.status("starting") as status:
+        yield lambda msg: status.update(msg)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")

@@ -1,0 +1,45 @@
+"""The `resnest-deploy` command: registers commands, nothing else."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from resnest_deploy import __version__
+from resnest_deploy.cli.build import build_cmd
+from resnest_deploy.cli.export import export_cmd
+from resnest_deploy.cli.models import models_cmd
+
+app = typer.Typer(
+    name="resnest-deploy",
+    help="Take a ResNeSt from checkpoint to a verified ONNX / FP16 / INT8 / TensorRT artifact.\n\n"
+    "Start with: resnest-deploy export --arch resnest50",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"resnest-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    pass
+
+
+app.command("models")(models_cmd)
+app.command("export")(export_cmd)
+app.command("build")(build_cmd)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,67 @@
+"""`resnest-deploy build`: ONNX to a TensorRT or TensorRT-RTX engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from resnest_deploy.cli._common import JsonOpt, handle_errors, out, print_json, progress
+from resnest_deploy.engine import build_engine, parse_batch_range
+
+
+def _capability(text: str) -> tuple[int, int]:
+    major, _, minor = text.partition(".")
+    if not (major.isdigit() and minor.isdigit()):
+        raise typer.BadParameter(f"{text!r} is not MAJOR.MINOR, e.g. 8.9")
+    return int(major), int(minor)
+
+
+@handle_errors
+def build_cmd(
+    onnx: Annotated[Path, typer.Option("--onnx", help="ONNX file from `export` (any precision).")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Engine path; default: ONNX with .plan.")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="auto, tensorrt or tensorrt-rtx.")] = "auto",
+    batch: Annotated[str, typer.Option(help="Optimization profile MIN,OPT,MAX for the batch.")] = "1,8,32",
+    workspace: Annotated[float | None, typer.Option("--workspace", help="Workspace limit in GiB.")] = None,
+    timing_cache: Annotated[Path | None, typer.Option(help="Timing cache to read and update.")] = None,
+    opt_level: Annotated[int | None, typer.Option(help="Builder optimization level 0..5.")] = None,
+    compute_capability: Annotated[
+        list[str] | None, typer.Option(help="TensorRT-RTX target, repeatable, e.g. 8.9 (default: JIT).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build a strongly typed TensorRT engine; precision comes from the ONNX file.
+
+    Works with TensorRT 10.x, 11.x and TensorRT for RTX (which builds on a CPU-only machine).
+    Writes ENGINE.plan and ENGINE.plan.json (source ONNX sha256, TensorRT version, profile, log).
+
+    Examples:
+      resnest-deploy build --onnx models/resnest50/resnest50.onnx
+      resnest-deploy build --onnx m.onnx --backend tensorrt-rtx --batch 1,4,16 --compute-capability 8.9
+    """
+    caps = [_capability(c) for c in compute_capability or []]
+    with progress(not json_out) as say:
+        report = build_engine(
+            onnx,
+            output,
+            backend=backend,
+            batch=parse_batch_range(batch),
+            workspace_gib=workspace,
+            timing_cache=timing_cache,
+            opt_level=opt_level,
+            compute_capabilities=caps or None,
+            progress=say,
+        )
+    if json_out:
+        print_json(report.as_dict())
+        return
+    prof = report.profile
+    out.print(
+        f"{report.backend} {report.version} engine ({report.precision}) -> {report.path} "
+        f"({report.size_bytes / 2**20:.1f} MiB, {report.seconds:.1f} s); batch {prof['min'][0]}.."
+        f"{prof['max'][0]} at {prof['opt'][2]}x{prof['opt'][3]}; metadata in {report.sidecar}"
+    )

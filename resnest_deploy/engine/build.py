@@ -1,0 +1,236 @@
+"""ONNX -> TensorRT engine through Polygraphy: one strongly typed path for TensorRT 10, 11 and RTX.
+
+Precision lives in the ONNX file (FP16 graph, INT8 Q/DQ), so the builder is never told a precision:
+TensorRT 10.x and TensorRT-RTX get the strongly-typed network flag, TensorRT 11 is strongly typed.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from resnest_deploy import _deps, metadata
+from resnest_deploy._io import atomic_path, require_file, sha256_file
+from resnest_deploy.engine.flavour import Flavour, detect, polygraphy_trt
+from resnest_deploy.errors import ArtifactError, ResnestDeployError
+
+Progress = Callable[[str], None]
+
+
+class BuildError(ResnestDeployError):
+    pass
+
+
+@dataclass
+class BuildReport:
+    path: Path
+    sidecar: Path
+    backend: str
+    version: str
+    precision: str
+    profile: dict[str, list[int]]
+    seconds: float
+    size_bytes: int
+    log: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.metadata, "path": str(self.path), "sidecar": str(self.sidecar)}
+
+
+def parse_batch_range(text: str) -> tuple[int, int, int]:
+    """``"1,8,32"`` -> (1, 8, 32); ``"8"`` -> (8, 8, 8)."""
+    try:
+        parts = [int(p) for p in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3 or not 1 <= parts[0] <= parts[1] <= parts[2]:
+        raise BuildError(f"batch range {text!r} is not MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX (e.g. 1,8,32)")
+    return parts[0], parts[1], parts[2]
+
+
+def _onnx_io(path: Path) -> tuple[str, list[int | str], dict[str, Any] | None]:
+    onnx = _deps.require("onnx")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ArtifactError(
+            f"{path} is not a readable ONNX file ({str(e).splitlines()[0][:120]}); re-export it"
+        ) from e
+    if len(model.graph.input) != 1:
+        raise ArtifactError(
+            f"{path} has {len(model.graph.input)} inputs; a ResNeSt export has one image input"
+        )
+    inp = model.graph.input[0]
+    dims: list[int | str] = [d.dim_param or d.dim_value or "?" for d in inp.type.tensor_type.shape.dim]
+    return inp.name, dims, metadata.from_onnx(model)
+
+
+def _capture_log(logger: Any) -> tuple[Callable[[], list[str]], Callable[[], None]]:
+    """Keep the builder's warnings and errors for the sidecar instead of printing them."""
+    seen: list[str] = []
+    originals = {name: getattr(logger, name) for name in ("warning", "error")}
+    severity = logger.module_severity
+
+    def recorder(level: str) -> Callable[..., None]:
+        def record(message: str, *args: Any, **kwargs: Any) -> None:
+            seen.append(f"{level}: {str(message).strip()}")
+
+        return record
+
+    for name in originals:
+        setattr(logger, name, recorder(name))
+    logger.module_severity = logger.CRITICAL
+
+    def restore() -> None:
+        for name, fn in originals.items():
+            setattr(logger, name, fn)
+        logger.module_severity = severity
+
+    return (lambda: list(dict.fromkeys(seen))), restore
+
+
+def build_engine(
+    onnx_path: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    backend: str = "auto",
+    batch: tuple[int, int, int] = (1, 8, 32),
+    workspace_gib: float | None = None,
+    timing_cache: str | os.PathLike[str] | None = None,
+    opt_level: int | None = None,
+    compute_capabilities: Sequence[tuple[int, int]] | None = None,
+    progress: Progress | None = None,
+) -> BuildReport:
+    """Build an engine for ``onnx_path``'s dynamic batch; write it and its sidecar atomically."""
+    say = progress or (lambda _msg: None)
+    onnx_path = require_file(onnx_path, "ONNX file")
+    output = Path(output) if output else onnx_path.with_suffix(".plan")
+    input_name, dims, meta = _onnx_io(onnx_path)
+    if len(dims) != 4:
+        raise ArtifactError(f"{onnx_path} input {input_name!r} has shape {dims}; expected N,3,H,W")
+    if isinstance(dims[0], int) and (batch[0] != dims[0] or batch[2] != dims[0]):
+        raise BuildError(
+            f"{onnx_path} has a static batch of {dims[0]} but batch range "
+            f"{','.join(map(str, batch))} was asked; "
+            f"re-export with --batch dynamic or build with --batch {dims[0]}"
+        )
+    if opt_level is not None and not 0 <= opt_level <= 5:
+        raise BuildError(f"optimization level {opt_level} is out of range; use 0..5")
+    hw = [d if isinstance(d, int) else None for d in dims[2:]]
+    if None in hw:  # dynamic H/W: build for the arch's eval size
+        size = (meta or {}).get("preprocessing", {}) or {}
+        hw = list(size.get("input_size", (224, 224)))
+    shapes = {k: [b, 3, *hw] for k, b in zip(("min", "opt", "max"), batch, strict=True)}
+
+    flavour = detect(backend)
+    say(f"building with {flavour.backend} {flavour.version}, batch {batch[0]}..{batch[2]} (opt {batch[1]})")
+    pg = polygraphy_trt(flavour)
+    logger = _deps.require("polygraphy.logger").G_LOGGER
+    exc_type = _deps.require("polygraphy.exception").PolygraphyException
+    log, restore = _capture_log(logger)
+    started = time.perf_counter()
+    try:
+        network = pg.NetworkFromOnnxPath(str(onnx_path), strongly_typed=flavour.needs_strongly_typed_flag)
+        profile = pg.Profile().add(input_name, **{k: tuple(v) for k, v in shapes.items()})
+        config = _create_config(
+            pg, flavour, profile, workspace_gib, timing_cache, opt_level, compute_capabilities
+        )
+        engine = pg.EngineBytesFromNetwork(
+            network, config, save_timing_cache=str(timing_cache) if timing_cache else None
+        )
+        with atomic_path(output) as tmp:
+            tmp.write_bytes(bytes(engine()))
+    except exc_type as e:
+        errors = [m for m in log() if m.startswith("error:") and "cuda" not in m.lower()]
+        detail = errors[0].removeprefix("error: ") if errors else str(e).splitlines()[0]
+        raise BuildError(f"{flavour.backend} cannot build {onnx_path.name}: {detail[:240]}") from e
+    finally:
+        restore()
+    seconds = time.perf_counter() - started
+
+    precision = (meta or {}).get("precision", "unknown")
+    sidecar_data = {
+        "format": "tensorrt-engine",
+        "arch": (meta or {}).get("arch"),
+        "precision": precision,
+        "num_classes": (meta or {}).get("num_classes"),
+        "preprocessing": (meta or {}).get("preprocessing"),
+        "source_onnx": {"path": str(onnx_path), "sha256": sha256_file(onnx_path)},
+        "tensorrt": {
+            "flavour": flavour.backend,
+            "version": flavour.version,
+            "strongly_typed": True,
+            "opt_level": opt_level,
+            "workspace_gib": workspace_gib,
+        },
+        "target": {
+            "compute_capabilities": [f"{a}.{b}" for a, b in compute_capabilities or []]
+            or ("this machine's GPU" if not flavour.is_rtx else "TensorRT-RTX default (JIT on device)")
+        },
+        "input": {"name": input_name, "profile": shapes},
+        "build_seconds": round(seconds, 3),
+        "timing_cache": str(timing_cache) if timing_cache else None,
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "builder_log": log(),
+        "created": metadata.now(),
+        "tools": metadata.tool_versions(),
+    }
+    try:
+        sidecar = metadata.write_sidecar(output, sidecar_data)
+    except BaseException:
+        output.unlink(missing_ok=True)
+        raise
+    return BuildReport(
+        output,
+        sidecar,
+        flavour.backend,
+        flavour.version,
+        precision,
+        shapes,
+        seconds,
+        output.stat().st_size,
+        sidecar_data["builder_log"],
+        sidecar_data,
+    )
+
+
+def _create_config(
+    pg: Any,
+    flavour: Flavour,
+    profile: Any,
+    workspace_gib: float | None,
+    timing_cache: Any,
+    opt_level: int | None,
+    compute_capabilities: Sequence[tuple[int, int]] | None,
+) -> Any:
+    kwargs: dict[str, Any] = {"profiles": [profile], "builder_optimization_level": opt_level}
+    if timing_cache and Path(timing_cache).is_file():
+        kwargs["load_timing_cache"] = str(timing_cache)
+    if workspace_gib:
+        trt = flavour.module
+        kwargs["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: int(workspace_gib * (1 << 30))}
+    if flavour.is_rtx:
+        rtx = _deps.require("polygraphy.backend.tensorrt_rtx")
+        return rtx.CreateConfigRTX(
+            compute_capabilities=list(compute_capabilities) or None if compute_capabilities else None,
+            **kwargs,
+        )
+    if compute_capabilities:
+        raise BuildError(
+            "--compute-capability applies to TensorRT-RTX only; full TensorRT builds for this GPU"
+        )
+    return pg.CreateConfig(**kwargs)
+
+
+def default_timing_cache() -> Path:
+    return Path(tempfile.gettempdir()) / "resnest-deploy.timing-cache"

@@ -1,0 +1,70 @@
+"""The small interface every backend speaks, after Polygraphy's runners.
+
+``check`` and ``bench`` hold a :class:`Runner` and never import a backend: a runner is a context
+manager that prepares its backend in ``activate``, maps an NCHW float32 batch to logits in ``infer``,
+and reports how long the last inference took, measured the way its backend measures best.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from types import TracebackType
+from typing import Self
+
+import numpy as np
+
+
+class Runner(abc.ABC):
+    #: short backend name shown in tables, e.g. "onnxruntime-cpu"
+    backend: str = "runner"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.is_active = False
+        self._last_ms: float | None = None
+
+    def __enter__(self) -> Self:
+        self.activate()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.deactivate()
+
+    def activate(self) -> None:
+        if not self.is_active:
+            self.activate_impl()
+            self.is_active = True
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self.deactivate_impl()
+            self.is_active = False
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        if not self.is_active:
+            raise RuntimeError(f"{self.name} is not active; use it as a context manager")
+        start = time.perf_counter()
+        out = self.infer_impl(np.ascontiguousarray(x, dtype=np.float32))
+        self._last_ms = self.device_time_ms() or (time.perf_counter() - start) * 1e3
+        return out
+
+    def last_inference_ms(self) -> float:
+        if self._last_ms is None:
+            raise RuntimeError(f"{self.name} has not run yet")
+        return self._last_ms
+
+    def device_time_ms(self) -> float | None:
+        """Backends with device timers (CUDA events) override this; host time is used otherwise."""
+        return None
+
+    @abc.abstractmethod
+    def activate_impl(self) -> None: ...
+
+    @abc.abstractmethod
+    def infer_impl(self, x: np.ndarray) -> np.ndarray: ...
+
+    def deactivate_impl(self) -> None:  # noqa: B027 - optional hook
+        pass

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from resnest_deploy.export import export_onnx
+from resnest_deploy.models import load_model
+
+REFDATA = Path(__file__).parent / "refdata"
+
+
+def manifest(arch: str) -> dict:
+    return json.loads((REFDATA / f"{arch}.json").read_text())
+
+
+def recipe_state_dict(man: dict, recipe: str) -> dict[str, torch.Tensor]:
+    """The deterministic weights described in refdata/README.md (recipe "a" or "b")."""
+    sd = {}
+    for i, (key, shape, dtype) in enumerate(man["state_dict"]):
+        if dtype != "float32":
+            sd[key] = torch.zeros(shape, dtype=torch.int64)
+            continue
+        r = torch.randn(shape, generator=torch.Generator().manual_seed(i), dtype=torch.float32)
+        if recipe == "a":
+            t = r * 0.05
+            if key.endswith("running_var"):
+                t = t.abs() + 0.5
+        elif len(shape) >= 2:
+            t = r / math.sqrt(r.numel() // shape[0])
+        elif key.endswith("running_var"):
+            t = r.abs() * 0.1 + 1.0
+        elif key.endswith(("running_mean", ".bias")):
+            t = r * 0.05
+        else:
+            t = 1.0 + 0.1 * r
+        sd[key] = t
+    return sd
+
+
+@pytest.fixture(scope="session")
+def refdata_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """Recipe-B weights for an arch saved as a plain .pth: a realistic, sensitive checkpoint."""
+    cache: dict[str, Path] = {}
+
+    def make(arch: str) -> Path:
+        if arch not in cache:
+            path = tmp_path_factory.mktemp("ckpt") / f"{arch}.pth"
+            torch.save(recipe_state_dict(manifest(arch), "b"), path)
+            cache[arch] = path
+        return cache[arch]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def onnx_14d(tmp_path_factory: pytest.TempPathFactory, refdata_checkpoint) -> Path:
+    model, info = load_model("resnest14d", refdata_checkpoint("resnest14d"))
+    path = tmp_path_factory.mktemp("onnx") / "resnest14d.onnx"
+    export_onnx(model, path, input_size=(64, 64), weights=info)
+    return path
+
+
+@pytest.fixture(scope="session")
+def onnx_50(tmp_path_factory: pytest.TempPathFactory, refdata_checkpoint) -> Path:
+    """The one full-size round trip: resnest50 at 224x224."""
+    model, info = load_model("resnest50", refdata_checkpoint("resnest50"))
+    path = tmp_path_factory.mktemp("onnx") / "resnest50.onnx"
+    export_onnx(model, path, weights=info)
+    return path
+
+
+def images(n: int, size: tuple[int, int] = (64, 64), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, *size), dtype=np.float32)

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from resnest_deploy import __version__
+from resnest_deploy.cli.app import app
+
+runner = CliRunner()
+COMMANDS = ["models", "export", "build"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_version():
+    r = invoke("--version")
+    assert r.exit_code == 0 and __version__ in r.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_teaches_with_an_example(command):
+    r = invoke(command, "--help")
+    assert r.exit_code == 0 and "resnest-deploy " + command in r.output
+
+
+def test_models_json_lists_all_variants():
+    r = invoke("models", "--json")
+    rows = json.loads(r.stdout)
+    assert r.exit_code == 0 and len(rows) == 19
+    r50 = next(x for x in rows if x["arch"] == "resnest50")
+    assert r50["params"] == 27483240 and r50["weights_url"].endswith("resnest50-528c19ca.pth")
+    e269 = next(x for x in rows if x["arch"] == "resnest269e")
+    assert (e269["input_size"], e269["crop_pct"], e269["interpolation"]) == (416, 0.928, "bicubic")
+
+
+def test_models_table():
+    r = invoke("models")
+    assert r.exit_code == 0 and "resnest50d_4s2x40d" in r.output
+
+
+def test_export_json_and_default_location(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = invoke("export", "--arch", "resnest14d", "--weights", "random", "--input-size", "64", "64", "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["path"] == "models/resnest14d/resnest14d.onnx"
+    assert (tmp_path / "models/resnest14d/resnest14d.onnx.json").is_file()
+    assert report["parity"]["batch=4"]["top1"] == 1.0
+
+
+def _one_line_error(r, pattern: str) -> None:
+    assert r.exit_code != 0
+    # progress lines may precede it; the error itself is one line, last, with no traceback
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and pattern in errors[0], r.stderr
+    assert r.stderr.rstrip().endswith(errors[0]) and "Traceback" not in r.stderr
+
+
+def test_export_unknown_arch(tmp_path):
+    r = invoke("export", "--arch", "resnest51", "-o", str(tmp_path / "x.onnx"))
+    _one_line_error(r, "did you mean resnest50")
+    assert not any(tmp_path.iterdir())
+
+
+def test_export_missing_weights_file(tmp_path):
+    r = invoke(
+        "export", "--arch", "resnest14d", "--weights", str(tmp_path / "w.pth"), "-o", str(tmp_path / "x.onnx")
+    )
+    _one_line_error(r, "checkpoint not found")
+    assert not any(tmp_path.iterdir())
+
+
+def test_export_bad_opset(tmp_path):
+    r = invoke(
+        "export",
+        "--arch",
+        "resnest14d",
+        "--weights",
+        "random",
+        "--opset",
+        "7",
+        "-o",
+        str(tmp_path / "x.onnx"),
+    )
+    _one_line_error(r, "opset 7 is not supported")
+    assert not any(tmp_path.iterdir())
+
+
+def test_build_corrupt_onnx(tmp_path):
+    bad = tmp_path / "m.onnx"
+    bad.write_bytes(b"\x08\x07garbage" * 10)
+    r = invoke("build", "--onnx", str(bad), "--backend", "tensorrt-rtx")
+    _one_line_error(r, "not a readable ONNX file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_build_via_cli(onnx_14d, tmp_path):
+    r = invoke(
+        "build",
+        "--onnx",
+        str(onnx_14d),
+        "-o",
+        str(tmp_path / "e.plan"),
+        "--backend",
+        "tensorrt-rtx",
+        "--batch",
+        "1,2,4",
+        "--json",
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["input"]["profile"]["max"][0] == 4
+
+
+HEAVY = ["onnxruntime", "onnx", "tensorrt", "tensorrt_rtx", "polygraphy", "modelopt", "huggingface_hub"]
+
+
+def test_import_and_help_pull_in_no_optional_backend():
+    code = (
+        "import sys, resnest_deploy\n"
+        "from resnest_deploy.cli.app import app\n"
+        "from typer.testing import CliRunner\n"
+        "assert CliRunner().invoke(app, ['export', '--help']).exit_code == 0\n"
+        f"print([m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

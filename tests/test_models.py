@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from resnest_deploy.errors import UnknownArchError
+from resnest_deploy.models import count_params, create_model, get_spec, list_models
+from resnest_deploy.models.layers import RadixSoftmax, SplitAttn
+from tests.conftest import manifest, recipe_state_dict
+
+OFFICIAL = ["resnest50", "resnest101", "resnest200", "resnest269"] + [
+    f"resnest50_fast_{v}"
+    for v in ("1s1x64d", "1s2x40d", "1s4x24d", "2s1x64d", "2s2x40d", "4s1x64d", "4s2x40d")
+]
+TIMM = [
+    "resnest14d",
+    "resnest26d",
+    "resnest50d",
+    "resnest101e",
+    "resnest200e",
+    "resnest269e",
+    "resnest50d_1s4x24d",
+    "resnest50d_4s2x40d",
+]
+# Published parameter counts (official model zoo and timm's results tables).
+PUBLISHED_PARAMS_M = {
+    "resnest50": 27.48,
+    "resnest101": 48.28,
+    "resnest200": 70.20,
+    "resnest269": 110.93,
+    "resnest14d": 10.61,
+    "resnest26d": 17.07,
+    "resnest50d_1s4x24d": 25.68,
+    "resnest50d_4s2x40d": 30.42,
+}
+
+
+def test_registry_has_all_19_variants():
+    assert list_models() == OFFICIAL + TIMM
+
+
+@pytest.mark.parametrize("arch", ["resnest50", "resnest14d"])
+@pytest.mark.parametrize("recipe", ["a", "b"])
+def test_logits_match_reference_implementation(arch, recipe):
+    man = manifest(arch)
+    ref = man if recipe == "a" else man["check_b"]
+    model = create_model(arch)
+    model.load_state_dict(recipe_state_dict(man, recipe), strict=True)
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        y = model(x)
+    expected = torch.tensor(ref["logits_first5"])
+    assert torch.all((y[:, :5] - expected).abs() <= 1e-4 * expected.abs().clamp(min=1))
+    assert float(y.sum()) == pytest.approx(ref["logits_sum"], rel=1e-5, abs=1e-5)
+    assert float(y.abs().sum()) == pytest.approx(ref["logits_abs_sum"], rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["resnest50", "resnest14d"])
+def test_state_dict_keys_order_shapes_and_param_count(arch):
+    man = manifest(arch)
+    sd = create_model(arch).state_dict()
+    assert [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in sd.items()] == [
+        tuple(e) for e in man["state_dict"]
+    ]
+    assert count_params(arch) == man["num_params"]
+
+
+@pytest.mark.parametrize("arch", PUBLISHED_PARAMS_M)
+def test_param_counts_match_published(arch):
+    assert count_params(arch) / 1e6 == pytest.approx(PUBLISHED_PARAMS_M[arch], abs=0.005)
+
+
+def test_official_and_timm_twins_share_structure():
+    for official, timm in [
+        ("resnest50", "resnest50d"),
+        ("resnest101", "resnest101e"),
+        ("resnest200", "resnest200e"),
+        ("resnest269", "resnest269e"),
+        ("resnest50_fast_1s4x24d", "resnest50d_1s4x24d"),
+        ("resnest50_fast_4s2x40d", "resnest50d_4s2x40d"),
+    ]:
+        assert get_spec(official).arch == get_spec(timm).arch
+
+
+@pytest.mark.parametrize("arch", OFFICIAL + TIMM)
+def test_every_arch_runs_forward_at_small_and_odd_sizes(arch):
+    model = create_model(arch)
+    with torch.no_grad():
+        for size in [(64, 64), (65, 79)]:
+            y = model(torch.randn(2, 3, *size))
+            assert y.shape == (2, 1000) and torch.isfinite(y).all()
+
+
+def test_random_weights_are_deterministic():
+    a, b = create_model("resnest14d"), create_model("resnest14d", "random")
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+
+
+def test_radix_1_gates_with_sigmoid_and_radix_n_softmaxes_per_cardinal_group():
+    x = torch.randn(3, 2 * 4 * 5)
+    torch.testing.assert_close(RadixSoftmax(1, 2, 40)(x), torch.sigmoid(x))
+    # reference: official rSoftMax (view, transpose, softmax over radix, flatten)
+    ref = torch.softmax(x.view(3, 2, 4, -1).transpose(1, 2), dim=1).reshape(3, -1)
+    torch.testing.assert_close(RadixSoftmax(4, 2, 40)(x).flatten(1), ref)
+
+
+def test_split_attention_matches_the_paper_arithmetic():
+    torch.manual_seed(0)
+    layer = SplitAttn(16, 16, groups=2, radix=4).eval()
+    x = torch.randn(2, 16, 9, 7)
+    with torch.no_grad():
+        feats = layer.act0(layer.bn0(layer.conv(x)))
+        splits = torch.split(feats, 16, dim=1)
+        gap = torch.nn.functional.adaptive_avg_pool2d(sum(splits), 1)
+        att = layer.fc2(layer.act1(layer.bn1(layer.fc1(gap))))
+        att = torch.softmax(att.view(2, 2, 4, -1).transpose(1, 2), dim=1).reshape(2, -1, 1, 1)
+        expected = sum(a * s for a, s in zip(torch.split(att, 16, dim=1), splits, strict=True))
+        torch.testing.assert_close(layer(x), expected)
+
+
+def test_unknown_arch_suggests_nearest_names():
+    with pytest.raises(UnknownArchError, match="did you mean resnest50"):
+        create_model("resnest5O")
