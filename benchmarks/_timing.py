@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -28,13 +30,9 @@ def time_ms(fn: Callable[[], object], warmup: int = 3, iters: int = 20) -> dict[
 
 def machine() -> dict[str, object]:
     cpu = "unknown"
-    try:
+    with contextlib.suppress(OSError, StopIteration):
         cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                    if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import os
-
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "date": now(),
             "tools": tool_versions()}
 

@@ -199,11 +199,7 @@ def export_onnx(
         "nodes": len(proto.graph.node),
         "op_counts": dict(collections.Counter(n.op_type for n in proto.graph.node).most_common()),
     }
-    try:
-        sidecar = metadata.write_sidecar(path, meta)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    sidecar = metadata.write_sidecar(path, meta)
     return ExportReport(
         path=path,
         sidecar=sidecar,

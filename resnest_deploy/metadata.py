@@ -60,8 +60,13 @@ def sidecar_path(artifact: str | os.PathLike[str]) -> Path:
 
 
 def write_sidecar(artifact: str | os.PathLike[str], data: dict[str, Any]) -> Path:
+    """Write ``artifact``'s sidecar; if that fails, remove the artifact: never one without the other."""
     path = sidecar_path(artifact)
-    write_json(path, data)
+    try:
+        write_json(path, data)
+    except BaseException:
+        Path(artifact).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -185,11 +185,7 @@ def build_engine(
         "created": metadata.now(),
         "tools": metadata.tool_versions(),
     }
-    try:
-        sidecar = metadata.write_sidecar(output, sidecar_data)
-    except BaseException:
-        output.unlink(missing_ok=True)
-        raise
+    sidecar = metadata.write_sidecar(output, sidecar_data)
     return BuildReport(
         output,
         sidecar,
