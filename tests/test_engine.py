@@ -42,6 +42,13 @@ def test_resnest50_full_size_builds(onnx_50, tmp_path):
     assert report.profile["max"] == [32, 3, 224, 224] and report.path.stat().st_size > 50_000_000
 
 
+def test_odd_size_pools_parse_and_build(tmp_path):
+    # ceil-mode avg-down pools and 3x3 avd pools at odd feature-map sizes go through the TensorRT parser
+    path = export_onnx(create_model("resnest14d"), tmp_path / "odd.onnx", input_size=(225, 225)).path
+    report = build_engine(path, backend="tensorrt-rtx", batch=(1, 2, 4))
+    assert report.profile["opt"] == [2, 3, 225, 225]
+
+
 def test_truncated_onnx_gives_one_line_and_no_plan(onnx_14d, tmp_path):
     bad = tmp_path / "cut.onnx"
     bad.write_bytes(onnx_14d.read_bytes()[:5000])
