@@ -67,6 +67,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> StateDict:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch and safetensors raise many types for a bad file
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        if reason.startswith("Weights only load failed"):
+            reason = "safe loading (weights_only) refused it: it is not a plain pickle of tensors"
         raise WeightsError(
             f"cannot read checkpoint {path}: {reason}; the file is truncated or not a "
             "PyTorch/safetensors state dict (re-download or re-save it with torch.save(model.state_dict()))"
