@@ -98,13 +98,6 @@ def _trace(
     return buf.getvalue()
 
 
-def _optimize(proto: Any) -> Any:
-    optimizer = _deps.require("onnxscript.optimizer")
-    proto = optimizer.optimize(proto)
-    # The optimizer leaves Flatten->Gemm as Reshape->Gemm; both are fine for TensorRT.
-    return proto
-
-
 def export_onnx(
     model: torch.nn.Module,
     path: str | os.PathLike[str],
@@ -144,7 +137,7 @@ def export_onnx(
         raise ExportError(f"torch.onnx.export failed: {str(e).splitlines()[0][:200]}") from e
     if simplify:
         say("folding batch norms and constants")
-        proto = _optimize(proto)
+        proto = _deps.require("onnxscript.optimizer").optimize(proto)
     proto.producer_name, proto.producer_version = (
         "resnest-deploy",
         metadata.tool_versions().get("resnest-deploy", ""),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -217,16 +216,10 @@ def _create_config(
         kwargs["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: int(workspace_gib * (1 << 30))}
     if flavour.is_rtx:
         rtx = _deps.require("polygraphy.backend.tensorrt_rtx")
-        return rtx.CreateConfigRTX(
-            compute_capabilities=list(compute_capabilities) or None if compute_capabilities else None,
-            **kwargs,
-        )
+        return rtx.CreateConfigRTX(compute_capabilities=list(compute_capabilities or []) or None, **kwargs)
     if compute_capabilities:
         raise BuildError(
             "--compute-capability applies to TensorRT-RTX only; full TensorRT builds for this GPU"
         )
     return pg.CreateConfig(**kwargs)
 
-
-def default_timing_cache() -> Path:
-    return Path(tempfile.gettempdir()) / "resnest-deploy.timing-cache"

@@ -50,7 +50,7 @@ def load_model(
     if state_dict is not None:
         _weights.check_fits(model, state_dict, arch)
         model.load_state_dict(state_dict, strict=True)
-    model.arch = arch  # type: ignore[assignment]
+    model.arch = arch
     return model.eval(), info
 
 

@@ -81,6 +81,7 @@ class ResNeSt(nn.Module):
     def __init__(self, cfg: ArchConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.arch: str | None = None  # registry name, set by create_model; recorded in artifacts
         sw = cfg.stem_width
         self.conv1 = nn.Sequential(
             nn.Conv2d(3, sw, 3, 2, 1, bias=False),
