@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """A third-party exception squeezed into our one-line messages (its type if it says nothing)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 class ResnestDeployError(Exception):
     """Base class; the CLI prints these as one line and exits non-zero."""
 

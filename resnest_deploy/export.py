@@ -23,7 +23,7 @@ import torch
 from resnest_deploy import _deps, metadata
 from resnest_deploy._io import atomic_path, sha256_file
 from resnest_deploy.compare import TOLERANCES, Metrics, Tolerance, assert_close, compare
-from resnest_deploy.errors import ExportError
+from resnest_deploy.errors import ExportError, first_line
 from resnest_deploy.models import WeightsInfo, get_spec
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
 from resnest_deploy.runners.torch import TorchRunner
@@ -134,7 +134,7 @@ def export_onnx(
     try:
         proto = onnx.load_from_string(_trace(model, example, opset, axes))
     except Exception as e:
-        raise ExportError(f"torch.onnx.export failed: {str(e).splitlines()[0][:200]}") from e
+        raise ExportError(f"torch.onnx.export failed: {first_line(e)}") from e
     if simplify:
         say("folding batch norms and constants")
         proto = _deps.require("onnxscript.optimizer").optimize(proto)
@@ -185,7 +185,7 @@ def export_onnx(
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
         except onnx.checker.ValidationError as e:
-            raise ExportError(f"exported graph fails onnx.checker: {str(e).splitlines()[0][:200]}") from e
+            raise ExportError(f"exported graph fails onnx.checker: {first_line(e)}") from e
     path = Path(path)
     meta["file"] = {"name": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
     meta["graph"] = {

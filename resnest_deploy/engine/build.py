@@ -18,7 +18,7 @@ from typing import Any
 from resnest_deploy import _deps, metadata
 from resnest_deploy._io import atomic_path, require_file, sha256_file
 from resnest_deploy.engine.flavour import Flavour, detect, polygraphy_trt
-from resnest_deploy.errors import ArtifactError, ResnestDeployError
+from resnest_deploy.errors import ArtifactError, ResnestDeployError, first_line
 
 Progress = Callable[[str], None]
 
@@ -63,7 +63,7 @@ def _onnx_io(path: Path) -> tuple[str, list[int | str], dict[str, Any] | None]:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
         raise ArtifactError(
-            f"{path} is not a readable ONNX file ({str(e).splitlines()[0][:120]}); re-export it"
+            f"{path} is not a readable ONNX file ({first_line(e, 120)}); re-export it"
         ) from e
     if len(model.graph.input) != 1:
         raise ArtifactError(
@@ -151,7 +151,7 @@ def build_engine(
             tmp.write_bytes(bytes(engine()))
     except exc_type as e:
         errors = [m for m in log() if m.startswith("error:") and "cuda" not in m.lower()]
-        detail = errors[0].removeprefix("error: ") if errors else str(e).splitlines()[0]
+        detail = errors[0].removeprefix("error: ") if errors else first_line(e)
         raise BuildError(f"{flavour.backend} cannot build {onnx_path.name}: {detail[:240]}") from e
     finally:
         restore()

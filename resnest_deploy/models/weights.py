@@ -23,7 +23,7 @@ import torch
 
 from resnest_deploy import _deps
 from resnest_deploy._io import sha256_file
-from resnest_deploy.errors import WeightsError
+from resnest_deploy.errors import WeightsError, first_line
 from resnest_deploy.models.registry import OFFICIAL_RELEASES, ModelSpec
 
 StateDict = dict[str, torch.Tensor]
@@ -66,7 +66,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> StateDict:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch and safetensors raise many types for a bad file
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        reason = first_line(e, 160)
         if reason.startswith("Weights only load failed"):
             reason = "safe loading (weights_only) refused it: it is not a plain pickle of tensors"
         raise WeightsError(
@@ -187,9 +187,9 @@ def _fetch_timm(spec: ModelSpec) -> tuple[Path, str]:
                 "or pass --weights PATH"
             ) from e
         except hub.errors.EntryNotFoundError as e:  # the repo lacks this file: try the next format
-            errors.append(str(e).splitlines()[0])
+            errors.append(first_line(e))
         except Exception as e:  # offline, not cached, network down, gated repo
-            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            reason = first_line(e)
             raise WeightsError(
                 f"cannot get {repo}/{filename} from the Hugging Face Hub ({reason}); download it "
                 f"(`hf download {repo} {filename}`) while online, or pass --weights PATH"

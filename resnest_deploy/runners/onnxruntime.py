@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from resnest_deploy import _deps
-from resnest_deploy.errors import ArtifactError
+from resnest_deploy.errors import ArtifactError, first_line
 from resnest_deploy.runners.base import Runner
 
 PROVIDERS = {
@@ -52,7 +52,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             self.session = ort.InferenceSession(model, opts, providers=PROVIDERS[self.provider])
         except Exception as e:
-            first = str(e).strip().splitlines()[0][:200]
+            first = first_line(e)
             raise ArtifactError(f"onnxruntime cannot load {self.name.split(':', 1)[-1]}: {first}") from e
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
