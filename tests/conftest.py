@@ -76,3 +76,38 @@ def onnx_50(tmp_path_factory: pytest.TempPathFactory, refdata_checkpoint) -> Pat
 
 def images(n: int, size: tuple[int, int] = (64, 64), seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, *size), dtype=np.float32)
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled, really trained digits model: where precision loss is measured."""
+    model, info = load_model("resnest14d_digits", "pretrained")
+    path = tmp_path_factory.mktemp("digits") / "digits.onnx"
+    export_onnx(model, path, weights=info)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_converted(digits_onnx: Path) -> dict[str, Path]:
+    """FP16 and both INT8 flavours of the digits model, converted once for every test."""
+    from resnest_deploy.data import Transform
+    from resnest_deploy.models import get_spec
+    from resnest_deploy.precision import calibration, convert
+
+    calib = calibration.from_digits(Transform.from_pretrained(get_spec("resnest14d_digits").pretrained))
+    out = {}
+    for precision, target in (("fp16", "tensorrt"), ("int8", "tensorrt"), ("int8", "cpu")):
+        report = convert(digits_onnx, precision=precision, target=target, calib=calib)
+        out[report.path.name.split(".", 1)[1].removesuffix(".onnx")] = report.path
+    return out  # keys: fp16, int8, int8-cpu
+
+
+def digits_accuracy(onnx_path: Path) -> float:
+    from resnest_deploy.data import Transform, digits, digits_batch
+    from resnest_deploy.models import get_spec
+    from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
+
+    x, y = digits("test")
+    batch = digits_batch(x, Transform.from_pretrained(get_spec("resnest14d_digits").pretrained))
+    with OnnxRuntimeRunner(onnx_path) as runner:
+        return float((runner.infer(batch).argmax(1) == y).mean())

@@ -12,6 +12,8 @@ from resnest_deploy.engine import BuildError, build_engine, detect, parse_batch_
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.export import export_onnx
 from resnest_deploy.models import create_model
+from resnest_deploy.precision import CalibrationData, convert
+from tests.conftest import images
 
 
 def test_rtx_is_detected():
@@ -94,3 +96,19 @@ def test_bad_batch_ranges(text):
 def test_missing_onnx(tmp_path):
     with pytest.raises(ArtifactError, match="ONNX file not found"):
         build_engine(tmp_path / "none.onnx", backend="tensorrt-rtx")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_reduced_precision_resnest14d_builds(onnx_14d, tmp_path, precision):
+    """The TensorRT-target FP16/INT8 files parse and build strongly typed; the engine says its precision."""
+    calib = CalibrationData(images(40), images(8, seed=1), {"kind": "random"})
+    converted = convert(onnx_14d, tmp_path / f"m.{precision}.onnx", precision=precision, calib=calib)
+    report = build_engine(converted.path, backend="tensorrt-rtx", batch=(1, 2, 8))
+    side = json.loads(report.sidecar.read_text())
+    assert side["precision"] == precision and side["arch"] == "resnest14d"
+    assert report.path.stat().st_size > 500_000
+
+
+def test_trained_int8_digits_builds(digits_converted, tmp_path):
+    report = build_engine(digits_converted["int8"], tmp_path / "d.plan", backend="tensorrt-rtx", batch=(1, 8, 32))
+    assert json.loads(report.sidecar.read_text())["precision"] == "int8"

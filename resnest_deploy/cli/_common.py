@@ -72,5 +72,46 @@ def progress(enabled: bool = True) -> Iterator[Callable[[str], None]]:
         yield lambda msg: status.update(msg)
 
 
+@contextmanager
+def counting_bar(
+    label: str, enabled: bool = True
+) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """A progress bar on stderr for the library's ``on_total``/``advance`` callbacks."""
+    if not enabled or not err.is_terminal:
+        yield (lambda _n: None), (lambda _n: None)
+        return
+    from rich.progress import Progress
+
+    with Progress(*Progress.get_default_columns(), console=err, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield (lambda n: bar.update(task, total=n)), (lambda n: bar.advance(task, n))
+
+
+def metrics_table(title: str, rows: dict[str, Any], failures: dict[str, list[str]] | None = None) -> Any:
+    """Parity metrics (``compare.Metrics``) per artifact, as check and quantize print them."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in ("artifact", "max abs", "mean abs", "cosine", "top-1", "top-5", "n"):
+        table.add_column(col, justify="left" if col == "artifact" else "right")
+    if failures is not None:
+        table.add_column("result")
+    for name, m in rows.items():
+        cells = [
+            name,
+            f"{m.max_abs:.3g}",
+            f"{m.mean_abs:.3g}",
+            f"{m.cosine:.6f}",
+            f"{m.top1:.1%}",
+            f"{m.top5:.1%}",
+        ]
+        cells.append(str(m.samples))
+        if failures is not None:
+            problems = failures.get(name) or []
+            cells.append("[red]FAIL[/] " + "; ".join(problems) if problems else "[green]ok[/]")
+        table.add_row(*cells)
+    return table
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")

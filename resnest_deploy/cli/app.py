@@ -10,6 +10,7 @@ from resnest_deploy import __version__
 from resnest_deploy.cli.build import build_cmd
 from resnest_deploy.cli.export import export_cmd
 from resnest_deploy.cli.models import models_cmd
+from resnest_deploy.cli.quantize import quantize_cmd
 
 app = typer.Typer(
     name="resnest-deploy",
@@ -38,6 +39,7 @@ def root(
 
 app.command("models")(models_cmd)
 app.command("export")(export_cmd)
+app.command("quantize")(quantize_cmd)
 app.command("build")(build_cmd)
 
 

@@ -1,4 +1,4 @@
-"""The 19 ResNeSt variants as data: architecture, weights location and eval transform."""
+"""The 19 published ResNeSt variants, and a small bundled one, as data: arch, weights, eval transform."""
 
 from __future__ import annotations
 
@@ -25,21 +25,31 @@ class PretrainedCfg:
     num_classes: int = 1000
     file: str | None = None  # official release file name, `<arch>-<sha256[:8]>.pth`
     hf_hub_id: str | None = None  # timm's Hugging Face repo
+    bundled: str | None = None  # a file in resnest_deploy/data, shipped with the package
+
+    @property
+    def source(self) -> str:
+        if self.bundled:
+            return "bundled"
+        return "official" if self.file else "timm"
 
     @property
     def url(self) -> str:
+        if self.bundled:
+            return f"resnest_deploy/data/{self.bundled}"
         if self.file:
             return f"{OFFICIAL_RELEASES}/{self.file}"
         return f"https://huggingface.co/{self.hf_hub_id}"
 
     @property
-    def source(self) -> str:
-        return "official" if self.file else "timm"
-
-    @property
     def resize_size(self) -> int:
         """Shorter side before the centre crop, as timm computes it."""
         return int(self.input_size / self.crop_pct)
+
+
+#: The sklearn digits, 8x8 grey upsampled to 32x32 RGB; see scripts/train_digits.py.
+DIGITS_MEAN = (0.5, 0.5, 0.5)
+DIGITS_STD = (0.5, 0.5, 0.5)
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,19 @@ _SPECS = [
     _timm("resnest269e", "in1k", ArchConfig(_R269, 64), 416, 0.928, "bicubic"),
     _timm("resnest50d_1s4x24d", "in1k", ArchConfig(_R50, 32, 1, 4, 24, True), interpolation="bicubic"),
     _timm("resnest50d_4s2x40d", "in1k", ArchConfig(_R50, 32, 4, 2, 40, True), interpolation="bicubic"),
+    ModelSpec(
+        "resnest14d_digits",
+        ArchConfig((1, 1, 1, 1), 16, num_classes=10, widths=(16, 32, 64, 128)),
+        PretrainedCfg(
+            input_size=32,
+            crop_pct=1.0,
+            mean=DIGITS_MEAN,
+            std=DIGITS_STD,
+            num_classes=10,
+            bundled="resnest14d_digits.safetensors",
+        ),
+        "resnest14d at 1/4 width trained on sklearn's digits; ships with the package, for offline demos",
+    ),
 ]
 
 

@@ -26,6 +26,8 @@ class ArchConfig:
     base_width: int = 64
     avd_first: bool = False
     num_classes: int = 1000
+    #: planes per stage (x4 out); narrower than ResNet's only for the small digits model
+    widths: tuple[int, int, int, int] = (64, 128, 256, 512)
 
 
 class Bottleneck(nn.Module):
@@ -96,7 +98,7 @@ class ResNeSt(nn.Module):
         self.act1 = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         in_chs = sw * 2
-        for i, (planes, depth) in enumerate(zip((64, 128, 256, 512), cfg.layers, strict=True)):
+        for i, (planes, depth) in enumerate(zip(cfg.widths, cfg.layers, strict=True)):
             stride = 1 if i == 0 else 2
             blocks = []
             for j in range(depth):

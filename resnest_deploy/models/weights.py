@@ -1,6 +1,6 @@
 """Checkpoint resolution: published weights, local files and URLs, verified and cached.
 
-Official weights come from the ResNeSt GitHub releases through ``torch.hub`` (cache under
+Official weights come from the ResNeSt GitHub releases into ``torch.hub``'s cache (under
 ``$TORCH_HOME/hub/checkpoints``, sha256 prefix in the file name checked); timm's come from the
 Hugging Face Hub through ``huggingface_hub`` (its cache, resumable downloads and offline mode).
 Nothing is ever unpickled beyond tensors (``torch.load(weights_only=True)``).
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import importlib.resources
 import os
 import re
 import urllib.error
@@ -167,6 +168,13 @@ def _verify_hash_prefix(path: Path) -> str:
     return digest
 
 
+def bundled_path(name: str) -> Path:
+    path = Path(str(importlib.resources.files("resnest_deploy") / "data" / name))
+    if not path.is_file():
+        raise WeightsError(f"bundled file {name} is missing from this install; reinstall resnest-deploy")
+    return path
+
+
 def _fetch_official(spec: ModelSpec) -> tuple[Path, str]:
     base = os.environ.get(MIRROR_ENV, OFFICIAL_RELEASES).rstrip("/")
     url = f"{base}/{spec.pretrained.file}"
@@ -202,6 +210,9 @@ def resolve(spec: ModelSpec, weights: str | os.PathLike[str] | None) -> tuple[St
     if weights is None or str(weights) == "random":
         return None, WeightsInfo("random")
     w = str(weights)
+    if w == "pretrained" and spec.pretrained.bundled:
+        path = bundled_path(spec.pretrained.bundled)
+        return load_checkpoint(path), WeightsInfo("pretrained", spec.pretrained.url, sha256_file(path))
     if w == "pretrained":
         path, location = _fetch_official(spec) if spec.pretrained.file else _fetch_timm(spec)
         return load_checkpoint(path), WeightsInfo("pretrained", location, _verify_hash_prefix(path))

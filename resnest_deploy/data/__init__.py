@@ -1,0 +1,153 @@
+"""Inputs: images preprocessed as each arch was evaluated, labelled folders, and the bundled digits.
+
+Pillow and NumPy only (torchvision does not import beside every torch build), mirroring timm's eval
+transform: resize the shorter side to ``input_size / crop_pct``, centre crop, scale to [0, 1],
+normalise, NCHW float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import os
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from resnest_deploy.errors import ArtifactError
+from resnest_deploy.models.registry import PretrainedCfg
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class Transform:
+    """An arch's eval transform as plain numbers (also what the sidecars record)."""
+
+    size: int
+    resize: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def from_pretrained(cls, cfg: PretrainedCfg, size: int | None = None) -> Transform:
+        size = size or cfg.input_size
+        return cls(size, int(size / cfg.crop_pct), cfg.interpolation, cfg.mean, cfg.std)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        image = image.convert("RGB")
+        w, h = image.size
+        scale = self.resize / min(w, h)
+        nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+        image = image.resize((nw, nh), _RESAMPLE[self.interpolation])
+        left, top = (nw - self.size) // 2, (nh - self.size) // 2
+        image = image.crop((left, top, left + self.size, top + self.size))
+        x = np.asarray(image, dtype=np.float32) / 255.0
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def find_images(root: str | os.PathLike[str]) -> list[Path]:
+    """Every image file under ``root``, recursively, in a stable order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ArtifactError(f"image folder not found: {root}; pass a directory of jpg/png/webp files")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def sample(paths: Sequence[Path], count: int | None, seed: int = 0) -> list[Path]:
+    """A deterministic subset: the same folder and seed always give the same images."""
+    if count is None or count >= len(paths):
+        return list(paths)
+    return sorted(random.Random(seed).sample(list(paths), count))
+
+
+@dataclass
+class LoadedImages:
+    array: np.ndarray  # N, 3, H, W float32
+    paths: list[Path]
+    skipped: list[tuple[Path, str]]  # unreadable files and why
+
+
+def load_images(
+    paths: Iterable[Path], transform: Transform, advance: Callable[[int], None] | None = None
+) -> LoadedImages:
+    """Decode and preprocess; files that do not decode are skipped and reported, not fatal."""
+    arrays, kept, skipped = [], [], []
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                arrays.append(transform(im))
+            kept.append(path)
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            skipped.append((path, type(e).__name__))
+        if advance:
+            advance(1)
+    empty = np.zeros((0, 3, transform.size, transform.size), np.float32)
+    return LoadedImages(np.stack(arrays) if arrays else empty, kept, skipped)
+
+
+def labelled_folder(
+    root: str | os.PathLike[str], class_names: Sequence[str] | None = None
+) -> list[tuple[Path, int]]:
+    """``root/<class>/*.jpg`` to (path, label). A class folder is an integer index, or a name found
+    in ``class_names`` (ImageNet synset ids such as ``n01440764``)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ArtifactError(f"labelled folder not found: {root}; pass DIR with one sub-folder per class")
+    lookup = {name: i for i, name in enumerate(class_names or ())}
+    items = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        if sub.name in lookup:
+            label = lookup[sub.name]
+        elif sub.name.isdigit():
+            label = int(sub.name)
+        else:
+            raise ArtifactError(
+                f"class folder {sub.name!r} is neither a class index nor a known synset id; "
+                "name sub-folders 0, 1, ... or n01440764, ..."
+            )
+        items += [(p, label) for p in find_images(sub)]
+    if not items:
+        raise ArtifactError(f"no images under {root}/<class>/; expected one sub-folder per class")
+    return items
+
+
+def fingerprint(paths: Sequence[Path], transform: Transform) -> str:
+    """Identifies a calibration set (files, sizes, mtimes, transform) for caching."""
+    h = hashlib.sha256(repr(transform).encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+# -- the bundled digits ---------------------------------------------------------------------------
+
+
+def digits(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's 8x8 handwritten digits (uint8, 0..255) and labels, split as the model was trained.
+
+    Shipped as a 30 kB ``.npz`` so the digits model can be calibrated and evaluated offline.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    path = importlib.resources.files("resnest_deploy") / "data" / "digits.npz"
+    with path.open("rb") as f, np.load(f) as z:
+        return z[f"{split}_images"], z[f"{split}_labels"]
+
+
+def digits_batch(images: np.ndarray, transform: Transform) -> np.ndarray:
+    """8x8 digits through the same Pillow transform as any image file."""
+    return np.stack([transform(Image.fromarray(im)) for im in images])

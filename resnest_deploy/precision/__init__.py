@@ -1,0 +1,220 @@
+"""FP32 ONNX to FP16 / INT8 ONNX, measured against its source on inputs calibration never saw.
+
+>>> from resnest_deploy.precision import convert, calibration
+>>> report = convert("m.onnx", precision="int8", target="cpu",
+...                  calib=calibration.from_images("val/", transform))
+
+TensorRT 11 and TensorRT-RTX take precision from the file (strongly typed FP16, explicit Q/DQ),
+so this is where reduced precision is decided for every backend.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnest_deploy import _deps, metadata
+from resnest_deploy._io import atomic_path, require_file, sha256_file
+from resnest_deploy.compare import TOLERANCES, Metrics, Tolerance, assert_close, compare
+from resnest_deploy.errors import ArtifactError, ResnestDeployError, first_line
+from resnest_deploy.precision import calibration, fp16, int8
+from resnest_deploy.precision.calibration import CalibrationData
+from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
+
+__all__ = [
+    "PRECISIONS",
+    "TARGETS",
+    "CalibrationData",
+    "ConversionReport",
+    "calibration",
+    "convert",
+    "read_source",
+]
+
+PRECISIONS = ("fp16", "int8")
+TARGETS = ("tensorrt", "cpu")
+PARITY_RANDOM = 16  # seeded inputs when no held-out images exist (FP16 without --calib-dir)
+
+
+class ConversionError(ResnestDeployError):
+    pass
+
+
+@dataclass
+class ConversionReport:
+    path: Path
+    sidecar: Path
+    precision: str
+    target: str
+    parity: Metrics
+    seconds: float
+    op_counts: dict[str, int] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def default_output(src: str | os.PathLike[str], precision: str, target: str) -> Path:
+    """``m.onnx`` -> ``m.fp16.onnx``, ``m.int8.onnx`` (TensorRT) or ``m.int8-cpu.onnx``."""
+    src = Path(src)
+    suffix = precision if target == "tensorrt" else f"{precision}-{target}"
+    return src.with_name(f"{src.stem}.{suffix}.onnx")
+
+
+def read_source(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+    """Load an FP32 resnest-deploy export and its metadata, or say why it is not one."""
+    onnx = _deps.require("onnx")
+    path = require_file(path, "ONNX file")
+    try:
+        proto = onnx.load(path)
+    except Exception as e:
+        raise ArtifactError(f"{path} is not a readable ONNX file ({first_line(e)}); re-export it") from e
+    meta = metadata.from_onnx(proto)
+    if not meta or "arch" not in meta:
+        raise ArtifactError(
+            f"{path} is not a resnest-deploy export (no resnest_deploy metadata); "
+            "create it with `resnest-deploy export --arch ...`"
+        )
+    if meta.get("precision") != "fp32":
+        raise ArtifactError(f"{path} is already {meta.get('precision')}; convert the FP32 export instead")
+    return proto, meta
+
+
+def input_hw(meta: dict[str, Any]) -> tuple[int, int]:
+    h, w = meta["input"]["shape"][2:]
+    if not (isinstance(h, int) and isinstance(w, int)):
+        raise ArtifactError(
+            "the export has a dynamic height/width; re-export without --dynamic-hw to quantize"
+        )
+    return h, w
+
+
+def convert(
+    src: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    precision: str,
+    target: str = "tensorrt",
+    calib: CalibrationData | None = None,
+    method: str = "max",
+    keep_fp32_nodes: Sequence[str] | None = None,
+    keep_fp32_ops: Sequence[str] = fp16.KEEP_FP32_OPS,
+    tolerance: Tolerance | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ConversionReport:
+    """Convert ``src`` and check the result against it; raise (writing nothing) if it drifted."""
+    say = progress or (lambda _msg: None)
+    if precision not in PRECISIONS:
+        raise ConversionError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if target not in TARGETS:
+        raise ConversionError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if precision == "fp16" and target == "cpu":
+        raise ConversionError(
+            "FP16 is a GPU format (ONNX Runtime's CPU kernels run it slower than FP32); "
+            "use --target tensorrt, or --precision int8 --target cpu for a faster CPU model"
+        )
+    if precision == "int8" and calib is None:
+        raise ConversionError(
+            "INT8 needs calibration data; pass --calib-dir DIR (images) or --calib-npy FILE"
+        )
+    allowed = int8.METHODS if target == "cpu" else ("max", "entropy")
+    if precision == "int8" and method not in allowed:
+        raise ConversionError(
+            f"calibration method {method!r} is not available for {target}; use {', '.join(allowed)}"
+        )
+    started = time.perf_counter()
+    src = Path(src)
+    _, meta = read_source(src)
+    hw = input_hw(meta)
+    if calib is not None and tuple(calib.calib.shape[2:]) != hw:
+        raise ArtifactError(f"calibration inputs are {calib.calib.shape[2:]}, the model wants {hw}")
+    keep = list(int8.KEEP_FP32_NODES if keep_fp32_nodes is None else keep_fp32_nodes)
+    output = Path(output) if output else default_output(src, precision, target)
+    if output.resolve() == src.resolve():
+        raise ConversionError(f"output {output} would overwrite the source; choose another -o")
+
+    settings: dict[str, Any] = {"precision": precision, "target": target}
+    with atomic_path(output) as tmp, _quiet("modelopt"):
+        if precision == "fp16":
+            say("converting to FP16 with ModelOpt AutoCast")
+            model = fp16.to_fp16(src, keep_fp32_ops, keep)
+            settings |= {
+                "tool": "modelopt.autocast",
+                "keep_fp32_ops": list(keep_fp32_ops),
+                "keep_fp32_nodes": keep,
+            }
+        else:
+            assert calib is not None
+            say(f"calibrating INT8 ({method}) on {len(calib.calib)} inputs for {target}")
+            settings |= {"method": method, "keep_fp32_nodes": keep, "calibration": calib.source}
+            try:
+                if target == "tensorrt":
+                    int8.quantize_tensorrt(src, tmp, calib.calib, method, keep)
+                    settings["tool"] = "modelopt.onnx.quantization"
+                    settings["scheme"] = {"activations": "int8 symmetric", "weights": "int8 per-channel"}
+                else:
+                    settings["scheme"] = int8.quantize_cpu(src, tmp, calib.calib, method, keep)
+                    settings["tool"] = "onnxruntime.quantization"
+            except ResnestDeployError:
+                raise
+            except Exception as e:
+                raise ConversionError(f"INT8 quantization failed: {first_line(e)}") from e
+            model = _deps.require("onnx").load(tmp)
+
+        say("measuring against the FP32 source in ONNX Runtime")
+        x = calib.holdout if calib is not None else _random_inputs(hw)
+        with (
+            OnnxRuntimeRunner(src, name="source") as ref,
+            OnnxRuntimeRunner(model.SerializeToString()) as cand,
+        ):
+            parity = compare(ref.infer(x), cand.infer(x))
+        assert_close(parity, tolerance or TOLERANCES[precision], f"{precision} ({target}) model")
+
+        out_meta = {
+            **meta,
+            "precision": precision,
+            "target": target,
+            "source": {"file": src.name, "sha256": sha256_file(src)},
+            "conversion": settings,
+            "parity": {
+                "reference": f"{src.name} (fp32) in onnxruntime cpu",
+                "inputs": "held-out calibration inputs"
+                if calib is not None
+                else f"{len(x)} seeded random inputs",
+                "metrics": parity.as_dict(),
+            },
+            "created": metadata.now(),
+            "tools": metadata.tool_versions(),
+        }
+        metadata.embed(model, out_meta)
+        _deps.require("onnx").save(model, tmp)
+    ops = dict(collections.Counter(n.op_type for n in model.graph.node).most_common())
+    out_meta["file"] = {"name": output.name, "bytes": output.stat().st_size, "sha256": sha256_file(output)}
+    out_meta["graph"] = {"nodes": len(model.graph.node), "op_counts": ops}
+    sidecar = metadata.write_sidecar(output, out_meta)
+    return ConversionReport(
+        output, sidecar, precision, target, parity, time.perf_counter() - started, ops, out_meta
+    )
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """ModelOpt logs every node it touches, and an NVML error on machines without a GPU."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _random_inputs(hw: tuple[int, int]) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((PARITY_RANDOM, 3, *hw), dtype=np.float32)

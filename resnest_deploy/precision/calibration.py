@@ -1,0 +1,145 @@
+"""Calibration data: real images preprocessed as the arch was evaluated, ``.npy`` arrays, or the
+bundled digits; with a held-out part for parity and a cache so a rerun skips decoding."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnest_deploy import data
+from resnest_deploy._io import atomic_path
+from resnest_deploy.errors import ArtifactError
+
+DEFAULT_COUNT = 256
+HOLDOUT = 64  # images kept out of calibration to measure the converted model on
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(os.environ.get("RESNEST_DEPLOY_CACHE", Path(root) / "resnest_deploy")) / "calib"
+
+
+@dataclass
+class CalibrationData:
+    calib: np.ndarray  # N, 3, H, W float32, what the quantizer sees
+    holdout: np.ndarray  # inputs the quantizer never saw, for parity
+    source: dict[str, Any] = field(default_factory=dict)  # recorded in the sidecar
+
+    def __post_init__(self) -> None:
+        if len(self.calib) == 0:
+            raise ArtifactError("no calibration inputs; give --calib-dir with images or --calib-npy")
+
+
+def _split(x: np.ndarray, holdout: int) -> tuple[np.ndarray, np.ndarray]:
+    """The last ``holdout`` inputs (at most a fifth) are held out; tiny sets are reused for both."""
+    k = min(holdout, len(x) // 5)
+    return (x[: len(x) - k], x[len(x) - k :]) if k else (x, x)
+
+
+def from_images(
+    root: str | os.PathLike[str],
+    transform: data.Transform,
+    count: int = DEFAULT_COUNT,
+    seed: int = 0,
+    use_cache: bool = True,
+    advance: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> CalibrationData:
+    """``count`` images (plus a held-out set) sampled deterministically from ``root``."""
+    paths = data.find_images(root)
+    if not paths:
+        raise ArtifactError(f"no images (jpg/png/webp) under {root}; point --calib-dir at a folder of images")
+    chosen = data.sample(paths, count + HOLDOUT, seed)
+    key = hashlib.sha256(f"{data.fingerprint(chosen, transform)}:{count}:{seed}".encode()).hexdigest()[:20]
+    cached = cache_dir() / f"{key}.npz"
+    source: dict[str, Any] = {
+        "kind": "images",
+        "path": str(Path(root).resolve()),
+        "seed": seed,
+        "found": len(paths),
+    }
+    if use_cache and cached.is_file():
+        with np.load(cached) as z:
+            return CalibrationData(z["calib"], z["holdout"], {**source, **_counts(z), "cache": str(cached)})
+    if on_total:
+        on_total(len(chosen))
+    loaded = data.load_images(chosen, transform, advance)
+    if not len(loaded.array):
+        raise ArtifactError(
+            f"none of the {len(chosen)} image files under {root} could be decoded "
+            f"(e.g. {loaded.skipped[0][0].name}: {loaded.skipped[0][1]}); check the files"
+        )
+    x = loaded.array
+    calib, holdout = (x[:count], x[count:]) if len(x) > count else _split(x, HOLDOUT)
+    skipped = [f"{p}: {why}" for p, why in loaded.skipped]
+    if use_cache:
+        with atomic_path(cached) as tmp, open(tmp, "wb") as f:
+            np.savez(f, calib=calib, holdout=holdout, skipped=np.array(skipped, dtype=str))
+    return CalibrationData(
+        calib, holdout, {**source, "used": len(calib), "held_out": len(holdout), "skipped": skipped}
+    )
+
+
+def _counts(z: Any) -> dict[str, Any]:
+    return {"used": len(z["calib"]), "held_out": len(z["holdout"]), "skipped": [str(s) for s in z["skipped"]]}
+
+
+def from_npy(path: str | os.PathLike[str], input_size: tuple[int, int]) -> CalibrationData:
+    """An N x 3 x H x W float32 array, already preprocessed."""
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"cannot read {path} as a .npy array ({e}); save one with numpy.save") from e
+    want = (3, *input_size)
+    if x.ndim != 4 or tuple(x.shape[1:]) != want:
+        raise ArtifactError(f"{path} has shape {x.shape}; the model wants N x {' x '.join(map(str, want))}")
+    calib, holdout = _split(np.ascontiguousarray(x, np.float32), HOLDOUT)
+    return CalibrationData(
+        calib,
+        holdout,
+        {"kind": "npy", "path": str(Path(path).resolve()), "used": len(calib), "held_out": len(holdout)},
+    )
+
+
+def from_digits(transform: data.Transform, count: int = DEFAULT_COUNT, seed: int = 0) -> CalibrationData:
+    """The bundled digits: calibrate on the train split, measure on the test split."""
+    train, _ = data.digits("train")
+    test, _ = data.digits("test")
+    idx = np.sort(np.random.default_rng(seed).permutation(len(train))[:count])
+    return CalibrationData(
+        data.digits_batch(train[idx], transform),
+        data.digits_batch(test, transform),
+        {"kind": "digits", "split": "train", "used": len(idx), "held_out": len(test), "seed": seed},
+    )
+
+
+def resolve(
+    arch: str,
+    input_size: tuple[int, int],
+    calib_dir: str | os.PathLike[str] | None = None,
+    calib_npy: str | os.PathLike[str] | None = None,
+    count: int = DEFAULT_COUNT,
+    seed: int = 0,
+    use_cache: bool = True,
+    advance: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> CalibrationData | None:
+    """The calibration set a command line asks for; the digits model brings its own."""
+    from resnest_deploy.models import get_spec
+
+    if calib_dir is not None and calib_npy is not None:
+        raise ArtifactError("give --calib-dir or --calib-npy, not both")
+    if calib_npy is not None:
+        return from_npy(calib_npy, input_size)
+    transform = data.Transform.from_pretrained(get_spec(arch).pretrained, input_size[0])
+    if calib_dir is not None:
+        return from_images(calib_dir, transform, count, seed, use_cache, advance, on_total)
+    if get_spec(arch).pretrained.bundled:
+        return from_digits(transform, count, seed)
+    return None

@@ -1,0 +1,183 @@
+"""FP16 / INT8 conversion, measured on the bundled model trained on real digits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from resnest_deploy.data import Transform
+from resnest_deploy.errors import ArtifactError, ResnestDeployError
+from resnest_deploy.models import get_spec
+from resnest_deploy.precision import calibration, convert
+from resnest_deploy.precision.int8 import KEEP_FP32_NODES, matching_nodes
+from tests.conftest import digits_accuracy
+
+DIGITS = Transform.from_pretrained(get_spec("resnest14d_digits").pretrained)
+
+
+@pytest.fixture(scope="module")
+def fp32_accuracy(digits_onnx: Path) -> float:
+    acc = digits_accuracy(digits_onnx)
+    assert acc > 0.98  # the bundled weights are really trained
+    return acc
+
+
+@pytest.mark.parametrize(("key", "budget"), [("fp16", 0.001), ("int8", 0.01), ("int8-cpu", 0.01)])
+def test_accuracy_goals_on_digits(digits_converted, fp32_accuracy, key, budget):
+    assert digits_accuracy(digits_converted[key]) >= fp32_accuracy - budget
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def test_fp16_keeps_io_and_softmax_in_fp32(digits_converted):
+    model = onnx.shape_inference.infer_shapes(onnx.load(digits_converted["fp16"]))
+    fp32 = onnx.TensorProto.FLOAT
+    assert model.graph.input[0].type.tensor_type.elem_type == fp32
+    assert model.graph.output[0].type.tensor_type.elem_type == fp32
+    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    softmax_in = [types[n.input[0]] for n in model.graph.node if n.op_type == "Softmax"]
+    conv_out = [types.get(n.output[0]) for n in model.graph.node if n.op_type == "Conv"]
+    assert softmax_in and set(softmax_in) == {fp32}
+    assert conv_out.count(onnx.TensorProto.FLOAT16) >= len(conv_out) - 2  # the gate convs may stay fp32
+
+
+def test_tensorrt_int8_qdq_placement(digits_converted):
+    """Every Conv outside the FP32 gate has quantized input and per-channel symmetric int8 weights."""
+    model = onnx.load(digits_converted["int8"])
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    prod = _producers(model)
+    kept = set(matching_nodes(model, KEEP_FP32_NODES))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert {n.name for n in convs if n.name in kept} == {n.name for n in convs if "/fc" in n.name}
+    for conv in convs:
+        if conv.name in kept:
+            assert prod[conv.input[0]].op_type != "DequantizeLinear"
+            continue
+        x_dq, w_dq = prod[conv.input[0]], prod[conv.input[1]]
+        assert x_dq.op_type == w_dq.op_type == "DequantizeLinear", conv.name
+        w_q = inits.get(w_dq.input[0])
+        if w_q is None:  # weights stored as float with a QuantizeLinear in front
+            w_q = prod[w_dq.input[0]]
+            scale, zero = inits[w_q.input[1]], inits[w_q.input[2]]
+        else:
+            assert w_q.dtype == np.int8
+            scale, zero = inits[w_dq.input[1]], inits[w_dq.input[2]]
+        out_channels = inits[next(i for i in conv.input[1:2])] if conv.input[1] in inits else None
+        assert scale.ndim == 1 and scale.size > 1, f"{conv.name}: weights are not per-channel"
+        assert out_channels is None or scale.size == out_channels.shape[0]
+        assert np.all(zero == 0) and zero.dtype == np.int8, f"{conv.name}: weights are not symmetric int8"
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.input[1] in inits:
+            s = inits[n.input[1]]
+            assert np.all(np.isfinite(s)) and np.all(s > 0), n.name
+    softmax = [n for n in model.graph.node if n.op_type == "Softmax"]
+    assert softmax and not any(prod[n.input[0]].op_type == "DequantizeLinear" for n in softmax)
+
+
+def test_cpu_int8_uses_integer_kernels(digits_converted, tmp_path):
+    """After ONNX Runtime's own fusion only the FP32 gate convs remain float: the fast path."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "fused.onnx")
+    ort.InferenceSession(str(digits_converted["int8-cpu"]), opts, providers=["CPUExecutionProvider"])
+    fused = onnx.load(tmp_path / "fused.onnx")
+    float_convs = [n.name for n in fused.graph.node if n.op_type in ("Conv", "FusedConv")]
+    qconvs = [n for n in fused.graph.node if n.op_type == "QLinearConv"]
+    assert len(qconvs) == 19
+    assert all("/fc" in name for name in float_convs), float_convs
+    zp = {t.name: t.data_type for t in onnx.load(digits_converted["int8-cpu"]).graph.initializer}
+    act_zps = [zp[n.input[2]] for n in onnx.load(digits_converted["int8-cpu"]).graph.node
+               if n.op_type == "QuantizeLinear" and n.input[2] in zp]
+    assert act_zps and set(act_zps) == {onnx.TensorProto.UINT8}
+
+
+def test_sidecar_records_precision_calibration_and_parity(digits_converted):
+    for key, path in digits_converted.items():
+        meta = json.loads(Path(f"{path}.json").read_text())
+        assert meta["precision"] == key.split("-")[0]
+        assert meta["arch"] == "resnest14d_digits"
+        assert meta["parity"]["metrics"]["samples"] == 899  # the whole held-out test split
+        assert meta["source"]["sha256"] and meta["file"]["sha256"]
+        if key.startswith("int8"):
+            assert meta["conversion"]["calibration"]["kind"] == "digits"
+            assert meta["conversion"]["method"] == "max"
+        embedded = {p.key: p.value for p in onnx.load(path).metadata_props}
+        assert embedded["precision"] == meta["precision"]
+
+
+def _write_images(folder: Path, n: int, size: int = 40) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size + 7, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_image_calibration_skips_bad_files_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNEST_DEPLOY_CACHE", str(tmp_path / "cache"))
+    _write_images(tmp_path / "imgs" / "sub", 30)
+    (tmp_path / "imgs" / "broken.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "imgs" / "notes.txt").write_text("ignored: not an image suffix")
+    first = calibration.from_images(tmp_path / "imgs", DIGITS, count=20)
+    assert first.calib.shape == (20, 3, 32, 32) and len(first.holdout) == 10
+    assert len(first.source["skipped"]) == 1 and "broken.jpg" in first.source["skipped"][0]
+    assert "cache" not in first.source
+    again = calibration.from_images(tmp_path / "imgs", DIGITS, count=20)
+    assert "cache" in again.source and np.array_equal(first.calib, again.calib)
+    assert len(again.source["skipped"]) == 1
+
+
+def test_transform_matches_eval_crop():
+    """Shorter side to input/crop_pct, centre crop: a 64x128 image becomes 32x32 from its middle."""
+    t = Transform.from_pretrained(get_spec("resnest50").pretrained)
+    img = np.zeros((256, 512, 3), np.uint8)
+    img[:, 256:] = 255
+    x = t(Image.fromarray(img))
+    assert x.shape == (3, 224, 224)
+    assert x[0, 0, 0] < 0 < x[0, 0, -1]  # left half dark, right half bright, normalised
+
+
+def test_int8_without_data_is_refused(onnx_14d, tmp_path):
+    out = tmp_path / "x.onnx"
+    with pytest.raises(ResnestDeployError, match="INT8 needs calibration data"):
+        convert(onnx_14d, out, precision="int8")
+    assert not out.exists()
+
+
+def test_empty_and_undecodable_calibration_folders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ArtifactError, match="no images"):
+        calibration.from_images(tmp_path / "empty", DIGITS)
+    (tmp_path / "bad").mkdir()
+    for i in range(3):
+        (tmp_path / "bad" / f"{i}.jpg").write_bytes(b"\x00" * 10)
+    with pytest.raises(ArtifactError, match="could be decoded"):
+        calibration.from_images(tmp_path / "bad", DIGITS, use_cache=False)
+
+
+def test_non_resnest_onnx_is_refused(tmp_path):
+    x = onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 3, 8, 8])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 8, 8])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["input"], ["y"])], "g", [x], [y])
+    src = tmp_path / "other.onnx"
+    onnx.save(onnx.helper.make_model(graph), src)
+    with pytest.raises(ArtifactError, match="not a resnest-deploy export"):
+        convert(src, precision="fp16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.onnx"]
+
+
+def test_npy_calibration_and_shape_check(onnx_14d, tmp_path):
+    good = tmp_path / "calib.npy"
+    np.save(good, np.random.default_rng(0).standard_normal((12, 3, 64, 64), dtype=np.float32))
+    data = calibration.from_npy(good, (64, 64))
+    assert len(data.calib) + len(data.holdout) == 12
+    np.save(tmp_path / "bad.npy", np.zeros((4, 3, 32, 32), np.float32))
+    with pytest.raises(ArtifactError, match="the model wants N x 3 x 64 x 64"):
+        calibration.from_npy(tmp_path / "bad.npy", (64, 64))
