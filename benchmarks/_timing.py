@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
-from resnest_deploy.metadata import now, tool_versions
 
 
 def time_ms(fn: Callable[[], object], warmup: int = 3, iters: int = 20) -> dict[str, float]:
@@ -26,15 +21,6 @@ def time_ms(fn: Callable[[], object], warmup: int = 3, iters: int = 20) -> dict[
     a = np.array(samples)
     return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
             "mean_ms": float(a.mean()), "iters": iters}
-
-
-def machine() -> dict[str, object]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                   if ln.startswith("model name"))
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "date": now(),
-            "tools": tool_versions()}
 
 
 def save(name: str, results: dict, table: str) -> None:

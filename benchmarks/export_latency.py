@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from _timing import machine, save, time_ms
+from _timing import save, time_ms
 
 from resnest_deploy.export import export_onnx
+from resnest_deploy.metadata import machine
 from resnest_deploy.models import load_model
 from resnest_deploy.models.layers import SplitAttn
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner

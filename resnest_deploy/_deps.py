@@ -19,6 +19,7 @@ _EXTRAS = {
     "modelopt": ("quant", "converts ONNX to FP16/INT8 for TensorRT"),
     "cuda": ("tensorrt", "moves data to and from the GPU"),
     "huggingface_hub": ("hub", "downloads timm weights"),
+    "matplotlib": ("plot", "draws the latency plot"),
     "safetensors": ("hub", "reads .safetensors checkpoints"),
 }
 

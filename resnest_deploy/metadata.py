@@ -51,6 +51,26 @@ def preprocessing(spec: ModelSpec, input_size: tuple[int, int] | None = None) ->
     }
 
 
+def machine() -> dict[str, Any]:
+    """The CPU (and GPU, when torch sees one) that figures were measured on."""
+    import contextlib
+    import platform
+
+    cpu = "unknown"
+    with contextlib.suppress(OSError, StopIteration):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name"))
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "date": now(),
+    }
+    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+        info["gpu"] = sys.modules["torch"].cuda.get_device_name()
+    return info | {"tools": tool_versions()}
+
+
 def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
@@ -100,3 +120,18 @@ def from_onnx(model: Any) -> dict[str, Any] | None:
             except json.JSONDecodeError:
                 return None
     return None
+
+
+def of_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What an ONNX file or engine says about itself (embedded metadata, else its sidecar)."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        import onnx
+
+        try:
+            found = from_onnx(onnx.load(path, load_external_data=False))
+        except Exception:
+            found = None
+        if found:
+            return found
+    return read_sidecar(path) or {}

@@ -32,7 +32,9 @@ def test_help_teaches_with_an_example(command):
 def test_models_json_lists_all_variants():
     r = invoke("models", "--json")
     rows = json.loads(r.stdout)
-    assert r.exit_code == 0 and len(rows) == 19
+    assert r.exit_code == 0 and len(rows) == 20  # the 19 published variants and the bundled digits model
+    digits = next(x for x in rows if x["arch"] == "resnest14d_digits")
+    assert digits["input_size"] == 32 and digits["weights_url"].endswith("resnest14d_digits.safetensors")
     r50 = next(x for x in rows if x["arch"] == "resnest50")
     assert r50["params"] == 27483240 and r50["weights_url"].endswith("resnest50-528c19ca.pth")
     e269 = next(x for x in rows if x["arch"] == "resnest269e")

@@ -110,5 +110,7 @@ def test_reduced_precision_resnest14d_builds(onnx_14d, tmp_path, precision):
 
 
 def test_trained_int8_digits_builds(digits_converted, tmp_path):
-    report = build_engine(digits_converted["int8"], tmp_path / "d.plan", backend="tensorrt-rtx", batch=(1, 8, 32))
+    report = build_engine(
+        digits_converted["int8"], tmp_path / "d.plan", backend="tensorrt-rtx", batch=(1, 8, 32)
+    )
     assert json.loads(report.sidecar.read_text())["precision"] == "int8"

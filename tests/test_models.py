@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from resnest_deploy.errors import UnknownArchError
-from resnest_deploy.models import count_params, create_model, get_spec, list_models
+from resnest_deploy.models import count_params, create_model, get_spec, list_models, load_model
 from resnest_deploy.models.layers import RadixSoftmax, SplitAttn
 from tests.conftest import manifest, recipe_state_dict
 
@@ -35,8 +35,15 @@ PUBLISHED_PARAMS_M = {
 }
 
 
-def test_registry_has_all_19_variants():
-    assert list_models() == OFFICIAL + TIMM
+def test_registry_has_all_19_variants_and_the_bundled_one():
+    assert list_models() == [*OFFICIAL, *TIMM, "resnest14d_digits"]
+
+
+def test_bundled_digits_weights_load_offline(monkeypatch):
+    monkeypatch.setenv("RESNEST_DEPLOY_OFFLINE", "1")
+    model, info = load_model("resnest14d_digits", "pretrained")
+    assert info.kind == "pretrained" and info.location.endswith("resnest14d_digits.safetensors")
+    assert model.fc.out_features == 10 and len(info.sha256) == 64
 
 
 @pytest.mark.parametrize("arch", ["resnest50", "resnest14d"])

@@ -94,8 +94,11 @@ def test_cpu_int8_uses_integer_kernels(digits_converted, tmp_path):
     assert len(qconvs) == 19
     assert all("/fc" in name for name in float_convs), float_convs
     zp = {t.name: t.data_type for t in onnx.load(digits_converted["int8-cpu"]).graph.initializer}
-    act_zps = [zp[n.input[2]] for n in onnx.load(digits_converted["int8-cpu"]).graph.node
-               if n.op_type == "QuantizeLinear" and n.input[2] in zp]
+    act_zps = [
+        zp[n.input[2]]
+        for n in onnx.load(digits_converted["int8-cpu"]).graph.node
+        if n.op_type == "QuantizeLinear" and n.input[2] in zp
+    ]
     assert act_zps and set(act_zps) == {onnx.TensorProto.UINT8}
 
 

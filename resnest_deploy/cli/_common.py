@@ -12,6 +12,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from resnest_deploy.errors import ResnestDeployError
 
@@ -53,7 +54,7 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except ResnestDeployError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, markup=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted; no partial files were kept")

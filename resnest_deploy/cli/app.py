@@ -8,8 +8,10 @@ import typer
 
 from resnest_deploy import __version__
 from resnest_deploy.cli.build import build_cmd
+from resnest_deploy.cli.evaluate import bench_cmd, check_cmd, eval_cmd, predict_cmd
 from resnest_deploy.cli.export import export_cmd
 from resnest_deploy.cli.models import models_cmd
+from resnest_deploy.cli.pipeline import inspect_cmd, pipeline_cmd
 from resnest_deploy.cli.quantize import quantize_cmd
 
 app = typer.Typer(
@@ -41,6 +43,12 @@ app.command("models")(models_cmd)
 app.command("export")(export_cmd)
 app.command("quantize")(quantize_cmd)
 app.command("build")(build_cmd)
+app.command("check")(check_cmd)
+app.command("bench")(bench_cmd)
+app.command("predict")(predict_cmd)
+app.command("eval")(eval_cmd)
+app.command("inspect")(inspect_cmd)
+app.command("pipeline")(pipeline_cmd)
 
 
 def main() -> None:

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 from resnest_deploy.cli._common import JsonOpt, handle_errors, out, print_json, progress
+from resnest_deploy.cli.quantize import CalibCountOpt, CalibDirOpt, CalibNpyOpt, calibration_for
 from resnest_deploy.engine import build_engine, parse_batch_range
+from resnest_deploy.precision import calibration, convert
 
 
 def _capability(text: str) -> tuple[int, int]:
@@ -32,6 +34,12 @@ def build_cmd(
     compute_capability: Annotated[
         list[str] | None, typer.Option(help="TensorRT-RTX target, repeatable, e.g. 8.9 (default: JIT).")
     ] = None,
+    precision: Annotated[
+        str | None, typer.Option("--precision", "-p", help="Convert an FP32 export to fp16 or int8 first.")
+    ] = None,
+    calib_dir: CalibDirOpt = None,
+    calib_npy: CalibNpyOpt = None,
+    calib_count: CalibCountOpt = calibration.DEFAULT_COUNT,
     json_out: JsonOpt = False,
 ) -> None:
     """Build a strongly typed TensorRT engine; precision comes from the ONNX file.
@@ -41,9 +49,14 @@ def build_cmd(
 
     Examples:
       resnest-deploy build --onnx models/resnest50/resnest50.onnx
+      resnest-deploy build --onnx m.onnx --precision int8 --calib-dir ~/imagenet/calib
       resnest-deploy build --onnx m.onnx --backend tensorrt-rtx --batch 1,4,16 --compute-capability 8.9
     """
     caps = [_capability(c) for c in compute_capability or []]
+    if precision and precision != "fp32":
+        calib = calibration_for(onnx, calib_dir, calib_npy, calib_count, True, json_out)
+        with progress(not json_out) as say:
+            onnx = convert(onnx, precision=precision, target="tensorrt", calib=calib, progress=say).path
     with progress(not json_out) as say:
         report = build_engine(
             onnx,

@@ -62,9 +62,7 @@ def _onnx_io(path: Path) -> tuple[str, list[int | str], dict[str, Any] | None]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
-        raise ArtifactError(
-            f"{path} is not a readable ONNX file ({first_line(e, 120)}); re-export it"
-        ) from e
+        raise ArtifactError(f"{path} is not a readable ONNX file ({first_line(e, 120)}); re-export it") from e
     if len(model.graph.input) != 1:
         raise ArtifactError(
             f"{path} has {len(model.graph.input)} inputs; a ResNeSt export has one image input"
@@ -161,6 +159,7 @@ def build_engine(
     sidecar_data = {
         "format": "tensorrt-engine",
         "arch": (meta or {}).get("arch"),
+        "weights": (meta or {}).get("weights"),
         "precision": precision,
         "num_classes": (meta or {}).get("num_classes"),
         "preprocessing": (meta or {}).get("preprocessing"),
@@ -222,4 +221,3 @@ def _create_config(
             "--compute-capability applies to TensorRT-RTX only; full TensorRT builds for this GPU"
         )
     return pg.CreateConfig(**kwargs)
-

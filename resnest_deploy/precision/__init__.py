@@ -141,7 +141,7 @@ def convert(
         raise ConversionError(f"output {output} would overwrite the source; choose another -o")
 
     settings: dict[str, Any] = {"precision": precision, "target": target}
-    with atomic_path(output) as tmp, _quiet("modelopt"):
+    with atomic_path(output) as tmp, _quiet_modelopt():
         if precision == "fp16":
             say("converting to FP16 with ModelOpt AutoCast")
             model = fp16.to_fp16(src, keep_fp32_ops, keep)
@@ -205,15 +205,14 @@ def convert(
 
 
 @contextlib.contextmanager
-def _quiet(logger: str) -> Iterator[None]:
-    """ModelOpt logs every node it touches, and an NVML error on machines without a GPU."""
-    log = logging.getLogger(logger)
-    level = log.level
-    log.setLevel(logging.CRITICAL)
+def _quiet_modelopt() -> Iterator[None]:
+    """ModelOpt logs every node it touches, and an NVML error on machines without a GPU; its child
+    loggers set their own levels, so only the global switch silences them."""
+    logging.disable(logging.ERROR)
     try:
         yield
     finally:
-        log.setLevel(level)
+        logging.disable(logging.NOTSET)
 
 
 def _random_inputs(hw: tuple[int, int]) -> np.ndarray:

@@ -1,5 +1,65 @@
-"""Backends behind one interface; the TensorRT runner is imported only when asked for."""
+"""Backends behind one interface; ``open_runner`` picks one from what the user named.
 
+The TensorRT runner (and TensorRT itself) is imported only when an engine is opened.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from resnest_deploy.errors import ArtifactError
 from resnest_deploy.runners.base import Runner
 
-__all__ = ["Runner"]
+__all__ = ["ENGINE_SUFFIXES", "Runner", "artifact_kind", "open_runner"]
+
+ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
+TORCH_NAMES = ("torch", "pytorch", "torch:cpu", "torch:cuda")
+
+
+def artifact_kind(artifact: str | os.PathLike[str]) -> str:
+    """'torch', 'onnx' or 'engine'; anything else is refused with the accepted forms."""
+    text = os.fspath(artifact)
+    if text in TORCH_NAMES:
+        return "torch"
+    suffix = Path(text).suffix.lower()
+    if suffix == ".onnx":
+        kind = "onnx"
+    elif suffix in ENGINE_SUFFIXES:
+        kind = "engine"
+    else:
+        raise ArtifactError(
+            f"cannot tell what {text!r} is; give a .onnx file, a .plan/.engine file, "
+            "or 'torch' / 'torch:cuda'"
+        )
+    if not Path(text).is_file():
+        raise ArtifactError(f"{kind} file not found: {text}; check the path")
+    return kind
+
+
+def open_runner(
+    artifact: str | os.PathLike[str],
+    *,
+    model: Any = None,
+    provider: str = "cpu",
+    threads: int | None = None,
+    cuda_graphs: bool = False,
+) -> Runner:
+    """A runner for an ONNX file, an engine, or ``torch[:device]`` (then ``model`` is the module)."""
+    kind = artifact_kind(artifact)
+    text = os.fspath(artifact)
+    if kind == "torch":
+        from resnest_deploy.runners.torch import TorchRunner
+
+        if model is None:
+            raise ArtifactError("'torch' needs a model: pass --arch (and --weights)")
+        device = text.partition(":")[2] or "cpu"
+        return TorchRunner(model, device, name=f"torch-{device}")
+    if kind == "onnx":
+        from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
+
+        return OnnxRuntimeRunner(text, provider, threads, name=Path(text).name)
+    from resnest_deploy.runners.tensorrt import TensorRTRunner
+
+    return TensorRTRunner(text, cuda_graphs=cuda_graphs, name=Path(text).name)

@@ -1,0 +1,136 @@
+"""What check, bench, predict and eval share: what an artifact is, its reference model, its inputs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnest_deploy import data, metadata
+from resnest_deploy.errors import ArtifactError
+from resnest_deploy.models import get_spec, load_model
+from resnest_deploy.runners import Runner, artifact_kind, open_runner
+
+RANDOM_SEED = 0
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    name: str  # as the user gave it: a path, or "torch[:device]"
+    kind: str  # torch, onnx, engine
+    arch: str | None
+    precision: str
+    input_size: tuple[int, int] | None
+    weights: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, artifact: str | os.PathLike[str]) -> ArtifactInfo:
+        kind = artifact_kind(artifact)
+        meta = {} if kind == "torch" else metadata.of_artifact(artifact)
+        size = None
+        shape = (meta.get("input") or {}).get("shape") or (meta.get("input") or {}).get("profile", {}).get(
+            "opt"
+        )
+        if shape and all(isinstance(v, int) for v in shape[2:]):
+            size = (shape[2], shape[3])
+        return cls(
+            os.fspath(artifact),
+            kind,
+            meta.get("arch"),
+            meta.get("precision", "fp32"),
+            size,
+            meta.get("weights"),
+        )
+
+
+def resolve_arch(arch: str | None, infos: Sequence[ArtifactInfo]) -> str:
+    """The arch the user named, or the one the artifacts record; a disagreement is an error."""
+    recorded = {i.arch for i in infos if i.arch}
+    if arch:
+        get_spec(arch)
+        for info in infos:
+            if info.arch and info.arch != arch:
+                raise ArtifactError(
+                    f"{info.name} was made from {info.arch}, not {arch}; "
+                    f"pass --arch {info.arch} or the right file"
+                )
+        return arch
+    if len(recorded) == 1:
+        return recorded.pop()
+    if not recorded:
+        raise ArtifactError(
+            "cannot tell the arch: the artifacts carry no resnest-deploy metadata; pass --arch"
+        )
+    raise ArtifactError(
+        f"the artifacts come from different archs ({', '.join(sorted(recorded))}); check them apart"
+    )
+
+
+def recorded_weights(infos: Sequence[ArtifactInfo]) -> str:
+    """Weights to rebuild the PyTorch reference with, as the first artifact's metadata records them."""
+    for info in infos:
+        w = info.weights or {}
+        if w.get("kind") in ("random", "pretrained"):
+            return str(w["kind"])
+        if w.get("kind") in ("file", "url") and w.get("location"):
+            return str(w["location"])
+    return "pretrained"
+
+
+def input_size(arch: str, infos: Sequence[ArtifactInfo]) -> tuple[int, int]:
+    sizes = {i.input_size for i in infos if i.input_size}
+    if len(sizes) > 1:
+        raise ArtifactError(
+            f"the artifacts take different input sizes ({sorted(sizes)}); compare like with like"
+        )
+    return sizes.pop() if sizes else (get_spec(arch).pretrained.input_size,) * 2
+
+
+def reference(arch: str, weights: str | None, infos: Sequence[ArtifactInfo]) -> Any:
+    return load_model(arch, weights or recorded_weights(infos))[0]
+
+
+def inputs(
+    arch: str,
+    size: tuple[int, int],
+    images: str | os.PathLike[str] | None,
+    count: int,
+    seed: int = RANDOM_SEED,
+    advance: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Real images preprocessed as the arch expects, or seeded random ones; and a description.
+
+    A model that ships its own data (the digits) uses its test split rather than noise.
+    """
+    spec = get_spec(arch)
+    if images is None and spec.pretrained.bundled:
+        test, _ = data.digits("test")
+        transform = data.Transform.from_pretrained(spec.pretrained, size[0])
+        x = data.digits_batch(test[:count], transform)
+        return x, {"kind": "bundled digits (test split)", "count": len(x)}
+    if images is None:
+        x = np.random.default_rng(seed).standard_normal((count, 3, *size), dtype=np.float32)
+        return x, {"kind": "random", "count": count, "seed": seed}
+    transform = data.Transform.from_pretrained(get_spec(arch).pretrained, size[0])
+    paths = data.sample(data.find_images(images), count, seed)
+    loaded = data.load_images(paths, transform, advance)
+    if not len(loaded.array):
+        raise ArtifactError(f"no decodable images under {images}; give a folder of jpg/png/webp files")
+    return loaded.array, {
+        "kind": "images",
+        "path": str(Path(images).resolve()),
+        "count": len(loaded.array),
+        "skipped": [f"{p}: {why}" for p, why in loaded.skipped],
+    }
+
+
+def run_batched(runner: Runner, x: np.ndarray, batch: int) -> np.ndarray:
+    return np.concatenate([runner.infer(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def runner_for(info: ArtifactInfo, model: Any, provider: str = "cpu", **kwargs: Any) -> Runner:
+    return open_runner(info.name, model=model, provider=provider, **kwargs)

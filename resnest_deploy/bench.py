@@ -1,0 +1,139 @@
+"""How fast: latency percentiles and throughput per artifact and batch size, in one run."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnest_deploy import artifacts as _a
+from resnest_deploy._io import atomic_path
+from resnest_deploy.runners import Runner
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    artifact: str
+    backend: str
+    precision: str
+    batch: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    images_per_s: float
+    iterations: int
+    timer: str  # "cuda-events" or "host"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def time_runner(
+    runner: Runner,
+    x: np.ndarray,
+    warmup: int = 5,
+    iterations: int = 20,
+    advance: Callable[[int], None] | None = None,
+) -> list[float]:
+    """Per-call latency in ms after ``warmup`` untimed calls (allocations, autotuning, graph capture)."""
+    for _ in range(warmup):
+        runner.infer(x)
+    times = []
+    for _ in range(iterations):
+        runner.infer(x)
+        times.append(runner.last_inference_ms())
+        if advance:
+            advance(1)
+    return times
+
+
+def summarize(
+    info_name: str, runner: Runner, precision: str, batch: int, times: Sequence[float]
+) -> BenchResult:
+    t = np.asarray(times)
+    p50, p90, p99 = (float(v) for v in np.percentile(t, [50, 90, 99]))
+    return BenchResult(
+        info_name,
+        runner.backend,
+        precision,
+        batch,
+        round(p50, 3),
+        round(p90, 3),
+        round(p99, 3),
+        round(float(t.mean()), 3),
+        round(batch * 1000.0 / p50, 2),
+        len(t),
+        "cuda-events" if runner.device_time_ms() is not None else "host",
+    )
+
+
+def bench(
+    artifacts: Sequence[str | os.PathLike[str]],
+    *,
+    arch: str | None = None,
+    weights: str | None = None,
+    batches: Sequence[int] = (1, 8),
+    warmup: int = 5,
+    iterations: int = 20,
+    provider: str = "cpu",
+    threads: int | None = None,
+    cuda_graphs: bool = False,
+    advance: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> list[BenchResult]:
+    """Every artifact at every batch size, on seeded random inputs (timing does not depend on them)."""
+    infos = [_a.ArtifactInfo.of(a) for a in artifacts]
+    arch = _a.resolve_arch(arch, infos)
+    size = _a.input_size(arch, infos)
+    model = _a.reference(arch, weights, infos) if any(i.kind == "torch" for i in infos) else None
+    if on_total:
+        on_total(len(infos) * len(batches) * iterations)
+    results = []
+    for info in infos:
+        with _a.runner_for(info, model, provider, threads=threads, cuda_graphs=cuda_graphs) as runner:
+            for b in batches:
+                x, _ = _a.inputs(arch, size, None, b)
+                times = time_runner(runner, x, warmup, iterations, advance)
+                results.append(summarize(info.name, runner, info.precision, b, times))
+    return results
+
+
+def to_csv(results: Sequence[BenchResult]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(BenchResult.__dataclass_fields__))
+    writer.writeheader()
+    writer.writerows(r.as_dict() for r in results)
+    return buf.getvalue()
+
+
+def plot(results: Sequence[BenchResult], path: str | os.PathLike[str]) -> Path:
+    """p50 latency against batch size, one line per artifact (needs the ``plot`` extra)."""
+    from resnest_deploy import _deps
+
+    _deps.require("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(r.artifact for r in results):
+        rows = [r for r in results if r.artifact == name]
+        ax.plot(
+            [r.batch for r in rows], [r.p50_ms for r in rows], marker="o", label=f"{name} ({rows[0].backend})"
+        )
+    ax.set(xlabel="batch size", ylabel="p50 latency (ms)", xscale="log", yscale="log")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
+    plt.close(fig)
+    return path

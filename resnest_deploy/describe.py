@@ -1,0 +1,90 @@
+"""`inspect`: everything known about an artifact, from its bytes, its metadata and its sidecar."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from resnest_deploy import metadata
+from resnest_deploy._io import require_file, sha256_file
+from resnest_deploy.errors import ArtifactError, first_line
+from resnest_deploy.runners import artifact_kind
+
+
+def describe(path: str | os.PathLike[str], layers: bool = True) -> dict[str, Any]:
+    kind = artifact_kind(path)
+    if kind == "torch":
+        raise ArtifactError("inspect takes a file (.onnx, .plan); for models use `resnest-deploy models`")
+    path = require_file(path)
+    info: dict[str, Any] = {
+        "path": str(path),
+        "kind": kind,
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+    }
+    info |= _onnx(path) if kind == "onnx" else _engine(path, layers)
+    return info
+
+
+def _dims(value_info: Any) -> list[int | str]:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def _onnx(path: Path) -> dict[str, Any]:
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as e:
+        raise ArtifactError(f"{path} is not a readable ONNX file ({first_line(e)})") from e
+    dtype = onnx.helper.tensor_dtype_to_np_dtype
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    weights = collections.Counter(str(dtype(t.data_type)) for t in model.graph.initializer)
+    return {
+        "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "inputs": [
+            {"name": i.name, "dtype": str(dtype(i.type.tensor_type.elem_type)), "shape": _dims(i)}
+            for i in model.graph.input
+        ],
+        "outputs": [
+            {"name": o.name, "dtype": str(dtype(o.type.tensor_type.elem_type)), "shape": _dims(o)}
+            for o in model.graph.output
+        ],
+        "nodes": len(model.graph.node),
+        "op_counts": dict(ops.most_common()),
+        "initializer_dtypes": dict(weights),
+        "metadata": metadata.from_onnx(model),
+        "sidecar": metadata.read_sidecar(path),
+    }
+
+
+def _engine(path: Path, layers: bool) -> dict[str, Any]:
+    sidecar = metadata.read_sidecar(path)
+    out: dict[str, Any] = {"sidecar": sidecar}
+    if sidecar:
+        out["metadata"] = {k: sidecar.get(k) for k in ("arch", "precision", "tensorrt", "target", "input")}
+    if layers:
+        out["layers"] = _engine_layers(path, sidecar)
+    return out
+
+
+def _engine_layers(path: Path, sidecar: dict[str, Any] | None) -> Any:
+    """Per-layer information needs the engine deserialized: a matching TensorRT and a GPU."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "unavailable: deserializing an engine needs a CUDA GPU"
+        from resnest_deploy.runners.tensorrt import TensorRTRunner
+
+        with TensorRTRunner(path) as runner:
+            trt = __import__(runner.backend.replace("-", "_"))
+            inspector = runner.engine.create_engine_inspector()
+            text = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+            return json.loads(text).get("Layers", text)
+    except Exception as e:  # the rest of inspect is still useful
+        return f"unavailable: {first_line(e)}"

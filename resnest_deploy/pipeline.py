@@ -1,0 +1,221 @@
+"""Export, convert, build, check and bench in one go, with a report of every figure.
+
+Each step's outcome is recorded as it finishes; the first failure stops the run, and the report
+written so far says which step failed and why.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from resnest_deploy import bench as _bench
+from resnest_deploy import check as _check
+from resnest_deploy import metadata
+from resnest_deploy._io import atomic_path, write_json
+from resnest_deploy.engine import build_engine, detect
+from resnest_deploy.errors import ParityError, ResnestDeployError
+from resnest_deploy.export import export_onnx
+from resnest_deploy.models import load_model
+from resnest_deploy.precision import calibration, convert
+
+
+def _gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class _Run:
+    """The report under construction; every step lands in it before the next one starts."""
+
+    def __init__(self, out: Path, report: dict[str, Any], say: Callable[[str], None]) -> None:
+        self.out, self.report, self.say = out, report, say
+
+    def step(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        self.say(f"{name}...")
+        started = time.perf_counter()
+        try:
+            result = fn()
+        except ResnestDeployError as e:
+            self.report["steps"][name] = {"status": "failed", "reason": str(e)}
+            self.report["status"] = f"failed at {name}"
+            write_reports(self.report, self.out)
+            raise
+        self.report["steps"][name] = {
+            "status": "ok",
+            "seconds": round(time.perf_counter() - started, 2),
+            **result,
+        }
+        return result
+
+    def skip(self, name: str, reason: str) -> None:
+        self.report["steps"][name] = {"status": "skipped", "reason": reason}
+
+
+def pipeline(
+    arch: str,
+    *,
+    weights: str = "pretrained",
+    precision: str = "fp32",
+    target: str = "tensorrt",
+    calib_dir: str | os.PathLike[str] | None = None,
+    calib_npy: str | os.PathLike[str] | None = None,
+    calib_count: int = calibration.DEFAULT_COUNT,
+    images: str | os.PathLike[str] | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    build: bool = True,
+    backend: str = "auto",
+    batches: Sequence[int] = (1, 8),
+    iterations: int = 20,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Everything lands in ``out_dir`` (default ``models/<arch>/``), with report.json and report.md."""
+    out = Path(out_dir or Path("models") / arch)
+    run = _Run(
+        out,
+        {
+            "arch": arch,
+            "weights": weights,
+            "precision": precision,
+            "target": target,
+            "started": metadata.now(),
+            "status": "running",
+            "steps": {},
+        },
+        progress or (lambda _m: None),
+    )
+
+    fp32 = out / f"{arch}.onnx"
+    model, info = load_model(arch, weights)
+    exported = run.step("export", lambda: _file(export_onnx(model, fp32, weights=info).metadata, fp32))
+    artifacts = [fp32]
+    calib = None
+    if precision != "fp32":
+        hw = tuple(exported["input"]["shape"][2:])
+        calib = calibration.resolve(arch, hw, calib_dir, calib_npy, calib_count)  # type: ignore[arg-type]
+        result = run.step("convert", lambda: _conversion(fp32, precision, target, calib))
+        artifacts.append(Path(result["path"]))
+
+    engine = _maybe_build(run, artifacts[-1], build, target, backend)
+    runnable = [*map(str, artifacts), *([str(engine)] if engine and _gpu() else [])]
+    held_out = None
+    if calib is not None:
+        held_out = (calib.holdout, {**calib.source, "kind": f"held-out {calib.source['kind']}"})
+    run.step("check", lambda: _checked(runnable, arch, weights, images, None if images else held_out))
+    run.step(
+        "bench",
+        lambda: {
+            "results": [
+                r.as_dict()
+                for r in _bench.bench(
+                    ["torch", *runnable], arch=arch, weights=weights, batches=batches, iterations=iterations
+                )
+            ]
+        },
+    )
+    if engine and not _gpu():
+        run.report["steps"]["bench"]["note"] = f"{engine.name} was built but not run: no CUDA GPU here"
+    run.report |= {"status": "ok", "finished": metadata.now(), "machine": metadata.machine()}
+    write_reports(run.report, out)
+    return run.report
+
+
+def _file(meta: dict[str, Any], path: Path) -> dict[str, Any]:
+    return {"path": str(path), "input": meta["input"], "parity": meta.get("parity"), "file": meta.get("file")}
+
+
+def _conversion(
+    src: Path, precision: str, target: str, calib: calibration.CalibrationData | None
+) -> dict[str, Any]:
+    report = convert(src, precision=precision, target=target, calib=calib)
+    meta = report.metadata
+    return {
+        "path": str(report.path),
+        "parity": meta["parity"],
+        "conversion": meta["conversion"],
+        "file": meta["file"],
+    }
+
+
+def _maybe_build(run: _Run, src: Path, build: bool, target: str, backend: str) -> Path | None:
+    if not build:
+        run.skip("build", "--no-build")
+        return None
+    if target == "cpu":
+        run.skip("build", "the cpu target is an ONNX Runtime model, not a TensorRT one")
+        return None
+    try:
+        detect(backend)
+    except ResnestDeployError as e:
+        run.skip("build", str(e))
+        return None
+    engine = src.with_suffix(".plan")
+    run.step("build", lambda: build_engine(src, engine, backend=backend).as_dict())
+    return engine
+
+
+def _checked(artifacts: list[str], arch: str, weights: str, images: Any, inputs: Any) -> dict[str, Any]:
+    report = _check.check(artifacts, arch=arch, weights=weights, images=images, inputs=inputs)
+    if not report.passed:
+        failed = [f"{r.artifact}: {'; '.join(r.problems)}" for r in report.results if not r.passed]
+        raise ParityError(f"check failed: {' | '.join(failed)}")
+    return report.as_dict()
+
+
+def write_reports(report: dict[str, Any], out: Path) -> None:
+    write_json(out / "report.json", report)
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(markdown(report))
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The human summary: what was made, how close it is, how fast it runs."""
+    steps = report["steps"]
+    lines = [f"# {report['arch']} ({report['precision']}, {report['target']}): {report['status']}", ""]
+    lines += ["| step | status | detail |", "|---|---|---|"]
+    for name, s in steps.items():
+        detail = s.get("reason") or s.get("path") or ""
+        lines.append(f"| {name} | {s['status']} | {detail} |")
+    check = steps.get("check", {})
+    if check.get("results"):
+        lines += [
+            "",
+            f"## Accuracy against PyTorch FP32 ({check['inputs'].get('kind')})",
+            "",
+            "| artifact | precision | max abs | cosine | top-1 agree | top-5 agree |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in check["results"]:
+            m = r["metrics"]
+            lines.append(
+                f"| {Path(r['artifact']).name} | {r['precision']} | {m['max_abs']:.3g} | {m['cosine']:.6f} "
+                f"| {m['top1']:.1%} | {m['top5']:.1%} |"
+            )
+    bench = steps.get("bench", {})
+    if bench.get("results"):
+        lines += [
+            "",
+            "## Latency",
+            "",
+            "| artifact | backend | batch | p50 ms | p90 ms | p99 ms | images/s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in bench["results"]:
+            lines.append(
+                f"| {Path(r['artifact']).name} | {r['backend']} | {r['batch']} | {r['p50_ms']:.2f} "
+                f"| {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['images_per_s']:.1f} |"
+            )
+        if bench.get("note"):
+            lines += ["", bench["note"]]
+    machine = report.get("machine")
+    if machine:
+        lines += [
+            "",
+            f"Measured on {machine.get('gpu') or machine['cpu']} ({machine['cores']} cores), "
+            f"{machine['date']}.",
+        ]
+    return "\n".join(lines) + "\n"

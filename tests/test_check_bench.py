@@ -1,0 +1,192 @@
+"""check, bench, predict, eval, inspect and pipeline on the bundled digits model (CPU backends)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from resnest_deploy.bench import bench, to_csv
+from resnest_deploy.check import check
+from resnest_deploy.data import digits
+from resnest_deploy.describe import describe
+from resnest_deploy.errors import ArtifactError
+from resnest_deploy.evaluate import evaluate
+from resnest_deploy.pipeline import pipeline
+from resnest_deploy.predict import imagenet_classes, predict
+
+cli = CliRunner()
+
+
+def test_check_passes_honest_artifacts(digits_onnx, digits_converted):
+    report = check([str(digits_onnx), *map(str, digits_converted.values())])
+    assert report.passed and report.arch == "resnest14d_digits" and report.weights == "pretrained"
+    assert report.inputs["kind"].startswith("bundled digits")
+    by_precision = {r.precision: r.metrics for r in report.results}
+    assert by_precision["fp32"].max_abs < 1e-4 and by_precision["int8"].cosine > 0.99
+
+
+def test_check_fails_a_tampered_onnx(digits_onnx, tmp_path):
+    """One weight tensor nudged by 5% of its scale is caught, with a non-zero CLI exit."""
+    model = onnx.load(digits_onnx)
+    target = next(t for t in model.graph.initializer if len(t.dims) == 4 and t.dims[0] >= 64)
+    w = onnx.numpy_helper.to_array(target).copy()
+    w[0] += 0.5 * np.abs(w).max()
+    target.CopyFrom(onnx.numpy_helper.from_array(w, target.name))
+    tampered = tmp_path / "tampered.onnx"
+    onnx.save(model, tampered)
+    report = check([str(tampered)])
+    assert not report.passed and report.results[0].problems
+    result = cli.invoke(app, ["check", str(tampered), "--json"])
+    assert result.exit_code == 1 and json.loads(result.stdout)["passed"] is False
+
+
+def test_check_refuses_mismatched_arch_and_missing_files(digits_onnx, tmp_path):
+    with pytest.raises(ArtifactError, match="was made from resnest14d_digits, not resnest50"):
+        check([str(digits_onnx)], arch="resnest50")
+    with pytest.raises(ArtifactError, match="not found"):
+        check([str(tmp_path / "nope.onnx")])
+    with pytest.raises(ArtifactError, match="cannot tell what"):
+        check([str(tmp_path / "model.bin")])
+
+
+def test_bench_fields_and_csv(digits_onnx, digits_converted):
+    results = bench(
+        ["torch", str(digits_onnx), str(digits_converted["int8-cpu"])], batches=(1, 4), iterations=3
+    )
+    assert [(r.backend, r.batch) for r in results] == [
+        ("torch-cpu", 1),
+        ("torch-cpu", 4),
+        ("onnxruntime-cpu", 1),
+        ("onnxruntime-cpu", 4),
+        ("onnxruntime-cpu", 1),
+        ("onnxruntime-cpu", 4),
+    ]
+    for r in results:
+        assert 0 < r.p50_ms <= r.p90_ms <= r.p99_ms and r.iterations == 3 and r.timer == "host"
+        assert r.images_per_s == pytest.approx(r.batch * 1000 / r.p50_ms, rel=1e-2)
+    assert to_csv(results).splitlines()[0].startswith("artifact,backend,precision,batch,p50_ms")
+
+
+def test_bench_cli_json_csv_and_plot(digits_onnx, tmp_path):
+    result = cli.invoke(
+        app,
+        [
+            "bench",
+            "--onnx",
+            str(digits_onnx),
+            "--batch",
+            "1,2",
+            "-n",
+            "2",
+            "--csv",
+            str(tmp_path / "b.csv"),
+            "--plot",
+            str(tmp_path / "b.png"),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert {r["batch"] for r in rows} == {1, 2}
+    assert len((tmp_path / "b.csv").read_text().splitlines()) == 3
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = cli.invoke(app, ["bench", "--onnx", str(digits_onnx), "--batch", "0"])
+    assert bad.exit_code == 2
+
+
+def _digit_folder(root: Path, per_class: int = 6) -> Path:
+    images, labels = digits("test")
+    for label in range(10):
+        folder = root / str(label)
+        folder.mkdir(parents=True)
+        for i, idx in enumerate(np.flatnonzero(labels == label)[:per_class]):
+            Image.fromarray(images[idx]).resize((24, 24)).save(folder / f"{i}.png")
+    (root / "3" / "README.txt").write_text("not an image")
+    (root / "3" / "broken.png").write_bytes(b"garbage")
+    return root
+
+
+def test_eval_on_a_labelled_digit_folder(digits_onnx, digits_converted, tmp_path):
+    root = _digit_folder(tmp_path / "val")
+    results, described = evaluate(["torch", str(digits_onnx), str(digits_converted["int8"])], root)
+    assert described["images"] == 60 and len(described["skipped"]) == 1
+    for r in results:
+        assert r.top1 >= 0.95 and r.top5 == 1.0
+    with pytest.raises(ArtifactError, match="neither a class index nor a known synset"):
+        (root / "cats").mkdir()
+        evaluate([str(digits_onnx)], root)
+
+
+def test_predict_real_image_files(digits_onnx, tmp_path):
+    images, labels = digits("test")
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"d{i}.jpg")
+        Image.fromarray(images[i]).convert("RGB").resize((64, 64)).save(paths[-1], quality=95)
+    preds = predict(paths, str(digits_onnx), topk=3)
+    assert [int(p.top[0][1]) for p in preds] == list(labels[:3])
+    assert all(abs(sum(pr for *_, pr in p.top) - 1) < 0.2 and p.top[0][2] > 0.5 for p in preds)
+    (tmp_path / "note.jpg").write_text("text, not a jpeg")
+    with pytest.raises(ArtifactError, match="not an image"):
+        predict([tmp_path / "note.jpg"], str(digits_onnx))
+
+
+def test_imagenet_labels_ship_with_the_package():
+    classes = imagenet_classes()
+    assert len(classes) == 1000 and classes[0] == ("n01440764", "tench") and classes[-1][0] == "n15075141"
+
+
+def test_inspect_onnx_and_engine(digits_converted, tmp_path):
+    info = describe(digits_converted["int8"])
+    assert info["metadata"]["precision"] == "int8" and info["op_counts"]["QuantizeLinear"] > 0
+    assert info["inputs"][0]["shape"] == ["batch", 3, 32, 32]
+    from resnest_deploy.engine import build_engine
+
+    engine = build_engine(
+        digits_converted["fp16"], tmp_path / "e.plan", backend="tensorrt-rtx", batch=(1, 2, 4)
+    )
+    described = describe(engine.path)
+    assert described["metadata"]["precision"] == "fp16" and described["kind"] == "engine"
+    assert isinstance(described["layers"], str) and "GPU" in described["layers"]
+    result = cli.invoke(app, ["inspect", str(engine.path)])
+    assert result.exit_code == 0 and "tensorrt-rtx" in result.stdout
+
+
+def test_pipeline_end_to_end_offline(tmp_path):
+    report = pipeline("resnest14d_digits", precision="int8", out_dir=tmp_path, batches=(1,), iterations=2)
+    steps = report["steps"]
+    assert report["status"] == "ok"
+    assert [steps[s]["status"] for s in ("export", "convert", "build", "check", "bench")] == ["ok"] * 5
+    assert (tmp_path / "resnest14d_digits.int8.plan").is_file()
+    md = (tmp_path / "report.md").read_text()
+    assert "resnest14d_digits.int8.onnx" in md and "| bench | ok |" in md
+    assert json.loads((tmp_path / "report.json").read_text())["status"] == "ok"
+
+
+def test_pipeline_stops_at_the_first_failure_with_a_report(tmp_path):
+    result = cli.invoke(
+        app,
+        [
+            "pipeline",
+            "--arch",
+            "resnest14d",
+            "--weights",
+            "random",
+            "--precision",
+            "int8",
+            "-o",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 1 and "INT8 needs calibration data" in result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == "failed at convert" and report["steps"]["export"]["status"] == "ok"
+
+
+from resnest_deploy.cli.app import app  # noqa: E402 - after the helpers, as the CLI tests read best
