@@ -128,9 +128,5 @@ def inputs(
     }
 
 
-def run_batched(runner: Runner, x: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([runner.infer(x[i : i + batch]) for i in range(0, len(x), batch)])
-
-
 def runner_for(info: ArtifactInfo, model: Any, provider: str = "cpu", **kwargs: Any) -> Runner:
     return open_runner(info.name, model=model, provider=provider, **kwargs)

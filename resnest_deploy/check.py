@@ -89,13 +89,13 @@ def check(
     x, described = inputs or _a.inputs(arch, size, images, count)
     say(f"reference: PyTorch FP32 {arch} on {len(x)} {described['kind']} inputs")
     with TorchRunner(model) as ref:
-        expected = _a.run_batched(ref, x, batch)
+        expected = ref.infer_batched(x, batch)
     limits = {**TOLERANCES, **(tolerances or {})}
     results = []
     for info in infos:
         say(f"running {info.name}")
         with _a.runner_for(info, model, provider) as runner:
-            metrics = compare(expected, _a.run_batched(runner, x, batch))
+            metrics = compare(expected, runner.infer_batched(x, batch))
             backend = runner.backend
         tol = limits.get(info.precision, limits["fp32"])
         results.append(CheckResult(info.name, backend, info.precision, metrics, tol, tol.violations(metrics)))

@@ -82,9 +82,8 @@ def _engine_layers(path: Path, sidecar: dict[str, Any] | None) -> Any:
         from resnest_deploy.runners.tensorrt import TensorRTRunner
 
         with TensorRTRunner(path) as runner:
-            trt = __import__(runner.backend.replace("-", "_"))
             inspector = runner.engine.create_engine_inspector()
-            text = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+            text = inspector.get_engine_information(runner.trt.LayerInformationFormat.JSON)
             return json.loads(text).get("Layers", text)
     except Exception as e:  # the rest of inspect is still useful
         return f"unavailable: {first_line(e)}"

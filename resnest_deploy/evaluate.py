@@ -54,7 +54,7 @@ def evaluate(
     results = []
     for info in infos:
         with _a.runner_for(info, model, provider) as runner:
-            logits = _a.run_batched(runner, loaded.array, batch)
+            logits = runner.infer_batched(loaded.array, batch)
             top5 = np.argsort(-logits, axis=1)[:, :5]
             results.append(
                 Accuracy(

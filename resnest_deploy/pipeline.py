@@ -95,8 +95,8 @@ def pipeline(
     artifacts = [fp32]
     calib = None
     if precision != "fp32":
-        hw = tuple(exported["input"]["shape"][2:])
-        calib = calibration.resolve(arch, hw, calib_dir, calib_npy, calib_count)  # type: ignore[arg-type]
+        _, _, h, w = exported["input"]["shape"]
+        calib = calibration.resolve(arch, (h, w), calib_dir, calib_npy, calib_count)
         result = run.step("convert", lambda: _conversion(fp32, precision, target, calib))
         artifacts.append(Path(result["path"]))
 

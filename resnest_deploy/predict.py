@@ -65,7 +65,7 @@ def predict(
         raise ArtifactError(f"{path} is not an image Pillow can read ({why}); pass jpg/png/webp files")
     model = _a.reference(arch, weights, [info]) if info.kind == "torch" else None
     with _a.runner_for(info, model, provider) as runner:
-        probs = softmax(_a.run_batched(runner, loaded.array, 8).astype(np.float64))
+        probs = softmax(runner.infer_batched(loaded.array, 8).astype(np.float64))
     names = class_names(probs.shape[1])
     out = []
     for path, p in zip(paths, probs, strict=True):

@@ -11,7 +11,18 @@ from resnest_deploy import __version__
 from resnest_deploy.cli.app import app
 
 runner = CliRunner()
-COMMANDS = ["models", "export", "build"]
+COMMANDS = [
+    "models",
+    "export",
+    "quantize",
+    "build",
+    "check",
+    "bench",
+    "predict",
+    "eval",
+    "inspect",
+    "pipeline",
+]
 
 
 def invoke(*args: str):
@@ -132,3 +143,83 @@ def test_import_and_help_pull_in_no_optional_backend():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_quantize_cli_writes_file_and_sidecar(digits_onnx, tmp_path):
+    out = tmp_path / "d.int8-cpu.onnx"
+    r = invoke(
+        "quantize", "--onnx", str(digits_onnx), "-p", "int8", "--target", "cpu", "-o", str(out), "--json"
+    )
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["precision"] == "int8" and doc["parity"]["metrics"]["top1"] > 0.99
+    assert out.is_file() and (tmp_path / "d.int8-cpu.onnx.json").is_file()
+
+
+def test_quantize_bad_calibration_folders(digits_onnx, tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = invoke(
+        "quantize",
+        "--onnx",
+        str(digits_onnx),
+        "--calib-dir",
+        str(tmp_path / "empty"),
+        "-o",
+        str(tmp_path / "x.onnx"),
+    )
+    _one_line_error(r, "no images (jpg/png/webp) under")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.jpg").write_bytes(b"nope")
+    r = invoke(
+        "quantize",
+        "--onnx",
+        str(digits_onnx),
+        "--calib-dir",
+        str(tmp_path / "bad"),
+        "-o",
+        str(tmp_path / "x.onnx"),
+    )
+    _one_line_error(r, "could be decoded")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_quantize_int8_without_data_and_non_resnest_onnx(onnx_14d, tmp_path):
+    r = invoke("quantize", "--onnx", str(onnx_14d), "-p", "int8", "-o", str(tmp_path / "x.onnx"))
+    _one_line_error(r, "INT8 needs calibration data; pass --calib-dir")
+    other = tmp_path / "other.onnx"
+    other.write_bytes(b"\x08\x07" + b"garbage" * 8)
+    r = invoke("quantize", "--onnx", str(other), "-p", "fp16")
+    _one_line_error(r, "not a readable ONNX file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.onnx"]
+
+
+def test_check_cli_mismatched_arch_and_missing_artifact(digits_onnx, tmp_path):
+    _one_line_error(invoke("check", str(digits_onnx), "--arch", "resnest50"), "pass --arch resnest14d_digits")
+    _one_line_error(invoke("check", str(tmp_path / "gone.plan")), "engine file not found")
+
+
+def test_predict_and_eval_cli(digits_onnx, tmp_path):
+    from PIL import Image
+
+    from resnest_deploy.data import digits
+
+    images, labels = digits("test")
+    for label in (0, 1):
+        (tmp_path / "val" / str(label)).mkdir(parents=True)
+        for i, idx in enumerate((labels == label).nonzero()[0][:3]):
+            Image.fromarray(images[idx]).save(tmp_path / "val" / str(label) / f"{i}.png")
+    first = next((tmp_path / "val" / "1").iterdir())
+    r = invoke("predict", str(first), "--artifact", str(digits_onnx), "--topk", "2", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)[0]["top"][0]["label"] == "1"
+    r = invoke("eval", "--images", str(tmp_path / "val"), str(digits_onnx), "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["results"][0]["top1"] == 1.0
+    _one_line_error(
+        invoke("eval", "--images", str(tmp_path / "nowhere"), str(digits_onnx)), "labelled folder not found"
+    )
+
+
+def test_inspect_cli_onnx(digits_onnx):
+    r = invoke("inspect", str(digits_onnx))
+    assert r.exit_code == 0 and "resnest14d_digits" in r.output and "opset 17" in r.output

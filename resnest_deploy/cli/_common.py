@@ -39,6 +39,19 @@ OutputOpt = Annotated[
     Path | None, typer.Option("--output", "-o", help="Where to write; default under models/<arch>/.")
 ]
 
+ArtifactsArg = Annotated[
+    list[str], typer.Argument(help="ONNX files (any precision), engines (.plan), or 'torch' / 'torch:cuda'.")
+]
+ArchOptional = Annotated[
+    str | None, typer.Option("--arch", "-a", help="Default: the arch the artifacts record.")
+]
+WeightsOptional = Annotated[
+    str | None, typer.Option("--weights", "-w", help="Default: the weights the artifacts record.")
+]
+ProviderOpt = Annotated[
+    str, typer.Option(help="ONNX Runtime provider for .onnx files: cpu, cuda or tensorrt.")
+]
+
 ARTIFACT_ROOT = Path("models")
 
 
@@ -112,6 +125,18 @@ def metrics_table(title: str, rows: dict[str, Any], failures: dict[str, list[str
             cells.append("[red]FAIL[/] " + "; ".join(problems) if problems else "[green]ok[/]")
         table.add_row(*cells)
     return table
+
+
+def parse_batches(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not a comma-separated list of batch sizes, e.g. 1,8,32"
+        ) from None
+    if not values or min(values) < 1:
+        raise typer.BadParameter("batch sizes must be positive, e.g. 1,8,32")
+    return values
 
 
 def print_json(data: Any) -> None:

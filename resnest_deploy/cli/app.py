@@ -7,11 +7,15 @@ from typing import Annotated
 import typer
 
 from resnest_deploy import __version__
+from resnest_deploy.cli.bench import bench_cmd
 from resnest_deploy.cli.build import build_cmd
-from resnest_deploy.cli.evaluate import bench_cmd, check_cmd, eval_cmd, predict_cmd
+from resnest_deploy.cli.check import check_cmd
+from resnest_deploy.cli.eval import eval_cmd
 from resnest_deploy.cli.export import export_cmd
+from resnest_deploy.cli.inspect import inspect_cmd
 from resnest_deploy.cli.models import models_cmd
-from resnest_deploy.cli.pipeline import inspect_cmd, pipeline_cmd
+from resnest_deploy.cli.pipeline import pipeline_cmd
+from resnest_deploy.cli.predict import predict_cmd
 from resnest_deploy.cli.quantize import quantize_cmd
 
 app = typer.Typer(

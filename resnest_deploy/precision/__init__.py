@@ -129,6 +129,7 @@ def convert(
         raise ConversionError(
             f"calibration method {method!r} is not available for {target}; use {', '.join(allowed)}"
         )
+    onnx = _deps.require("onnx")
     started = time.perf_counter()
     src = Path(src)
     _, meta = read_source(src)
@@ -140,41 +141,15 @@ def convert(
     if output.resolve() == src.resolve():
         raise ConversionError(f"output {output} would overwrite the source; choose another -o")
 
-    settings: dict[str, Any] = {"precision": precision, "target": target}
     with atomic_path(output) as tmp, _quiet_modelopt():
-        if precision == "fp16":
-            say("converting to FP16 with ModelOpt AutoCast")
-            model = fp16.to_fp16(src, keep_fp32_ops, keep)
-            settings |= {
-                "tool": "modelopt.autocast",
-                "keep_fp32_ops": list(keep_fp32_ops),
-                "keep_fp32_nodes": keep,
-            }
-        else:
-            assert calib is not None
-            say(f"calibrating INT8 ({method}) on {len(calib.calib)} inputs for {target}")
-            settings |= {"method": method, "keep_fp32_nodes": keep, "calibration": calib.source}
-            try:
-                if target == "tensorrt":
-                    int8.quantize_tensorrt(src, tmp, calib.calib, method, keep)
-                    settings["tool"] = "modelopt.onnx.quantization"
-                    settings["scheme"] = {"activations": "int8 symmetric", "weights": "int8 per-channel"}
-                else:
-                    settings["scheme"] = int8.quantize_cpu(src, tmp, calib.calib, method, keep)
-                    settings["tool"] = "onnxruntime.quantization"
-            except ResnestDeployError:
-                raise
-            except Exception as e:
-                raise ConversionError(f"INT8 quantization failed: {first_line(e)}") from e
-            model = _deps.require("onnx").load(tmp)
-
+        model, settings = _convert(src, tmp, precision, target, calib, method, keep, keep_fp32_ops, say)
         say("measuring against the FP32 source in ONNX Runtime")
         x = calib.holdout if calib is not None else _random_inputs(hw)
         with (
             OnnxRuntimeRunner(src, name="source") as ref,
             OnnxRuntimeRunner(model.SerializeToString()) as cand,
         ):
-            parity = compare(ref.infer(x), cand.infer(x))
+            parity = compare(ref.infer_batched(x), cand.infer_batched(x))
         assert_close(parity, tolerance or TOLERANCES[precision], f"{precision} ({target}) model")
 
         out_meta = {
@@ -194,7 +169,7 @@ def convert(
             "tools": metadata.tool_versions(),
         }
         metadata.embed(model, out_meta)
-        _deps.require("onnx").save(model, tmp)
+        onnx.save(model, tmp)
     ops = dict(collections.Counter(n.op_type for n in model.graph.node).most_common())
     out_meta["file"] = {"name": output.name, "bytes": output.stat().st_size, "sha256": sha256_file(output)}
     out_meta["graph"] = {"nodes": len(model.graph.node), "op_counts": ops}
@@ -213,6 +188,45 @@ def _quiet_modelopt() -> Iterator[None]:
         yield
     finally:
         logging.disable(logging.NOTSET)
+
+
+def _convert(
+    src: Path,
+    tmp: Path,
+    precision: str,
+    target: str,
+    calib: CalibrationData | None,
+    method: str,
+    keep: list[str],
+    keep_fp32_ops: Sequence[str],
+    say: Callable[[str], None],
+) -> tuple[Any, dict[str, Any]]:
+    """The converted ``ModelProto`` and the settings that made it (for the sidecar)."""
+    settings: dict[str, Any] = {"precision": precision, "target": target}
+    if precision == "fp16":
+        say("converting to FP16 with ModelOpt AutoCast")
+        settings |= {
+            "tool": "modelopt.autocast",
+            "keep_fp32_ops": list(keep_fp32_ops),
+            "keep_fp32_nodes": keep,
+        }
+        return fp16.to_fp16(src, keep_fp32_ops, keep), settings
+    assert calib is not None
+    say(f"calibrating INT8 ({method}) on {len(calib.calib)} inputs for {target}")
+    settings |= {"method": method, "keep_fp32_nodes": keep, "calibration": calib.source}
+    try:
+        if target == "tensorrt":
+            int8.quantize_tensorrt(src, tmp, calib.calib, method, keep)
+            settings["tool"] = "modelopt.onnx.quantization"
+            settings["scheme"] = {"activations": "int8 symmetric", "weights": "int8 per-channel"}
+        else:
+            settings["scheme"] = int8.quantize_cpu(src, tmp, calib.calib, method, keep)
+            settings["tool"] = "onnxruntime.quantization"
+    except ResnestDeployError:
+        raise
+    except Exception as e:
+        raise ConversionError(f"INT8 quantization failed: {first_line(e)}") from e
+    return _deps.require("onnx").load(tmp), settings
 
 
 def _random_inputs(hw: tuple[int, int]) -> np.ndarray:

@@ -51,6 +51,10 @@ class Runner(abc.ABC):
         self._last_ms = self.device_time_ms() or (time.perf_counter() - start) * 1e3
         return out
 
+    def infer_batched(self, x: np.ndarray, batch: int = 16) -> np.ndarray:
+        """Many inputs, ``batch`` at a time (engines have a maximum batch; memory is finite)."""
+        return np.concatenate([self.infer(x[i : i + batch]) for i in range(0, len(x), batch)])
+
     def last_inference_ms(self) -> float:
         if self._last_ms is None:
             raise RuntimeError(f"{self.name} has not run yet")

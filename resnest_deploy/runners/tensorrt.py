@@ -74,7 +74,7 @@ class TensorRTRunner(Runner):
         flavour = detect(self.requested)
         self.backend = flavour.backend
         check_compatible(self.sidecar, flavour.version, torch.cuda.get_device_capability())
-        trt = flavour.module
+        self.trt = trt = flavour.module
         logger = trt.Logger(trt.Logger.ERROR)
         self.runtime = trt.Runtime(logger)
         self.engine = self.runtime.deserialize_cuda_engine(require_file(self.path, "engine").read_bytes())

@@ -1,0 +1,83 @@
+"""`resnest-deploy check`: every artifact against PyTorch FP32, with an exit code for CI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from resnest_deploy.cli._common import (
+    ArchOptional,
+    ArtifactsArg,
+    JsonOpt,
+    ProviderOpt,
+    WeightsOptional,
+    handle_errors,
+    metrics_table,
+    out,
+    print_json,
+    progress,
+)
+
+
+@handle_errors
+def check_cmd(
+    artifacts: ArtifactsArg,
+    arch: ArchOptional = None,
+    weights: WeightsOptional = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Folder of real images (default: seeded random inputs).")
+    ] = None,
+    count: Annotated[int, typer.Option(help="How many inputs.")] = 32,
+    batch: Annotated[int, typer.Option(help="Batch size to run them in.")] = 8,
+    min_cosine: Annotated[float | None, typer.Option(help="Override every precision's cosine bar.")] = None,
+    min_top1: Annotated[
+        float | None, typer.Option(help="Override every precision's top-1 agreement bar (0..1).")
+    ] = None,
+    provider: ProviderOpt = "cpu",
+    json_out: JsonOpt = False,
+) -> None:
+    """Compare each artifact with PyTorch FP32 on the same inputs; exit 1 if any is out of bounds.
+
+    Bars default by precision (fp32 tight; fp16; int8 by cosine and top-1/top-5 agreement).
+    The PyTorch reference uses the weights the artifact was made from unless --weights is given.
+
+    Examples:
+      resnest-deploy check models/resnest50/resnest50.onnx models/resnest50/resnest50.int8.onnx
+      resnest-deploy check m.plan --images ~/val --count 200
+    """
+    import dataclasses
+
+    from resnest_deploy.check import check
+    from resnest_deploy.compare import TOLERANCES
+
+    tolerances = {
+        k: dataclasses.replace(
+            t,
+            cosine=t.cosine if min_cosine is None else min_cosine,
+            top1=t.top1 if min_top1 is None else min_top1,
+        )
+        for k, t in TOLERANCES.items()
+    }
+    with progress(not json_out) as say:
+        report = check(
+            artifacts,
+            arch=arch,
+            weights=weights,
+            images=images,
+            count=count,
+            batch=batch,
+            tolerances=tolerances,
+            provider=provider,
+            progress=say,
+        )
+    if json_out:
+        print_json(report.as_dict())
+    else:
+        rows = {r.artifact: r.metrics for r in report.results}
+        failures = {r.artifact: r.problems for r in report.results}
+        title = f"{report.arch} ({report.weights} weights) vs PyTorch FP32, {report.inputs['kind']} inputs"
+        out.print(metrics_table(title, rows, failures))
+    if not report.passed:
+        raise typer.Exit(1)

@@ -1,0 +1,67 @@
+"""`resnest-deploy eval`: accuracy of artifacts on a labelled image folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from resnest_deploy.cli._common import (
+    ArchOptional,
+    JsonOpt,
+    ProviderOpt,
+    WeightsOptional,
+    counting_bar,
+    err,
+    handle_errors,
+    out,
+    print_json,
+)
+
+
+@handle_errors
+def eval_cmd(
+    images: Annotated[
+        Path, typer.Option(help="Labelled folder: one sub-folder per class (0, 1, ... or n01440764).")
+    ],
+    artifacts: Annotated[list[str] | None, typer.Argument(help="ONNX files, engines, or 'torch'.")] = None,
+    arch: ArchOptional = None,
+    weights: WeightsOptional = None,
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 16,
+    provider: ProviderOpt = "cpu",
+    json_out: JsonOpt = False,
+) -> None:
+    """Top-1 / top-5 accuracy of each artifact on your labelled images.
+
+    Examples:
+      resnest-deploy eval --images ~/imagenet/val torch m.onnx m.int8.onnx --arch resnest50
+    """
+    from resnest_deploy.evaluate import evaluate
+
+    with counting_bar("reading images", not json_out) as (on_total, advance):
+        results, described = evaluate(
+            artifacts or ["torch"],
+            images,
+            arch=arch,
+            weights=weights,
+            batch=batch,
+            provider=provider,
+            advance=advance,
+            on_total=on_total,
+        )
+    if json_out:
+        print_json({"images": described, "results": [r.as_dict() for r in results]})
+        return
+    table = Table(title=f"accuracy on {described['images']} images in {images}", title_justify="left")
+    for col in ("artifact", "backend", "precision", "top-1", "top-5"):
+        table.add_column(col, justify="right" if col.startswith("top") else "left")
+    for r in results:
+        table.add_row(Path(r.artifact).name, r.backend, r.precision, f"{r.top1:.2%}", f"{r.top5:.2%}")
+    out.print(table)
+    if described["skipped"]:
+        err.print(
+            f"[yellow]skipped {len(described['skipped'])} unreadable file(s)[/], "
+            f"e.g. {described['skipped'][0]}"
+        )

@@ -1,0 +1,56 @@
+"""`resnest-deploy inspect`: what an ONNX file or engine is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from resnest_deploy.cli._common import JsonOpt, handle_errors, out, print_json
+
+
+@handle_errors
+def inspect_cmd(
+    artifact: Annotated[Path, typer.Argument(help="An .onnx file or a .plan engine.")],
+    layers: Annotated[
+        bool, typer.Option(help="Per-layer engine information (needs TensorRT and a GPU).")
+    ] = True,
+    json_out: JsonOpt = False,
+) -> None:
+    """Everything known about an artifact: shapes, precision, ops, provenance, build log.
+
+    Examples:
+      resnest-deploy inspect models/resnest50/resnest50.int8.onnx
+      resnest-deploy inspect m.plan --json
+    """
+    from resnest_deploy.describe import describe
+
+    info = describe(artifact, layers)
+    if json_out:
+        print_json(info)
+        return
+    meta = info.get("metadata") or {}
+    out.print(
+        f"[bold]{info['path']}[/] ({info['kind']}, {info['bytes'] / 2**20:.1f} MiB, "
+        f"sha256 {info['sha256'][:12]})"
+    )
+    out.print(f"  arch {meta.get('arch', '?')}, precision {meta.get('precision', '?')}")
+    if info["kind"] == "onnx":
+        for io in (*info["inputs"], *info["outputs"]):
+            out.print(f"  {io['name']}: {io['dtype']} {io['shape']}")
+        ops = ", ".join(f"{k} {v}" for k, v in info["op_counts"].items())
+        out.print(f"  opset {info['opset']}, {info['nodes']} nodes: {ops}")
+        out.print(f"  initializers: {info['initializer_dtypes']}")
+    else:
+        trt = meta.get("tensorrt") or {}
+        out.print(
+            f"  built with {trt.get('flavour', '?')} {trt.get('version', '?')}; target {meta.get('target')}"
+        )
+        out.print(f"  profile {(meta.get('input') or {}).get('profile')}")
+        layers_info = info.get("layers")
+        out.print(
+            f"  layers: {len(layers_info)}" if isinstance(layers_info, list) else f"  layers: {layers_info}"
+        )
+    if not info.get("sidecar"):
+        out.print("  [yellow]no sidecar JSON beside it[/]")

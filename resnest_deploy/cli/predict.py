@@ -1,0 +1,51 @@
+"""`resnest-deploy predict`: class names and probabilities through any artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from resnest_deploy.cli._common import (
+    ArchOptional,
+    JsonOpt,
+    ProviderOpt,
+    WeightsOptional,
+    handle_errors,
+    out,
+    print_json,
+)
+
+
+@handle_errors
+def predict_cmd(
+    images: Annotated[list[Path], typer.Argument(help="Image files (jpg, png, webp, ...).")],
+    artifact: Annotated[str, typer.Option(help="An ONNX file, an engine, or 'torch'.")] = "torch",
+    arch: ArchOptional = None,
+    weights: WeightsOptional = None,
+    topk: Annotated[int, typer.Option(help="Classes to show per image.")] = 5,
+    provider: ProviderOpt = "cpu",
+    json_out: JsonOpt = False,
+) -> None:
+    """Classify images with any artifact; ImageNet class names for 1000-class models.
+
+    Examples:
+      resnest-deploy predict cat.jpg --arch resnest50
+      resnest-deploy predict a.jpg b.png --artifact models/resnest50/resnest50.int8-cpu.onnx --topk 3
+    """
+    from resnest_deploy.predict import predict
+
+    preds = predict(images, artifact, arch=arch, weights=weights, topk=topk, provider=provider)
+    if json_out:
+        print_json(
+            [
+                {"image": p.image, "top": [{"index": i, "label": n, "probability": pr} for i, n, pr in p.top]}
+                for p in preds
+            ]
+        )
+        return
+    for p in preds:
+        out.print(f"[bold]{p.image}[/]")
+        for i, name, prob in p.top:
+            out.print(f"  {prob:7.2%}  {name} [dim]({i})[/]")
