@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,12 @@ from resnest_deploy.export import export_onnx
 from resnest_deploy.models import load_model
 
 REFDATA = Path(__file__).parent / "refdata"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fresh_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every run calibrates for real: nothing is reused from an earlier run's cache."""
+    os.environ["RESNEST_DEPLOY_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
 def manifest(arch: str) -> dict:

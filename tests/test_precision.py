@@ -184,3 +184,15 @@ def test_npy_calibration_and_shape_check(onnx_14d, tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros((4, 3, 32, 32), np.float32))
     with pytest.raises(ArtifactError, match="the model wants N x 3 x 64 x 64"):
         calibration.from_npy(tmp_path / "bad.npy", (64, 64))
+
+
+def test_second_calibration_with_same_data_reuses_the_result(digits_onnx, tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNEST_DEPLOY_CACHE", str(tmp_path / "cache"))
+    calib = calibration.from_digits(DIGITS, count=64)
+    first = convert(digits_onnx, tmp_path / "a.onnx", precision="int8", target="cpu", calib=calib)
+    again = convert(digits_onnx, tmp_path / "b.onnx", precision="int8", target="cpu", calib=calib)
+    assert "cache" not in first.metadata["conversion"] and "cache" in again.metadata["conversion"]
+    assert again.parity == first.parity  # same graph, and the parity check still ran
+    other = calibration.from_digits(DIGITS, count=64, seed=1)
+    third = convert(digits_onnx, tmp_path / "c.onnx", precision="int8", target="cpu", calib=other)
+    assert "cache" not in third.metadata["conversion"]

@@ -75,7 +75,7 @@ def quantize_cmd(
     method: MethodOpt = "max",
     keep_fp32: KeepOpt = None,
     cache: Annotated[
-        bool, typer.Option(help="Reuse preprocessed calibration images from an earlier run.")
+        bool, typer.Option(help="Reuse preprocessed images and calibrated models from an earlier run.")
     ] = True,
     output: Annotated[
         Path | None,
@@ -106,6 +106,7 @@ def quantize_cmd(
             calib=calib,
             method=method,
             keep_fp32_nodes=keep_fp32,
+            use_cache=cache,
             progress=say,
         )
     if json_out:

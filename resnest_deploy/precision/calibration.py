@@ -35,6 +35,10 @@ class CalibrationData:
         if len(self.calib) == 0:
             raise ArtifactError("no calibration inputs; give --calib-dir with images or --calib-npy")
 
+    def digest(self) -> str:
+        """Identifies the calibration inputs themselves, however they were obtained."""
+        return hashlib.sha256(np.ascontiguousarray(self.calib).tobytes()).hexdigest()
+
 
 def _split(x: np.ndarray, holdout: int) -> tuple[np.ndarray, np.ndarray]:
     """The last ``holdout`` inputs (at most a fifth) are held out; tiny sets are reused for both."""
