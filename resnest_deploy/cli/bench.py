@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from resnest_deploy.cli._common import (
-    ArchOptional,
     JsonOpt,
     ProviderOpt,
     WeightsOptional,
@@ -28,11 +27,10 @@ def bench_cmd(
     ] = None,
     engine: Annotated[list[Path] | None, typer.Option(help="A TensorRT engine (repeatable).")] = None,
     onnx: Annotated[list[Path] | None, typer.Option(help="An ONNX file (repeatable).")] = None,
-    arch: ArchOptional = None,
+    arch: Annotated[
+        str | None, typer.Option("--arch", "-a", help="Also time this arch in PyTorch eager (CPU).")
+    ] = None,
     weights: WeightsOptional = None,
-    torch_: Annotated[
-        bool, typer.Option("--torch", help="Also time PyTorch eager (needs --arch or an artifact).")
-    ] = False,
     batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8",
     warmup: Annotated[int, typer.Option(help="Untimed calls first.")] = 5,
     iterations: Annotated[int, typer.Option("--iterations", "-n", help="Timed calls per batch size.")] = 20,
@@ -53,13 +51,14 @@ def bench_cmd(
 
     Examples:
       resnest-deploy bench --engine m.plan --batch 1,8,32 --cuda-graphs
-      resnest-deploy bench torch m.onnx m.int8-cpu.onnx --batch 1,8 --plot latency.png
+      resnest-deploy bench --arch resnest50 --onnx m.onnx --onnx m.int8-cpu.onnx --plot latency.png
+      resnest-deploy bench torch:cuda m.onnx --provider cuda --batch 1,8,32
     """
     from resnest_deploy.bench import bench, to_csv
     from resnest_deploy.bench import plot as draw
 
     chosen = [*(artifacts or []), *map(str, onnx or []), *map(str, engine or [])]
-    if torch_:
+    if arch and "torch" not in chosen and "torch:cpu" not in chosen:
         chosen.insert(0, "torch")
     if not chosen:
         raise typer.BadParameter("name something to time: --engine, --onnx, 'torch' or file arguments")

@@ -41,8 +41,8 @@ KeepOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--keep-fp32",
-        help="Node-name regex kept in FP32 (repeatable); replaces the default "
-        "(the attention gate and the classifier).",
+        help="Node-name regex kept in FP32 (repeatable); replaces the default: for INT8 the attention "
+        "gate and the classifier, for FP16 none (its softmax stays FP32 regardless).",
     ),
 ]
 

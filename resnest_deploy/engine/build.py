@@ -171,10 +171,7 @@ def build_engine(
             "opt_level": opt_level,
             "workspace_gib": workspace_gib,
         },
-        "target": {
-            "compute_capabilities": [f"{a}.{b}" for a, b in compute_capabilities or []]
-            or ("this machine's GPU" if not flavour.is_rtx else "TensorRT-RTX default (JIT on device)")
-        },
+        "target": {"compute_capabilities": _target(flavour, compute_capabilities)},
         "input": {"name": input_name, "profile": shapes},
         "build_seconds": round(seconds, 3),
         "timing_cache": str(timing_cache) if timing_cache else None,
@@ -196,6 +193,20 @@ def build_engine(
         sidecar_data["builder_log"],
         sidecar_data,
     )
+
+
+def _target(flavour: Flavour, compute_capabilities: Sequence[tuple[int, int]] | None) -> list[str] | str:
+    """What the engine will run on; a list is checked against the GPU when the engine is loaded."""
+    if compute_capabilities:
+        return [f"{a}.{b}" for a, b in compute_capabilities]
+    if flavour.is_rtx:
+        return "TensorRT-RTX default (JIT on device)"
+    import torch  # full TensorRT builds for the GPU it runs on
+
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        return [f"{major}.{minor}"]
+    return "this machine's GPU"
 
 
 def _create_config(

@@ -145,15 +145,15 @@ def convert(
     hw = input_hw(meta)
     if calib is not None and tuple(calib.calib.shape[2:]) != hw:
         raise ArtifactError(f"calibration inputs are {calib.calib.shape[2:]}, the model wants {hw}")
-    keep = list(int8.KEEP_FP32_NODES if keep_fp32_nodes is None else keep_fp32_nodes)
+    default_keep = fp16.KEEP_FP32_NODES if precision == "fp16" else int8.KEEP_FP32_NODES
+    keep = list(default_keep if keep_fp32_nodes is None else keep_fp32_nodes)
     output = Path(output) if output else default_output(src, precision, target)
     if output.resolve() == src.resolve():
         raise ConversionError(f"output {output} would overwrite the source; choose another -o")
 
     with atomic_path(output) as tmp, _quiet_modelopt():
-        model, settings = _cached_convert(
-            src, tmp, precision, target, calib, method, keep, keep_fp32_ops, say, use_cache
-        )
+        job = _Job(src, precision, target, calib, method, keep, keep_fp32_ops)
+        model, settings = _cached_convert(job, tmp, say, use_cache)
         say("measuring against the FP32 source in ONNX Runtime")
         x = calib.holdout if calib is not None else _random_inputs(hw)
         with (
@@ -201,68 +201,73 @@ def _quiet_modelopt() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One conversion request, which is also what its cached result is keyed by."""
+
+    src: Path
+    precision: str
+    target: str
+    calib: CalibrationData | None
+    method: str
+    keep: list[str]
+    keep_fp32_ops: Sequence[str]
+
+    def cache_key(self) -> str:
+        assert self.calib is not None
+        parts = [
+            sha256_file(self.src),
+            self.calib.digest(),
+            self.precision,
+            self.target,
+            self.method,
+            self.keep,
+        ]
+        parts.append(metadata.tool_versions())
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
 def _cached_convert(
-    src: Path,
-    tmp: Path,
-    precision: str,
-    target: str,
-    calib: CalibrationData | None,
-    method: str,
-    keep: list[str],
-    keep_fp32_ops: Sequence[str],
-    say: Callable[[str], None],
-    use_cache: bool,
+    job: _Job, tmp: Path, say: Callable[[str], None], use_cache: bool
 ) -> tuple[Any, dict[str, Any]]:
-    args = (src, tmp, precision, target, calib, method, keep, keep_fp32_ops, say)
-    if calib is None or not use_cache:
-        return _convert(*args)
+    if job.calib is None or not use_cache:
+        return _convert(job, tmp, say)
     onnx = _deps.require("onnx")
-    key_data = [sha256_file(src), calib.digest(), precision, target, method, keep, metadata.tool_versions()]
-    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:24]
-    cached = calibration.cache_dir() / f"{key}.onnx"
+    cached = calibration.cache_dir() / f"{job.cache_key()}.onnx"
     if cached.is_file():
         say(f"reusing the model calibrated on the same data earlier ({cached})")
         shutil.copyfile(cached, tmp)
         model, settings = onnx.load(tmp), json.loads(Path(f"{cached}.json").read_text())
-        return model, settings | {"calibration": calib.source, "cache": str(cached)}
-    model, settings = _convert(*args)
+        return model, settings | {"calibration": job.calib.source, "cache": str(cached)}
+    model, settings = _convert(job, tmp, say)
     with atomic_path(cached) as part:
         onnx.save(model, part)
     write_json(Path(f"{cached}.json"), settings)
     return model, settings
 
 
-def _convert(
-    src: Path,
-    tmp: Path,
-    precision: str,
-    target: str,
-    calib: CalibrationData | None,
-    method: str,
-    keep: list[str],
-    keep_fp32_ops: Sequence[str],
-    say: Callable[[str], None],
-) -> tuple[Any, dict[str, Any]]:
+def _convert(job: _Job, tmp: Path, say: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
     """The converted ``ModelProto`` and the settings that made it (for the sidecar)."""
-    settings: dict[str, Any] = {"precision": precision, "target": target}
-    if precision == "fp16":
+    settings: dict[str, Any] = {"precision": job.precision, "target": job.target}
+    if job.precision == "fp16":
         say("converting to FP16 with ModelOpt AutoCast")
         settings |= {
             "tool": "modelopt.autocast",
-            "keep_fp32_ops": list(keep_fp32_ops),
-            "keep_fp32_nodes": keep,
+            "keep_fp32_ops": list(job.keep_fp32_ops),
+            "keep_fp32_nodes": job.keep,
         }
-        return fp16.to_fp16(src, keep_fp32_ops, keep), settings
+        return fp16.to_fp16(job.src, job.keep_fp32_ops, job.keep), settings
+    calib = job.calib
     assert calib is not None
-    say(f"calibrating INT8 ({method}) on {len(calib.calib)} inputs for {target}")
-    settings |= {"method": method, "keep_fp32_nodes": keep, "calibration": calib.source}
+    say(f"calibrating INT8 ({job.method}) on {len(calib.calib)} inputs for {job.target}")
+    settings |= {"method": job.method, "keep_fp32_nodes": job.keep, "calibration": calib.source}
     try:
-        if target == "tensorrt":
-            int8.quantize_tensorrt(src, tmp, calib.calib, method, keep)
+        if job.target == "tensorrt":
+            int8.quantize_tensorrt(job.src, tmp, calib.calib, job.method, job.keep)
             settings["tool"] = "modelopt.onnx.quantization"
             settings["scheme"] = {"activations": "int8 symmetric", "weights": "int8 per-channel"}
         else:
-            settings["scheme"] = int8.quantize_cpu(src, tmp, calib.calib, method, keep)
+            settings["scheme"] = int8.quantize_cpu(job.src, tmp, calib.calib, job.method, job.keep)
             settings["tool"] = "onnxruntime.quantization"
     except ResnestDeployError:
         raise

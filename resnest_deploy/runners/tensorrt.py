@@ -99,10 +99,17 @@ class TensorRTRunner(Runner):
             self.context.set_input_shape(self.input_name, shape)
             out_shape = tuple(self.context.get_tensor_shape(self.output_name))
             self._buffers[shape] = (
-                torch.empty(shape, dtype=torch.float32, device="cuda"),
-                torch.empty(out_shape, dtype=torch.float32, device="cuda"),
+                torch.empty(shape, dtype=self._dtype(self.input_name), device="cuda"),
+                torch.empty(out_shape, dtype=self._dtype(self.output_name), device="cuda"),
             )
         return self._buffers[shape]
+
+    def _dtype(self, tensor: str) -> Any:
+        """FP32 unless the engine says FP16 (our conversions keep FP32 I/O, hand-made files may not)."""
+        import torch
+
+        fp16 = self.engine.get_tensor_dtype(tensor) == self.trt.DataType.HALF
+        return torch.float16 if fp16 else torch.float32
 
     def _enqueue(self, shape: tuple[int, ...]) -> None:
         d_in, d_out = self._buffers_for(shape)
@@ -118,7 +125,7 @@ class TensorRTRunner(Runner):
         shape = tuple(x.shape)
         d_in, d_out = self._buffers_for(shape)
         with torch.cuda.stream(self.stream):
-            d_in.copy_(torch.from_numpy(x), non_blocking=False)
+            d_in.copy_(torch.from_numpy(x))  # casts to the engine's input dtype
             self.start.record(self.stream)
             if self.cuda_graphs:
                 self._graph_for(shape).replay()
@@ -126,7 +133,7 @@ class TensorRTRunner(Runner):
                 self._enqueue(shape)
             self.end.record(self.stream)
             out = d_out.cpu()
-        return out.numpy()
+        return out.float().numpy()
 
     def _graph_for(self, shape: tuple[int, ...]) -> Any:
         import torch
