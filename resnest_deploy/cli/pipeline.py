@@ -69,7 +69,9 @@ def pipeline_cmd(
     if json_out:
         print_json(report)
         return
+    from rich.markdown import Markdown
+
     from resnest_deploy.pipeline import markdown
 
-    out.print(markdown(report), markup=False, highlight=False)
+    out.print(Markdown(markdown(report)))
     out.print(f"reports: {(output_dir or Path('models') / arch) / 'report.md'} and report.json")
