@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -87,7 +87,7 @@ def _trace(
         torch.onnx.export(
             model,
             (example,),
-            buf,
+            buf,  # type: ignore[arg-type]  # file-like objects work; the stubs say paths
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT_NAME],
@@ -118,7 +118,10 @@ def export_onnx(
     started = time.perf_counter()
     arch = getattr(model, "arch", None)
     spec = get_spec(arch) if arch else None
-    size = tuple(input_size) if input_size else (spec.pretrained.input_size,) * 2 if spec else (224, 224)
+    size = cast(
+        tuple[int, int],
+        tuple(input_size) if input_size else (spec.pretrained.input_size,) * 2 if spec else (224, 224),
+    )  # _validate checks it really has two entries
     _validate(opset, batch, size)
     model = model.eval()
 
@@ -160,15 +163,16 @@ def export_onnx(
         "height" if dynamic_hw else size[0],
         "width" if dynamic_hw else size[1],
     ]
-    meta = {
+    num_classes = int(cast(torch.nn.Linear, model.get_submodule("fc")).out_features)
+    meta: dict[str, Any] = {
         "format": "onnx",
         "arch": arch,
         "precision": "fp32",
         "weights": asdict(weights) if weights else None,
         "opset": opset,
         "input": {"name": INPUT_NAME, "shape": input_shape, "dtype": "float32", "layout": "NCHW"},
-        "output": {"name": OUTPUT_NAME, "shape": [input_shape[0], model.fc.out_features], "dtype": "float32"},
-        "num_classes": int(model.fc.out_features),
+        "output": {"name": OUTPUT_NAME, "shape": [input_shape[0], num_classes], "dtype": "float32"},
+        "num_classes": num_classes,
         "preprocessing": metadata.preprocessing(spec, size) if spec else None,
         "parity": {
             "reference": "pytorch fp32 cpu",

@@ -53,7 +53,7 @@ class Transform:
         image = image.resize((nw, nh), _RESAMPLE[self.interpolation])
         left, top = (nw - self.size) // 2, (nh - self.size) // 2
         image = image.crop((left, top, left + self.size, top + self.size))
-        x = np.asarray(image, dtype=np.float32) / 255.0
+        x: np.ndarray = np.asarray(image, dtype=np.float32) / np.float32(255.0)
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1))
 

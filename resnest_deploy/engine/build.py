@@ -123,10 +123,10 @@ def build_engine(
         )
     if opt_level is not None and not 0 <= opt_level <= 5:
         raise BuildError(f"optimization level {opt_level} is out of range; use 0..5")
-    hw = [d if isinstance(d, int) else None for d in dims[2:]]
-    if None in hw:  # dynamic H/W: build for the arch's eval size
+    hw = [d for d in dims[2:] if isinstance(d, int)]
+    if len(hw) != 2:  # dynamic H/W: build for the arch's eval size
         size = (meta or {}).get("preprocessing", {}) or {}
-        hw = list(size.get("input_size", (224, 224)))
+        hw = [int(v) for v in size.get("input_size", (224, 224))]
     shapes = {k: [b, 3, *hw] for k, b in zip(("min", "opt", "max"), batch, strict=True)}
 
     flavour = detect(backend)

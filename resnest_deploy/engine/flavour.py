@@ -66,7 +66,7 @@ def polygraphy_trt(flavour: Flavour) -> ModuleType:
     os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1" if flavour.is_rtx else "0"
     config = _deps.require("polygraphy.config")
     if "polygraphy.backend.trt" not in sys.modules:
-        config.USE_TENSORRT_RTX = flavour.is_rtx  # in case polygraphy.config was imported earlier
+        config.USE_TENSORRT_RTX = flavour.is_rtx  # type: ignore[attr-defined]  # in case polygraphy.config was imported earlier
     if flavour.is_rtx != config.USE_TENSORRT_RTX:
         raise MissingDependencyError(
             f"Polygraphy was already loaded for {'TensorRT-RTX' if config.USE_TENSORRT_RTX else 'TensorRT'} "

@@ -80,6 +80,11 @@ def _avg_down(in_chs: int, out_chs: int, stride: int) -> nn.Sequential:
 
 
 class ResNeSt(nn.Module):
+    layer1: nn.Sequential  # registered in __init__ by name, as both reference repos do
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, cfg: ArchConfig) -> None:
         super().__init__()
         self.cfg = cfg

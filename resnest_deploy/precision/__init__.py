@@ -215,7 +215,7 @@ class _Job:
 
     def cache_key(self) -> str:
         assert self.calib is not None
-        parts = [
+        parts: list[Any] = [
             sha256_file(self.src),
             self.calib.digest(),
             self.precision,
