@@ -107,7 +107,7 @@ def metrics_table(title: str, rows: dict[str, Any], failures: dict[str, list[str
 
     table = Table(title=title, title_justify="left")
     for col in ("artifact", "max abs", "mean abs", "cosine", "top-1", "top-5", "n"):
-        table.add_column(col, justify="left" if col == "artifact" else "right")
+        table.add_column(col, justify="left" if col == "artifact" else "right", overflow="fold")
     if failures is not None:
         table.add_column("result")
     for name, m in rows.items():

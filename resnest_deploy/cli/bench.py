@@ -93,9 +93,8 @@ def bench_cmd(
         return
     table = Table(title="latency (ms) and throughput", title_justify="left")
     for col in ("artifact", "backend", "precision", "batch", "p50", "p90", "p99", "images/s", "timer"):
-        table.add_column(
-            col, justify="left" if col in ("artifact", "backend", "precision", "timer") else "right"
-        )
+        left = col in ("artifact", "backend", "precision", "timer")
+        table.add_column(col, justify="left" if left else "right", overflow="fold")
     for r in results:
         table.add_row(
             Path(r.artifact).name,

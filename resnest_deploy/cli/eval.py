@@ -56,7 +56,7 @@ def eval_cmd(
         return
     table = Table(title=f"accuracy on {described['images']} images in {images}", title_justify="left")
     for col in ("artifact", "backend", "precision", "top-1", "top-5"):
-        table.add_column(col, justify="right" if col.startswith("top") else "left")
+        table.add_column(col, justify="right" if col.startswith("top") else "left", overflow="fold")
     for r in results:
         table.add_row(Path(r.artifact).name, r.backend, r.precision, f"{r.top1:.2%}", f"{r.top5:.2%}")
     out.print(table)
