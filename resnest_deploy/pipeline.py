@@ -90,14 +90,19 @@ def pipeline(
     )
 
     fp32 = out / f"{arch}.onnx"
-    model, info = load_model(arch, weights)
-    exported = run.step("export", lambda: _file(export_onnx(model, fp32, weights=info).metadata, fp32))
+    exported = run.step("export", lambda: _export(arch, weights, fp32))
     artifacts = [fp32]
     calib = None
     if precision != "fp32":
         _, _, h, w = exported["input"]["shape"]
-        calib = calibration.resolve(arch, (h, w), calib_dir, calib_npy, calib_count)
-        result = run.step("convert", lambda: _conversion(fp32, precision, target, calib))
+        made: dict[str, Any] = {}  # the step's calibration set, reused by the check
+
+        def convert_step() -> dict[str, Any]:
+            made["calib"] = calibration.resolve(arch, (h, w), calib_dir, calib_npy, calib_count)
+            return _conversion(fp32, precision, target, made["calib"])
+
+        result = run.step("convert", convert_step)
+        calib = made["calib"]
         artifacts.append(Path(result["path"]))
 
     engine = _maybe_build(run, artifacts[-1], build, target, backend)
@@ -124,7 +129,9 @@ def pipeline(
     return run.report
 
 
-def _file(meta: dict[str, Any], path: Path) -> dict[str, Any]:
+def _export(arch: str, weights: str, path: Path) -> dict[str, Any]:
+    model, info = load_model(arch, weights)
+    meta = export_onnx(model, path, weights=info).metadata
     return {"path": str(path), "input": meta["input"], "parity": meta.get("parity"), "file": meta.get("file")}
 
 

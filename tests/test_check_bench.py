@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from resnest_deploy.bench import bench, to_csv
 from resnest_deploy.check import check
+from resnest_deploy.cli.app import app
 from resnest_deploy.data import digits
 from resnest_deploy.describe import describe
 from resnest_deploy.errors import ArtifactError
@@ -189,4 +190,17 @@ def test_pipeline_stops_at_the_first_failure_with_a_report(tmp_path):
     assert report["status"] == "failed at convert" and report["steps"]["export"]["status"] == "ok"
 
 
-from resnest_deploy.cli.app import app  # noqa: E402 - after the helpers, as the CLI tests read best
+def test_pipeline_records_an_early_failure(tmp_path):
+    (tmp_path / "calib").mkdir()
+    args = ["pipeline", "--arch", "resnest14d", "--weights", "random", "-p", "int8", "--calib-dir"]
+    result = cli.invoke(app, [*args, str(tmp_path / "calib"), "-o", str(tmp_path / "a")])
+    assert result.exit_code == 1
+    assert json.loads((tmp_path / "a" / "report.json").read_text())["steps"]["convert"]["reason"].startswith(
+        "no images"
+    )
+    result = cli.invoke(
+        app,
+        ["pipeline", "--arch", "resnest14d", "--weights", str(tmp_path / "w.pth"), "-o", str(tmp_path / "b")],
+    )
+    assert result.exit_code == 1
+    assert json.loads((tmp_path / "b" / "report.json").read_text())["status"] == "failed at export"
