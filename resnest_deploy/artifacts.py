@@ -90,43 +90,67 @@ def input_size(arch: str, infos: Sequence[ArtifactInfo]) -> tuple[int, int]:
     return sizes.pop() if sizes else (get_spec(arch).pretrained.input_size,) * 2
 
 
-def reference(arch: str, weights: str | None, infos: Sequence[ArtifactInfo]) -> Any:
-    return load_model(arch, weights or recorded_weights(infos))[0]
+@dataclass
+class Lineup:
+    """Artifacts run side by side: what each is, their common arch and input size, and the PyTorch
+    model (built only when ``torch`` is in the line-up or a reference is asked for)."""
 
+    infos: list[ArtifactInfo]
+    arch: str
+    size: tuple[int, int]
+    weights: str
+    model: Any
 
-def inputs(
-    arch: str,
-    size: tuple[int, int],
-    images: str | os.PathLike[str] | None,
-    count: int,
-    seed: int = RANDOM_SEED,
-    advance: Callable[[int], None] | None = None,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Real images preprocessed as the arch expects, or seeded random ones; and a description.
+    @classmethod
+    def of(
+        cls,
+        artifacts: Sequence[str | os.PathLike[str]],
+        arch: str | None = None,
+        weights: str | None = None,
+        *,
+        reference: bool = False,
+    ) -> Lineup:
+        """``weights`` defaults to what the artifacts record, so the reference is the checkpoint
+        they were made from."""
+        infos = [ArtifactInfo.of(a) for a in artifacts]
+        arch = resolve_arch(arch, infos)
+        weights = weights or recorded_weights(infos)
+        needed = reference or any(i.kind == "torch" for i in infos)
+        model = load_model(arch, weights)[0] if needed else None
+        return cls(infos, arch, input_size(arch, infos), weights, model)
 
-    A model that ships its own data (the digits) uses its test split rather than noise.
-    """
-    spec = get_spec(arch)
-    if images is None and spec.pretrained.bundled:
-        test, _ = data.digits("test")
-        transform = data.Transform.from_pretrained(spec.pretrained, size[0])
-        x = data.digits_batch(test[:count], transform)
-        return x, {"kind": "bundled digits (test split)", "count": len(x)}
-    if images is None:
-        x = np.random.default_rng(seed).standard_normal((count, 3, *size), dtype=np.float32)
-        return x, {"kind": "random", "count": count, "seed": seed}
-    transform = data.Transform.from_pretrained(get_spec(arch).pretrained, size[0])
-    paths = data.sample(data.find_images(images), count, seed)
-    loaded = data.load_images(paths, transform, advance)
-    if not len(loaded.array):
-        raise ArtifactError(f"no decodable images under {images}; give a folder of jpg/png/webp files")
-    return loaded.array, {
-        "kind": "images",
-        "path": str(Path(images).resolve()),
-        "count": len(loaded.array),
-        "skipped": [f"{p}: {why}" for p, why in loaded.skipped],
-    }
+    @property
+    def transform(self) -> data.Transform:
+        return data.Transform.from_pretrained(get_spec(self.arch).pretrained, self.size[0])
 
+    def runner(self, info: ArtifactInfo, provider: str = "cpu", **kwargs: Any) -> Runner:
+        return open_runner(info.name, model=self.model, provider=provider, **kwargs)
 
-def runner_for(info: ArtifactInfo, model: Any, provider: str = "cpu", **kwargs: Any) -> Runner:
-    return open_runner(info.name, model=model, provider=provider, **kwargs)
+    def inputs(
+        self,
+        images: str | os.PathLike[str] | None,
+        count: int,
+        seed: int = RANDOM_SEED,
+        advance: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Real images preprocessed as the arch expects, or seeded random ones; and a description.
+
+        A model that ships its own data (the digits) uses its test split rather than noise.
+        """
+        if images is None and get_spec(self.arch).pretrained.bundled:
+            test, _ = data.digits("test")
+            x = data.digits_batch(test[:count], self.transform)
+            return x, {"kind": "bundled digits (test split)", "count": len(x)}
+        if images is None:
+            x = np.random.default_rng(seed).standard_normal((count, 3, *self.size), dtype=np.float32)
+            return x, {"kind": "random", "count": count, "seed": seed}
+        paths = data.sample(data.find_images(images), count, seed)
+        loaded = data.load_images(paths, self.transform, advance)
+        if not len(loaded.array):
+            raise ArtifactError(f"no decodable images under {images}; give a folder of jpg/png/webp files")
+        return loaded.array, {
+            "kind": "images",
+            "path": str(Path(images).resolve()),
+            "count": len(loaded.array),
+            "skipped": [f"{p}: {why}" for p, why in loaded.skipped],
+        }

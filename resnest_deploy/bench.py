@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from resnest_deploy import artifacts as _a
 from resnest_deploy._io import atomic_path
+from resnest_deploy.artifacts import Lineup
 from resnest_deploy.runners import Runner
 
 
@@ -89,17 +89,14 @@ def bench(
     on_total: Callable[[int], None] | None = None,
 ) -> list[BenchResult]:
     """Every artifact at every batch size, on seeded random inputs (timing does not depend on them)."""
-    infos = [_a.ArtifactInfo.of(a) for a in artifacts]
-    arch = _a.resolve_arch(arch, infos)
-    size = _a.input_size(arch, infos)
-    model = _a.reference(arch, weights, infos) if any(i.kind == "torch" for i in infos) else None
+    lineup = Lineup.of(artifacts, arch, weights)
     if on_total:
-        on_total(len(infos) * len(batches) * iterations)
+        on_total(len(lineup.infos) * len(batches) * iterations)
     results = []
-    for info in infos:
-        with _a.runner_for(info, model, provider, threads=threads, cuda_graphs=cuda_graphs) as runner:
+    for info in lineup.infos:
+        with lineup.runner(info, provider, threads=threads, cuda_graphs=cuda_graphs) as runner:
             for b in batches:
-                x, _ = _a.inputs(arch, size, None, b)
+                x, _ = lineup.inputs(None, b)
                 times = time_runner(runner, x, warmup, iterations, advance)
                 results.append(summarize(info.name, runner, info.precision, b, times))
     return results

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from resnest_deploy import artifacts as _a
+from resnest_deploy.artifacts import Lineup
 from resnest_deploy.compare import TOLERANCES, Metrics, Tolerance, compare
 from resnest_deploy.runners.torch import TorchRunner
 
@@ -81,22 +81,18 @@ def check(
     the checkpoint it came from.
     """
     say = progress or (lambda _msg: None)
-    infos = [_a.ArtifactInfo.of(a) for a in artifacts]
-    arch = _a.resolve_arch(arch, infos)
-    size = _a.input_size(arch, infos)
-    weights = weights or _a.recorded_weights(infos)
-    model = _a.reference(arch, weights, infos)
-    x, described = inputs or _a.inputs(arch, size, images, count)
-    say(f"reference: PyTorch FP32 {arch} on {len(x)} {described['kind']} inputs")
-    with TorchRunner(model) as ref:
+    lineup = Lineup.of(artifacts, arch, weights, reference=True)
+    x, described = inputs or lineup.inputs(images, count)
+    say(f"reference: PyTorch FP32 {lineup.arch} on {len(x)} {described['kind']} inputs")
+    with TorchRunner(lineup.model) as ref:
         expected = ref.infer_batched(x, batch)
     limits = {**TOLERANCES, **(tolerances or {})}
     results = []
-    for info in infos:
+    for info in lineup.infos:
         say(f"running {info.name}")
-        with _a.runner_for(info, model, provider) as runner:
+        with lineup.runner(info, provider) as runner:
             metrics = compare(expected, runner.infer_batched(x, batch))
             backend = runner.backend
         tol = limits.get(info.precision, limits["fp32"])
         results.append(CheckResult(info.name, backend, info.precision, metrics, tol, tol.violations(metrics)))
-    return CheckReport(arch, weights, described, results)
+    return CheckReport(lineup.arch, lineup.weights, described, results)

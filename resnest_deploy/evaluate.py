@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from resnest_deploy import artifacts as _a
 from resnest_deploy import data
-from resnest_deploy.models import get_spec
+from resnest_deploy.artifacts import Lineup
 from resnest_deploy.predict import imagenet_classes
 
 
@@ -40,20 +39,16 @@ def evaluate(
     on_total: Callable[[int], None] | None = None,
 ) -> tuple[list[Accuracy], dict[str, Any]]:
     """Accuracy per artifact; sub-folders are class indices (0, 1, ...) or ImageNet synset ids."""
-    infos = [_a.ArtifactInfo.of(a) for a in artifacts]
-    arch = _a.resolve_arch(arch, infos)
-    size = _a.input_size(arch, infos)
+    lineup = Lineup.of(artifacts, arch, weights)
     items = data.labelled_folder(images, [s for s, _ in imagenet_classes()])
     if on_total:
         on_total(len(items))
-    transform = data.Transform.from_pretrained(get_spec(arch).pretrained, size[0])
-    loaded = data.load_images([p for p, _ in items], transform, advance)
+    loaded = data.load_images([p for p, _ in items], lineup.transform, advance)
     label_of = dict(items)
     labels = np.array([label_of[p] for p in loaded.paths])
-    model = _a.reference(arch, weights, infos) if any(i.kind == "torch" for i in infos) else None
     results = []
-    for info in infos:
-        with _a.runner_for(info, model, provider) as runner:
+    for info in lineup.infos:
+        with lineup.runner(info, provider) as runner:
             logits = runner.infer_batched(loaded.array, batch)
             top5 = np.argsort(-logits, axis=1)[:, :5]
             results.append(

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from resnest_deploy import artifacts as _a
 from resnest_deploy import data
+from resnest_deploy.artifacts import Lineup
 from resnest_deploy.errors import ArtifactError
-from resnest_deploy.models import get_spec
 
 
 @functools.cache
@@ -52,19 +51,16 @@ def predict(
     topk: int = 5,
     provider: str = "cpu",
 ) -> list[Prediction]:
-    info = _a.ArtifactInfo.of(artifact)
-    arch = _a.resolve_arch(arch, [info])
-    size = _a.input_size(arch, [info])
     paths = [Path(p) for p in images]
     for p in paths:
         if not p.is_file():
             raise ArtifactError(f"image not found: {p}; check the path")
-    loaded = data.load_images(paths, data.Transform.from_pretrained(get_spec(arch).pretrained, size[0]))
+    lineup = Lineup.of([artifact], arch, weights)
+    loaded = data.load_images(paths, lineup.transform)
     if loaded.skipped:
         path, why = loaded.skipped[0]
         raise ArtifactError(f"{path} is not an image Pillow can read ({why}); pass jpg/png/webp files")
-    model = _a.reference(arch, weights, [info]) if info.kind == "torch" else None
-    with _a.runner_for(info, model, provider) as runner:
+    with lineup.runner(lineup.infos[0], provider) as runner:
         probs = softmax(runner.infer_batched(loaded.array, 8).astype(np.float64))
     names = class_names(probs.shape[1])
     out = []
