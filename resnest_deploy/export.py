@@ -7,7 +7,6 @@ onnxscript optimizer then folds batch norms, constants and ``Identity`` nodes aw
 
 from __future__ import annotations
 
-import collections
 import io
 import os
 import time
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from resnest_deploy import _deps, metadata
-from resnest_deploy._io import atomic_path, sha256_file
+from resnest_deploy._io import atomic_path
 from resnest_deploy.compare import TOLERANCES, Metrics, Tolerance, assert_close, compare
 from resnest_deploy.errors import ExportError, first_line
 from resnest_deploy.models import WeightsInfo, get_spec
@@ -191,11 +190,7 @@ def export_onnx(
         except onnx.checker.ValidationError as e:
             raise ExportError(f"exported graph fails onnx.checker: {first_line(e)}") from e
     path = Path(path)
-    meta["file"] = {"name": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
-    meta["graph"] = {
-        "nodes": len(proto.graph.node),
-        "op_counts": dict(collections.Counter(n.op_type for n in proto.graph.node).most_common()),
-    }
+    meta |= metadata.file_and_graph(path, proto)
     sidecar = metadata.write_sidecar(path, meta)
     return ExportReport(
         path=path,

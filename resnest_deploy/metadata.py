@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
 import importlib.metadata
 import json
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from resnest_deploy._io import write_json
+from resnest_deploy._io import sha256_file, write_json
 from resnest_deploy.models.registry import ModelSpec
 
 METADATA_KEY = "resnest_deploy"
@@ -120,6 +121,15 @@ def from_onnx(model: Any) -> dict[str, Any] | None:
             except json.JSONDecodeError:
                 return None
     return None
+
+
+def file_and_graph(path: Path, model: Any) -> dict[str, Any]:
+    """The ``file`` and ``graph`` entries of an ONNX file's sidecar, from the file as written."""
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    return {
+        "file": {"name": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)},
+        "graph": {"nodes": len(model.graph.node), "op_counts": dict(ops.most_common())},
+    }
 
 
 def of_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:

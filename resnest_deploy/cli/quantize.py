@@ -50,7 +50,7 @@ KeepOpt = Annotated[
 def calibration_for(
     onnx: Path, calib_dir: Path | None, calib_npy: Path | None, count: int, cache: bool, quiet: bool
 ) -> calibration.CalibrationData | None:
-    _, meta = read_source(onnx)
+    meta = read_source(onnx)
     with counting_bar("preprocessing calibration images", not quiet) as (on_total, advance):
         return calibration.resolve(
             meta["arch"],

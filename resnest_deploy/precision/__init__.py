@@ -10,7 +10,6 @@ so this is where reduced precision is decided for every backend.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import hashlib
 import json
@@ -71,7 +70,7 @@ def default_output(src: str | os.PathLike[str], precision: str, target: str) -> 
     return src.with_name(f"{src.stem}.{suffix}.onnx")
 
 
-def read_source(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+def read_source(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load an FP32 resnest-deploy export and its metadata, or say why it is not one."""
     onnx = _deps.require("onnx")
     path = require_file(path, "ONNX file")
@@ -87,7 +86,7 @@ def read_source(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
         )
     if meta.get("precision") != "fp32":
         raise ArtifactError(f"{path} is already {meta.get('precision')}; convert the FP32 export instead")
-    return proto, meta
+    return meta
 
 
 def input_hw(meta: dict[str, Any]) -> tuple[int, int]:
@@ -141,7 +140,8 @@ def convert(
     onnx = _deps.require("onnx")
     started = time.perf_counter()
     src = Path(src)
-    _, meta = read_source(src)
+    meta = read_source(src)
+    src_sha256 = sha256_file(src)
     hw = input_hw(meta)
     if calib is not None and tuple(calib.calib.shape[2:]) != hw:
         raise ArtifactError(f"calibration inputs are {calib.calib.shape[2:]}, the model wants {hw}")
@@ -152,7 +152,7 @@ def convert(
         raise ConversionError(f"output {output} would overwrite the source; choose another -o")
 
     with atomic_path(output) as tmp, _quiet_modelopt():
-        job = _Job(src, precision, target, calib, method, keep, keep_fp32_ops)
+        job = _Job(src, src_sha256, precision, target, calib, method, keep, keep_fp32_ops)
         model, settings = _cached_convert(job, tmp, say, use_cache)
         say("measuring against the FP32 source in ONNX Runtime")
         x = calib.holdout if calib is not None else _random_inputs(hw)
@@ -167,7 +167,7 @@ def convert(
             **meta,
             "precision": precision,
             "target": target,
-            "source": {"file": src.name, "sha256": sha256_file(src)},
+            "source": {"file": src.name, "sha256": src_sha256},
             "conversion": settings,
             "parity": {
                 "reference": f"{src.name} (fp32) in onnxruntime cpu",
@@ -181,10 +181,9 @@ def convert(
         }
         metadata.embed(model, out_meta)
         onnx.save(model, tmp)
-    ops = dict(collections.Counter(n.op_type for n in model.graph.node).most_common())
-    out_meta["file"] = {"name": output.name, "bytes": output.stat().st_size, "sha256": sha256_file(output)}
-    out_meta["graph"] = {"nodes": len(model.graph.node), "op_counts": ops}
+    out_meta |= metadata.file_and_graph(output, model)
     sidecar = metadata.write_sidecar(output, out_meta)
+    ops = out_meta["graph"]["op_counts"]
     return ConversionReport(
         output, sidecar, precision, target, parity, time.perf_counter() - started, ops, out_meta
     )
@@ -206,6 +205,7 @@ class _Job:
     """One conversion request, which is also what its cached result is keyed by."""
 
     src: Path
+    src_sha256: str
     precision: str
     target: str
     calib: CalibrationData | None
@@ -216,7 +216,7 @@ class _Job:
     def cache_key(self) -> str:
         assert self.calib is not None
         parts: list[Any] = [
-            sha256_file(self.src),
+            self.src_sha256,
             self.calib.digest(),
             self.precision,
             self.target,

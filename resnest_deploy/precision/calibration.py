@@ -70,7 +70,9 @@ def from_images(
     }
     if use_cache and cached.is_file():
         with np.load(cached) as z:
-            return CalibrationData(z["calib"], z["holdout"], {**source, **_counts(z), "cache": str(cached)})
+            skipped = [str(s) for s in z["skipped"]]
+            counts = _counts(z["calib"], z["holdout"], skipped)
+            return CalibrationData(z["calib"], z["holdout"], {**source, **counts, "cache": str(cached)})
     if on_total:
         on_total(len(chosen))
     loaded = data.load_images(chosen, transform, advance)
@@ -85,13 +87,12 @@ def from_images(
     if use_cache:
         with atomic_path(cached) as tmp, open(tmp, "wb") as f:
             np.savez(f, calib=calib, holdout=holdout, skipped=np.array(skipped, dtype=str))
-    return CalibrationData(
-        calib, holdout, {**source, "used": len(calib), "held_out": len(holdout), "skipped": skipped}
-    )
+    return CalibrationData(calib, holdout, {**source, **_counts(calib, holdout, skipped)})
 
 
-def _counts(z: Any) -> dict[str, Any]:
-    return {"used": len(z["calib"]), "held_out": len(z["holdout"]), "skipped": [str(s) for s in z["skipped"]]}
+def _counts(calib: np.ndarray, holdout: np.ndarray, skipped: list[str] | None = None) -> dict[str, Any]:
+    counts: dict[str, Any] = {"used": len(calib), "held_out": len(holdout)}
+    return counts if skipped is None else counts | {"skipped": skipped}
 
 
 def from_npy(path: str | os.PathLike[str], input_size: tuple[int, int]) -> CalibrationData:
@@ -107,7 +108,7 @@ def from_npy(path: str | os.PathLike[str], input_size: tuple[int, int]) -> Calib
     return CalibrationData(
         calib,
         holdout,
-        {"kind": "npy", "path": str(Path(path).resolve()), "used": len(calib), "held_out": len(holdout)},
+        {"kind": "npy", "path": str(Path(path).resolve()), **_counts(calib, holdout)},
     )
 
 
@@ -116,10 +117,9 @@ def from_digits(transform: data.Transform, count: int = DEFAULT_COUNT, seed: int
     train, _ = data.digits("train")
     test, _ = data.digits("test")
     idx = np.sort(np.random.default_rng(seed).permutation(len(train))[:count])
+    calib, holdout = data.digits_batch(train[idx], transform), data.digits_batch(test, transform)
     return CalibrationData(
-        data.digits_batch(train[idx], transform),
-        data.digits_batch(test, transform),
-        {"kind": "digits", "split": "train", "used": len(idx), "held_out": len(test), "seed": seed},
+        calib, holdout, {"kind": "digits", "split": "train", **_counts(calib, holdout), "seed": seed}
     )
 
 
