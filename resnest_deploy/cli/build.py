@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from resnest_deploy.cli._common import JsonOpt, handle_errors, out, print_json, progress
-from resnest_deploy.cli.quantize import CalibCountOpt, CalibDirOpt, CalibNpyOpt, calibration_for
+from resnest_deploy.cli.quantize import CalibCountOpt, CalibDirOpt, CalibNpyOpt, calibration_with_bar
 from resnest_deploy.engine import build_engine, parse_batch_range
 from resnest_deploy.precision import calibration, convert
 
@@ -54,7 +54,7 @@ def build_cmd(
     """
     caps = [_capability(c) for c in compute_capability or []]
     if precision and precision != "fp32":
-        calib = calibration_for(onnx, calib_dir, calib_npy, calib_count, True, json_out)
+        calib = calibration_with_bar(onnx, calib_dir, calib_npy, calib_count, True, json_out)
         with progress(not json_out) as say:
             onnx = convert(onnx, precision=precision, target="tensorrt", calib=calib, progress=say).path
     with progress(not json_out) as say:

@@ -16,7 +16,7 @@ from resnest_deploy.cli._common import (
     print_json,
     progress,
 )
-from resnest_deploy.precision import calibration, convert, input_hw, read_source
+from resnest_deploy.precision import calibration, calibration_for, convert
 
 PrecisionOpt = Annotated[str, typer.Option("--precision", "-p", help="fp16 or int8.")]
 TargetOpt = Annotated[
@@ -47,21 +47,11 @@ KeepOpt = Annotated[
 ]
 
 
-def calibration_for(
+def calibration_with_bar(
     onnx: Path, calib_dir: Path | None, calib_npy: Path | None, count: int, cache: bool, quiet: bool
 ) -> calibration.CalibrationData | None:
-    meta = read_source(onnx)
     with counting_bar("preprocessing calibration images", not quiet) as (on_total, advance):
-        return calibration.resolve(
-            meta["arch"],
-            input_hw(meta),
-            calib_dir,
-            calib_npy,
-            count,
-            use_cache=cache,
-            advance=advance,
-            on_total=on_total,
-        )
+        return calibration_for(onnx, calib_dir, calib_npy, count, cache, advance, on_total)
 
 
 @handle_errors
@@ -96,7 +86,7 @@ def quantize_cmd(
       resnest-deploy quantize --onnx m.onnx -p int8 --calib-dir ~/imagenet/val --calib-count 512
       resnest-deploy quantize --onnx m.onnx -p int8 --target cpu --calib-npy calib.npy
     """
-    calib = calibration_for(onnx, calib_dir, calib_npy, calib_count, cache, json_out)
+    calib = calibration_with_bar(onnx, calib_dir, calib_npy, calib_count, cache, json_out)
     with progress(not json_out) as say:
         report = convert(
             onnx,

@@ -38,6 +38,7 @@ __all__ = [
     "CalibrationData",
     "ConversionReport",
     "calibration",
+    "calibration_for",
     "convert",
     "read_source",
 ]
@@ -96,6 +97,29 @@ def input_hw(meta: dict[str, Any]) -> tuple[int, int]:
             "the export has a dynamic height/width; re-export without --dynamic-hw to quantize"
         )
     return h, w
+
+
+def calibration_for(
+    src: str | os.PathLike[str],
+    calib_dir: str | os.PathLike[str] | None = None,
+    calib_npy: str | os.PathLike[str] | None = None,
+    count: int = calibration.DEFAULT_COUNT,
+    use_cache: bool = True,
+    advance: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> CalibrationData | None:
+    """The calibration set for an export: its arch's transform at its input size."""
+    meta = read_source(src)
+    return calibration.resolve(
+        meta["arch"],
+        input_hw(meta),
+        calib_dir,
+        calib_npy,
+        count,
+        use_cache=use_cache,
+        advance=advance,
+        on_total=on_total,
+    )
 
 
 def convert(
