@@ -106,7 +106,8 @@ def pipeline(
         artifacts.append(Path(result["path"]))
 
     engine = _maybe_build(run, artifacts[-1], build, target, backend)
-    runnable = [*map(str, artifacts), *([str(engine)] if engine and _gpu() else [])]
+    engine_runs = engine is not None and _gpu()
+    runnable = [*map(str, artifacts), *([str(engine)] if engine_runs else [])]
     held_out = None
     if calib is not None:
         held_out = (calib.holdout, {**calib.source, "kind": f"held-out {calib.source['kind']}"})
@@ -122,7 +123,7 @@ def pipeline(
             ]
         },
     )
-    if engine and not _gpu():
+    if engine and not engine_runs:
         run.report["steps"]["bench"]["note"] = f"{engine.name} was built but not run: no CUDA GPU here"
     run.report |= {"status": "ok", "finished": metadata.now(), "machine": metadata.machine()}
     write_reports(run.report, out)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +119,21 @@ def digits_accuracy(onnx_path: Path) -> float:
     batch = digits_batch(x, Transform.from_pretrained(get_spec("resnest14d_digits").pretrained))
     with OnnxRuntimeRunner(onnx_path) as runner:
         return float((runner.infer(batch).argmax(1) == y).mean())
+
+
+def digit_folder(
+    root: Path, classes: Sequence[int] = range(10), per_class: int = 6, size: int | None = None
+) -> Path:
+    """``root/<label>/<i>.png`` from the bundled test digits: a labelled folder as users have them."""
+    from PIL import Image
+
+    from resnest_deploy.data import digits
+
+    images, labels = digits("test")
+    for label in classes:
+        folder = root / str(label)
+        folder.mkdir(parents=True)
+        for i, idx in enumerate(np.flatnonzero(labels == label)[:per_class]):
+            image = Image.fromarray(images[idx])
+            (image.resize((size, size)) if size else image).save(folder / f"{i}.png")
+    return root

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -20,6 +19,7 @@ from resnest_deploy.errors import ArtifactError
 from resnest_deploy.evaluate import evaluate
 from resnest_deploy.pipeline import pipeline
 from resnest_deploy.predict import imagenet_classes, predict
+from tests.conftest import digit_folder
 
 cli = CliRunner()
 
@@ -101,20 +101,10 @@ def test_bench_cli_json_csv_and_plot(digits_onnx, tmp_path):
     assert bad.exit_code == 2
 
 
-def _digit_folder(root: Path, per_class: int = 6) -> Path:
-    images, labels = digits("test")
-    for label in range(10):
-        folder = root / str(label)
-        folder.mkdir(parents=True)
-        for i, idx in enumerate(np.flatnonzero(labels == label)[:per_class]):
-            Image.fromarray(images[idx]).resize((24, 24)).save(folder / f"{i}.png")
+def test_eval_on_a_labelled_digit_folder(digits_onnx, digits_converted, tmp_path):
+    root = digit_folder(tmp_path / "val", per_class=6, size=24)
     (root / "3" / "README.txt").write_text("not an image")
     (root / "3" / "broken.png").write_bytes(b"garbage")
-    return root
-
-
-def test_eval_on_a_labelled_digit_folder(digits_onnx, digits_converted, tmp_path):
-    root = _digit_folder(tmp_path / "val")
     results, described = evaluate(["torch", str(digits_onnx), str(digits_converted["int8"])], root)
     assert described["images"] == 60 and len(described["skipped"]) == 1
     for r in results:

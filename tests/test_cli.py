@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from resnest_deploy import __version__
 from resnest_deploy.cli.app import app
+from tests.conftest import digit_folder
 
 runner = CliRunner()
 COMMANDS = [
@@ -199,15 +200,7 @@ def test_check_cli_mismatched_arch_and_missing_artifact(digits_onnx, tmp_path):
 
 
 def test_predict_and_eval_cli(digits_onnx, tmp_path):
-    from PIL import Image
-
-    from resnest_deploy.data import digits
-
-    images, labels = digits("test")
-    for label in (0, 1):
-        (tmp_path / "val" / str(label)).mkdir(parents=True)
-        for i, idx in enumerate((labels == label).nonzero()[0][:3]):
-            Image.fromarray(images[idx]).save(tmp_path / "val" / str(label) / f"{i}.png")
+    digit_folder(tmp_path / "val", classes=(0, 1), per_class=3)
     first = next((tmp_path / "val" / "1").iterdir())
     r = invoke("predict", str(first), "--artifact", str(digits_onnx), "--topk", "2", "--json")
     assert r.exit_code == 0, r.output
