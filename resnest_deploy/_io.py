@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from resnest_deploy.errors import ArtifactError
+from resnest_deploy import _deps
+from resnest_deploy.errors import ArtifactError, first_line
 
 
 @contextlib.contextmanager
@@ -50,6 +51,15 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def load_onnx(path: str | os.PathLike[str]) -> Any:
+    """The ``onnx.ModelProto`` at ``path`` (external weights left on disk), or one line saying why not."""
+    onnx = _deps.require("onnx")
+    try:
+        return onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as e:
+        raise ArtifactError(f"{path} is not a readable ONNX file ({first_line(e, 120)}); re-export it") from e
 
 
 def require_file(path: str | os.PathLike[str], what: str = "file") -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from resnest_deploy import metadata
-from resnest_deploy._io import require_file, sha256_file
+from resnest_deploy._io import load_onnx, require_file, sha256_file
 from resnest_deploy.errors import ArtifactError, first_line
 from resnest_deploy.runners import artifact_kind
 
@@ -36,10 +36,7 @@ def _dims(value_info: Any) -> list[int | str]:
 def _onnx(path: Path) -> dict[str, Any]:
     import onnx
 
-    try:
-        model = onnx.load(path, load_external_data=False)
-    except Exception as e:
-        raise ArtifactError(f"{path} is not a readable ONNX file ({first_line(e)})") from e
+    model = load_onnx(path)
     dtype = onnx.helper.tensor_dtype_to_np_dtype
     ops = collections.Counter(n.op_type for n in model.graph.node)
     weights = collections.Counter(str(dtype(t.data_type)) for t in model.graph.initializer)

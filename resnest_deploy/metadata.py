@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from resnest_deploy._io import sha256_file, write_json
+from resnest_deploy._io import load_onnx, sha256_file, write_json
 from resnest_deploy.models.registry import ModelSpec
 
 METADATA_KEY = "resnest_deploy"
@@ -136,12 +136,7 @@ def of_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What an ONNX file or engine says about itself (embedded metadata, else its sidecar)."""
     path = Path(path)
     if path.suffix.lower() == ".onnx":
-        import onnx
-
-        try:
-            found = from_onnx(onnx.load(path, load_external_data=False))
-        except Exception:
-            found = None
+        found = from_onnx(load_onnx(path))  # an unreadable file is an error, not "no metadata"
         if found:
             return found
     return read_sidecar(path) or {}

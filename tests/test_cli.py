@@ -197,6 +197,10 @@ def test_quantize_int8_without_data_and_non_resnest_onnx(onnx_14d, tmp_path):
 def test_check_cli_mismatched_arch_and_missing_artifact(digits_onnx, tmp_path):
     _one_line_error(invoke("check", str(digits_onnx), "--arch", "resnest50"), "pass --arch resnest14d_digits")
     _one_line_error(invoke("check", str(tmp_path / "gone.plan")), "engine file not found")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07" + b"garbage" * 8)
+    for command in (["check", str(corrupt)], ["bench", "--onnx", str(corrupt)], ["inspect", str(corrupt)]):
+        _one_line_error(invoke(*command), "not a readable ONNX file")
 
 
 def test_predict_and_eval_cli(digits_onnx, tmp_path):

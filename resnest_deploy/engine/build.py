@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from resnest_deploy import _deps, metadata
-from resnest_deploy._io import atomic_path, require_file, sha256_file
+from resnest_deploy._io import atomic_path, load_onnx, require_file, sha256_file
 from resnest_deploy.engine.flavour import Flavour, detect, polygraphy_trt
 from resnest_deploy.errors import ArtifactError, ResnestDeployError, first_line
 
@@ -58,11 +58,7 @@ def parse_batch_range(text: str) -> tuple[int, int, int]:
 
 
 def _onnx_io(path: Path) -> tuple[str, list[int | str], dict[str, Any] | None]:
-    onnx = _deps.require("onnx")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise ArtifactError(f"{path} is not a readable ONNX file ({first_line(e, 120)}); re-export it") from e
+    model = load_onnx(path)
     if len(model.graph.input) != 1:
         raise ArtifactError(
             f"{path} has {len(model.graph.input)} inputs; a ResNeSt export has one image input"

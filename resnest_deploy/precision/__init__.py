@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from resnest_deploy import _deps, metadata
-from resnest_deploy._io import atomic_path, require_file, sha256_file, write_json
+from resnest_deploy._io import atomic_path, load_onnx, require_file, sha256_file, write_json
 from resnest_deploy.compare import TOLERANCES, Metrics, Tolerance, assert_close, compare
 from resnest_deploy.errors import ArtifactError, ResnestDeployError, first_line
 from resnest_deploy.precision import calibration, fp16, int8
@@ -73,13 +73,8 @@ def default_output(src: str | os.PathLike[str], precision: str, target: str) -> 
 
 def read_source(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load an FP32 resnest-deploy export and its metadata, or say why it is not one."""
-    onnx = _deps.require("onnx")
     path = require_file(path, "ONNX file")
-    try:
-        proto = onnx.load(path)
-    except Exception as e:
-        raise ArtifactError(f"{path} is not a readable ONNX file ({first_line(e)}); re-export it") from e
-    meta = metadata.from_onnx(proto)
+    meta = metadata.from_onnx(load_onnx(path))
     if not meta or "arch" not in meta:
         raise ArtifactError(
             f"{path} is not a resnest-deploy export (no resnest_deploy metadata); "
