@@ -19,8 +19,12 @@ def time_ms(fn: Callable[[], object], warmup: int = 3, iters: int = 20) -> dict[
         fn()
         samples.append((time.perf_counter() - start) * 1e3)
     a = np.array(samples)
-    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
-            "mean_ms": float(a.mean()), "iters": iters}
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p90_ms": float(np.percentile(a, 90)),
+        "mean_ms": float(a.mean()),
+        "iters": iters,
+    }
 
 
 def save(name: str, results: dict, table: str) -> None:

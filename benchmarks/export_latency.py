@@ -61,11 +61,26 @@ def plain_export(model: torch.nn.Module, path: Path, size: int, dynamo: bool) ->
         warnings.simplefilter("ignore")
         if dynamo:
             batch = torch.export.Dim("batch", min=1, max=64)
-            torch.onnx.export(model, (x,), path, dynamo=True, input_names=["input"], output_names=["logits"],
-                              dynamic_shapes={"x": {0: batch}}, external_data=False)
+            torch.onnx.export(
+                model,
+                (x,),
+                path,
+                dynamo=True,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes={"x": {0: batch}},
+                external_data=False,
+            )
         else:
-            torch.onnx.export(model, (x,), path, dynamo=False, input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            torch.onnx.export(
+                model,
+                (x,),
+                path,
+                dynamo=False,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
 
 
 def main() -> None:
@@ -99,13 +114,22 @@ def main() -> None:
             for b in map(int, args.batches.split(",")):
                 x = np.random.default_rng(0).standard_normal((b, 3, size, size), dtype=np.float32)
                 t = time_ms(lambda x=x: runner.infer(x), iters=args.iters)
-                results["runs"].append({"export": label, "nodes": sum(ops.values()), "shape_ops": shape_ops,
-                                        "batch": b, **t})
-                rows.append(f"| {label} | {sum(ops.values())} | {shape_ops} | {b} | {t['p50_ms']:.1f} | "
-                            f"{t['p90_ms']:.1f} |")
+                results["runs"].append(
+                    {"export": label, "nodes": sum(ops.values()), "shape_ops": shape_ops, "batch": b, **t}
+                )
+                rows.append(
+                    f"| {label} | {sum(ops.values())} | {shape_ops} | {b} | {t['p50_ms']:.1f} | "
+                    f"{t['p90_ms']:.1f} |"
+                )
     m = results["machine"]
-    table = "\n".join([f"ONNX Runtime {m['tools'].get('onnxruntime-gpu', '')} CPU EP, {args.arch} fp32, "
-                       f"{m['cpu']} ({m['cores']} cores), {m['date']}", "", *rows])
+    table = "\n".join(
+        [
+            f"ONNX Runtime {m['tools'].get('onnxruntime-gpu', '')} CPU EP, {args.arch} fp32, "
+            f"{m['cpu']} ({m['cores']} cores), {m['date']}",
+            "",
+            *rows,
+        ]
+    )
     save("export_latency", results, table)
 
 

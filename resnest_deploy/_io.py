@@ -1,4 +1,11 @@
-"""File helpers: artifacts appear whole or not at all."""
+"""File helpers: artifacts appear whole or not at all, never over an input, never from a lying file.
+
+Every file the tool writes goes to a temp name beside its destination first. The temp name carries
+the writer's pid, so a later run can tell the leftovers of a killed run (pid gone) from a live
+writer's and remove them. An artifact and its sidecar are installed together by
+:func:`artifact_pair`: the sidecar first, the artifact last, so an artifact is never visible
+without the sidecar that describes it.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +13,179 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator
+import re
+import secrets
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from resnest_deploy import _deps
 from resnest_deploy.errors import ArtifactError, first_line
 
+SIDECAR_SUFFIX = ".json"
+_PARTIAL = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.partial$")
 
-@contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp path beside ``dest``; rename it over ``dest`` only if the block succeeds."""
+
+def sidecar_path(artifact: str | os.PathLike[str]) -> Path:
+    return Path(f"{os.fspath(artifact)}{SIDECAR_SUFFIX}")
+
+
+def _temp_name(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_partials(folder: Path) -> list[Path]:
+    """Remove temp files that killed runs left in ``folder`` (their writer's pid is gone)."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in folder.iterdir():
+            m = _PARTIAL.match(entry.name)
+            if m and not _alive(int(m.group(1))) and entry.is_file() and not entry.is_symlink():
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+                    removed.append(entry)
+    return removed
+
+
+def check_destination(dest: str | os.PathLike[str], *, with_sidecar: bool = False) -> Path:
+    """Refuse, before any work, a destination that cannot be written as one plain file."""
     dest = Path(dest)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
-    except OSError as e:
-        raise ArtifactError(f"cannot write {dest}: {e.strerror}; choose a writable output path") from e
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp_path, dest)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    for path in (dest, sidecar_path(dest)) if with_sidecar else (dest,):
+        if path.is_dir():
+            raise ArtifactError(f"{path} is a folder, not a file; remove it or choose another output path")
+        if path.is_symlink() and not path.exists():
+            raise ArtifactError(f"{path} is a dangling symlink; remove it or choose another output path")
+    return dest
+
+
+def _same(a: Path, b: Path) -> bool:
+    with contextlib.suppress(OSError):
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_overwrite(
+    outputs: Iterable[str | os.PathLike[str] | None],
+    inputs: Iterable[str | os.PathLike[str] | None],
+) -> None:
+    """An output (or its sidecar) that is an input (or an input's sidecar) is refused, through
+    symlinks, hard links and ``..`` alike: an output never overwrites an input."""
+    ins = [Path(p) for p in inputs if p is not None]
+    for out in (Path(p) for p in outputs if p is not None):
+        for o in (out, sidecar_path(out)):
+            for i in ins:
+                for j in (i, sidecar_path(i)):
+                    if _same(o, j):
+                        raise ArtifactError(
+                            f"output {out} would overwrite the input {j}; choose another output path (-o)"
+                        )
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _new_temp(dest: Path) -> Path:
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        clean_partials(dest.parent)
+        tmp = _temp_name(dest)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_umask())
+    except OSError as e:
+        raise ArtifactError(f"cannot write {dest}: {e.strerror}; choose a writable output path") from e
+    os.close(fd)
+    return tmp
+
+
+def _install(tmp: Path, dest: Path) -> None:
+    try:
+        os.replace(tmp, dest)
+    except OSError as e:
+        raise ArtifactError(f"cannot write {dest}: {e.strerror}; choose another output path") from e
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path beside ``dest``; rename it over ``dest`` only if the block succeeds."""
+    dest = check_destination(dest)
+    tmp = _new_temp(dest)
+    try:
+        yield tmp
+        _install(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class ArtifactPair:
+    """Temp files for an artifact and its sidecar, installed together by :func:`artifact_pair`."""
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.tmp = _new_temp(dest)
+        self._sidecar_tmp: Path | None = None
+
+    def write_sidecar(self, data: dict[str, Any]) -> Path:
+        if self._sidecar_tmp is None:
+            self._sidecar_tmp = _new_temp(sidecar_path(self.dest))
+        self._sidecar_tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        return sidecar_path(self.dest)
+
+    def _commit(self) -> None:
+        if self._sidecar_tmp is None:
+            raise ArtifactError(f"internal error: {self.dest} was about to be written without a sidecar")
+        side = sidecar_path(self.dest)
+        backups: list[tuple[Path, Path]] = []
+        try:
+            for path in (self.dest, side):  # keep the old pair until the new one is in place
+                if path.exists() or path.is_symlink():
+                    backup = _temp_name(path)
+                    os.replace(path, backup)
+                    backups.append((backup, path))
+            os.replace(self._sidecar_tmp, side)
+            os.replace(self.tmp, self.dest)  # the artifact appears last: never one without its sidecar
+        except OSError as e:
+            side.unlink(missing_ok=True)
+            for backup, path in backups:
+                with contextlib.suppress(OSError):
+                    os.replace(backup, path)
+            raise ArtifactError(
+                f"cannot write {self.dest}: {e.strerror}; the previous files were kept"
+            ) from e
+        for backup, _ in backups:
+            backup.unlink(missing_ok=True)
+
+    def _discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+        if self._sidecar_tmp is not None:
+            self._sidecar_tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def artifact_pair(dest: str | os.PathLike[str]) -> Iterator[ArtifactPair]:
+    """Write an artifact to ``pair.tmp`` and its sidecar with ``pair.write_sidecar``; both appear at
+    ``dest`` and ``dest.json`` when the block succeeds, neither (and the old pair intact) if not."""
+    dest = check_destination(dest, with_sidecar=True)
+    pair = ArtifactPair(dest)
+    try:
+        yield pair
+        pair._commit()
+    finally:
+        pair._discard()
 
 
 def write_json(dest: str | os.PathLike[str], data: Any) -> None:
@@ -53,13 +201,61 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def load_onnx(path: str | os.PathLike[str]) -> Any:
-    """The ``onnx.ModelProto`` at ``path`` (external weights left on disk), or one line saying why not."""
-    onnx = _deps.require("onnx")
+def read_json_object(path: str | os.PathLike[str], what: str, fix: str) -> dict[str, Any]:
+    """A JSON file that must hold an object; anything else is one line naming the file and ``fix``."""
     try:
-        return onnx.load(os.fspath(path), load_external_data=False)
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{what} {path} is unreadable ({first_line(e, 80)}); {fix}") from e
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{what} {path} holds a JSON {type(data).__name__}, not an object; {fix}")
+    return data
+
+
+def external_tensors(model: Any) -> Iterator[Any]:
+    """The tensors of an ``onnx.ModelProto`` whose bytes live in external-data files."""
+    onnx = _deps.require("onnx")
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            yield tensor
+
+
+def check_external_data(model: Any, path: Path) -> None:
+    """External weights must be plain files inside the model's own folder: no absolute paths, no
+    ``..``, no symlinks. Parsers (TensorRT's among them) would otherwise read any file the user can
+    read into the artifact."""
+    base = path.resolve().parent
+    for tensor in external_tensors(model):
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        bad = f"{path} names external data {location!r} for {tensor.name!r}"
+        rel = Path(location)
+        if not location or rel.is_absolute() or ".." in rel.parts:
+            raise ArtifactError(f"{bad}, which is not a plain file name beside it; refusing to read it")
+        full = base / rel
+        if full.resolve() != full or full.is_symlink():
+            raise ArtifactError(f"{bad}, which is a symlink; copy the real file beside the model")
+        if not full.is_file():
+            raise ArtifactError(f"{bad}, which does not exist; keep the data file beside the model")
+        with contextlib.suppress(ValueError):
+            end = int(info.get("offset", 0)) + int(info.get("length", 0))
+            if end > full.stat().st_size:
+                raise ArtifactError(f"{bad}, which is shorter than the model says; the file is truncated")
+
+
+def load_onnx(path: str | os.PathLike[str]) -> Any:
+    """The ``onnx.ModelProto`` at ``path`` (external weights left on disk, but checked), or one line
+    saying why not."""
+    onnx = _deps.require("onnx")
+    path = require_file(path, "ONNX file")
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
     except Exception as e:
         raise ArtifactError(f"{path} is not a readable ONNX file ({first_line(e, 120)}); re-export it") from e
+    if not model.graph.node or not model.graph.input or not model.graph.output:
+        raise ArtifactError(f"{path} holds no ONNX graph (empty or not an ONNX file); re-export it")
+    check_external_data(model, path)
+    return model
 
 
 def require_file(path: str | os.PathLike[str], what: str = "file") -> Path:
@@ -67,3 +263,16 @@ def require_file(path: str | os.PathLike[str], what: str = "file") -> Path:
     if not p.is_file():
         raise ArtifactError(f"{what} not found: {p}; check the path")
     return p
+
+
+def prepare_outputs(
+    outputs: Iterable[str | os.PathLike[str] | None],
+    inputs: Iterable[str | os.PathLike[str] | None],
+    *,
+    with_sidecar: bool = True,
+) -> None:
+    """Before any work: every output can be written as a file and spares every input."""
+    outs = [o for o in outputs if o is not None]
+    refuse_overwrite(outs, inputs)
+    for o in outs:
+        check_destination(o, with_sidecar=with_sidecar)

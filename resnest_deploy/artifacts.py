@@ -12,7 +12,8 @@ import numpy as np
 
 from resnest_deploy import data, metadata
 from resnest_deploy.errors import ArtifactError
-from resnest_deploy.models import get_spec, load_model
+from resnest_deploy.limits import check_positive, check_tensor
+from resnest_deploy.models import WeightsInfo, get_spec, load_model
 from resnest_deploy.runners import Runner, artifact_kind, open_runner
 
 RANDOM_SEED = 0
@@ -70,14 +71,13 @@ def resolve_arch(arch: str | None, infos: Sequence[ArtifactInfo]) -> str:
     )
 
 
-def recorded_weights(infos: Sequence[ArtifactInfo]) -> str:
-    """Weights to rebuild the PyTorch reference with, as the first artifact's metadata records them."""
+def recorded_weights(infos: Sequence[ArtifactInfo]) -> WeightsInfo | str:
+    """Weights to rebuild the PyTorch reference with, as the first artifact's metadata records them
+    (untrusted: ``load_model`` checks them against their recorded sha256 and fetches no URL)."""
     for info in infos:
         w = info.weights or {}
-        if w.get("kind") in ("random", "pretrained"):
-            return str(w["kind"])
-        if w.get("kind") in ("file", "url") and w.get("location"):
-            return str(w["location"])
+        if w.get("kind") in ("random", "pretrained", "file", "url"):
+            return WeightsInfo(str(w["kind"]), w.get("location"), w.get("sha256"))
     return "pretrained"
 
 
@@ -88,6 +88,11 @@ def input_size(arch: str, infos: Sequence[ArtifactInfo]) -> tuple[int, int]:
             f"the artifacts take different input sizes ({sorted(sizes)}); compare like with like"
         )
     return sizes.pop() if sizes else (get_spec(arch).pretrained.input_size,) * 2
+
+
+def random_inputs(count: int, size: tuple[int, int], seed: int = RANDOM_SEED) -> np.ndarray:
+    """Seeded, normalised-image-like inputs, exactly ``count`` of them."""
+    return np.random.default_rng(seed).standard_normal((count, 3, *size), dtype=np.float32)
 
 
 @dataclass
@@ -114,10 +119,13 @@ class Lineup:
         they were made from."""
         infos = [ArtifactInfo.of(a) for a in artifacts]
         arch = resolve_arch(arch, infos)
-        weights = weights or recorded_weights(infos)
+        chosen = weights or recorded_weights(infos)
         needed = reference or any(i.kind == "torch" for i in infos)
-        model = load_model(arch, weights)[0] if needed else None
-        return cls(infos, arch, input_size(arch, infos), weights, model)
+        model = load_model(arch, chosen)[0] if needed else None
+        label = chosen if isinstance(chosen, str) else chosen.location or chosen.kind
+        if isinstance(chosen, WeightsInfo) and chosen.kind in ("random", "pretrained"):
+            label = chosen.kind
+        return cls(infos, arch, input_size(arch, infos), label, model)
 
     @property
     def transform(self) -> data.Transform:
@@ -135,15 +143,17 @@ class Lineup:
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Real images preprocessed as the arch expects, or seeded random ones; and a description.
 
-        A model that ships its own data (the digits) uses its test split rather than noise.
+        A model that ships its own data (the digits) uses its test split rather than noise. The
+        description's ``count`` is the number of inputs really returned.
         """
+        check_positive(count, "count")
+        check_tensor(count, self.size, "count")
         if images is None and get_spec(self.arch).pretrained.bundled:
             test, _ = data.digits("test")
             x = data.digits_batch(test[:count], self.transform)
             return x, {"kind": "bundled digits (test split)", "count": len(x)}
         if images is None:
-            x = np.random.default_rng(seed).standard_normal((count, 3, *self.size), dtype=np.float32)
-            return x, {"kind": "random", "count": count, "seed": seed}
+            return random_inputs(count, self.size, seed), {"kind": "random", "count": count, "seed": seed}
         paths = data.sample(data.find_images(images), count, seed)
         loaded = data.load_images(paths, self.transform, advance)
         if not len(loaded.array):

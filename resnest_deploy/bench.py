@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from resnest_deploy._io import atomic_path
-from resnest_deploy.artifacts import Lineup
+from resnest_deploy.artifacts import Lineup, random_inputs
+from resnest_deploy.limits import LimitError, check_batch, check_positive
 from resnest_deploy.runners import Runner
 
 
@@ -88,15 +89,23 @@ def bench(
     advance: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> list[BenchResult]:
-    """Every artifact at every batch size, on seeded random inputs (timing does not depend on them)."""
+    """Every artifact at every batch size, on seeded random inputs (timing does not depend on them).
+
+    Every timed call holds exactly its batch of distinct inputs; impossible sizes are refused first.
+    """
     lineup = Lineup.of(artifacts, arch, weights)
+    for b in batches:
+        check_batch(b, lineup.size, "--batch-sizes")
+    check_positive(iterations, "--iterations")
+    if warmup < 0:
+        raise LimitError(f"--warmup must be 0 or more, got {warmup}")
     if on_total:
         on_total(len(lineup.infos) * len(batches) * iterations)
     results = []
     for info in lineup.infos:
         with lineup.runner(info, provider, threads=threads, cuda_graphs=cuda_graphs) as runner:
             for b in batches:
-                x, _ = lineup.inputs(None, b)
+                x = random_inputs(b, lineup.size)
                 times = time_runner(runner, x, warmup, iterations, advance)
                 results.append(summarize(info.name, runner, info.precision, b, times))
     return results

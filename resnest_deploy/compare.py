@@ -19,6 +19,7 @@ class Metrics:
     top1: float  # fraction of samples whose top-1 class agrees
     top5: float  # fraction whose reference top-1 is in the candidate's top-5
     samples: int
+    nonfinite: int = 0  # NaN/Inf values in the candidate: always a failure, whatever the bars
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -32,7 +33,7 @@ class Tolerance:
     top5: float = 0.0
 
     def violations(self, m: Metrics) -> list[str]:
-        out = []
+        out = [f"{m.nonfinite} NaN/Inf output value(s)"] if m.nonfinite else []
         if not m.rel_max_abs <= self.rel_max_abs:
             out.append(f"max abs error {m.max_abs:.3g} (relative {m.rel_max_abs:.3g} > {self.rel_max_abs:g})")
         if not m.cosine >= self.cosine:
@@ -57,12 +58,14 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Metrics:
     cand = np.asarray(candidate, dtype=np.float64).reshape(len(candidate), -1)
     if ref.shape != cand.shape:
         raise ParityError(f"output shapes differ: reference {ref.shape}, candidate {cand.shape}")
+    finite = np.isfinite(cand)
+    nonfinite = int((~finite).sum())
+    cand = np.where(finite, cand, 0.0)  # the metrics below describe the finite part; nonfinite fails it
     diff = np.abs(ref - cand)
-    max_abs = float(diff.max()) if diff.size else 0.0
-    if not np.isfinite(cand).all():
-        max_abs = float("inf")
+    max_abs = float("inf") if nonfinite else float(diff.max()) if diff.size else 0.0
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
     cosine = np.where(norms > 0, (ref * cand).sum(axis=1) / np.where(norms > 0, norms, 1), 1.0)
+    cosine = np.where(finite.all(axis=1), cosine, -1.0)
     ref_top1 = ref.argmax(axis=1)
     k = min(5, ref.shape[1])
     cand_topk = np.argsort(-cand, axis=1)[:, :k]
@@ -74,6 +77,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Metrics:
         top1=float((cand_topk[:, 0] == ref_top1).mean()),
         top5=float((cand_topk == ref_top1[:, None]).any(axis=1).mean()),
         samples=len(ref),
+        nonfinite=nonfinite,
     )
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from resnest_deploy import _deps, metadata
-from resnest_deploy._io import atomic_path
+from resnest_deploy._io import artifact_pair, prepare_outputs
 from resnest_deploy.compare import TOLERANCES, Metrics, Tolerance, assert_close, compare
 from resnest_deploy.errors import ExportError, first_line
 from resnest_deploy.models import WeightsInfo, get_spec
@@ -77,6 +77,15 @@ def _validate(opset: int, batch: int | str, input_size: Sequence[int]) -> None:
         raise ExportError(f"input size must be two numbers H W of at least 32, got {list(input_size)}")
 
 
+def _check_finite(model: torch.nn.Module) -> None:
+    """NaN/Inf weights are the checkpoint's fault; say so instead of failing parity later."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ExportError(
+                f"the model's {name} holds NaN or Inf values; the checkpoint is corrupt, load a good one"
+            )
+
+
 def _trace(
     model: torch.nn.Module, example: torch.Tensor, opset: int, dynamic_axes: dict[str, dict[int, str]]
 ) -> bytes:
@@ -122,6 +131,9 @@ def export_onnx(
         tuple(input_size) if input_size else (spec.pretrained.input_size,) * 2 if spec else (224, 224),
     )  # _validate checks it really has two entries
     _validate(opset, batch, size)
+    path = Path(path)
+    prepare_outputs([path], [weights.location if weights and weights.kind == "file" else None])
+    _check_finite(model)
     model = model.eval()
 
     axes: dict[str, dict[int, str]] = {}
@@ -183,15 +195,14 @@ def export_onnx(
     }
     metadata.embed(proto, meta)
     say("running the full ONNX checker and writing")
-    with atomic_path(path) as tmp:
-        onnx.save(proto, tmp)
+    with artifact_pair(path) as pair:
+        onnx.save(proto, pair.tmp)
         try:
-            onnx.checker.check_model(str(tmp), full_check=True)
+            onnx.checker.check_model(str(pair.tmp), full_check=True)
         except onnx.checker.ValidationError as e:
             raise ExportError(f"exported graph fails onnx.checker: {first_line(e)}") from e
-    path = Path(path)
-    meta |= metadata.file_and_graph(path, proto)
-    sidecar = metadata.write_sidecar(path, meta)
+        meta |= metadata.file_and_graph(pair.tmp, path.name, proto)
+        sidecar = pair.write_sidecar(meta)
     return ExportReport(
         path=path,
         sidecar=sidecar,

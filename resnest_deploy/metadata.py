@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from resnest_deploy._io import load_onnx, sha256_file, write_json
+from resnest_deploy._io import load_onnx, read_json_object, sha256_file, sidecar_path, write_json
+from resnest_deploy.errors import ArtifactError
 from resnest_deploy.models.registry import ModelSpec
 
 METADATA_KEY = "resnest_deploy"
@@ -76,29 +77,114 @@ def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-def sidecar_path(artifact: str | os.PathLike[str]) -> Path:
-    return Path(f"{os.fspath(artifact)}.json")
-
-
 def write_sidecar(artifact: str | os.PathLike[str], data: dict[str, Any]) -> Path:
-    """Write ``artifact``'s sidecar; if that fails, remove the artifact: never one without the other."""
+    """Write ``artifact``'s sidecar alone (the artifact exists already and is not rewritten)."""
     path = sidecar_path(artifact)
-    try:
-        write_json(path, data)
-    except BaseException:
-        Path(artifact).unlink(missing_ok=True)
-        raise
+    write_json(path, data)
     return path
 
 
-def read_sidecar(artifact: str | os.PathLike[str]) -> dict[str, Any] | None:
+def read_sidecar(artifact: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any] | None:
+    """``artifact``'s sidecar, checked: a JSON object of the expected shape that describes this very
+    file (its recorded sha256); ``None`` when there is none. Anything else is an error."""
     path = sidecar_path(artifact)
-    if not path.is_file():
+    if not path.exists():
         return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    fix = f"delete it or recreate {Path(artifact).name} with resnest-deploy"
+    data = validate(read_json_object(path, "sidecar", fix), f"sidecar {path}")
+    recorded = (data.get("file") or {}).get("sha256")
+    if verify and recorded and Path(artifact).is_file() and sha256_file(artifact) != recorded:
+        raise ArtifactError(
+            f"sidecar {path} describes another file than {Path(artifact).name} (sha256 differs: replaced, "
+            f"or an interrupted write); {fix}"
+        )
+    return data
+
+
+_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+#: top-level keys we read, and the JSON type each must have when present (None is always allowed)
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "arch": str,
+    "precision": str,
+    "target": (str, dict),
+    "num_classes": int,
+    "weights": dict,
+    "input": dict,
+    "output": dict,
+    "preprocessing": dict,
+    "tensorrt": dict,
+    "source_onnx": dict,
+    "file": dict,
+    "parity": dict,
+    "conversion": dict,
+    "reference": dict,
+}
+
+
+def validate(data: Any, where: str) -> dict[str, Any]:
+    """Metadata from a file is untrusted: check the type of everything the tool reads from it."""
+
+    def bad(key: str, want: str) -> ArtifactError:
+        return ArtifactError(f"{where} has a malformed {key!r} (expected {want}); re-export the artifact")
+
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{where} is not a JSON object; re-export the artifact")
+    for key, kind in _TYPES.items():
+        value = data.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise bad(key, getattr(kind, "__name__", "an object or a string"))
+    if data.get("precision") is not None and data["precision"] not in _PRECISIONS:
+        raise bad("precision", " or ".join(_PRECISIONS))
+    for section in ("weights", "file", "source_onnx"):
+        for k, v in (data.get(section) or {}).items():
+            if v is not None and not isinstance(v, str | int | float):
+                raise bad(f"{section}.{k}", "a string or number")
+    inp = data.get("input") or {}
+    shape = inp.get("shape")
+    if shape is not None and not (
+        isinstance(shape, list) and all(isinstance(d, int | str) and not isinstance(d, bool) for d in shape)
+    ):
+        raise bad("input.shape", "a list of ints and names")
+    profile = inp.get("profile")
+    if profile is not None and not (
+        isinstance(profile, dict)
+        and all(
+            isinstance(v, list) and all(isinstance(d, int) and d >= 1 for d in v) for v in profile.values()
+        )
+    ):
+        raise bad("input.profile", "min/opt/max lists of positive ints")
+    return data
+
+
+#: ops that only appear in a quantized graph
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "ConvInteger",
+        "MatMulInteger",
+        "DynamicQuantizeLinear",
+    }
+)
+
+
+def graph_precision(model: Any) -> str:
+    """What an ``onnx.ModelProto`` computes in, read from the graph itself rather than a label:
+    int8 (any quantized op), fp16 / bf16 (weights or casts of that type), else fp32."""
+    if any(n.op_type in QUANTIZED_OPS for n in model.graph.node):
+        return "int8"
+    elem_types = {t.data_type for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Cast":
+            elem_types |= {a.i for a in node.attribute if a.name == "to"}
+    if 10 in elem_types:  # TensorProto.FLOAT16
+        return "fp16"
+    if 16 in elem_types:  # TensorProto.BFLOAT16
+        return "bf16"
+    return "fp32"
 
 
 def embed(model: Any, data: dict[str, Any]) -> None:
@@ -113,30 +199,56 @@ def embed(model: Any, data: dict[str, Any]) -> None:
         entry.key, entry.value = k, v
 
 
-def from_onnx(model: Any) -> dict[str, Any] | None:
+def from_onnx(model: Any) -> Any:
+    """The raw embedded metadata (JSON of any type: untrusted until ``validate``), or ``None``."""
     for prop in model.metadata_props:
         if prop.key == METADATA_KEY:
             try:
                 return json.loads(prop.value)
-            except json.JSONDecodeError:
-                return None
+            except json.JSONDecodeError as e:
+                raise ArtifactError(
+                    f"the {METADATA_KEY} metadata of this ONNX file is not valid JSON ({e.msg}); re-export it"
+                ) from e
     return None
 
 
-def file_and_graph(path: Path, model: Any) -> dict[str, Any]:
+def file_entry(written: Path, name: str) -> dict[str, Any]:
+    """The sidecar's ``file`` entry for bytes written at ``written`` (a temp file) to be called ``name``."""
+    return {"file": {"name": name, "bytes": written.stat().st_size, "sha256": sha256_file(written)}}
+
+
+def file_and_graph(written: Path, name: str, model: Any) -> dict[str, Any]:
     """The ``file`` and ``graph`` entries of an ONNX file's sidecar, from the file as written."""
     ops = collections.Counter(n.op_type for n in model.graph.node)
-    return {
-        "file": {"name": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)},
-        "graph": {"nodes": len(model.graph.node), "op_counts": dict(ops.most_common())},
+    return file_entry(written, name) | {
+        "graph": {"nodes": len(model.graph.node), "op_counts": dict(ops.most_common())}
     }
 
 
+def of_onnx(model: Any, path: Path) -> dict[str, Any]:
+    """An ONNX model's embedded metadata, checked: the right shape, and a precision label that agrees
+    with the graph (``{}`` if it has none)."""
+    found = from_onnx(model)
+    meta = validate(found, f"{path.name}'s metadata") if found is not None else {}
+    actual = graph_precision(model)
+    label = meta.get("precision")
+    if label is not None and label != actual:
+        raise ArtifactError(
+            f"{path} is labelled {label} but its graph is {actual}; the metadata was edited or the file "
+            "replaced: re-create it with resnest-deploy"
+        )
+    return {**meta, "precision": actual} if meta else {}
+
+
 def of_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """What an ONNX file or engine says about itself (embedded metadata, else its sidecar)."""
+    """What an ONNX file or engine says about itself, checked (embedded metadata, else the sidecar)."""
     path = Path(path)
-    if path.suffix.lower() == ".onnx":
-        found = from_onnx(load_onnx(path))  # an unreadable file is an error, not "no metadata"
-        if found:
-            return found
-    return read_sidecar(path) or {}
+    if path.suffix.lower() != ".onnx":
+        return read_sidecar(path) or {}
+    model = load_onnx(path)  # an unreadable file is an error, not "no metadata"
+    meta = of_onnx(model, path)
+    if not meta:
+        meta = read_sidecar(path) or {}
+        if meta:
+            meta = {**meta, "precision": graph_precision(model)}
+    return meta

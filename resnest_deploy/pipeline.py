@@ -15,12 +15,14 @@ from typing import Any
 from resnest_deploy import bench as _bench
 from resnest_deploy import check as _check
 from resnest_deploy import metadata
-from resnest_deploy._io import atomic_path, write_json
+from resnest_deploy._io import atomic_path, prepare_outputs, write_json
 from resnest_deploy.engine import build_engine, detect
-from resnest_deploy.errors import ParityError, ResnestDeployError
+from resnest_deploy.errors import ParityError, ResnestDeployError, first_line
 from resnest_deploy.export import export_onnx
-from resnest_deploy.models import load_model
-from resnest_deploy.precision import calibration, convert
+from resnest_deploy.limits import MAX_BATCH, check_positive
+from resnest_deploy.models import get_spec, load_model
+from resnest_deploy.precision import PRECISIONS, ConversionError, calibration, convert
+from resnest_deploy.precision.calibration import check_count
 
 
 def _gpu() -> bool:
@@ -40,8 +42,9 @@ class _Run:
         started = time.perf_counter()
         try:
             result = fn()
-        except ResnestDeployError as e:
-            self.report["steps"][name] = {"status": "failed", "reason": str(e)}
+        except Exception as e:  # a bug is reported too, as such, before it propagates
+            reason = str(e) if isinstance(e, ResnestDeployError) else f"internal error: {first_line(e)}"
+            self.report["steps"][name] = {"status": "failed", "reason": reason}
             self.report["status"] = f"failed at {name}"
             write_reports(self.report, self.out)
             raise
@@ -75,6 +78,14 @@ def pipeline(
 ) -> dict[str, Any]:
     """Everything lands in ``out_dir`` (default ``models/<arch>/``), with report.json and report.md."""
     out = Path(out_dir or Path("models") / arch)
+    get_spec(arch)
+    if precision not in ("fp32", *PRECISIONS):
+        raise ConversionError(f"unknown precision {precision!r}; choose fp32, {', '.join(PRECISIONS)}")
+    for b in batches:
+        check_positive(b, "--batch-sizes", maximum=MAX_BATCH)
+    check_count(calib_count)
+    weights_file = weights if weights not in ("pretrained", "random") and "://" not in weights else None
+    prepare_outputs([out / f"{arch}.onnx", out / "report.json", out / "report.md"], [weights_file, calib_npy])
     run = _Run(
         out,
         {

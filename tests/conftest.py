@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import http.server
 import json
 import math
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -14,6 +17,18 @@ from resnest_deploy.export import export_onnx
 from resnest_deploy.models import load_model
 
 REFDATA = Path(__file__).parent / "refdata"
+HEAVY = ("resnest200", "resnest269")  # the deepest configs: several seconds each
+
+
+def unique_archs() -> list:
+    """One arch per distinct architecture: official/timm twins share an ``ArchConfig`` (and so a
+    graph), so sweeping both would test the same network twice. Heavy ones are marked ``slow``."""
+    from resnest_deploy.models import get_spec, list_models
+
+    first: dict = {}
+    for arch in list_models():
+        first.setdefault(get_spec(arch).arch, arch)
+    return [pytest.param(a, marks=pytest.mark.slow) if a.startswith(HEAVY) else a for a in first.values()]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -137,3 +152,53 @@ def digit_folder(
             image = Image.fromarray(images[idx])
             (image.resize((size, size)) if size else image).save(folder / f"{i}.png")
     return root
+
+
+# --- a real HTTP server on loopback, for downloads -----------------------------------------------
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    files: ClassVar[dict[str, bytes]] = {}
+    truncate: ClassVar[set[str]] = set()
+    ranges: ClassVar[list[int]] = []
+    requests: ClassVar[list[tuple[str, str]]] = []
+
+    def do_HEAD(self):
+        self.requests.append(("HEAD", self.path))
+        self.send_error(404)
+
+    def do_GET(self):
+        self.requests.append(("GET", self.path))
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        start = int(self.headers.get("Range", "bytes=0-")[6:].rstrip("-") or 0)
+        self.ranges.append(start)
+        body = body[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        # An interrupted transfer: announce the full length, send half, hang up.
+        self.wfile.write(body[: len(body) // 2] if self.path in self.truncate else body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def loopback() -> Iterator[tuple[str, type[_Handler]]]:
+    handler = type("Handler", (_Handler,), {"files": {}, "truncate": set(), "ranges": [], "requests": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("RESNEST_DEPLOY_OFFLINE", raising=False)
+    return tmp_path / "torch" / "hub" / "checkpoints"

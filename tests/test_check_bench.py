@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import onnx
@@ -56,22 +57,43 @@ def test_check_refuses_mismatched_arch_and_missing_files(digits_onnx, tmp_path):
         check([str(tmp_path / "model.bin")])
 
 
-def test_bench_fields_and_csv(digits_onnx, digits_converted):
+def test_bench_times_are_measured_not_made_up(digits_onnx, digits_converted):
+    """What bench reports fits inside the wall-clock time the call took, and more images per call
+    take longer: the figures come from real calls."""
+    started = time.perf_counter()
     results = bench(
-        ["torch", str(digits_onnx), str(digits_converted["int8-cpu"])], batches=(1, 4), iterations=3
+        ["torch", str(digits_onnx), str(digits_converted["int8-cpu"])], batches=(1, 64), iterations=3
     )
+    wall_ms = (time.perf_counter() - started) * 1e3
     assert [(r.backend, r.batch) for r in results] == [
         ("torch-cpu", 1),
-        ("torch-cpu", 4),
+        ("torch-cpu", 64),
         ("onnxruntime-cpu", 1),
-        ("onnxruntime-cpu", 4),
+        ("onnxruntime-cpu", 64),
         ("onnxruntime-cpu", 1),
-        ("onnxruntime-cpu", 4),
+        ("onnxruntime-cpu", 64),
     ]
-    for r in results:
-        assert 0 < r.p50_ms <= r.p90_ms <= r.p99_ms and r.iterations == 3 and r.timer == "host"
-        assert r.images_per_s == pytest.approx(r.batch * 1000 / r.p50_ms, rel=1e-2)
+    assert sum(r.mean_ms * r.iterations for r in results) < wall_ms
+    for small, large in zip(results[::2], results[1::2], strict=True):
+        assert large.p50_ms > small.p50_ms and small.timer == large.timer == "host"
     assert to_csv(results).splitlines()[0].startswith("artifact,backend,precision,batch,p50_ms")
+
+
+def test_summary_statistics_of_known_latencies():
+    from resnest_deploy.bench import summarize
+    from resnest_deploy.runners.base import Runner
+
+    class Fixed(Runner):  # a backend whose latencies are known, to check the arithmetic on them
+        backend = "fixed"
+
+        def activate_impl(self) -> None: ...
+
+        def infer_impl(self, x):
+            return x
+
+    r = summarize("a", Fixed("a"), "fp32", 10, [float(v) for v in range(1, 101)])
+    assert (r.p50_ms, r.p90_ms, r.p99_ms, r.mean_ms) == (50.5, 90.1, 99.01, 50.5)
+    assert r.images_per_s == pytest.approx(10 * 1000 / 50.5, abs=0.01) and r.iterations == 100
 
 
 def test_bench_cli_json_csv_and_plot(digits_onnx, tmp_path):
@@ -81,7 +103,7 @@ def test_bench_cli_json_csv_and_plot(digits_onnx, tmp_path):
             "bench",
             "--onnx",
             str(digits_onnx),
-            "--batch",
+            "--batch-sizes",
             "1,2",
             "-n",
             "2",
@@ -97,7 +119,7 @@ def test_bench_cli_json_csv_and_plot(digits_onnx, tmp_path):
     assert {r["batch"] for r in rows} == {1, 2}
     assert len((tmp_path / "b.csv").read_text().splitlines()) == 3
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    bad = cli.invoke(app, ["bench", "--onnx", str(digits_onnx), "--batch", "0"])
+    bad = cli.invoke(app, ["bench", "--onnx", str(digits_onnx), "--batch-sizes", "0"])
     assert bad.exit_code == 2
 
 

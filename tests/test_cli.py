@@ -123,7 +123,7 @@ def test_build_via_cli(onnx_14d, tmp_path):
         str(tmp_path / "e.plan"),
         "--backend",
         "tensorrt-rtx",
-        "--batch",
+        "--batch-profile",
         "1,2,4",
         "--json",
     )
@@ -219,4 +219,5 @@ def test_predict_and_eval_cli(digits_onnx, tmp_path):
 
 def test_inspect_cli_onnx(digits_onnx):
     r = invoke("inspect", str(digits_onnx))
-    assert r.exit_code == 0 and "resnest14d_digits" in r.output and "opset 17" in r.output
+    assert r.exit_code == 0, r.output
+    assert "resnest14d_digits" in r.output and "opset 17" in r.output

@@ -10,10 +10,10 @@ import torch
 
 from resnest_deploy.errors import ExportError, ParityError, WeightsError
 from resnest_deploy.export import export_onnx
-from resnest_deploy.models import create_model, list_models, load_model
+from resnest_deploy.models import create_model, load_model
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
 from resnest_deploy.runners.torch import TorchRunner
-from tests.conftest import images
+from tests.conftest import images, unique_archs
 
 SHAPE_OPS = {"Shape", "Gather", "Concat", "Unsqueeze", "ConstantOfShape"}
 
@@ -61,8 +61,8 @@ def test_resnest14d_graph_is_clean(onnx_14d):
     assert sum(counts.values()) <= 100 and counts["Softmax"] == 4
 
 
-@pytest.mark.parametrize("arch", list_models())
-def test_every_arch_exports_and_matches(arch, tmp_path):
+@pytest.mark.parametrize("arch", unique_archs())
+def test_every_architecture_exports_and_matches(arch, tmp_path):
     model, info = load_model(arch)
     report = export_onnx(model, tmp_path / "m.onnx", input_size=(64, 64), parity_batches=(2,), weights=info)
     assert report.parity["batch=2"].rel_max_abs <= 1e-4 and report.parity["batch=2"].top1 == 1.0

@@ -63,16 +63,15 @@ def test_tensorrt_int8_qdq_placement(digits_converted):
             continue
         x_dq, w_dq = prod[conv.input[0]], prod[conv.input[1]]
         assert x_dq.op_type == w_dq.op_type == "DequantizeLinear", conv.name
-        w_q = inits.get(w_dq.input[0])
-        if w_q is None:  # weights stored as float with a QuantizeLinear in front
+        weights = inits.get(w_dq.input[0])  # int8 weights stored quantized ...
+        if weights is None:  # ... or float weights with a QuantizeLinear in front
             w_q = prod[w_dq.input[0]]
-            scale, zero = inits[w_q.input[1]], inits[w_q.input[2]]
+            weights, scale, zero = inits[w_q.input[0]], inits[w_q.input[1]], inits[w_q.input[2]]
         else:
-            assert w_q.dtype == np.int8
+            assert weights.dtype == np.int8
             scale, zero = inits[w_dq.input[1]], inits[w_dq.input[2]]
-        out_channels = inits[next(i for i in conv.input[1:2])] if conv.input[1] in inits else None
-        assert scale.ndim == 1 and scale.size > 1, f"{conv.name}: weights are not per-channel"
-        assert out_channels is None or scale.size == out_channels.shape[0]
+        assert weights.ndim == 4, conv.name
+        assert scale.shape == (weights.shape[0],), f"{conv.name}: not one scale per output channel"
         assert np.all(zero == 0) and zero.dtype == np.int8, f"{conv.name}: weights are not symmetric int8"
     for n in model.graph.node:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.input[1] in inits:
@@ -137,14 +136,57 @@ def test_image_calibration_skips_bad_files_and_caches(tmp_path, monkeypatch):
     assert len(again.source["skipped"]) == 1
 
 
-def test_transform_matches_eval_crop():
-    """Shorter side to input/crop_pct, centre crop: a 64x128 image becomes 32x32 from its middle."""
+def test_transform_crops_the_centre_instead_of_squashing():
+    """Shorter side to 256, centre 224 crop: of a 256x512 image whose outer quarters are black, only
+    the bright middle half is left; a squash-resize of the whole width would keep black columns."""
     t = Transform.from_pretrained(get_spec("resnest50").pretrained)
     img = np.zeros((256, 512, 3), np.uint8)
-    img[:, 256:] = 255
+    img[:, 128:384] = 255
     x = t(Image.fromarray(img))
     assert x.shape == (3, 224, 224)
-    assert x[0, 0, 0] < 0 < x[0, 0, -1]  # left half dark, right half bright, normalised
+    white = (1.0 - np.array(t.mean)) / np.array(t.std)
+    np.testing.assert_allclose(
+        x, np.broadcast_to(white[:, None, None], x.shape).astype(np.float32), rtol=1e-6
+    )
+
+
+def _torchvision_resize(w: int, h: int, size: int) -> tuple[int, int]:
+    """torchvision.transforms.functional._compute_resized_output_size for an int size."""
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    return (new_short, new_long) if w <= h else (new_long, new_short)
+
+
+def _torchvision_crop(w: int, h: int, size: int) -> tuple[int, int]:
+    """torchvision.transforms.functional.center_crop's offsets."""
+    return round((w - size) / 2.0), round((h - size) / 2.0)
+
+
+@pytest.mark.parametrize("arch", ["resnest50", "resnest101", "resnest200e", "resnest269e"])
+def test_transform_sizes_and_crops_match_torchvision_on_many_shapes(arch):
+    """timm's eval transform is torchvision's Resize + CenterCrop: the long side is truncated and
+    crop offsets are rounded half to even. The old arithmetic (rounded side, floored offset) was a
+    pixel off on shapes like these."""
+    t = Transform.from_pretrained(get_spec(arch).pretrained)
+    differs = 0
+    for w in range(t.resize, t.resize + 300, 7):
+        for h in (t.resize, t.resize + 1, t.resize + 33, 2 * t.resize + 5, w + 1):
+            assert t.resized(w, h) == _torchvision_resize(w, h, t.resize), (w, h)
+            nw, nh = t.resized(w, h)
+            assert t.crop_box(nw, nh)[:2] == _torchvision_crop(nw, nh, t.size), (nw, nh)
+            old = round(max(w, h) * t.resize / min(w, h)), (max(nw, nh) - t.size) // 2
+            differs += old != (max(nw, nh), max(t.crop_box(nw, nh)[:2]))
+    assert differs > 0  # the shapes above include ones where the old arithmetic was off
+
+
+def test_transform_output_matches_a_pixel_exact_reference_crop():
+    """A column ramp 15 wide: torchvision crops from column round(3.5) = 4, flooring gave 3."""
+    t = Transform(size=8, resize=10, interpolation="nearest", mean=(0, 0, 0), std=(1, 1, 1))
+    ramp = np.tile(np.arange(15, dtype=np.uint8) * 17, (10, 1))  # 15 x 10 stays 15 x 10
+    x = t(Image.fromarray(ramp))
+    left, _ = _torchvision_crop(15, 10, 8)
+    assert left == 4
+    np.testing.assert_allclose(x[0, 0] * 255, ramp[0, left : left + 8].astype(np.float32), atol=1e-4)
 
 
 def test_int8_without_data_is_refused(onnx_14d, tmp_path):

@@ -1,19 +1,16 @@
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import http.server
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from resnest_deploy.errors import WeightsError
-from resnest_deploy.models import create_model, load_model
-from resnest_deploy.models.weights import MIRROR_ENV
+from resnest_deploy.models import ModelSpec, create_model, get_spec, load_model
+from resnest_deploy.models.weights import MIRROR_ENV, resolve, url_cache_path
 
 X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
 
@@ -105,91 +102,62 @@ def test_num_classes_follows_a_fine_tuned_head(tmp_path, ckpt_14d):
 # --- downloads through a real HTTP server on loopback -------------------------------------------
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    files: ClassVar[dict[str, bytes]] = {}
-    truncate: ClassVar[set[str]] = set()
-    ranges: ClassVar[list[int]] = []
-
-    def do_GET(self):
-        body = self.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        start = int(self.headers.get("Range", "bytes=0-")[6:].rstrip("-") or 0)
-        self.ranges.append(start)
-        body = body[start:]
-        self.send_response(206 if start else 200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        # An interrupted transfer: announce the full length, send half, hang up.
-        self.wfile.write(body[: len(body) // 2] if self.path in self.truncate else body)
-
-    def log_message(self, *args):
-        pass
+def official_spec(body: bytes) -> ModelSpec:
+    """resnest14d published the way the official releases are (``<arch>-<sha256[:8]>.pth``): the real
+    release files cannot be served here, so this spec names one whose hash prefix we can produce."""
+    spec = get_spec("resnest14d")
+    name = f"resnest14d-{hashlib.sha256(body).hexdigest()[:8]}.pth"
+    return dataclasses.replace(
+        spec, pretrained=dataclasses.replace(spec.pretrained, file=name, hf_hub_id=None)
+    )
 
 
-@pytest.fixture
-def server() -> Iterator[tuple[str, type[_Handler]]]:
-    handler = type("Handler", (_Handler,), {"files": {}, "truncate": set(), "ranges": []})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
-    httpd.shutdown()
-    httpd.server_close()
-
-
-@pytest.fixture
-def torch_home(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv("RESNEST_DEPLOY_OFFLINE", raising=False)
-    return tmp_path / "torch" / "hub" / "checkpoints"
-
-
-def test_pretrained_official_download_is_verified_and_cached(
-    server, torch_home, ckpt_14d, monkeypatch, expected
-):
-    # resnest50's real release name carries its sha256 prefix; serve resnest50-shaped weights under a
-    # name with *their* prefix through the mirror variable, exactly as a user's mirror would.
-    base, handler = server
+def test_url_download_is_verified_and_cached(loopback, torch_home, ckpt_14d, expected):
+    base, handler = loopback
     body = ckpt_14d.read_bytes()
     name = f"resnest14d-{hashlib.sha256(body).hexdigest()[:8]}.pth"
     handler.files[f"/{name}"] = body
     model, info = load_model("resnest14d", f"{base}/{name}")
     torch.testing.assert_close(logits(model), expected)
-    assert (torch_home / name).is_file() and info.kind == "url"
+    assert info.kind == "url" and url_cache_path(f"{base}/{name}").is_file()
     handler.files.clear()  # second load comes from the cache, not the network
     torch.testing.assert_close(logits(create_model("resnest14d", f"{base}/{name}")), expected)
 
 
-def test_official_pretrained_goes_through_mirror(server, torch_home, monkeypatch):
-    base, _handler = server
-    monkeypatch.setenv(MIRROR_ENV, base)
+def test_official_pretrained_downloads_through_the_mirror(loopback, torch_home, ckpt_14d, monkeypatch):
+    base, handler = loopback
+    body = ckpt_14d.read_bytes()
+    spec = official_spec(body)
+    monkeypatch.setenv(MIRROR_ENV, f"{base}/mirror/")
+    handler.files[f"/mirror/{spec.pretrained.file}"] = body
+    state_dict, info = resolve(spec, "pretrained")
+    assert handler.requests == [("GET", f"/mirror/{spec.pretrained.file}")]
+    assert info.kind == "pretrained" and info.location == f"{base}/mirror/{spec.pretrained.file}"
+    assert (torch_home / str(spec.pretrained.file)).read_bytes() == body and "fc.weight" in state_dict
     with pytest.raises(WeightsError, match=r"cannot download .*/resnest50-528c19ca\.pth .*--weights PATH"):
         create_model("resnest50", "pretrained")  # the mirror does not have it: 404, one line
-    assert not torch_home.exists() or not any(torch_home.iterdir())
 
 
-def test_hash_mismatch_is_rejected_and_not_cached(server, torch_home, ckpt_14d):
-    base, handler = server
+def test_hash_mismatch_is_rejected_and_not_cached(loopback, torch_home, ckpt_14d):
+    base, handler = loopback
     handler.files["/resnest14d-00000000.pth"] = ckpt_14d.read_bytes()
     with pytest.raises(WeightsError, match=r"rejected: sha256 .* does not match 00000000"):
         create_model("resnest14d", f"{base}/resnest14d-00000000.pth")
-    assert not any(torch_home.iterdir())
+    assert not [p for p in torch_home.rglob("*") if p.is_file()]
 
 
-def test_interrupted_download_leaves_no_cache_entry(server, torch_home, ckpt_14d):
-    base, handler = server
+def test_interrupted_download_leaves_no_cache_entry(loopback, torch_home, ckpt_14d):
+    base, handler = loopback
     handler.files["/cut.pth"] = ckpt_14d.read_bytes()
     handler.truncate.add("/cut.pth")
     with pytest.raises(WeightsError, match=r"stopped at \d+ of \d+ bytes; retry to resume"):
         create_model("resnest14d", f"{base}/cut.pth")
-    assert not (torch_home / "cut.pth").exists()  # nothing a later load would mistake for the file
+    assert not url_cache_path(f"{base}/cut.pth").exists()  # nothing a later load would mistake for it
     # the next attempt resumes where the first stopped (a Range request) and completes the file
     handler.truncate.clear()
     create_model("resnest14d", f"{base}/cut.pth")
     assert handler.ranges == [0, len(ckpt_14d.read_bytes()) // 2]
-    assert (torch_home / "cut.pth").read_bytes() == ckpt_14d.read_bytes()
+    assert url_cache_path(f"{base}/cut.pth").read_bytes() == ckpt_14d.read_bytes()
 
 
 def test_offline_official_names_the_missing_file(torch_home, monkeypatch):
@@ -208,10 +176,19 @@ def test_offline_timm_names_the_missing_file(tmp_path, monkeypatch):
     assert "\n" not in str(e.value)
 
 
-def test_official_cache_is_used_offline(torch_home, monkeypatch, ckpt_14d):
-    # A file a user copied into the cache by hand is used, and its name's sha256 prefix is checked.
+def test_official_cache_is_used_offline_and_checked(torch_home, monkeypatch, ckpt_14d, expected):
+    """A file copied into the cache by hand is used with no network, and its name's sha256 prefix
+    is checked on every load."""
     monkeypatch.setenv("RESNEST_DEPLOY_OFFLINE", "1")
+    body = ckpt_14d.read_bytes()
+    spec = official_spec(body)
     torch_home.mkdir(parents=True)
-    (torch_home / "resnest50-528c19ca.pth").write_bytes(ckpt_14d.read_bytes())
+    (torch_home / str(spec.pretrained.file)).write_bytes(body)
+    state_dict, info = resolve(spec, "pretrained")
+    model = create_model("resnest14d")
+    model.load_state_dict(state_dict)
+    torch.testing.assert_close(logits(model), expected)
+    assert info.sha256 == hashlib.sha256(body).hexdigest()
+    (torch_home / "resnest50-528c19ca.pth").write_bytes(body)
     with pytest.raises(WeightsError, match="fails its sha256 check"):
         create_model("resnest50", "pretrained")

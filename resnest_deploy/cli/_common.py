@@ -5,14 +5,21 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
+
+try:  # typer >= 0.20 vendors click; before, it used click itself
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click.exceptions import NoArgsIsHelpError, UsageError  # type: ignore[assignment]
 
 from resnest_deploy.errors import ResnestDeployError
 
@@ -48,8 +55,44 @@ ArchOptional = Annotated[
 WeightsOptional = Annotated[
     str | None, typer.Option("--weights", "-w", help="Default: the weights the artifacts record.")
 ]
-ProviderOpt = Annotated[
-    str, typer.Option(help="ONNX Runtime provider for .onnx files: cpu, cuda or tensorrt.")
+
+
+class Provider(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    tensorrt = "tensorrt"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+class Target(str, Enum):
+    tensorrt = "tensorrt"
+    cpu = "cpu"
+
+
+class Method(str, Enum):
+    max = "max"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    tensorrt = "tensorrt"
+    tensorrt_rtx = "tensorrt-rtx"
+
+
+ProviderOpt = Annotated[Provider, typer.Option(help="ONNX Runtime execution provider for .onnx files.")]
+CountOpt = Annotated[int, typer.Option(min=1, help="How many inputs.")]
+ChunkOpt = Annotated[
+    int, typer.Option("--chunk-size", min=1, help="Inputs per inference call (memory, engine maximum).")
+]
+BatchSizesOpt = Annotated[
+    str, typer.Option("--batch-sizes", "-b", help="Batch sizes to time, comma-separated, e.g. 1,8,32.")
 ]
 
 ARTIFACT_ROOT = Path("models")
@@ -57,6 +100,43 @@ ARTIFACT_ROOT = Path("models")
 
 def default_path(arch: str | None, name: str) -> Path:
     return ARTIFACT_ROOT / (arch or "custom") / name
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (an unknown option, a value out of range, a bad choice) read like every other
+    error: one ``error:`` line and exit 2, instead of a framed usage box."""
+
+    def main(  # type: ignore[override]  # same parameters, named
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as e:
+            e.show()
+            code = 0
+        except UsageError as e:
+            where = e.ctx.command_path if e.ctx else "resnest-deploy"
+            err.print(
+                f"[bold red]error:[/] {escape(e.format_message().replace('Value error, ', ''))} "
+                f"(see `{where} --help`)",
+                highlight=False,
+            )
+            code = 2
+        except typer.Abort:
+            err.print("interrupted; no partial files were kept")
+            code = 130
+        else:
+            if not standalone_mode:
+                return rv
+            code = rv if isinstance(rv, int) else 0
+        if not standalone_mode:
+            raise SystemExit(code)
+        sys.exit(code)
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -132,10 +212,10 @@ def parse_batches(text: str) -> list[int]:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise typer.BadParameter(
-            f"{text!r} is not a comma-separated list of batch sizes, e.g. 1,8,32"
+            f"{text!r} is not a comma-separated list of batch sizes, e.g. 1,8,32", param_hint="--batch-sizes"
         ) from None
     if not values or min(values) < 1:
-        raise typer.BadParameter("batch sizes must be positive, e.g. 1,8,32")
+        raise typer.BadParameter("batch sizes must be positive, e.g. 1,8,32", param_hint="--batch-sizes")
     return values
 
 

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from resnest_deploy import __version__
+from resnest_deploy.cli._common import OneLineErrors
 from resnest_deploy.cli.bench import bench_cmd
 from resnest_deploy.cli.build import build_cmd
 from resnest_deploy.cli.check import check_cmd
@@ -25,6 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,
 )
 
 

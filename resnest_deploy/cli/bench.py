@@ -8,8 +8,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from resnest_deploy._io import prepare_outputs
 from resnest_deploy.cli._common import (
+    BatchSizesOpt,
     JsonOpt,
+    Provider,
     ProviderOpt,
     WeightsOptional,
     counting_bar,
@@ -18,6 +21,7 @@ from resnest_deploy.cli._common import (
     parse_batches,
     print_json,
 )
+from resnest_deploy.runners import TORCH_NAMES
 
 
 @handle_errors
@@ -31,14 +35,16 @@ def bench_cmd(
         str | None, typer.Option("--arch", "-a", help="Also time this arch in PyTorch eager (CPU).")
     ] = None,
     weights: WeightsOptional = None,
-    batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8",
-    warmup: Annotated[int, typer.Option(help="Untimed calls first.")] = 5,
-    iterations: Annotated[int, typer.Option("--iterations", "-n", help="Timed calls per batch size.")] = 20,
+    batch_sizes: BatchSizesOpt = "1,8",
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed calls first.")] = 5,
+    iterations: Annotated[
+        int, typer.Option("--iterations", "-n", min=1, help="Timed calls per batch size.")
+    ] = 20,
     threads: Annotated[
-        int | None, typer.Option(help="ONNX Runtime intra-op threads (default: all cores).")
+        int | None, typer.Option(min=1, help="ONNX Runtime intra-op threads (default: all cores).")
     ] = None,
     cuda_graphs: Annotated[bool, typer.Option(help="Replay a CUDA graph per batch size (engines).")] = False,
-    provider: ProviderOpt = "cpu",
+    provider: ProviderOpt = Provider.cpu,
     csv: Annotated[Path | None, typer.Option(help="Also write the results as CSV.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Also draw p50 latency against batch size (PNG).")] = None,
     json_out: JsonOpt = False,
@@ -50,9 +56,9 @@ def bench_cmd(
     so seeded random inputs are used.
 
     Examples:
-      resnest-deploy bench --engine m.plan --batch 1,8,32 --cuda-graphs
+      resnest-deploy bench --engine m.plan --batch-sizes 1,8,32 --cuda-graphs
       resnest-deploy bench --arch resnest50 --onnx m.onnx --onnx m.int8-cpu.onnx --plot latency.png
-      resnest-deploy bench torch:cuda m.onnx --provider cuda --batch 1,8,32
+      resnest-deploy bench torch:cuda m.onnx --provider cuda --batch-sizes 1,8,32
     """
     from resnest_deploy.bench import bench, to_csv
     from resnest_deploy.bench import plot as draw
@@ -62,7 +68,8 @@ def bench_cmd(
         chosen.insert(0, "torch")
     if not chosen:
         raise typer.BadParameter("name something to time: --engine, --onnx, 'torch' or file arguments")
-    batches = parse_batches(batch)
+    batches = parse_batches(batch_sizes)
+    prepare_outputs([csv, plot], [c for c in chosen if c not in TORCH_NAMES], with_sidecar=False)
     if plot:
         from resnest_deploy import _deps
 
@@ -75,7 +82,7 @@ def bench_cmd(
             batches=batches,
             warmup=warmup,
             iterations=iterations,
-            provider=provider,
+            provider=provider.value,
             threads=threads,
             cuda_graphs=cuda_graphs,
             advance=advance,

@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
-from resnest_deploy.cli._common import JsonOpt, handle_errors, out, print_json, progress
+from resnest_deploy._io import prepare_outputs
+from resnest_deploy.cli._common import Backend, JsonOpt, Precision, handle_errors, out, print_json, progress
 from resnest_deploy.cli.quantize import CalibCountOpt, CalibDirOpt, CalibNpyOpt, calibration_with_bar
 from resnest_deploy.engine import build_engine, parse_batch_range
-from resnest_deploy.precision import calibration, convert
+from resnest_deploy.precision import calibration, convert, default_output
 
 
 def _capability(text: str) -> tuple[int, int]:
@@ -26,17 +27,24 @@ def build_cmd(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Engine path; default: ONNX with .plan.")
     ] = None,
-    backend: Annotated[str, typer.Option(help="auto, tensorrt or tensorrt-rtx.")] = "auto",
-    batch: Annotated[str, typer.Option(help="Optimization profile MIN,OPT,MAX for the batch.")] = "1,8,32",
+    backend: Annotated[Backend, typer.Option(help="Which TensorRT builds it.")] = Backend.auto,
+    batch_profile: Annotated[
+        str, typer.Option("--batch-profile", help="Optimization profile MIN,OPT,MAX of the batch.")
+    ] = "1,8,32",
     workspace: Annotated[float | None, typer.Option("--workspace", help="Workspace limit in GiB.")] = None,
-    timing_cache: Annotated[Path | None, typer.Option(help="Timing cache to read and update.")] = None,
-    opt_level: Annotated[int | None, typer.Option(help="Builder optimization level 0..5.")] = None,
+    timing_cache: Annotated[
+        Path | None,
+        typer.Option(help="Timing cache to read and update (full TensorRT; TensorRT-RTX has none)."),
+    ] = None,
+    opt_level: Annotated[
+        int | None, typer.Option(min=0, max=5, help="Builder optimization level 0..5.")
+    ] = None,
     compute_capability: Annotated[
         list[str] | None, typer.Option(help="TensorRT-RTX target, repeatable, e.g. 8.9 (default: JIT).")
     ] = None,
     precision: Annotated[
-        str | None, typer.Option("--precision", "-p", help="Convert an FP32 export to fp16 or int8 first.")
-    ] = None,
+        Precision, typer.Option("--precision", "-p", help="Convert an FP32 export to fp16 or int8 first.")
+    ] = Precision.fp32,
     calib_dir: CalibDirOpt = None,
     calib_npy: CalibNpyOpt = None,
     calib_count: CalibCountOpt = calibration.DEFAULT_COUNT,
@@ -50,19 +58,23 @@ def build_cmd(
     Examples:
       resnest-deploy build --onnx models/resnest50/resnest50.onnx
       resnest-deploy build --onnx m.onnx --precision int8 --calib-dir ~/imagenet/calib
-      resnest-deploy build --onnx m.onnx --backend tensorrt-rtx --batch 1,4,16 --compute-capability 8.9
+      resnest-deploy build --onnx m.onnx --backend tensorrt-rtx --batch-profile 1,4,16 \
+        --compute-capability 8.9
     """
     caps = [_capability(c) for c in compute_capability or []]
-    if precision and precision != "fp32":
+    profile = parse_batch_range(batch_profile)
+    if precision is not Precision.fp32:
+        converted = default_output(onnx, precision.value, "tensorrt")
+        prepare_outputs([converted, output or converted.with_suffix(".plan")], [onnx, calib_npy])
         calib = calibration_with_bar(onnx, calib_dir, calib_npy, calib_count, True, json_out)
         with progress(not json_out) as say:
-            onnx = convert(onnx, precision=precision, target="tensorrt", calib=calib, progress=say).path
+            onnx = convert(onnx, precision=precision.value, target="tensorrt", calib=calib, progress=say).path
     with progress(not json_out) as say:
         report = build_engine(
             onnx,
             output,
-            backend=backend,
-            batch=parse_batch_range(batch),
+            backend=backend.value,
+            batch=profile,
             workspace_gib=workspace,
             timing_cache=timing_cache,
             opt_level=opt_level,

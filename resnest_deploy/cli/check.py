@@ -10,7 +10,10 @@ import typer
 from resnest_deploy.cli._common import (
     ArchOptional,
     ArtifactsArg,
+    ChunkOpt,
+    CountOpt,
     JsonOpt,
+    Provider,
     ProviderOpt,
     WeightsOptional,
     handle_errors,
@@ -29,13 +32,13 @@ def check_cmd(
     images: Annotated[
         Path | None, typer.Option(help="Folder of real images (default: seeded random inputs).")
     ] = None,
-    count: Annotated[int, typer.Option(help="How many inputs.")] = 32,
-    batch: Annotated[int, typer.Option(help="Batch size to run them in.")] = 8,
+    count: CountOpt = 32,
+    chunk_size: ChunkOpt = 8,
     min_cosine: Annotated[float | None, typer.Option(help="Override every precision's cosine bar.")] = None,
     min_top1: Annotated[
         float | None, typer.Option(help="Override every precision's top-1 agreement bar (0..1).")
     ] = None,
-    provider: ProviderOpt = "cpu",
+    provider: ProviderOpt = Provider.cpu,
     json_out: JsonOpt = False,
 ) -> None:
     """Compare each artifact with PyTorch FP32 on the same inputs; exit 1 if any is out of bounds.
@@ -67,9 +70,9 @@ def check_cmd(
             weights=weights,
             images=images,
             count=count,
-            batch=batch,
+            batch=chunk_size,
             tolerances=tolerances,
-            provider=provider,
+            provider=provider.value,
             progress=say,
         )
     if json_out:

@@ -10,7 +10,9 @@ from rich.table import Table
 
 from resnest_deploy.cli._common import (
     ArchOptional,
+    ChunkOpt,
     JsonOpt,
+    Provider,
     ProviderOpt,
     WeightsOptional,
     counting_bar,
@@ -29,8 +31,8 @@ def eval_cmd(
     artifacts: Annotated[list[str] | None, typer.Argument(help="ONNX files, engines, or 'torch'.")] = None,
     arch: ArchOptional = None,
     weights: WeightsOptional = None,
-    batch: Annotated[int, typer.Option(help="Batch size.")] = 16,
-    provider: ProviderOpt = "cpu",
+    chunk_size: ChunkOpt = 16,
+    provider: ProviderOpt = Provider.cpu,
     json_out: JsonOpt = False,
 ) -> None:
     """Top-1 / top-5 accuracy of each artifact on your labelled images.
@@ -46,8 +48,8 @@ def eval_cmd(
             images,
             arch=arch,
             weights=weights,
-            batch=batch,
-            provider=provider,
+            batch=chunk_size,
+            provider=provider.value,
             advance=advance,
             on_total=on_total,
         )

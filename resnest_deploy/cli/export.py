@@ -19,16 +19,19 @@ from resnest_deploy.cli._common import (
     progress,
 )
 from resnest_deploy.export import DEFAULT_OPSET, ExportReport, export_onnx
+from resnest_deploy.limits import MAX_BATCH, check_positive
 from resnest_deploy.models import load_model
 
 
-def _batch(value: str) -> int | str:
+def _batch_dim(value: str) -> int | str:
     if value == "dynamic":
         return value
     try:
-        return int(value)
+        return check_positive(int(value), "--batch-dim", maximum=MAX_BATCH)
     except ValueError:
-        raise typer.BadParameter("use 'dynamic' or a positive integer") from None
+        raise typer.BadParameter(
+            f"{value!r} is neither 'dynamic' nor a batch size from 1 to {MAX_BATCH}", param_hint="--batch-dim"
+        ) from None
 
 
 @handle_errors
@@ -37,7 +40,9 @@ def export_cmd(
     weights: WeightsOpt = "pretrained",
     output: OutputOpt = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (13..20).")] = DEFAULT_OPSET,
-    batch: Annotated[str, typer.Option(help="'dynamic' or a fixed batch size.")] = "dynamic",
+    batch_dim: Annotated[
+        str, typer.Option("--batch-dim", help="The file's batch dimension: 'dynamic' or a fixed size.")
+    ] = "dynamic",
     input_size: Annotated[
         tuple[int, int] | None, typer.Option("--input-size", help="H W; default: the arch's eval size.")
     ] = None,
@@ -57,6 +62,7 @@ def export_cmd(
       resnest-deploy export --arch resnest50
       resnest-deploy export --arch resnest14d --weights random --input-size 200 232 --dynamic-hw -o m.onnx
     """
+    dim = _batch_dim(batch_dim)
     with progress(not json_out) as say:
         say(f"loading {arch} ({weights} weights)")
         model, info = load_model(arch, weights)
@@ -64,7 +70,7 @@ def export_cmd(
             model,
             output or default_path(arch, f"{arch}.onnx"),
             opset=opset,
-            batch=_batch(batch),
+            batch=dim,
             input_size=input_size,
             dynamic_hw=dynamic_hw,
             simplify=simplify,

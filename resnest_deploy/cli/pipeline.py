@@ -9,7 +9,10 @@ import typer
 
 from resnest_deploy.cli._common import (
     ArchOpt,
+    BatchSizesOpt,
     JsonOpt,
+    Precision,
+    Target,
     WeightsOpt,
     handle_errors,
     out,
@@ -25,8 +28,10 @@ from resnest_deploy.precision import calibration
 def pipeline_cmd(
     arch: ArchOpt,
     weights: WeightsOpt = "pretrained",
-    precision: Annotated[str, typer.Option("--precision", "-p", help="fp32, fp16 or int8.")] = "fp32",
-    target: TargetOpt = "tensorrt",
+    precision: Annotated[Precision, typer.Option("--precision", "-p", help="Precision to deploy.")] = (
+        Precision.fp32
+    ),
+    target: TargetOpt = Target.tensorrt,
     calib_dir: CalibDirOpt = None,
     calib_npy: CalibNpyOpt = None,
     calib_count: CalibCountOpt = calibration.DEFAULT_COUNT,
@@ -37,7 +42,7 @@ def pipeline_cmd(
         Path | None, typer.Option("--output-dir", "-o", help="Default: models/<arch>/.")
     ] = None,
     build: Annotated[bool, typer.Option(help="Build a TensorRT engine when a TensorRT is installed.")] = True,
-    batch: Annotated[str, typer.Option(help="Batch sizes to bench.")] = "1,8",
+    batch_sizes: BatchSizesOpt = "1,8",
     json_out: JsonOpt = False,
 ) -> None:
     """Export, convert, build, check and bench in one go; report.md and report.json beside the files.
@@ -55,15 +60,15 @@ def pipeline_cmd(
         report = pipeline(
             arch,
             weights=weights,
-            precision=precision,
-            target=target,
+            precision=precision.value,
+            target=target.value,
             calib_dir=calib_dir,
             calib_npy=calib_npy,
             calib_count=calib_count,
             images=images,
             out_dir=output_dir,
             build=build,
-            batches=parse_batches(batch),
+            batches=parse_batches(batch_sizes),
             progress=say,
         )
     if json_out:

@@ -10,6 +10,7 @@ import typer
 from resnest_deploy.cli._common import (
     ArchOptional,
     JsonOpt,
+    Provider,
     ProviderOpt,
     WeightsOptional,
     handle_errors,
@@ -24,8 +25,8 @@ def predict_cmd(
     artifact: Annotated[str, typer.Option(help="An ONNX file, an engine, or 'torch'.")] = "torch",
     arch: ArchOptional = None,
     weights: WeightsOptional = None,
-    topk: Annotated[int, typer.Option(help="Classes to show per image.")] = 5,
-    provider: ProviderOpt = "cpu",
+    topk: Annotated[int, typer.Option(min=1, help="Classes to show per image.")] = 5,
+    provider: ProviderOpt = Provider.cpu,
     json_out: JsonOpt = False,
 ) -> None:
     """Classify images with any artifact; ImageNet class names for 1000-class models.
@@ -36,7 +37,7 @@ def predict_cmd(
     """
     from resnest_deploy.predict import predict
 
-    preds = predict(images, artifact, arch=arch, weights=weights, topk=topk, provider=provider)
+    preds = predict(images, artifact, arch=arch, weights=weights, topk=topk, provider=provider.value)
     if json_out:
         print_json(
             [

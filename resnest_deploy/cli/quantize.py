@@ -7,8 +7,12 @@ from typing import Annotated
 
 import typer
 
+from resnest_deploy._io import prepare_outputs
 from resnest_deploy.cli._common import (
     JsonOpt,
+    Method,
+    Precision,
+    Target,
     counting_bar,
     handle_errors,
     metrics_table,
@@ -16,11 +20,11 @@ from resnest_deploy.cli._common import (
     print_json,
     progress,
 )
-from resnest_deploy.precision import calibration, calibration_for, convert
+from resnest_deploy.precision import calibration, calibration_for, convert, default_output
 
-PrecisionOpt = Annotated[str, typer.Option("--precision", "-p", help="fp16 or int8.")]
+PrecisionOpt = Annotated[Precision, typer.Option("--precision", "-p", help="fp16 or int8.")]
 TargetOpt = Annotated[
-    str,
+    Target,
     typer.Option(
         help="Who runs the file: 'tensorrt' (ModelOpt Q/DQ, strongly typed FP16) or 'cpu' "
         "(ONNX Runtime's fast U8S8 INT8 kernels)."
@@ -35,8 +39,10 @@ CalibDirOpt = Annotated[
 CalibNpyOpt = Annotated[
     Path | None, typer.Option(help="Preprocessed N x 3 x H x W float32 .npy instead of images.")
 ]
-CalibCountOpt = Annotated[int, typer.Option(help="Images to calibrate on (sampled with a fixed seed).")]
-MethodOpt = Annotated[str, typer.Option(help="Calibration: max, entropy (or percentile, cpu only).")]
+CalibCountOpt = Annotated[
+    int, typer.Option(min=1, help="Images to calibrate on (sampled with a fixed seed).")
+]
+MethodOpt = Annotated[Method, typer.Option(help="Calibration method (percentile: --target cpu only).")]
 KeepOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -57,12 +63,12 @@ def calibration_with_bar(
 @handle_errors
 def quantize_cmd(
     onnx: Annotated[Path, typer.Option("--onnx", help="FP32 ONNX file from `export`.")],
-    precision: PrecisionOpt = "int8",
-    target: TargetOpt = "tensorrt",
+    precision: PrecisionOpt = Precision.int8,
+    target: TargetOpt = Target.tensorrt,
     calib_dir: CalibDirOpt = None,
     calib_npy: CalibNpyOpt = None,
     calib_count: CalibCountOpt = calibration.DEFAULT_COUNT,
-    method: MethodOpt = "max",
+    method: MethodOpt = Method.max,
     keep_fp32: KeepOpt = None,
     cache: Annotated[
         bool, typer.Option(help="Reuse preprocessed images and calibrated models from an earlier run.")
@@ -86,15 +92,16 @@ def quantize_cmd(
       resnest-deploy quantize --onnx m.onnx -p int8 --calib-dir ~/imagenet/val --calib-count 512
       resnest-deploy quantize --onnx m.onnx -p int8 --target cpu --calib-npy calib.npy
     """
+    prepare_outputs([output or default_output(onnx, precision.value, target.value)], [onnx, calib_npy])
     calib = calibration_with_bar(onnx, calib_dir, calib_npy, calib_count, cache, json_out)
     with progress(not json_out) as say:
         report = convert(
             onnx,
             output,
-            precision=precision,
-            target=target,
+            precision=precision.value,
+            target=target.value,
             calib=calib,
-            method=method,
+            method=method.value,
             keep_fp32_nodes=keep_fp32,
             use_cache=cache,
             progress=say,

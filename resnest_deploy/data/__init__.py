@@ -1,8 +1,8 @@
 """Inputs: images preprocessed as each arch was evaluated, labelled folders, and the bundled digits.
 
-Pillow and NumPy only (torchvision does not import beside every torch build), mirroring timm's eval
-transform: resize the shorter side to ``input_size / crop_pct``, centre crop, scale to [0, 1],
-normalise, NCHW float32.
+Pillow and NumPy only (torchvision does not import beside every torch build), reproducing timm's eval
+transform exactly: torchvision's ``Resize(int(input_size / crop_pct))`` (shorter side, longer side
+truncated), ``CenterCrop(input_size)`` (offsets rounded), scale to [0, 1], normalise, NCHW float32.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import hashlib
 import importlib.resources
 import os
 import random
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,17 +46,62 @@ class Transform:
         size = size or cfg.input_size
         return cls(size, int(size / cfg.crop_pct), cfg.interpolation, cfg.mean, cfg.std)
 
+    def resized(self, w: int, h: int) -> tuple[int, int]:
+        """torchvision's ``Resize(int)``: the shorter side to ``resize``, the longer one truncated."""
+        if w <= h:
+            return self.resize, int(self.resize * h / w)
+        return int(self.resize * w / h), self.resize
+
+    def crop_box(self, w: int, h: int) -> tuple[int, int, int, int]:
+        """torchvision's ``CenterCrop``: offsets rounded half to even, as Python's ``round``."""
+        left, top = round((w - self.size) / 2.0), round((h - self.size) / 2.0)
+        return left, top, left + self.size, top + self.size
+
     def __call__(self, image: Image.Image) -> np.ndarray:
-        image = image.convert("RGB")
-        w, h = image.size
-        scale = self.resize / min(w, h)
-        nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
-        image = image.resize((nw, nh), _RESAMPLE[self.interpolation])
-        left, top = (nw - self.size) // 2, (nh - self.size) // 2
-        image = image.crop((left, top, left + self.size, top + self.size))
+        image = to_rgb8(image)
+        size = self.resized(*image.size)
+        image = image.resize(size, _RESAMPLE[self.interpolation])
+        image = image.crop(self.crop_box(*size))
         x: np.ndarray = np.asarray(image, dtype=np.float32) / np.float32(255.0)
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+class ImageError(ValueError):
+    """An image that decodes but cannot be turned into model input without guessing."""
+
+
+#: images above this many pixels are refused before decoding (a 30000x30000 header is a bomb)
+MAX_PIXELS = 64_000_000
+
+
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """RGB with 8 bits per channel, scaled from whatever the file holds. Pillow's own ``convert``
+    clips 16-bit and float images instead of scaling them (16-bit PNGs come out white, float TIFFs
+    black), so those are scaled here, and what cannot be scaled without guessing is refused."""
+    w, h = image.size
+    if w * h > MAX_PIXELS:
+        raise ImageError(f"{w}x{h} pixels is more than {MAX_PIXELS:,}; downscale the image first")
+    mode = image.mode
+    if mode in ("RGB", "L", "P", "RGBA", "LA", "PA", "CMYK", "YCbCr", "RGBX", "1", "La", "RGBa"):
+        return image.convert("RGB")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        x = np.asarray(image, dtype=np.float64)
+        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+        if not np.isfinite(x).all():
+            raise ImageError(f"{mode} image with NaN or Inf pixels")
+        if mode == "F" and lo >= 0.0 and hi <= 1.0:
+            scale = 255.0
+        elif mode != "F" and lo >= 0 and hi <= 65535:
+            scale = 255.0 / 65535.0  # 16-bit samples (PNG, TIFF), also when Pillow opens them as I
+        else:
+            raise ImageError(
+                f"{mode} image with values in [{lo:g}, {hi:g}]: not 16-bit or [0, 1] float; "
+                "convert it to 8-bit RGB"
+            )
+        grey = Image.fromarray(np.clip(np.rint(x * scale), 0, 255).astype(np.uint8))
+        return grey.convert("RGB")
+    raise ImageError(f"image mode {mode} is not supported; convert it to 8-bit RGB")
 
 
 def find_images(root: str | os.PathLike[str]) -> list[Path]:
@@ -87,11 +133,17 @@ def load_images(
     arrays, kept, skipped = [], [], []
     for path in paths:
         try:
-            with Image.open(path) as im:
-                arrays.append(transform(im))
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as im:
+                    arrays.append(transform(im))
             kept.append(path)
-        except (UnidentifiedImageError, OSError, ValueError) as e:
+        except ImageError as e:
+            skipped.append((path, str(e)))
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
             skipped.append((path, type(e).__name__))
+        except Image.DecompressionBombWarning:
+            skipped.append((path, "DecompressionBombError"))
         if advance:
             advance(1)
     empty = np.zeros((0, 3, transform.size, transform.size), np.float32)

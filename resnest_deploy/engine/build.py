@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from resnest_deploy import _deps, metadata
-from resnest_deploy._io import atomic_path, load_onnx, require_file, sha256_file
+from resnest_deploy._io import artifact_pair, load_onnx, prepare_outputs, require_file, sha256_file
 from resnest_deploy.engine.flavour import Flavour, detect, polygraphy_trt
 from resnest_deploy.errors import ArtifactError, ResnestDeployError, first_line
+from resnest_deploy.limits import MAX_BATCH
 
 Progress = Callable[[str], None]
+#: no GPU has more memory than this; larger numbers are typos (1e12) rather than wishes
+MAX_WORKSPACE_GIB = 1024
 
 
 class BuildError(ResnestDeployError):
@@ -52,20 +55,24 @@ def parse_batch_range(text: str) -> tuple[int, int, int]:
         parts = []
     if len(parts) == 1:
         parts *= 3
-    if len(parts) != 3 or not 1 <= parts[0] <= parts[1] <= parts[2]:
-        raise BuildError(f"batch range {text!r} is not MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX (e.g. 1,8,32)")
+    if len(parts) != 3 or not 1 <= parts[0] <= parts[1] <= parts[2] <= MAX_BATCH:
+        raise BuildError(
+            f"batch profile {text!r} is not MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX <= {MAX_BATCH} "
+            "(e.g. 1,8,32)"
+        )
     return parts[0], parts[1], parts[2]
 
 
-def _onnx_io(path: Path) -> tuple[str, list[int | str], dict[str, Any] | None]:
-    model = load_onnx(path)
+def _onnx_io(path: Path) -> tuple[str, list[int | str], dict[str, Any]]:
+    model = load_onnx(path)  # also refuses external data outside the model's folder
     if len(model.graph.input) != 1:
         raise ArtifactError(
             f"{path} has {len(model.graph.input)} inputs; a ResNeSt export has one image input"
         )
     inp = model.graph.input[0]
     dims: list[int | str] = [d.dim_param or d.dim_value or "?" for d in inp.type.tensor_type.shape.dim]
-    return inp.name, dims, metadata.from_onnx(model)
+    meta = metadata.of_onnx(model, path) or {"precision": metadata.graph_precision(model)}
+    return inp.name, dims, meta
 
 
 def _capture_log(logger: Any) -> tuple[Callable[[], list[str]], Callable[[], None]]:
@@ -108,6 +115,11 @@ def build_engine(
     say = progress or (lambda _msg: None)
     onnx_path = require_file(onnx_path, "ONNX file")
     output = Path(output) if output else onnx_path.with_suffix(".plan")
+    prepare_outputs([output], [onnx_path])
+    if workspace_gib is not None and not (0 < workspace_gib <= MAX_WORKSPACE_GIB):
+        raise BuildError(
+            f"workspace {workspace_gib} GiB is not a size in (0, {MAX_WORKSPACE_GIB}] GiB; e.g. --workspace 4"
+        )
     input_name, dims, meta = _onnx_io(onnx_path)
     if len(dims) != 4:
         raise ArtifactError(f"{onnx_path} input {input_name!r} has shape {dims}; expected N,3,H,W")
@@ -115,17 +127,20 @@ def build_engine(
         raise BuildError(
             f"{onnx_path} has a static batch of {dims[0]} but batch range "
             f"{','.join(map(str, batch))} was asked; "
-            f"re-export with --batch dynamic or build with --batch {dims[0]}"
+            f"re-export with --batch-dim dynamic or build with --batch-profile {dims[0]}"
         )
     if opt_level is not None and not 0 <= opt_level <= 5:
         raise BuildError(f"optimization level {opt_level} is out of range; use 0..5")
     hw = [d for d in dims[2:] if isinstance(d, int)]
     if len(hw) != 2:  # dynamic H/W: build for the arch's eval size
-        size = (meta or {}).get("preprocessing", {}) or {}
+        size = meta.get("preprocessing", {}) or {}
         hw = [int(v) for v in size.get("input_size", (224, 224))]
     shapes = {k: [b, 3, *hw] for k, b in zip(("min", "opt", "max"), batch, strict=True)}
 
     flavour = detect(backend)
+    timing_note = str(timing_cache) if timing_cache else None
+    if timing_cache and flavour.is_rtx:  # its builder ignores timing caches (a no-op since RTX 1.2)
+        timing_cache, timing_note = None, f"{timing_cache} not used: TensorRT-RTX has no timing cache"
     say(f"building with {flavour.backend} {flavour.version}, batch {batch[0]}..{batch[2]} (opt {batch[1]})")
     pg = polygraphy_trt(flavour)
     logger = _deps.require("polygraphy.logger").G_LOGGER
@@ -141,8 +156,7 @@ def build_engine(
         engine = pg.EngineBytesFromNetwork(
             network, config, save_timing_cache=str(timing_cache) if timing_cache else None
         )
-        with atomic_path(output) as tmp:
-            tmp.write_bytes(bytes(engine()))
+        plan = bytes(engine())
     except exc_type as e:
         errors = [m for m in log() if m.startswith("error:") and "cuda" not in m.lower()]
         detail = errors[0].removeprefix("error: ") if errors else first_line(e)
@@ -151,14 +165,14 @@ def build_engine(
         restore()
     seconds = time.perf_counter() - started
 
-    precision = (meta or {}).get("precision", "unknown")
-    sidecar_data = {
+    precision = meta["precision"]
+    sidecar_data: dict[str, Any] = {
         "format": "tensorrt-engine",
-        "arch": (meta or {}).get("arch"),
-        "weights": (meta or {}).get("weights"),
+        "arch": meta.get("arch"),
+        "weights": meta.get("weights"),
         "precision": precision,
-        "num_classes": (meta or {}).get("num_classes"),
-        "preprocessing": (meta or {}).get("preprocessing"),
+        "num_classes": meta.get("num_classes"),
+        "preprocessing": meta.get("preprocessing"),
         "source_onnx": {"path": str(onnx_path), "sha256": sha256_file(onnx_path)},
         "tensorrt": {
             "flavour": flavour.backend,
@@ -170,13 +184,16 @@ def build_engine(
         "target": {"compute_capabilities": _target(flavour, compute_capabilities)},
         "input": {"name": input_name, "profile": shapes},
         "build_seconds": round(seconds, 3),
-        "timing_cache": str(timing_cache) if timing_cache else None,
+        "timing_cache": timing_note,
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "builder_log": log(),
         "created": metadata.now(),
         "tools": metadata.tool_versions(),
     }
-    sidecar = metadata.write_sidecar(output, sidecar_data)
+    with artifact_pair(output) as pair:
+        pair.tmp.write_bytes(plan)
+        sidecar_data |= metadata.file_entry(pair.tmp, output.name)
+        sidecar = pair.write_sidecar(sidecar_data)
     return BuildReport(
         output,
         sidecar,

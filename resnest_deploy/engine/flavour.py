@@ -16,6 +16,9 @@ from resnest_deploy import _deps
 from resnest_deploy.errors import MissingDependencyError
 
 BACKENDS = ("tensorrt", "tensorrt-rtx")
+#: first bytes of a serialized plan: full TensorRT writes ``ftrt``; TensorRT-RTX 1.x writes ``vtrt``
+#: (seen on every plan it built here; not documented, so only used to refuse files that are neither)
+ENGINE_MAGIC = {b"ftrt": "tensorrt", b"vtrt": "tensorrt-rtx"}
 _MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 
 

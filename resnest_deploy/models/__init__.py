@@ -33,9 +33,15 @@ RANDOM_SEED = 0
 
 
 def load_model(
-    arch: str, weights: str | os.PathLike[str] | None = None, *, num_classes: int | None = None
+    arch: str,
+    weights: str | os.PathLike[str] | WeightsInfo | None = None,
+    *,
+    num_classes: int | None = None,
 ) -> tuple[ResNeSt, WeightsInfo]:
     """Build ``arch`` in eval mode with ``weights`` and say where they came from.
+
+    ``weights`` may be what an artifact records (a :class:`WeightsInfo`): then the checkpoint must
+    be the one recorded (sha256), and a recorded URL is never downloaded.
 
     The class count follows the checkpoint when not given, so a fine-tuned head loads as it is.
     """

@@ -9,6 +9,7 @@ Nothing is ever unpickled beyond tensors (``torch.load(weights_only=True)``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import importlib.resources
 import os
@@ -31,6 +32,7 @@ StateDict = dict[str, torch.Tensor]
 
 MIRROR_ENV = "RESNEST_DEPLOY_WEIGHTS_MIRROR"
 OFFLINE_ENVS = ("RESNEST_DEPLOY_OFFLINE", "HF_HUB_OFFLINE")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,64})\.[A-Za-z]+$")
 _NESTING_KEYS = ("state_dict", "model", "model_state_dict")
 
@@ -74,7 +76,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> StateDict:
             f"cannot read checkpoint {path}: {reason}; the file is truncated or not a "
             "PyTorch/safetensors state dict (re-download or re-save it with torch.save(model.state_dict()))"
         ) from e
-    return _flatten(obj, path)
+    state_dict = _flatten(obj, path)
+    for key, tensor in state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise WeightsError(
+                f"checkpoint {path} holds NaN or Inf in {key}; the file is corrupt or from a diverged run, "
+                "use a good checkpoint"
+            )
+    return state_dict
 
 
 def _flatten(obj: object, path: Path) -> StateDict:
@@ -90,7 +99,17 @@ def _flatten(obj: object, path: Path) -> StateDict:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _download(url: str, dest: Path) -> Path:
+def url_cache_path(url: str) -> Path:
+    """Where a checkpoint URL is cached: keyed by the whole URL, so two URLs that end in the same
+    file name never share an entry, and no URL can name a path outside the cache."""
+    name = Path(urlparse(url).path).name
+    if not _SAFE_NAME.match(name) or name in (".", ".."):
+        name = "checkpoint.pth"
+    key = hashlib.sha256(url.encode()).hexdigest()[:20]
+    return checkpoint_dir() / "urls" / key / name
+
+
+def _download(url: str, dest: Path, *, allowed: bool = True) -> Path:
     """Fetch ``url`` into the cache at ``dest``: resumable, length- and hash-checked, atomic.
 
     ``torch.hub.download_url_to_file`` is not used because it caches a transfer cut short as if
@@ -99,6 +118,11 @@ def _download(url: str, dest: Path) -> Path:
     """
     if dest.is_file():
         return dest
+    if not allowed:
+        raise WeightsError(
+            f"the reference weights {url} named by the artifact's metadata are not cached here, and URLs "
+            f"read from a file are never fetched; pass --weights {url} to download them"
+        )
     if is_offline():
         raise WeightsError(
             f"offline and {dest.name} is not cached at {dest}; copy the file there or pass --weights PATH"
@@ -182,12 +206,15 @@ def _fetch_official(spec: ModelSpec) -> tuple[Path, str]:
 
 
 def _fetch_timm(spec: ModelSpec) -> tuple[Path, str]:
+    if is_offline():  # huggingface_hub reads this once, at import; without it, importing it already
+        os.environ["HF_HUB_OFFLINE"] = "1"  # asks the Hub for its agent registry
     hub = _deps.require("huggingface_hub")
     repo = str(spec.pretrained.hf_hub_id)
     errors = []
     for filename in ("model.safetensors", "pytorch_model.bin"):
         try:
-            return Path(hub.hf_hub_download(repo, filename)), f"hf-hub:{repo}/{filename}"
+            path = hub.hf_hub_download(repo, filename, local_files_only=is_offline())
+            return Path(path), f"hf-hub:{repo}/{filename}"
         except hub.errors.LocalEntryNotFoundError as e:  # offline or unreachable, and not cached
             raise WeightsError(
                 f"cannot get {repo}/{filename}: not in the Hugging Face cache and the Hub is unreachable "
@@ -205,25 +232,49 @@ def _fetch_timm(spec: ModelSpec) -> tuple[Path, str]:
     raise WeightsError(f"{repo} has no weights file ({'; '.join(errors)}); pass --weights PATH")
 
 
-def resolve(spec: ModelSpec, weights: str | os.PathLike[str] | None) -> tuple[StateDict | None, WeightsInfo]:
-    """Turn a ``--weights`` value into tensors and their provenance; ``None`` means random init."""
+def resolve(
+    spec: ModelSpec, weights: str | os.PathLike[str] | WeightsInfo | None
+) -> tuple[StateDict | None, WeightsInfo]:
+    """Turn a ``--weights`` value into tensors and their provenance; ``None`` means random init.
+
+    A :class:`WeightsInfo` (what an artifact records it was made from) is untrusted: its URL is
+    used only if already cached, and the checkpoint must have the sha256 it records.
+    """
+    recorded = weights if isinstance(weights, WeightsInfo) else None
+    if recorded is not None:
+        if recorded.kind in ("random", "pretrained"):
+            weights = recorded.kind
+        elif recorded.kind in ("file", "url") and recorded.location and recorded.sha256:
+            weights = recorded.location
+        else:
+            raise WeightsError(
+                f"the artifact records weights {recorded.describe()!r} without a checksum; pass --weights"
+            )
     if weights is None or str(weights) == "random":
         return None, WeightsInfo("random")
     w = str(weights)
     if w == "pretrained" and spec.pretrained.bundled:
         path = bundled_path(spec.pretrained.bundled)
-        return load_checkpoint(path), WeightsInfo("pretrained", spec.pretrained.url, sha256_file(path))
-    if w == "pretrained":
+        info = WeightsInfo("pretrained", spec.pretrained.url, sha256_file(path))
+    elif w == "pretrained":
         path, location = _fetch_official(spec) if spec.pretrained.file else _fetch_timm(spec)
-        return load_checkpoint(path), WeightsInfo("pretrained", location, _verify_hash_prefix(path))
-    if urlparse(w).scheme in ("http", "https"):
-        name = Path(urlparse(w).path).name or "checkpoint.pth"
-        path = _download(w, checkpoint_dir() / name)
-        return load_checkpoint(path), WeightsInfo("url", w, _verify_hash_prefix(path))
-    path = Path(w).expanduser()
-    return load_checkpoint(path), WeightsInfo(
-        "file", str(path.resolve()), sha256_file(path) if path.is_file() else None
-    )
+        info = WeightsInfo("pretrained", location, _verify_hash_prefix(path))
+    elif urlparse(w).scheme in ("http", "https"):
+        path = _download(w, url_cache_path(w), allowed=recorded is None)
+        info = WeightsInfo("url", w, _verify_hash_prefix(path))
+    elif urlparse(w).scheme:
+        raise WeightsError(f"weights URL {w!r} is not http(s); download it and pass the file")
+    else:
+        path = Path(w).expanduser()
+        if not path.is_file():
+            return load_checkpoint(path), WeightsInfo("file")  # raises: checkpoint not found
+        info = WeightsInfo("file", str(path.resolve()), sha256_file(path))
+    if recorded is not None and recorded.sha256 and info.sha256 != recorded.sha256:
+        raise WeightsError(
+            f"{w} is not the checkpoint the artifact was made from (sha256 {str(info.sha256)[:12]}, "
+            f"recorded {str(recorded.sha256)[:12]}); pass --weights with the right one"
+        )
+    return load_checkpoint(path), info
 
 
 def check_fits(model: torch.nn.Module, state_dict: StateDict, arch: str) -> None:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from resnest_deploy import _deps, metadata
-from resnest_deploy._io import atomic_path, load_onnx, require_file, sha256_file, write_json
+from resnest_deploy._io import artifact_pair, load_onnx, prepare_outputs, require_file, sha256_file
+from resnest_deploy.cache import Cache
 from resnest_deploy.compare import TOLERANCES, Metrics, Tolerance, assert_close, compare
 from resnest_deploy.errors import ArtifactError, ResnestDeployError, first_line
 from resnest_deploy.precision import calibration, fp16, int8
@@ -74,8 +74,8 @@ def default_output(src: str | os.PathLike[str], precision: str, target: str) -> 
 def read_source(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load an FP32 resnest-deploy export and its metadata, or say why it is not one."""
     path = require_file(path, "ONNX file")
-    meta = metadata.from_onnx(load_onnx(path))
-    if not meta or "arch" not in meta:
+    meta = metadata.of_onnx(load_onnx(path), path)
+    if not meta.get("arch"):
         raise ArtifactError(
             f"{path} is not a resnest-deploy export (no resnest_deploy metadata); "
             "create it with `resnest-deploy export --arch ...`"
@@ -86,7 +86,10 @@ def read_source(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def input_hw(meta: dict[str, Any]) -> tuple[int, int]:
-    h, w = meta["input"]["shape"][2:]
+    shape = (meta.get("input") or {}).get("shape") or []
+    if len(shape) != 4:
+        raise ArtifactError(f"the export records input shape {shape}, not N x 3 x H x W; re-export it")
+    h, w = shape[2:]
     if not (isinstance(h, int) and isinstance(w, int)):
         raise ArtifactError(
             "the export has a dynamic height/width; re-export without --dynamic-hw to quantize"
@@ -167,12 +170,18 @@ def convert(
     default_keep = fp16.KEEP_FP32_NODES if precision == "fp16" else int8.KEEP_FP32_NODES
     keep = list(default_keep if keep_fp32_nodes is None else keep_fp32_nodes)
     output = Path(output) if output else default_output(src, precision, target)
-    if output.resolve() == src.resolve():
-        raise ConversionError(f"output {output} would overwrite the source; choose another -o")
+    prepare_outputs([output], [src])
 
-    with atomic_path(output) as tmp, _quiet_modelopt():
-        job = _Job(src, src_sha256, precision, target, calib, method, keep, keep_fp32_ops)
+    with artifact_pair(output) as pair, _quiet_modelopt():
+        tmp = pair.tmp
+        job = _Job(src, src_sha256, precision, target, calib, method, keep, tuple(keep_fp32_ops))
         model, settings = _cached_convert(job, tmp, say, use_cache)
+        made = metadata.graph_precision(model)
+        if made != precision:
+            raise ConversionError(
+                f"the {precision} conversion left a {made} graph (no node was converted: does "
+                "--keep-fp32 match everything?); keep fewer nodes in FP32"
+            )
         say("measuring against the FP32 source in ONNX Runtime")
         x = calib.holdout if calib is not None else _random_inputs(hw)
         with (
@@ -200,8 +209,8 @@ def convert(
         }
         metadata.embed(model, out_meta)
         onnx.save(model, tmp)
-    out_meta |= metadata.file_and_graph(output, model)
-    sidecar = metadata.write_sidecar(output, out_meta)
+        out_meta |= metadata.file_and_graph(tmp, output.name, model)
+        sidecar = pair.write_sidecar(out_meta)
     ops = out_meta["graph"]["op_counts"]
     return ConversionReport(
         output, sidecar, precision, target, parity, time.perf_counter() - started, ops, out_meta
@@ -230,9 +239,10 @@ class _Job:
     calib: CalibrationData | None
     method: str
     keep: list[str]
-    keep_fp32_ops: Sequence[str]
+    keep_fp32_ops: tuple[str, ...]
 
     def cache_key(self) -> str:
+        """Every setting that changes the converted graph, and the tools that make it."""
         assert self.calib is not None
         parts: list[Any] = [
             self.src_sha256,
@@ -241,9 +251,15 @@ class _Job:
             self.target,
             self.method,
             self.keep,
+            list(self.keep_fp32_ops),
+            int8.cpu_has_vnni() if self.target == "cpu" else None,  # decides reduce_range
+            metadata.tool_versions(),
         ]
-        parts.append(metadata.tool_versions())
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+#: calibrated models, keyed by ``_Job.cache_key``
+MODELS_CACHE = Cache("calib", ".onnx")
 
 
 def _cached_convert(
@@ -252,16 +268,18 @@ def _cached_convert(
     if job.calib is None or not use_cache:
         return _convert(job, tmp, say)
     onnx = _deps.require("onnx")
-    cached = calibration.cache_dir() / f"{job.cache_key()}.onnx"
-    if cached.is_file():
-        say(f"reusing the model calibrated on the same data earlier ({cached})")
-        shutil.copyfile(cached, tmp)
-        model, settings = onnx.load(tmp), json.loads(Path(f"{cached}.json").read_text())
-        return model, settings | {"calibration": job.calib.source, "cache": str(cached)}
+    key = job.cache_key()
+    entry = MODELS_CACHE.get(key)
+    if entry is not None:
+        try:
+            model = onnx.load(entry.path)
+            if metadata.graph_precision(model) == job.precision:
+                say(f"reusing the model calibrated on the same data earlier ({entry.path})")
+                return model, entry.info | {"calibration": job.calib.source, "cache": str(entry.path)}
+        except Exception:  # a damaged entry is a miss
+            pass
     model, settings = _convert(job, tmp, say)
-    with atomic_path(cached) as part:
-        onnx.save(model, part)
-    write_json(Path(f"{cached}.json"), settings)
+    MODELS_CACHE.put(key, settings, model.SerializeToString())
     return model, settings
 
 

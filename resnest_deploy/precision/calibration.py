@@ -4,6 +4,7 @@ bundled digits; with a held-out part for parity and a cache so a rerun skips dec
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,16 +14,15 @@ from typing import Any
 import numpy as np
 
 from resnest_deploy import data
-from resnest_deploy._io import atomic_path
-from resnest_deploy.errors import ArtifactError
+from resnest_deploy.cache import Cache
+from resnest_deploy.errors import ArtifactError, first_line
 
 DEFAULT_COUNT = 256
 HOLDOUT = 64  # images kept out of calibration to measure the converted model on
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(os.environ.get("RESNEST_DEPLOY_CACHE", Path(root) / "resnest_deploy")) / "calib"
+#: preprocessed calibration images, keyed by the files, transform, count and seed
+IMAGES_CACHE = Cache("calib", ".npz")
 
 
 @dataclass
@@ -34,16 +34,33 @@ class CalibrationData:
     def __post_init__(self) -> None:
         if len(self.calib) == 0:
             raise ArtifactError("no calibration inputs; give --calib-dir with images or --calib-npy")
+        for name, x in (("calibration", self.calib), ("held-out", self.holdout)):
+            if x.dtype != np.float32 or x.ndim != 4 or x.shape[1] != 3:
+                raise ArtifactError(f"{name} inputs must be N x 3 x H x W float32, got {x.dtype} {x.shape}")
+            if not np.isfinite(x).all():
+                raise ArtifactError(f"{name} inputs contain NaN or Inf; fix or drop those samples")
 
     def digest(self) -> str:
         """Identifies the calibration inputs themselves, however they were obtained."""
         return hashlib.sha256(np.ascontiguousarray(self.calib).tobytes()).hexdigest()
 
 
+def check_count(count: int) -> int:
+    if count < 1:
+        raise ArtifactError(f"--calib-count must be at least 1, got {count}; 256 or more is typical")
+    return count
+
+
 def _split(x: np.ndarray, holdout: int) -> tuple[np.ndarray, np.ndarray]:
-    """The last ``holdout`` inputs (at most a fifth) are held out; tiny sets are reused for both."""
-    k = min(holdout, len(x) // 5)
-    return (x[: len(x) - k], x[len(x) - k :]) if k else (x, x)
+    """The last ``holdout`` inputs (at most a fifth, at least one) are held out: parity is never
+    measured on inputs calibration saw."""
+    if len(x) < 2:
+        raise ArtifactError(
+            f"{len(x)} calibration input cannot both calibrate and be held out for the parity check; "
+            "give at least 2 (256 or more is typical)"
+        )
+    k = max(1, min(holdout, len(x) // 5))
+    return x[: len(x) - k], x[len(x) - k :]
 
 
 def from_images(
@@ -56,23 +73,21 @@ def from_images(
     on_total: Callable[[int], None] | None = None,
 ) -> CalibrationData:
     """``count`` images (plus a held-out set) sampled deterministically from ``root``."""
+    check_count(count)
     paths = data.find_images(root)
     if not paths:
         raise ArtifactError(f"no images (jpg/png/webp) under {root}; point --calib-dir at a folder of images")
     chosen = data.sample(paths, count + HOLDOUT, seed)
     key = hashlib.sha256(f"{data.fingerprint(chosen, transform)}:{count}:{seed}".encode()).hexdigest()[:20]
-    cached = cache_dir() / f"{key}.npz"
     source: dict[str, Any] = {
         "kind": "images",
         "path": str(Path(root).resolve()),
         "seed": seed,
         "found": len(paths),
     }
-    if use_cache and cached.is_file():
-        with np.load(cached) as z:
-            skipped = [str(s) for s in z["skipped"]]
-            counts = _counts(z["calib"], z["holdout"], skipped)
-            return CalibrationData(z["calib"], z["holdout"], {**source, **counts, "cache": str(cached)})
+    hit = _cached_images(key) if use_cache else None
+    if hit is not None:
+        return CalibrationData(hit.calib, hit.holdout, {**source, **hit.source})
     if on_total:
         on_total(len(chosen))
     loaded = data.load_images(chosen, transform, advance)
@@ -85,9 +100,24 @@ def from_images(
     calib, holdout = (x[:count], x[count:]) if len(x) > count else _split(x, HOLDOUT)
     skipped = [f"{p}: {why}" for p, why in loaded.skipped]
     if use_cache:
-        with atomic_path(cached) as tmp, open(tmp, "wb") as f:
-            np.savez(f, calib=calib, holdout=holdout, skipped=np.array(skipped, dtype=str))
+        buf = io.BytesIO()
+        np.savez(buf, calib=calib, holdout=holdout, skipped=np.array(skipped, dtype=str))
+        IMAGES_CACHE.put(key, {"kind": "images", "root": str(Path(root).resolve())}, buf.getvalue())
     return CalibrationData(calib, holdout, {**source, **_counts(calib, holdout, skipped)})
+
+
+def _cached_images(key: str) -> CalibrationData | None:
+    """A verified cache entry, or ``None``: a damaged or foreign entry is a miss."""
+    entry = IMAGES_CACHE.get(key)
+    if entry is None:
+        return None
+    try:
+        with np.load(entry.path, allow_pickle=False) as z:
+            calib, holdout, skipped = z["calib"], z["holdout"], [str(s) for s in z["skipped"]]
+        counts = _counts(calib, holdout, skipped)
+        return CalibrationData(calib, holdout, {**counts, "cache": str(entry.path)})
+    except (OSError, ValueError, KeyError, ArtifactError):
+        return None
 
 
 def _counts(calib: np.ndarray, holdout: np.ndarray, skipped: list[str] | None = None) -> dict[str, Any]:
@@ -96,14 +126,26 @@ def _counts(calib: np.ndarray, holdout: np.ndarray, skipped: list[str] | None = 
 
 
 def from_npy(path: str | os.PathLike[str], input_size: tuple[int, int]) -> CalibrationData:
-    """An N x 3 x H x W float32 array, already preprocessed."""
+    """An N x 3 x H x W float array, already preprocessed (normalised as the arch expects)."""
+    fix = "save one N x 3 x H x W float32 array with numpy.save"
     try:
         x = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"cannot read {path} as a .npy array ({e}); save one with numpy.save") from e
+    except (OSError, ValueError, EOFError) as e:
+        raise ArtifactError(f"cannot read {path} as a .npy array ({first_line(e, 80)}); {fix}") from e
+    if not isinstance(x, np.ndarray):  # np.load opens .npz archives too
+        x.close()
+        raise ArtifactError(f"{path} is an .npz archive, not a single .npy array; {fix}")
+    if x.dtype.kind != "f":
+        raise ArtifactError(
+            f"{path} holds {x.dtype} data; calibration needs preprocessed float inputs ({fix}), "
+            "or give the images with --calib-dir"
+        )
     want = (3, *input_size)
     if x.ndim != 4 or tuple(x.shape[1:]) != want:
         raise ArtifactError(f"{path} has shape {x.shape}; the model wants N x {' x '.join(map(str, want))}")
+    bad = int((~np.isfinite(x).reshape(len(x), -1).all(axis=1)).sum())
+    if bad:
+        raise ArtifactError(f"{path} has {bad} sample(s) with NaN or Inf; drop or fix them")
     calib, holdout = _split(np.ascontiguousarray(x, np.float32), HOLDOUT)
     return CalibrationData(
         calib,
@@ -114,6 +156,7 @@ def from_npy(path: str | os.PathLike[str], input_size: tuple[int, int]) -> Calib
 
 def from_digits(transform: data.Transform, count: int = DEFAULT_COUNT, seed: int = 0) -> CalibrationData:
     """The bundled digits: calibrate on the train split, measure on the test split."""
+    check_count(count)
     train, _ = data.digits("train")
     test, _ = data.digits("test")
     idx = np.sort(np.random.default_rng(seed).permutation(len(train))[:count])

@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from resnest_deploy import _deps
+from resnest_deploy._io import external_tensors
 
 #: node-name patterns kept in FP32 by default: the attention gate and the classifier
 KEEP_FP32_NODES: tuple[str, ...] = (r"/conv2/fc[12]/", r"/rsoftmax/", r"^/fc/")
@@ -75,10 +78,11 @@ def quantize_tensorrt(
 ) -> None:
     mq = _deps.require("modelopt.onnx.quantization")
     onnx = _deps.require("onnx")
-    excluded = matching_nodes(onnx.load(src, load_external_data=False), keep_fp32_nodes)
-    with _ort_quantization_restored():
+    model = onnx.load(src, load_external_data=False)
+    excluded = matching_nodes(model, keep_fp32_nodes)
+    with _ort_quantization_restored(), _private_copy(src, model) as copy:
         mq.quantize(
-            os.fspath(src),
+            os.fspath(copy),
             quantize_mode="int8",
             calibration_data={"input": calib},
             calibration_method=method if method != "percentile" else "entropy",
@@ -88,6 +92,21 @@ def quantize_tensorrt(
             output_path=os.fspath(dst),
             log_level="ERROR",
         )
+
+
+@contextlib.contextmanager
+def _private_copy(src: Path, model: Any) -> Iterator[Path]:
+    """ModelOpt's quantize rewrites the model it is given in place (shape inference, opset
+    updates): hand it a copy in a temp folder, with any external-data files beside it, so the
+    user's FP32 file is never modified."""
+    with tempfile.TemporaryDirectory(prefix="resnest-deploy-") as tmp:
+        copy = Path(tmp) / src.name
+        shutil.copyfile(src, copy)
+        for tensor in external_tensors(model):
+            name = next(e.value for e in tensor.external_data if e.key == "location")
+            if not (Path(tmp) / name).exists():
+                shutil.copyfile(src.parent / name, Path(tmp) / name)
+        yield copy
 
 
 class _Batches:

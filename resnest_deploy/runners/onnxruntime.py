@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 import numpy as np
 
@@ -49,11 +51,20 @@ class OnnxRuntimeRunner(Runner):
         if self.threads:
             opts.intra_op_num_threads = self.threads
         model = self.model if isinstance(self.model, bytes) else os.fspath(self.model)
-        try:
-            self.session = ort.InferenceSession(model, opts, providers=PROVIDERS[self.provider])
+        ort.set_default_logger_severity(4)  # a provider that fails to load logs to the console, and
+        try:  # onnxruntime print()s an "EP Error" banner: keep stdout clean for --json, report it below
+            with contextlib.redirect_stdout(sys.stderr):
+                self.session = ort.InferenceSession(model, opts, providers=PROVIDERS[self.provider])
         except Exception as e:
             first = first_line(e)
             raise ArtifactError(f"onnxruntime cannot load {self.name.split(':', 1)[-1]}: {first}") from e
+        active = self.session.get_providers()
+        if active[0] != PROVIDERS[self.provider][0]:  # ONNX Runtime falls back to the CPU in silence
+            del self.session
+            raise ArtifactError(
+                f"onnxruntime could not start {PROVIDERS[self.provider][0]} (no usable GPU, or its CUDA "
+                f"libraries are missing) and would run on {active[0]}; use --provider cpu"
+            )
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32

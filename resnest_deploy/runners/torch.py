@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from resnest_deploy.errors import ArtifactError
 from resnest_deploy.runners.base import Runner
 
 
@@ -17,6 +18,12 @@ class TorchRunner(Runner):
         self.device = torch.device(device)
 
     def activate_impl(self) -> None:
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ArtifactError(
+                f"torch:{self.device} needs a CUDA GPU and a CUDA build of torch (this is torch "
+                f"{torch.__version__}, {'no GPU visible' if torch.version.cuda else 'a CPU-only build'}); "
+                "use 'torch' for the CPU"
+            )
         self.model.eval().to(self.device)
         if self.device.type == "cuda":  # time the forward on the GPU, not the copies around it
             self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
