@@ -10,17 +10,16 @@ from resnest_deploy.errors import MissingDependencyError
 
 # module -> (pip extra of resnest-deploy, what the module does for us)
 _EXTRAS = {
-    "onnxruntime": ("onnx", "runs ONNX files"),
-    "onnx": ("onnx", "reads and writes ONNX files"),
-    "onnxscript": ("onnx", "is torch.onnx's exporter backend"),
+    "torch": ("export", "runs the PyTorch model (export, the PyTorch reference)"),
+    "onnxscript": ("export", "is torch.onnx's exporter backend"),
     "tensorrt": ("tensorrt", "builds and runs TensorRT engines"),
     "tensorrt_rtx": ("rtx", "builds TensorRT-RTX engines"),
     "polygraphy": ("rtx", "drives TensorRT builds and runs"),
     "modelopt": ("quant", "converts ONNX to FP16/INT8 for TensorRT"),
     "cuda": ("tensorrt", "moves data to and from the GPU"),
-    "huggingface_hub": ("hub", "downloads timm weights"),
+    "huggingface_hub": ("export", "downloads timm weights"),
     "matplotlib": ("plot", "draws the latency plot"),
-    "safetensors": ("hub", "reads .safetensors checkpoints"),
+    "safetensors": ("export", "reads .safetensors checkpoints"),
 }
 
 

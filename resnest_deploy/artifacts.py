@@ -27,6 +27,7 @@ class ArtifactInfo:
     precision: str
     input_size: tuple[int, int] | None
     weights: dict[str, Any] | None
+    meta: dict[str, Any]  # everything the file says about itself, checked
 
     @classmethod
     def of(cls, artifact: str | os.PathLike[str]) -> ArtifactInfo:
@@ -45,6 +46,7 @@ class ArtifactInfo:
             meta.get("precision", "fp32"),
             size,
             meta.get("weights"),
+            meta,
         )
 
 
@@ -88,11 +90,6 @@ def input_size(arch: str, infos: Sequence[ArtifactInfo]) -> tuple[int, int]:
             f"the artifacts take different input sizes ({sorted(sizes)}); compare like with like"
         )
     return sizes.pop() if sizes else (get_spec(arch).pretrained.input_size,) * 2
-
-
-def random_inputs(count: int, size: tuple[int, int], seed: int = RANDOM_SEED) -> np.ndarray:
-    """Seeded, normalised-image-like inputs, exactly ``count`` of them."""
-    return np.random.default_rng(seed).standard_normal((count, 3, *size), dtype=np.float32)
 
 
 @dataclass
@@ -153,7 +150,8 @@ class Lineup:
             x = data.digits_batch(test[:count], self.transform)
             return x, {"kind": "bundled digits (test split)", "count": len(x)}
         if images is None:
-            return random_inputs(count, self.size, seed), {"kind": "random", "count": count, "seed": seed}
+            x = data.random_inputs(count, self.size, seed)
+            return x, {"kind": "random", "count": count, "seed": seed}
         paths = data.sample(data.find_images(images), count, seed)
         loaded = data.load_images(paths, self.transform, advance)
         if not len(loaded.array):

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from resnest_deploy._io import atomic_path
-from resnest_deploy.artifacts import Lineup, random_inputs
+from resnest_deploy.artifacts import Lineup
+from resnest_deploy.data import random_inputs
 from resnest_deploy.limits import LimitError, check_batch, check_positive
 from resnest_deploy.runners import Runner
 

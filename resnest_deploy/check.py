@@ -9,9 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from resnest_deploy import _deps, reference
 from resnest_deploy.artifacts import Lineup
 from resnest_deploy.compare import TOLERANCES, Metrics, Tolerance, compare
-from resnest_deploy.runners.torch import TorchRunner
+from resnest_deploy.errors import ArtifactError
+
+REFERENCES = ("auto", "pytorch", "recorded")
 
 
 @dataclass
@@ -45,6 +48,7 @@ class CheckReport:
     weights: str
     inputs: dict[str, Any]
     results: list[CheckResult]
+    reference: str = "pytorch fp32 cpu"
 
     @property
     def passed(self) -> bool:
@@ -54,7 +58,7 @@ class CheckReport:
         return {
             "arch": self.arch,
             "weights": self.weights,
-            "reference": "pytorch fp32 cpu",
+            "reference": self.reference,
             "inputs": self.inputs,
             "passed": self.passed,
             "results": [r.as_dict() for r in self.results],
@@ -73,26 +77,44 @@ def check(
     provider: str = "cpu",
     inputs: tuple[np.ndarray, dict[str, Any]] | None = None,
     progress: Callable[[str], None] | None = None,
+    reference_from: str = "auto",
 ) -> CheckReport:
     """Compare every artifact with the PyTorch FP32 model; thresholds default by precision.
 
     ``inputs`` (an array and its description) replaces ``images``/``count``. ``weights`` defaults
     to what the artifacts record (random, pretrained or a file), so an export is checked against
-    the checkpoint it came from.
+    the checkpoint it came from. ``reference_from="recorded"`` (the default where torch is not
+    installed) compares against the PyTorch logits recorded at export, on their probe inputs.
     """
     say = progress or (lambda _msg: None)
-    lineup = Lineup.of(artifacts, arch, weights, reference=True)
-    x, described = inputs or lineup.inputs(images, count)
-    say(f"reference: PyTorch FP32 {lineup.arch} on {len(x)} {described['kind']} inputs")
-    with TorchRunner(lineup.model) as ref:
-        expected = ref.infer_batched(x, batch)
+    if reference_from not in REFERENCES:
+        raise ArtifactError(f"unknown reference {reference_from!r}; choose {', '.join(REFERENCES)}")
+    recorded = reference_from == "recorded" or (reference_from == "auto" and not _deps.has("torch"))
+    if recorded and (images is not None or inputs is not None):
+        raise ArtifactError(
+            "recorded references exist for their probe inputs only; drop --images, or compare on your "
+            "images where PyTorch is installed: pip install 'resnest-deploy[export]'"
+        )
+    lineup = Lineup.of(artifacts, arch, weights, reference=not recorded)
     limits = {**TOLERANCES, **(tolerances or {})}
+    if recorded:
+        cases = [reference.recorded(i.meta, i.name) for i in lineup.infos]
+        described = {**cases[0][2], "kind": f"recorded probe inputs ({cases[0][2]['kind']})"}
+        say(f"reference: PyTorch FP32 logits recorded at export, {described['count']} probe inputs")
+    else:
+        from resnest_deploy.runners.torch import TorchRunner
+
+        x, described = inputs or lineup.inputs(images, count)
+        say(f"reference: PyTorch FP32 {lineup.arch} on {len(x)} {described['kind']} inputs")
+        with TorchRunner(lineup.model) as ref:
+            cases = [(x, ref.infer_batched(x, batch), described)] * len(lineup.infos)
     results = []
-    for info in lineup.infos:
+    for info, (x, expected, _) in zip(lineup.infos, cases, strict=True):
         say(f"running {info.name}")
         with lineup.runner(info, provider) as runner:
             metrics = compare(expected, runner.infer_batched(x, batch))
             backend = runner.backend
         tol = limits.get(info.precision, limits["fp32"])
         results.append(CheckResult(info.name, backend, info.precision, metrics, tol, tol.violations(metrics)))
-    return CheckReport(lineup.arch, lineup.weights, described, results)
+    source = f"{reference.RUNTIME}, recorded at export" if recorded else reference.RUNTIME
+    return CheckReport(lineup.arch, lineup.weights, described, results, source)

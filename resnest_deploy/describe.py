@@ -86,10 +86,6 @@ def _engine(path: Path, layers: bool) -> dict[str, Any]:
 def _engine_layers(path: Path, sidecar: dict[str, Any] | None) -> Any:
     """Per-layer information needs the engine deserialized: a matching TensorRT and a GPU."""
     try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return "unavailable: deserializing an engine needs a CUDA GPU"
         from resnest_deploy.runners.tensorrt import TensorRTRunner
 
         with TensorRTRunner(path) as runner:

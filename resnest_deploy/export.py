@@ -19,20 +19,17 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from resnest_deploy import _deps, metadata
+from resnest_deploy import _deps, metadata, reference
 from resnest_deploy._io import artifact_pair, prepare_outputs
 from resnest_deploy.compare import TOLERANCES, Metrics, Tolerance, assert_close, compare
 from resnest_deploy.errors import ExportError, first_line
+from resnest_deploy.formats import DEFAULT_OPSET, INPUT_NAME, OPSET_RANGE, OUTPUT_NAME
 from resnest_deploy.models import WeightsInfo, get_spec
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
 from resnest_deploy.runners.torch import TorchRunner
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-DEFAULT_OPSET = 17
-#: 13 is the first with Split taking sizes as an input; 20 is the newest the TorchScript exporter writes.
-OPSET_RANGE = (13, 20)
 PARITY_SEED = 0
+MAX_SIDE = 4096  # pixels: larger inputs would not fit a tracing pass in memory
 
 Progress = Callable[[str], None]
 
@@ -73,8 +70,8 @@ def _validate(opset: int, batch: int | str, input_size: Sequence[int]) -> None:
         )
     if batch != "dynamic" and not (isinstance(batch, int) and batch >= 1):
         raise ExportError(f"batch must be 'dynamic' or a positive integer, got {batch!r}")
-    if len(input_size) != 2 or min(input_size) < 32:
-        raise ExportError(f"input size must be two numbers H W of at least 32, got {list(input_size)}")
+    if len(input_size) != 2 or min(input_size) < 32 or max(input_size) > MAX_SIDE:
+        raise ExportError(f"input size must be two numbers H W from 32 to {MAX_SIDE}, got {list(input_size)}")
 
 
 def _check_finite(model: torch.nn.Module) -> None:
@@ -168,6 +165,13 @@ def export_onnx(
             parity[f"batch={b}"] = m
             assert_close(m, tolerance, f"ONNX export at batch {b}")
 
+    say("recording PyTorch reference outputs on the probe inputs")
+    probe, probed = reference.probe_inputs(arch, size) if spec and arch else (None, None)
+    recorded = None
+    if probe is not None and probed is not None:
+        with TorchRunner(model) as ref:
+            recorded = reference.record(ref.infer(probe), probed)
+
     input_shape: list[int | str] = [
         "batch" if batch == "dynamic" else int(batch),
         3,
@@ -185,6 +189,7 @@ def export_onnx(
         "output": {"name": OUTPUT_NAME, "shape": [input_shape[0], num_classes], "dtype": "float32"},
         "num_classes": num_classes,
         "preprocessing": metadata.preprocessing(spec, size) if spec else None,
+        "reference": recorded,
         "parity": {
             "reference": "pytorch fp32 cpu",
             "runtime": "onnxruntime cpu",

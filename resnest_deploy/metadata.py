@@ -74,7 +74,7 @@ def machine() -> dict[str, Any]:
 
 
 def now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def write_sidecar(artifact: str | os.PathLike[str], data: dict[str, Any]) -> Path:

@@ -7,14 +7,13 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pytest
-import torch
 
-from resnest_deploy.export import export_onnx
-from resnest_deploy.models import load_model
+if TYPE_CHECKING:  # torch is imported by the fixtures that need it: the runtime tests run without it
+    import torch
 
 REFDATA = Path(__file__).parent / "refdata"
 HEAVY = ("resnest200", "resnest269")  # the deepest configs: several seconds each
@@ -43,6 +42,8 @@ def manifest(arch: str) -> dict:
 
 def recipe_state_dict(man: dict, recipe: str) -> dict[str, torch.Tensor]:
     """The deterministic weights described in refdata/README.md (recipe "a" or "b")."""
+    import torch
+
     sd = {}
     for i, (key, shape, dtype) in enumerate(man["state_dict"]):
         if dtype != "float32":
@@ -68,6 +69,8 @@ def recipe_state_dict(man: dict, recipe: str) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="session")
 def refdata_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     """Recipe-B weights for an arch saved as a plain .pth: a realistic, sensitive checkpoint."""
+    import torch
+
     cache: dict[str, Path] = {}
 
     def make(arch: str) -> Path:
@@ -82,6 +85,9 @@ def refdata_checkpoint(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def onnx_14d(tmp_path_factory: pytest.TempPathFactory, refdata_checkpoint) -> Path:
+    from resnest_deploy.export import export_onnx
+    from resnest_deploy.models import load_model
+
     model, info = load_model("resnest14d", refdata_checkpoint("resnest14d"))
     path = tmp_path_factory.mktemp("onnx") / "resnest14d.onnx"
     export_onnx(model, path, input_size=(64, 64), weights=info)
@@ -91,6 +97,9 @@ def onnx_14d(tmp_path_factory: pytest.TempPathFactory, refdata_checkpoint) -> Pa
 @pytest.fixture(scope="session")
 def onnx_50(tmp_path_factory: pytest.TempPathFactory, refdata_checkpoint) -> Path:
     """The one full-size round trip: resnest50 at 224x224."""
+    from resnest_deploy.export import export_onnx
+    from resnest_deploy.models import load_model
+
     model, info = load_model("resnest50", refdata_checkpoint("resnest50"))
     path = tmp_path_factory.mktemp("onnx") / "resnest50.onnx"
     export_onnx(model, path, weights=info)
@@ -104,6 +113,9 @@ def images(n: int, size: tuple[int, int] = (64, 64), seed: int = 0) -> np.ndarra
 @pytest.fixture(scope="session")
 def digits_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled, really trained digits model: where precision loss is measured."""
+    from resnest_deploy.export import export_onnx
+    from resnest_deploy.models import load_model
+
     model, info = load_model("resnest14d_digits", "pretrained")
     path = tmp_path_factory.mktemp("digits") / "digits.onnx"
     export_onnx(model, path, weights=info)

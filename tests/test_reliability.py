@@ -360,6 +360,10 @@ def bomb(path: Path) -> Path:
         (["eval", "--images", "{d}", "{m}", "--chunk-size", "-1"], "--chunk-size"),
         (["export", "--arch", "resnest14d_digits", "--batch-dim", "1000000000", "-o", "{d}/x.onnx"], "batch"),
         (["export", "--arch", "resnest14d_digits", "--batch-dim", "0", "-o", "{d}/x.onnx"], "batch"),
+        (
+            ["export", "--arch", "resnest14d_digits", "--input-size", "99999", "99999", "-o", "{d}/x.onnx"],
+            "4096",
+        ),
         (["build", "--onnx", "{m}", "--workspace", "-1", "-o", "{d}/x.plan"], "workspace"),
         (["build", "--onnx", "{m}", "--workspace", "1e12", "-o", "{d}/x.plan"], "workspace"),
         (["build", "--onnx", "{m}", "--workspace", "nan", "-o", "{d}/x.plan"], "workspace"),

@@ -1,20 +1,29 @@
-"""The TensorRT runner: compatibility rules run everywhere; running an engine needs a GPU."""
+"""The TensorRT runner: its rules run everywhere; running an engine needs a GPU (skipped without one)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from resnest_deploy.engine import build_engine, detect
-from resnest_deploy.errors import ArtifactError
+from resnest_deploy.errors import ArtifactError, MissingDependencyError
 from resnest_deploy.runners import open_runner
-from resnest_deploy.runners.tensorrt import TensorRTRunner, check_compatible
+from resnest_deploy.runners.tensorrt import Profile, TensorRTRunner, check_compatible, cudart, numpy_dtype
 
 
-def _has_tensorrt() -> bool:
+def _has_cuda_python() -> bool:
     try:
-        return detect("tensorrt").backend == "tensorrt"
+        cudart()
+        return True
+    except MissingDependencyError:
+        return False
+
+
+def _gpu_with_tensorrt() -> bool:
+    try:
+        from resnest_deploy.runners.tensorrt import _Cuda
+
+        return _Cuda()("cudaGetDeviceCount") > 0 and detect("tensorrt").backend == "tensorrt"
     except Exception:
         return False
 
@@ -42,28 +51,62 @@ def test_device_mismatch_names_the_capabilities():
     check_compatible(None, "10.13.0.35", (9, 0))  # no sidecar: TensorRT itself will judge
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown on machines without a GPU")
-def test_engine_without_gpu_says_so(digits_converted, tmp_path):
+def test_batches_above_the_profile_maximum_run_in_profile_sized_pieces():
+    profile = Profile((1, 3, 32, 32), (8, 3, 32, 32), (16, 3, 32, 32))
+    sizes = [[s.stop - s.start for s in profile.chunks(n)] for n in (1, 16, 17, 40)]
+    assert sizes == [[1], [16], [16, 1], [16, 16, 8]]
+    assert [s.start for s in profile.chunks(40)] == [0, 16, 32]
+    with pytest.raises(ArtifactError, match=r"below the engine's minimum batch 4"):
+        Profile((4, 3, 32, 32), (8, 3, 32, 32), (16, 3, 32, 32)).chunks(2)
+    with pytest.raises(ArtifactError, match=r"does not split into runs of 4\.\.16"):
+        Profile((4, 3, 32, 32), (8, 3, 32, 32), (16, 3, 32, 32)).chunks(18)
+
+
+def test_shapes_outside_the_profile_are_refused_not_run_as_the_last_shape():
+    profile = Profile((1, 3, 32, 32), (8, 3, 32, 32), (16, 3, 32, 32))
+    profile.check((16, 3, 32, 32), "input")
+    for shape in ((2, 3, 64, 64), (2, 1, 32, 32), (2, 3, 32)):
+        with pytest.raises(ArtifactError, match="outside the engine's profile"):
+            profile.check(shape, "input")
+
+
+def test_every_numpy_representable_tensorrt_type_maps_and_the_rest_are_refused():
+    expected = {
+        "FLOAT": np.float32,
+        "HALF": np.float16,
+        "INT8": np.int8,
+        "UINT8": np.uint8,
+        "INT32": np.int32,
+        "INT64": np.int64,
+        "BOOL": np.bool_,
+    }
+    for name, dtype in expected.items():
+        assert numpy_dtype(f"DataType.{name}", "t") is dtype
+    for name in ("BF16", "FP8", "INT4", "FP4"):
+        with pytest.raises(ArtifactError, match=f"is {name}, which NumPy cannot hold"):
+            numpy_dtype(f"DataType.{name}", "t")
+
+
+@pytest.mark.skipif(_has_cuda_python(), reason="checks the message shown where cuda-python is missing")
+def test_an_engine_without_cuda_python_names_the_extra(digits_converted, tmp_path):
     engine = build_engine(
         digits_converted["fp16"], tmp_path / "d.plan", backend="tensorrt-rtx", batch=(1, 2, 4)
     )
     runner = open_runner(engine.path)
     assert isinstance(runner, TensorRTRunner) and runner.backend == "tensorrt-rtx"
-    with pytest.raises(ArtifactError, match="needs a CUDA GPU"), runner:
+    with pytest.raises(MissingDependencyError, match=r"resnest-deploy\[tensorrt\]"), runner:
         pass
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(
-    not (torch.cuda.is_available() and _has_tensorrt()), reason="needs a CUDA GPU and TensorRT"
-)
+@pytest.mark.skipif(not _gpu_with_tensorrt(), reason="needs a CUDA GPU, cuda-python and TensorRT")
 @pytest.mark.parametrize("graphs", [False, True])
 def test_engine_matches_onnxruntime_on_gpu(digits_onnx, tmp_path, graphs):
     engine = build_engine(digits_onnx, tmp_path / "d.plan", backend="tensorrt", batch=(1, 4, 8))
-    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((20, 3, 32, 32), dtype=np.float32)  # above the max
     with open_runner(digits_onnx) as ort_runner, TensorRTRunner(engine.path, cuda_graphs=graphs) as trt:
         expected = ort_runner.infer(x)
-        for _ in range(3):  # buffers and graphs are reused across calls
-            got = trt.infer(x)
+        for shape in (4, 1, 20, 4):  # buffers and graphs are reused across calls and shapes
+            got = trt.infer(x[:shape])
+            np.testing.assert_allclose(got, expected[:shape], atol=1e-4, rtol=1e-4)
         assert trt.last_inference_ms() > 0
-    np.testing.assert_allclose(got, expected, atol=1e-2, rtol=1e-2)

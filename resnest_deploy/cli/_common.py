@@ -63,6 +63,12 @@ class Provider(str, Enum):
     tensorrt = "tensorrt"
 
 
+class Reference(str, Enum):
+    auto = "auto"
+    pytorch = "pytorch"
+    recorded = "recorded"
+
+
 class Precision(str, Enum):
     fp32 = "fp32"
     fp16 = "fp16"

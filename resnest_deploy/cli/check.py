@@ -15,6 +15,7 @@ from resnest_deploy.cli._common import (
     JsonOpt,
     Provider,
     ProviderOpt,
+    Reference,
     WeightsOptional,
     handle_errors,
     metrics_table,
@@ -39,6 +40,13 @@ def check_cmd(
         float | None, typer.Option(help="Override every precision's top-1 agreement bar (0..1).")
     ] = None,
     provider: ProviderOpt = Provider.cpu,
+    reference: Annotated[
+        Reference,
+        typer.Option(
+            help="Compare against PyTorch run now ('pytorch'), or against the PyTorch logits recorded at "
+            "export ('recorded': no PyTorch needed); 'auto' picks recorded only where torch is missing."
+        ),
+    ] = Reference.auto,
     json_out: JsonOpt = False,
 ) -> None:
     """Compare each artifact with PyTorch FP32 on the same inputs; exit 1 if any is out of bounds.
@@ -74,6 +82,7 @@ def check_cmd(
             tolerances=tolerances,
             provider=provider.value,
             progress=say,
+            reference_from=reference.value,
         )
     if json_out:
         print_json(report.as_dict())

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
+from resnest_deploy import _deps
 from resnest_deploy.cli._common import (
     ArchOpt,
     JsonOpt,
@@ -18,9 +19,11 @@ from resnest_deploy.cli._common import (
     print_json,
     progress,
 )
-from resnest_deploy.export import DEFAULT_OPSET, ExportReport, export_onnx
+from resnest_deploy.formats import DEFAULT_OPSET
 from resnest_deploy.limits import MAX_BATCH, check_positive
-from resnest_deploy.models import load_model
+
+if TYPE_CHECKING:
+    from resnest_deploy.export import ExportReport
 
 
 def _batch_dim(value: str) -> int | str:
@@ -62,6 +65,10 @@ def export_cmd(
       resnest-deploy export --arch resnest50
       resnest-deploy export --arch resnest14d --weights random --input-size 200 232 --dynamic-hw -o m.onnx
     """
+    _deps.require("torch")  # the `export` extra: say so instead of failing on an import
+    from resnest_deploy.export import export_onnx
+    from resnest_deploy.models import load_model
+
     dim = _batch_dim(batch_dim)
     with progress(not json_out) as say:
         say(f"loading {arch} ({weights} weights)")

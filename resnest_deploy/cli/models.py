@@ -24,7 +24,7 @@ def models_cmd(json_out: JsonOpt = False) -> None:
     for r in rows:
         table.add_row(
             r["arch"],
-            f"{r['params'] / 1e6:.2f}M",
+            "?" if r["params"] is None else f"{r['params'] / 1e6:.2f}M",
             str(r["input_size"]),
             f"{r['crop_pct']:.3f}",
             r["interpolation"],

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from resnest_deploy import _deps
 from resnest_deploy.cli._common import (
     ArchOpt,
     BatchSizesOpt,
@@ -54,6 +55,7 @@ def pipeline_cmd(
       resnest-deploy pipeline --arch resnest14d_digits --precision int8          # offline, bundled data
       resnest-deploy pipeline --arch resnest50 --precision int8 --calib-dir ~/imagenet/calib
     """
+    _deps.require("torch")  # the `export` extra: say so instead of failing on an import
     from resnest_deploy.pipeline import pipeline
 
     with progress(not json_out) as say:

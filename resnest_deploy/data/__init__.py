@@ -185,6 +185,11 @@ def fingerprint(paths: Sequence[Path], transform: Transform) -> str:
     return h.hexdigest()[:16]
 
 
+def random_inputs(count: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """Seeded, normalised-image-like inputs, exactly ``count`` of them, the same on every machine."""
+    return np.random.default_rng(seed).standard_normal((count, 3, *size), dtype=np.float32)
+
+
 # -- the bundled digits ---------------------------------------------------------------------------
 
 

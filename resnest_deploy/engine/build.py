@@ -173,6 +173,7 @@ def build_engine(
         "precision": precision,
         "num_classes": meta.get("num_classes"),
         "preprocessing": meta.get("preprocessing"),
+        "reference": meta.get("reference"),
         "source_onnx": {"path": str(onnx_path), "sha256": sha256_file(onnx_path)},
         "tensorrt": {
             "flavour": flavour.backend,
@@ -214,12 +215,13 @@ def _target(flavour: Flavour, compute_capabilities: Sequence[tuple[int, int]] | 
         return [f"{a}.{b}" for a, b in compute_capabilities]
     if flavour.is_rtx:
         return "TensorRT-RTX default (JIT on device)"
-    import torch  # full TensorRT builds for the GPU it runs on
+    try:  # full TensorRT builds for the GPU it runs on
+        from resnest_deploy.runners.tensorrt import _Cuda
 
-    if torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability()
-        return [f"{major}.{minor}"]
-    return "this machine's GPU"
+        props = _Cuda()("cudaGetDeviceProperties", 0)
+        return [f"{props.major}.{props.minor}"]
+    except ResnestDeployError:
+        return "this machine's GPU"
 
 
 def _create_config(

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from resnest_deploy.models import weights as _weights
+from resnest_deploy.models.config import ArchConfig, WeightsInfo
 from resnest_deploy.models.registry import ModelSpec, PretrainedCfg, get_spec, list_models
-from resnest_deploy.models.resnest import ArchConfig, ResNeSt
-from resnest_deploy.models.weights import WeightsInfo
+
+if TYPE_CHECKING:
+    from resnest_deploy.models.resnest import ResNeSt
 
 __all__ = [
     "ArchConfig",
@@ -23,6 +23,7 @@ __all__ = [
     "PretrainedCfg",
     "ResNeSt",
     "WeightsInfo",
+    "count_params",
     "create_model",
     "get_spec",
     "list_models",
@@ -45,6 +46,11 @@ def load_model(
 
     The class count follows the checkpoint when not given, so a fine-tuned head loads as it is.
     """
+    import torch
+
+    from resnest_deploy.models import weights as _weights
+    from resnest_deploy.models.resnest import ResNeSt
+
     spec = get_spec(arch)
     state_dict, info = _weights.resolve(spec, weights)
     if num_classes is None and state_dict is not None and "fc.bias" in state_dict:
@@ -69,6 +75,19 @@ def create_model(
 
 def count_params(arch: str) -> int:
     """Parameter count without building the network's weights twice for big archs."""
+    import torch
+
+    from resnest_deploy.models.resnest import ResNeSt
+
     with torch.device("meta"):
         model = ResNeSt(get_spec(arch).arch)
     return sum(p.numel() for p in model.parameters())
+
+
+def __getattr__(name: str) -> Any:
+    """``ResNeSt`` needs torch: it is imported on first use, so the registry loads without it."""
+    if name == "ResNeSt":
+        from resnest_deploy.models.resnest import ResNeSt
+
+        return ResNeSt
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

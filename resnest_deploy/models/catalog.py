@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from resnest_deploy.models import count_params
+from resnest_deploy import _deps
 from resnest_deploy.models.registry import get_spec, list_models
 
 
 def catalog() -> list[dict[str, Any]]:
+    """Parameter counts need torch (the ``export`` extra); without it they are ``None``."""
+    counted = _deps.has("torch")
+    if counted:
+        from resnest_deploy.models import count_params
     rows = []
     for arch in list_models():
         spec = get_spec(arch)
@@ -16,7 +20,7 @@ def catalog() -> list[dict[str, Any]]:
         rows.append(
             {
                 "arch": arch,
-                "params": count_params(arch),
+                "params": count_params(arch) if counted else None,
                 "layers": list(a.layers),
                 "radix": a.radix,
                 "cardinality": a.cardinality,

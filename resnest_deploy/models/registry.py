@@ -6,7 +6,7 @@ import difflib
 from dataclasses import dataclass, field
 
 from resnest_deploy.errors import UnknownArchError
-from resnest_deploy.models.resnest import ArchConfig
+from resnest_deploy.models.config import ArchConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

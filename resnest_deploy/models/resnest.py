@@ -6,28 +6,12 @@ registration order follow both, so their checkpoints load with ``strict=True``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnest_deploy.models.config import ArchConfig
 from resnest_deploy.models.layers import SplitAttn
-
-
-@dataclass(frozen=True)
-class ArchConfig:
-    """Everything that shapes the network; a variant is just one of these."""
-
-    layers: tuple[int, int, int, int]
-    stem_width: int = 32
-    radix: int = 2
-    cardinality: int = 1
-    base_width: int = 64
-    avd_first: bool = False
-    num_classes: int = 1000
-    #: planes per stage (x4 out); narrower than ResNet's only for the small digits model
-    widths: tuple[int, int, int, int] = (64, 128, 256, 512)
 
 
 class Bottleneck(nn.Module):

@@ -17,7 +17,6 @@ import re
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -26,6 +25,7 @@ import torch
 from resnest_deploy import _deps
 from resnest_deploy._io import sha256_file
 from resnest_deploy.errors import WeightsError, first_line
+from resnest_deploy.models.config import WeightsInfo
 from resnest_deploy.models.registry import OFFICIAL_RELEASES, ModelSpec
 
 StateDict = dict[str, torch.Tensor]
@@ -35,18 +35,6 @@ OFFLINE_ENVS = ("RESNEST_DEPLOY_OFFLINE", "HF_HUB_OFFLINE")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,64})\.[A-Za-z]+$")
 _NESTING_KEYS = ("state_dict", "model", "model_state_dict")
-
-
-@dataclass(frozen=True)
-class WeightsInfo:
-    """Provenance recorded in every artifact's sidecar."""
-
-    kind: str  # "random", "pretrained", "file" or "url"
-    location: str | None = None  # URL or path the tensors came from
-    sha256: str | None = None
-
-    def describe(self) -> str:
-        return self.kind if self.location is None else f"{self.kind}:{self.location}"
 
 
 def is_offline() -> bool:

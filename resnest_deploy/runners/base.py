@@ -10,9 +10,11 @@ from __future__ import annotations
 import abc
 import time
 from types import TracebackType
-from typing import Self
+from typing import TypeVar
 
 import numpy as np
+
+R = TypeVar("R", bound="Runner")
 
 
 class Runner(abc.ABC):
@@ -24,7 +26,7 @@ class Runner(abc.ABC):
         self.is_active = False
         self._last_ms: float | None = None
 
-    def __enter__(self) -> Self:
+    def __enter__(self: R) -> R:
         self.activate()
         return self
 
