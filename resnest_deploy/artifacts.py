@@ -10,11 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from resnest_deploy import data, metadata
+from resnest_deploy import data, formats, metadata
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.limits import check_positive, check_tensor
 from resnest_deploy.models import WeightsInfo, get_spec, load_model
 from resnest_deploy.runners import Runner, artifact_kind, open_runner
+from resnest_deploy.runners.base import InputFormatAdapter
 
 RANDOM_SEED = 0
 
@@ -37,8 +38,9 @@ class ArtifactInfo:
         shape = (meta.get("input") or {}).get("shape") or (meta.get("input") or {}).get("profile", {}).get(
             "opt"
         )
-        if shape and all(isinstance(v, int) for v in shape[2:]):
-            size = (shape[2], shape[3])
+        hw = slice(1, 3) if (meta.get("input") or {}).get("layout") == "NHWC" else slice(2, 4)
+        if shape and len(shape) == 4 and all(isinstance(v, int) for v in shape[hw]):
+            size = (shape[hw][0], shape[hw][1])
         return cls(
             os.fspath(artifact),
             kind,
@@ -125,11 +127,25 @@ class Lineup:
         return cls(infos, arch, input_size(arch, infos), label, model)
 
     @property
+    def takes_frames(self) -> bool:
+        """Some file in the line-up takes uint8 frames rather than normalised floats."""
+        names = [((i.meta.get("input") or {}).get("format") or {}).get("name") for i in self.infos]
+        return any(str(n).startswith("uint8") for n in names)
+
+    @property
     def transform(self) -> data.Transform:
         return data.Transform.from_pretrained(get_spec(self.arch).pretrained, self.size[0])
 
     def runner(self, info: ArtifactInfo, provider: str = "cpu", **kwargs: Any) -> Runner:
-        return open_runner(info.name, model=self.model, provider=provider, **kwargs)
+        """A runner for ``info`` that takes normalised NCHW inputs, whatever form the file takes."""
+        runner = open_runner(info.name, model=self.model, provider=provider, **kwargs)
+        fmt = (info.meta.get("input") or {}).get("format") or {}
+        if fmt.get("name", "float") == "float":
+            return runner
+        mean, std, name = fmt.get("mean"), fmt.get("std"), str(fmt.get("name"))
+        if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3):
+            raise ArtifactError(f"{info.name} records input format {name} without its mean/std; re-export it")
+        return InputFormatAdapter(runner, lambda x: formats.from_normalised(x, name, mean, std))
 
     def inputs(
         self,
@@ -149,6 +165,10 @@ class Lineup:
             test, _ = data.digits("test")
             x = data.digits_batch(test[:count], self.transform)
             return x, {"kind": "bundled digits (test split)", "count": len(x)}
+        if images is None and self.takes_frames:  # values a frame can hold, so every form agrees
+            p = get_spec(self.arch).pretrained
+            x = data.random_frames(count, self.size, p.mean, p.std, seed)
+            return x, {"kind": "random frames", "count": count, "seed": seed}
         if images is None:
             x = data.random_inputs(count, self.size, seed)
             return x, {"kind": "random", "count": count, "seed": seed}

@@ -7,6 +7,7 @@ onnxscript optimizer then folds batch norms, constants and ``Identity`` nodes aw
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import time
@@ -19,7 +20,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from resnest_deploy import _deps, metadata, reference
+from resnest_deploy import _deps, data, formats, metadata, reference
 from resnest_deploy._io import artifact_pair, prepare_outputs
 from resnest_deploy.compare import TOLERANCES, Metrics, Tolerance, assert_close, compare
 from resnest_deploy.errors import ExportError, first_line
@@ -56,10 +57,61 @@ class ExportReport:
         return d
 
 
-def parity_inputs(batch: int, input_size: tuple[int, int], seed: int = PARITY_SEED) -> np.ndarray:
-    """Seeded, normalised-image-like inputs: the same on every machine."""
-    rng = np.random.default_rng(seed + batch)
-    return rng.standard_normal((batch, 3, *input_size), dtype=np.float32)
+def parity_inputs(
+    batch: int, input_size: tuple[int, int], seed: int = PARITY_SEED, frames: InputFormat | None = None
+) -> np.ndarray:
+    """Seeded, normalised-image-like inputs, the same on every machine. For a file that takes frames,
+    they are normalised random uint8 pixels, so the file's own input form holds them exactly."""
+    if frames is None:
+        return np.random.default_rng(seed + batch).standard_normal((batch, 3, *input_size), dtype=np.float32)
+    return data.random_frames(
+        batch, input_size, frames.mean.ravel().tolist(), frames.std.ravel().tolist(), seed + batch
+    )
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """An input form (see ``formats``) with the normalisation it builds into the graph."""
+
+    name: str
+    mean: np.ndarray  # 1 x 3 x 1 x 1 float32
+    std: np.ndarray
+
+    @classmethod
+    def of(cls, name: str, mean: Sequence[float], std: Sequence[float]) -> InputFormat:
+        as4 = lambda v: np.asarray(v, np.float32).reshape(1, 3, 1, 1)  # noqa: E731
+        return cls(formats.check_format(name), as4(mean), as4(std))
+
+    def host(self, x: np.ndarray) -> np.ndarray:
+        """What a client feeds the file for normalised inputs ``x``."""
+        return formats.from_normalised(x, self.name, self.mean.ravel().tolist(), self.std.ravel().tolist())
+
+
+class _FramesIn(torch.nn.Module):
+    """The network behind its input form: Cast/Transpose/normalise in the graph, or (deepstream)
+    x/255 - mean in with 1/std folded into the first convolution."""
+
+    def __init__(self, model: torch.nn.Module, fmt: InputFormat) -> None:
+        super().__init__()
+        self.layout = fmt.name
+        if fmt.name == "deepstream":
+            model = copy.deepcopy(model)
+            conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+            with torch.no_grad():  # W' = W / std[c_in]: conv(x * s) == conv'(x), padding zeros stay zero
+                conv.weight.div_(torch.from_numpy(fmt.std).reshape(1, 3, 1, 1))
+        self.model = model
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
+        self.register_buffer("mean", torch.from_numpy(fmt.mean))
+        self.register_buffer("std", torch.from_numpy(fmt.std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout in ("uint8-nhwc", "uint8-nchw"):
+            x = x.float()
+            if self.layout == "uint8-nhwc":
+                x = x.permute(0, 3, 1, 2)
+            x = (x / 255.0 - self.mean) / self.std
+        return self.model(x)
 
 
 def _validate(opset: int, batch: int | str, input_size: Sequence[int]) -> None:
@@ -111,6 +163,7 @@ def export_onnx(
     batch: int | str = "dynamic",
     input_size: Sequence[int] | None = None,
     dynamic_hw: bool = False,
+    input_format: str = "float",
     simplify: bool = True,
     parity_batches: Sequence[int] = (1, 4),
     tolerance: Tolerance = TOLERANCES["fp32"],
@@ -128,6 +181,11 @@ def export_onnx(
         tuple(input_size) if input_size else (spec.pretrained.input_size,) * 2 if spec else (224, 224),
     )  # _validate checks it really has two entries
     _validate(opset, batch, size)
+    formats.check_format(input_format)
+    if input_format != "float" and spec is None:
+        raise ExportError(f"--input-format {input_format} needs a registered arch (its mean and std)")
+    fmt = InputFormat.of(input_format, spec.pretrained.mean, spec.pretrained.std) if spec else None
+    frames = fmt if fmt is not None and fmt.name != "float" else None
     path = Path(path)
     prepare_outputs([path], [weights.location if weights and weights.kind == "file" else None])
     _check_finite(model)
@@ -137,13 +195,16 @@ def export_onnx(
     if batch == "dynamic":
         axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
     if dynamic_hw:
-        axes.setdefault(INPUT_NAME, {}).update({2: "height", 3: "width"})
+        hw_axes = (1, 2) if input_format == "uint8-nhwc" else (2, 3)
+        axes.setdefault(INPUT_NAME, {}).update(dict(zip(hw_axes, ("height", "width"), strict=True)))
     trace_batch = 1 if batch == "dynamic" else int(batch)
-    example = torch.from_numpy(parity_inputs(trace_batch, size))
+    graph_model = _FramesIn(model, frames).eval() if frames is not None else model
+    host = frames.host if frames is not None else (lambda x: x)
+    example = torch.from_numpy(host(parity_inputs(trace_batch, size, frames=frames)))
 
     say(f"tracing {arch or type(model).__name__} at {trace_batch}x3x{size[0]}x{size[1]}, opset {opset}")
     try:
-        proto = onnx.load_from_string(_trace(model, example, opset, axes))
+        proto = onnx.load_from_string(_trace(graph_model, example, opset, axes))
     except Exception as e:
         raise ExportError(f"torch.onnx.export failed: {first_line(e)}") from e
     if simplify:
@@ -160,24 +221,26 @@ def export_onnx(
     with OnnxRuntimeRunner(serialized, name="exported ONNX") as ort_runner, TorchRunner(model) as ref:
         for b in batches:
             say(f"parity check in ONNX Runtime at batch {b}")
-            x = parity_inputs(b, size)
-            m = compare(ref.infer(x), ort_runner.infer(x))
+            x = parity_inputs(b, size, frames=frames)  # PyTorch gets the host transform's output
+            m = compare(ref.infer(x), ort_runner.infer(host(x)))
             parity[f"batch={b}"] = m
             assert_close(m, tolerance, f"ONNX export at batch {b}")
 
     say("recording PyTorch reference outputs on the probe inputs")
-    probe, probed = reference.probe_inputs(arch, size) if spec and arch else (None, None)
+    probe, probed = (None, None)
+    if spec and arch:
+        probe, probed = reference.probe_inputs(arch, size, frames=frames is not None)
     recorded = None
     if probe is not None and probed is not None:
         with TorchRunner(model) as ref:
             recorded = reference.record(ref.infer(probe), probed)
 
-    input_shape: list[int | str] = [
+    input_shape = formats.shape(
+        input_format,
         "batch" if batch == "dynamic" else int(batch),
-        3,
         "height" if dynamic_hw else size[0],
         "width" if dynamic_hw else size[1],
-    ]
+    )
     num_classes = int(cast(torch.nn.Linear, model.get_submodule("fc")).out_features)
     meta: dict[str, Any] = {
         "format": "onnx",
@@ -185,7 +248,15 @@ def export_onnx(
         "precision": "fp32",
         "weights": asdict(weights) if weights else None,
         "opset": opset,
-        "input": {"name": INPUT_NAME, "shape": input_shape, "dtype": "float32", "layout": "NCHW"},
+        "input": {
+            "name": INPUT_NAME,
+            "shape": input_shape,
+            "dtype": formats.dtype(input_format),
+            "layout": "NHWC" if input_format == "uint8-nhwc" else "NCHW",
+            "format": formats.describe(input_format, *(spec.pretrained.mean, spec.pretrained.std))
+            if spec
+            else None,
+        },
         "output": {"name": OUTPUT_NAME, "shape": [input_shape[0], num_classes], "dtype": "float32"},
         "num_classes": num_classes,
         "preprocessing": metadata.preprocessing(spec, size) if spec else None,

@@ -13,6 +13,7 @@ from typing import Any
 
 from resnest_deploy._io import load_onnx, read_json_object, sha256_file, sidecar_path, write_json
 from resnest_deploy.errors import ArtifactError
+from resnest_deploy.formats import INPUT_FORMATS
 from resnest_deploy.models.registry import ModelSpec
 
 METADATA_KEY = "resnest_deploy"
@@ -146,6 +147,9 @@ def validate(data: Any, where: str) -> dict[str, Any]:
         isinstance(shape, list) and all(isinstance(d, int | str) and not isinstance(d, bool) for d in shape)
     ):
         raise bad("input.shape", "a list of ints and names")
+    fmt = inp.get("format")
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("name") in INPUT_FORMATS):
+        raise bad("input.format", f"an object naming one of {', '.join(INPUT_FORMATS)}")
     profile = inp.get("profile")
     if profile is not None and not (
         isinstance(profile, dict)

@@ -28,14 +28,18 @@ def _sha256(x: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(x, np.float32).tobytes()).hexdigest()
 
 
-def probe_inputs(arch: str, size: tuple[int, int]) -> tuple[np.ndarray, dict[str, Any]]:
-    """The fixed inputs every reference is recorded on, and their description (with a sha256)."""
+def probe_inputs(arch: str, size: tuple[int, int], frames: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """The fixed inputs every reference is recorded on, and their description (with a sha256).
+    ``frames``: normalised random uint8 pixels, for files whose input form is a frame."""
     spec = get_spec(arch)
     if spec.pretrained.bundled and size == (spec.pretrained.input_size,) * 2:
         images, _ = data.digits("test")
         transform = data.Transform.from_pretrained(spec.pretrained, size[0])
         x = data.digits_batch(images[: 2 * PROBE_COUNT], transform)
         described: dict[str, Any] = {"kind": "bundled digits (test split)", "count": len(x)}
+    elif frames:
+        x = data.random_frames(PROBE_COUNT, size, spec.pretrained.mean, spec.pretrained.std, PROBE_SEED)
+        described = {"kind": "random frames", "count": len(x), "seed": PROBE_SEED}
     else:
         x = data.random_inputs(PROBE_COUNT, size, PROBE_SEED)
         described = {"kind": "random", "count": len(x), "seed": PROBE_SEED}
@@ -69,7 +73,8 @@ def recorded(meta: dict[str, Any], name: str) -> tuple[np.ndarray, np.ndarray, d
         raise ArtifactError(f"{name}'s recorded reference is malformed ({e}); {fix}") from e
     if not np.isfinite(expected).all():
         raise ArtifactError(f"{name}'s recorded reference holds NaN or Inf; {fix}")
-    x, described = probe_inputs(arch, (size[0], size[1]))
+    frames = ref["inputs"].get("kind") == "random frames"
+    x, described = probe_inputs(arch, (size[0], size[1]), frames=frames)
     if described["sha256"] != ref["inputs"].get("sha256") or len(x) != shape[0]:
         raise ArtifactError(
             f"the probe inputs regenerated here differ from those {name} was recorded on (another "

@@ -14,6 +14,7 @@ from tests.conftest import digit_folder
 runner = CliRunner()
 COMMANDS = [
     "models",
+    "deepstream",
     "export",
     "quantize",
     "build",

@@ -63,6 +63,13 @@ class Provider(str, Enum):
     tensorrt = "tensorrt"
 
 
+class InputFormat(str, Enum):
+    float = "float"
+    uint8_nhwc = "uint8-nhwc"
+    uint8_nchw = "uint8-nchw"
+    deepstream = "deepstream"
+
+
 class Reference(str, Enum):
     auto = "auto"
     pytorch = "pytorch"

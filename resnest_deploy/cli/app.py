@@ -11,6 +11,7 @@ from resnest_deploy.cli._common import OneLineErrors
 from resnest_deploy.cli.bench import bench_cmd
 from resnest_deploy.cli.build import build_cmd
 from resnest_deploy.cli.check import check_cmd
+from resnest_deploy.cli.deepstream import deepstream_cmd
 from resnest_deploy.cli.eval import eval_cmd
 from resnest_deploy.cli.export import export_cmd
 from resnest_deploy.cli.inspect import inspect_cmd
@@ -55,6 +56,7 @@ app.command("predict")(predict_cmd)
 app.command("eval")(eval_cmd)
 app.command("inspect")(inspect_cmd)
 app.command("pipeline")(pipeline_cmd)
+app.command("deepstream")(deepstream_cmd)
 
 
 def main() -> None:

@@ -88,5 +88,5 @@ def build_cmd(
     out.print(
         f"{report.backend} {report.version} engine ({report.precision}) -> {report.path} "
         f"({report.size_bytes / 2**20:.1f} MiB, {report.seconds:.1f} s); batch {prof['min'][0]}.."
-        f"{prof['max'][0]} at {prof['opt'][2]}x{prof['opt'][3]}; metadata in {report.sidecar}"
+        f"{prof['max'][0]}, input {'x'.join(map(str, prof['opt'][1:]))}; metadata in {report.sidecar}"
     )

@@ -10,6 +10,7 @@ from rich.table import Table
 from resnest_deploy import _deps
 from resnest_deploy.cli._common import (
     ArchOpt,
+    InputFormat,
     JsonOpt,
     OutputOpt,
     WeightsOpt,
@@ -52,6 +53,15 @@ def export_cmd(
     dynamic_hw: Annotated[
         bool, typer.Option("--dynamic-hw", help="Also leave height and width free.")
     ] = False,
+    input_format: Annotated[
+        InputFormat,
+        typer.Option(
+            "--input-format",
+            help="What the file takes: 'float' (normalised NCHW, as the eval transform gives), "
+            "'uint8-nhwc' / 'uint8-nchw' (raw RGB camera frames; normalised in the graph), or "
+            "'deepstream' (x/255 - mean, as nvinfer feeds it; 1/std folded into the first conv).",
+        ),
+    ] = InputFormat.float,
     simplify: Annotated[bool, typer.Option(help="Fold batch norms/constants, drop Identity nodes.")] = True,
     json_out: JsonOpt = False,
 ) -> None:
@@ -63,6 +73,8 @@ def export_cmd(
 
     Examples:
       resnest-deploy export --arch resnest50
+      resnest-deploy export --arch resnest50 --input-format uint8-nhwc -o r50.frames.onnx
+      resnest-deploy export --arch resnest50 --input-format deepstream -o r50.ds.onnx
       resnest-deploy export --arch resnest14d --weights random --input-size 200 232 --dynamic-hw -o m.onnx
     """
     _deps.require("torch")  # the `export` extra: say so instead of failing on an import
@@ -80,6 +92,7 @@ def export_cmd(
             batch=dim,
             input_size=input_size,
             dynamic_hw=dynamic_hw,
+            input_format=input_format.value,
             simplify=simplify,
             weights=info,
             progress=say,

@@ -57,12 +57,16 @@ class Transform:
         left, top = round((w - self.size) / 2.0), round((h - self.size) / 2.0)
         return left, top, left + self.size, top + self.size
 
-    def __call__(self, image: Image.Image) -> np.ndarray:
+    def frame(self, image: Image.Image) -> np.ndarray:
+        """The resized, centre-cropped RGB pixels (H x W x 3 uint8): what a camera pipeline hands a
+        file exported with a uint8 input form."""
         image = to_rgb8(image)
         size = self.resized(*image.size)
         image = image.resize(size, _RESAMPLE[self.interpolation])
-        image = image.crop(self.crop_box(*size))
-        x: np.ndarray = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+        return np.asarray(image.crop(self.crop_box(*size)), dtype=np.uint8)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        x: np.ndarray = self.frame(image).astype(np.float32) / np.float32(255.0)
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1))
 
@@ -188,6 +192,17 @@ def fingerprint(paths: Sequence[Path], transform: Transform) -> str:
 def random_inputs(count: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
     """Seeded, normalised-image-like inputs, exactly ``count`` of them, the same on every machine."""
     return np.random.default_rng(seed).standard_normal((count, 3, *size), dtype=np.float32)
+
+
+def random_frames(
+    count: int, size: tuple[int, int], mean: Sequence[float], std: Sequence[float], seed: int = 0
+) -> np.ndarray:
+    """Seeded random uint8 pixels, normalised: inputs that a file taking frames holds exactly."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (count, 3, *size), dtype=np.uint8).astype(np.float32) / np.float32(255)
+    m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+    s = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    return ((pixels - m) / s).astype(np.float32)
 
 
 # -- the bundled digits ---------------------------------------------------------------------------

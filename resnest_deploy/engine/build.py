@@ -121,8 +121,10 @@ def build_engine(
             f"workspace {workspace_gib} GiB is not a size in (0, {MAX_WORKSPACE_GIB}] GiB; e.g. --workspace 4"
         )
     input_name, dims, meta = _onnx_io(onnx_path)
-    if len(dims) != 4:
-        raise ArtifactError(f"{onnx_path} input {input_name!r} has shape {dims}; expected N,3,H,W")
+    nhwc = (meta.get("input") or {}).get("layout") == "NHWC"
+    if len(dims) != 4 or dims[3 if nhwc else 1] != 3:
+        want = "N,H,W,3" if nhwc else "N,3,H,W"
+        raise ArtifactError(f"{onnx_path} input {input_name!r} has shape {dims}; expected {want}")
     if isinstance(dims[0], int) and (batch[0] != dims[0] or batch[2] != dims[0]):
         raise BuildError(
             f"{onnx_path} has a static batch of {dims[0]} but batch range "
@@ -131,11 +133,12 @@ def build_engine(
         )
     if opt_level is not None and not 0 <= opt_level <= 5:
         raise BuildError(f"optimization level {opt_level} is out of range; use 0..5")
-    hw = [d for d in dims[2:] if isinstance(d, int)]
+    hw = [d for d in (dims[1:3] if nhwc else dims[2:]) if isinstance(d, int)]
     if len(hw) != 2:  # dynamic H/W: build for the arch's eval size
         size = meta.get("preprocessing", {}) or {}
         hw = [int(v) for v in size.get("input_size", (224, 224))]
-    shapes = {k: [b, 3, *hw] for k, b in zip(("min", "opt", "max"), batch, strict=True)}
+    per_image = [*hw, 3] if nhwc else [3, *hw]
+    shapes = {k: [b, *per_image] for k, b in zip(("min", "opt", "max"), batch, strict=True)}
 
     flavour = detect(backend)
     timing_note = str(timing_cache) if timing_cache else None

@@ -19,8 +19,11 @@ PROVIDERS = {
 }
 
 
+_INPUT_DTYPES = {"tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+
+
 class OnnxRuntimeRunner(Runner):
-    """Runs an ONNX file or serialized model; the input's dtype follows the graph (fp16 I/O works)."""
+    """Runs an ONNX file or serialized model; the input's dtype follows the graph (fp16, uint8)."""
 
     def __init__(
         self,
@@ -67,7 +70,7 @@ class OnnxRuntimeRunner(Runner):
             )
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
-        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        self.input_dtype = _INPUT_DTYPES.get(inp.type, np.float32)
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
         (out,) = self.session.run(None, {self.input_name: x.astype(self.input_dtype, copy=False)})[:1]
