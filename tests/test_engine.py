@@ -30,6 +30,7 @@ def test_resnest14d_builds_with_complete_sidecar_and_says_rtx_ignores_timing_cac
     side = json.loads((tmp_path / "m.plan.json").read_text())
     assert side["arch"] == "resnest14d" and side["precision"] == "fp32"
     assert side["tensorrt"]["flavour"] == "tensorrt-rtx" and side["tensorrt"]["strongly_typed"]
+    assert side["tensorrt"]["tf32"] is False  # cleared explicitly: TensorRT-RTX's default is on
     assert side["input"]["profile"] == {"min": [1, 3, 64, 64], "opt": [4, 3, 64, 64], "max": [16, 3, 64, 64]}
     assert len(side["source_onnx"]["sha256"]) == 64 and side["build_seconds"] > 0 and side["command"]
     # TensorRT-RTX has no timing cache: the build says so rather than pretending to use one

@@ -42,6 +42,9 @@ def build_cmd(
     compute_capability: Annotated[
         list[str] | None, typer.Option(help="TensorRT-RTX target, repeatable, e.g. 8.9 (default: JIT).")
     ] = None,
+    tf32: Annotated[
+        bool, typer.Option("--tf32", help="Let FP32 layers use TF32 math (faster, ~1e-3 relative error).")
+    ] = False,
     precision: Annotated[
         Precision, typer.Option("--precision", "-p", help="Convert an FP32 export to fp16 or int8 first.")
     ] = Precision.fp32,
@@ -79,6 +82,7 @@ def build_cmd(
             timing_cache=timing_cache,
             opt_level=opt_level,
             compute_capabilities=caps or None,
+            tf32=tf32,
             progress=say,
         )
     if json_out:

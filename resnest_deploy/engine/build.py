@@ -109,6 +109,7 @@ def build_engine(
     timing_cache: str | os.PathLike[str] | None = None,
     opt_level: int | None = None,
     compute_capabilities: Sequence[tuple[int, int]] | None = None,
+    tf32: bool = False,
     progress: Progress | None = None,
 ) -> BuildReport:
     """Build an engine for ``onnx_path``'s dynamic batch; write it and its sidecar atomically."""
@@ -154,7 +155,7 @@ def build_engine(
         network = pg.NetworkFromOnnxPath(str(onnx_path), strongly_typed=flavour.needs_strongly_typed_flag)
         profile = pg.Profile().add(input_name, **{k: tuple(v) for k, v in shapes.items()})
         config = _create_config(
-            pg, flavour, profile, workspace_gib, timing_cache, opt_level, compute_capabilities
+            pg, flavour, profile, workspace_gib, timing_cache, opt_level, compute_capabilities, tf32
         )
         engine = pg.EngineBytesFromNetwork(
             network, config, save_timing_cache=str(timing_cache) if timing_cache else None
@@ -182,6 +183,7 @@ def build_engine(
             "flavour": flavour.backend,
             "version": flavour.version,
             "strongly_typed": True,
+            "tf32": tf32,  # FP32 layers may use TF32 math only when asked
             "opt_level": opt_level,
             "workspace_gib": workspace_gib,
         },
@@ -235,7 +237,11 @@ def _create_config(
     timing_cache: Any,
     opt_level: int | None,
     compute_capabilities: Sequence[tuple[int, int]] | None,
+    tf32: bool,
 ) -> Any:
+    """Polygraphy's config loader for the flavour. FP32 layers run in FP32 unless ``tf32``:
+    ``CreateConfig`` clears TF32 by default, ``CreateConfigRTX`` leaves TensorRT-RTX's default (on),
+    so for RTX the flag is cleared (or set) explicitly afterwards."""
     kwargs: dict[str, Any] = {"profiles": [profile], "builder_optimization_level": opt_level}
     if timing_cache and Path(timing_cache).is_file():
         kwargs["load_timing_cache"] = str(timing_cache)
@@ -244,9 +250,15 @@ def _create_config(
         kwargs["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: int(workspace_gib * (1 << 30))}
     if flavour.is_rtx:
         rtx = _deps.require("polygraphy.backend.tensorrt_rtx")
-        return rtx.CreateConfigRTX(compute_capabilities=list(compute_capabilities or []) or None, **kwargs)
+        config = rtx.CreateConfigRTX(compute_capabilities=list(compute_capabilities or []) or None, **kwargs)
+        flag = flavour.module.BuilderFlag.TF32
+
+        def set_tf32(_builder: Any, _network: Any, cfg: Any) -> None:
+            (cfg.set_flag if tf32 else cfg.clear_flag)(flag)
+
+        return pg.PostprocessConfig(config, set_tf32)
     if compute_capabilities:
         raise BuildError(
             "--compute-capability applies to TensorRT-RTX only; full TensorRT builds for this GPU"
         )
-    return pg.CreateConfig(**kwargs)
+    return pg.CreateConfig(tf32=tf32, **kwargs)
