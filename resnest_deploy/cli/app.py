@@ -19,6 +19,8 @@ from resnest_deploy.cli.models import models_cmd
 from resnest_deploy.cli.pipeline import pipeline_cmd
 from resnest_deploy.cli.predict import predict_cmd
 from resnest_deploy.cli.quantize import quantize_cmd
+from resnest_deploy.cli.serve import serve_cmd
+from resnest_deploy.cli.triton import triton_cmd
 
 app = typer.Typer(
     name="resnest-deploy",
@@ -57,6 +59,8 @@ app.command("eval")(eval_cmd)
 app.command("inspect")(inspect_cmd)
 app.command("pipeline")(pipeline_cmd)
 app.command("deepstream")(deepstream_cmd)
+app.command("triton")(triton_cmd)
+app.command("serve")(serve_cmd)
 
 
 def main() -> None:
