@@ -1,12 +1,15 @@
-# resnest-deploy as a pipeline step. Two targets:
+# resnest-deploy as a pipeline step. Three targets:
 #
 #   full     (default) export, quantize, build (TensorRT-RTX builds on the CPU), check, bench.
 #   runtime  no PyTorch: predict, bench, eval, inspect, and check against the PyTorch outputs
 #            recorded at export; for edge devices that run engines and ONNX files.
+#   serve    runtime + a Triton server (the tritonserver nvidia-pytriton bundles) for any artifact.
 #
 #   docker build -t resnest-deploy .
 #   docker build --target runtime -t resnest-deploy:runtime .
+#   docker build --target serve -t resnest-deploy:serve .
 #   docker run --rm -v "$PWD/models:/work/models" resnest-deploy pipeline --arch resnest14d_digits -p int8
+#   docker run --rm -p 8000-8002:8000-8002 -v "$PWD/models:/models" resnest-deploy:serve /models/m.onnx
 #
 # GPU and Jetson bases (TensorRT comes with the image; the venv sees it through system site-packages):
 #   docker build --target runtime --build-arg BASE=nvcr.io/nvidia/tensorrt:24.08-py3 \
@@ -20,25 +23,40 @@ ARG VENV_FLAGS=
 ENV PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
 # A venv keeps Debian's Python (PEP 668) and the NGC/L4T system packages untouched.
-RUN python3 -m venv ${VENV_FLAGS} /opt/venv && pip install --upgrade pip
+RUN python3 -m venv ${VENV_FLAGS} /opt/venv && pip install --upgrade "pip==25.3" \
+ && useradd --uid 10001 --create-home deploy
 WORKDIR /opt/resnest-deploy
 COPY pyproject.toml README.md ./
 COPY resnest_deploy ./resnest_deploy
 
 FROM base AS runtime
 ARG EXTRAS=
-RUN pip install ".${EXTRAS:+[$EXTRAS]}" && useradd --create-home deploy
-USER deploy
+# hadolint ignore=DL3013
+RUN pip install ".${EXTRAS:+[$EXTRAS]}"
+USER 10001
 WORKDIR /work
 ENTRYPOINT ["resnest-deploy"]
+CMD ["--help"]
+
+FROM base AS serve
+# nvidia-pytriton is used for the tritonserver it bundles; --no-deps: its numpy<2 pin is for its
+# Python API, which this image does not use.
+# hadolint ignore=DL3013
+RUN pip install ".[serve]" && pip install --no-deps "nvidia-pytriton==0.7.0"
+USER 10001
+WORKDIR /work
+EXPOSE 8000 8001 8002
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=4).status != 200)"]
+ENTRYPOINT ["resnest-deploy", "serve"]
 CMD ["--help"]
 
 FROM base AS full
 ARG EXTRAS=export,rtx,quant
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-RUN pip install "torch==2.13.0" --index-url "${TORCH_INDEX}" \
- && pip install ".[${EXTRAS}]" && useradd --create-home deploy
-USER deploy
+# hadolint ignore=DL3013
+RUN pip install "torch==2.13.0" --index-url "${TORCH_INDEX}" && pip install ".[${EXTRAS}]"
+USER 10001
 WORKDIR /work
 ENTRYPOINT ["resnest-deploy"]
 CMD ["--help"]

@@ -54,17 +54,23 @@ def preprocessing(spec: ModelSpec, input_size: tuple[int, int] | None = None) ->
     }
 
 
+_SPEED_FLAGS = frozenset({"avx", "avx2", "fma", "f16c", "avx_vnni", "sse4_2"})
+
+
 def machine() -> dict[str, Any]:
     """The CPU (and GPU, when torch sees one) that figures were measured on."""
     import contextlib
     import platform
 
-    cpu = "unknown"
+    cpu, flags = "unknown", []
     with contextlib.suppress(OSError, StopIteration):
         lines = Path("/proc/cpuinfo").read_text().splitlines()
         cpu = next(ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name"))
+        have = set(next(ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")))
+        flags = sorted(f for f in have if f in _SPEED_FLAGS or f.startswith(("avx512", "amx")))
     info: dict[str, Any] = {
         "cpu": cpu,
+        "cpu_flags": flags,  # what decides CPU kernels: compare only figures from one run
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "date": now(),

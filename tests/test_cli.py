@@ -15,6 +15,8 @@ runner = CliRunner()
 COMMANDS = [
     "models",
     "deepstream",
+    "triton",
+    "serve",
     "export",
     "quantize",
     "build",

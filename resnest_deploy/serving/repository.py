@@ -25,6 +25,7 @@ from resnest_deploy.errors import ArtifactError
 from resnest_deploy.limits import MAX_BATCH
 from resnest_deploy.runners import artifact_kind
 
+
 class Enum(str):
     """A protobuf enum value (written bare), as opposed to a string (written quoted)."""
 
