@@ -19,6 +19,7 @@ _EXTRAS = {
     "cuda": ("tensorrt", "moves data to and from the GPU"),
     "huggingface_hub": ("export", "downloads timm weights"),
     "matplotlib": ("plot", "draws the latency plot"),
+    "openvino": ("openvino", "runs ONNX files on CPUs with OpenVINO"),
     "safetensors": ("export", "reads .safetensors checkpoints"),
 }
 

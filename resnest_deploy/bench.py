@@ -87,6 +87,7 @@ def bench(
     provider: str = "cpu",
     threads: int | None = None,
     cuda_graphs: bool = False,
+    ov_hint: str = "latency",
     advance: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> list[BenchResult]:
@@ -104,7 +105,9 @@ def bench(
         on_total(len(lineup.infos) * len(batches) * iterations)
     results = []
     for info in lineup.infos:
-        with lineup.runner(info, provider, threads=threads, cuda_graphs=cuda_graphs) as runner:
+        with lineup.runner(
+            info, provider, threads=threads, cuda_graphs=cuda_graphs, ov_hint=ov_hint
+        ) as runner:
             for b in batches:
                 x = random_inputs(b, lineup.size)
                 times = time_runner(runner, x, warmup, iterations, advance)

@@ -114,7 +114,11 @@ def check(
         with lineup.runner(info, provider) as runner:
             metrics = compare(expected, runner.infer_batched(x, batch))
             backend = runner.backend
-        tol = limits.get(info.precision, limits["fp32"])
-        results.append(CheckResult(info.name, backend, info.precision, metrics, tol, tol.violations(metrics)))
+            # an FP32 file computed in BF16 is judged as BF16; an INT8 file stays INT8
+            precision = (
+                runner.computes_in if runner.computes_in and info.precision == "fp32" else info.precision
+            )
+        tol = limits.get(precision, limits["fp32"])
+        results.append(CheckResult(info.name, backend, precision, metrics, tol, tol.violations(metrics)))
     source = f"{reference.RUNTIME}, recorded at export" if recorded else reference.RUNTIME
     return CheckReport(lineup.arch, lineup.weights, described, results, source)

@@ -49,6 +49,8 @@ class Tolerance:
 TOLERANCES = {
     "fp32": Tolerance(rel_max_abs=1e-4, cosine=0.99999, top1=0.99),
     "fp16": Tolerance(rel_max_abs=5e-2, cosine=0.999, top1=0.9),
+    # BF16 keeps FP32's range with an 8-bit mantissa: looser than FP16 on max abs, as tight on ranking
+    "bf16": Tolerance(rel_max_abs=1e-1, cosine=0.999, top1=0.9),
     "int8": Tolerance(rel_max_abs=float("inf"), cosine=0.98, top1=0.7, top5=0.85),
 }
 

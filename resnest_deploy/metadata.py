@@ -28,6 +28,7 @@ _TOOLS = (
     "tensorrt",
     "tensorrt-rtx-cu13",
     "polygraphy",
+    "openvino",
 )
 
 

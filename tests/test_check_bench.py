@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -175,10 +176,17 @@ def test_pipeline_end_to_end_offline(tmp_path):
     report = pipeline("resnest14d_digits", precision="int8", out_dir=tmp_path, batches=(1,), iterations=2)
     steps = report["steps"]
     assert report["status"] == "ok"
-    assert [steps[s]["status"] for s in ("export", "convert", "build", "check", "bench")] == ["ok"] * 5
+    assert [steps[s]["status"] for s in ("export", "convert", "build", "convert-cpu", "check", "bench")] == [
+        "ok"
+    ] * 6
     assert (tmp_path / "resnest14d_digits.int8.plan").is_file()
     md = (tmp_path / "report.md").read_text()
     assert "resnest14d_digits.int8.onnx" in md and "| bench | ok |" in md
+    # no GPU here: the fast CPU file is made, checked and timed in both CPU runtimes, and labelled
+    assert "| resnest14d_digits.int8-cpu.onnx | CPUs: ONNX Runtime, OpenVINO |" in md
+    timed = {(Path(r["artifact"]).name, r["backend"]) for r in steps["bench"]["results"]}
+    assert ("resnest14d_digits.int8-cpu.onnx", "openvino-cpu-f32") in timed
+    assert ("resnest14d_digits.int8-cpu.onnx", "onnxruntime-cpu") in timed
     assert json.loads((tmp_path / "report.json").read_text())["status"] == "ok"
 
 

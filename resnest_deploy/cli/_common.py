@@ -61,6 +61,8 @@ class Provider(str, Enum):
     cpu = "cpu"
     cuda = "cuda"
     tensorrt = "tensorrt"
+    openvino = "openvino"
+    openvino_bf16 = "openvino-bf16"
 
 
 class InputFormat(str, Enum):
@@ -68,6 +70,11 @@ class InputFormat(str, Enum):
     uint8_nhwc = "uint8-nhwc"
     uint8_nchw = "uint8-nchw"
     deepstream = "deepstream"
+
+
+class OvHint(str, Enum):
+    latency = "latency"
+    throughput = "throughput"
 
 
 class Reference(str, Enum):
@@ -99,7 +106,13 @@ class Backend(str, Enum):
     tensorrt_rtx = "tensorrt-rtx"
 
 
-ProviderOpt = Annotated[Provider, typer.Option(help="ONNX Runtime execution provider for .onnx files.")]
+ProviderOpt = Annotated[
+    Provider,
+    typer.Option(
+        help="What runs .onnx files: ONNX Runtime on cpu, cuda or tensorrt; or OpenVINO on the CPU in "
+        "f32 ('openvino') or bf16 ('openvino-bf16', CPUs with AVX-512-BF16/AMX). Never a silent BF16."
+    ),
+]
 CountOpt = Annotated[int, typer.Option(min=1, help="How many inputs.")]
 ChunkOpt = Annotated[
     int, typer.Option("--chunk-size", min=1, help="Inputs per inference call (memory, engine maximum).")

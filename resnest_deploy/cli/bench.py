@@ -12,6 +12,7 @@ from resnest_deploy._io import prepare_outputs
 from resnest_deploy.cli._common import (
     BatchSizesOpt,
     JsonOpt,
+    OvHint,
     Provider,
     ProviderOpt,
     WeightsOptional,
@@ -44,6 +45,9 @@ def bench_cmd(
         int | None, typer.Option(min=1, help="ONNX Runtime intra-op threads (default: all cores).")
     ] = None,
     cuda_graphs: Annotated[bool, typer.Option(help="Replay a CUDA graph per batch size (engines).")] = False,
+    ov_hint: Annotated[
+        OvHint, typer.Option(help="OpenVINO performance hint (--provider openvino*).")
+    ] = OvHint.latency,
     provider: ProviderOpt = Provider.cpu,
     csv: Annotated[Path | None, typer.Option(help="Also write the results as CSV.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Also draw p50 latency against batch size (PNG).")] = None,
@@ -85,6 +89,7 @@ def bench_cmd(
             provider=provider.value,
             threads=threads,
             cuda_graphs=cuda_graphs,
+            ov_hint=ov_hint.value,
             advance=advance,
             on_total=on_total,
         )

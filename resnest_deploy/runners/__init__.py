@@ -16,6 +16,8 @@ __all__ = ["ENGINE_SUFFIXES", "Runner", "artifact_kind", "open_runner"]
 
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 TORCH_NAMES = ("torch", "pytorch", "torch:cpu", "torch:cuda")
+#: providers that run .onnx files in OpenVINO instead of ONNX Runtime, and what they compute in
+OPENVINO_PROVIDERS = {"openvino": "f32", "openvino-bf16": "bf16"}
 
 
 def artifact_kind(artifact: str | os.PathLike[str]) -> str:
@@ -45,6 +47,7 @@ def open_runner(
     provider: str = "cpu",
     threads: int | None = None,
     cuda_graphs: bool = False,
+    ov_hint: str = "latency",
 ) -> Runner:
     """A runner for an ONNX file, an engine, or ``torch[:device]`` (then ``model`` is the module)."""
     kind = artifact_kind(artifact)
@@ -56,6 +59,11 @@ def open_runner(
             raise ArtifactError("'torch' needs a model: pass --arch (and --weights)")
         device = text.partition(":")[2] or "cpu"
         return TorchRunner(model, device, name=f"torch-{device}")
+    if kind == "onnx" and provider in OPENVINO_PROVIDERS:
+        from resnest_deploy.runners.openvino import OpenVINORunner
+
+        precision = OPENVINO_PROVIDERS[provider]
+        return OpenVINORunner(text, precision, ov_hint, threads, name=Path(text).name)
     if kind == "onnx":
         from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
 

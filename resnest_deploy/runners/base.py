@@ -21,6 +21,8 @@ R = TypeVar("R", bound="Runner")
 class Runner(abc.ABC):
     #: short backend name shown in tables, e.g. "onnxruntime-cpu"
     backend: str = "runner"
+    #: the precision the backend computes in when it is not the file's (OpenVINO BF16 on an FP32 file)
+    computes_in: str | None = None
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -86,6 +88,7 @@ class InputFormatAdapter(Runner):
         super().__init__(inner.name)
         self.inner, self.convert = inner, convert
         self.backend = inner.backend
+        self.computes_in = inner.computes_in
 
     def activate_impl(self) -> None:
         self.inner.activate()

@@ -1,0 +1,86 @@
+"""OpenVINO on the CPU, reading our ONNX files directly, with the precision that executes stated.
+
+OpenVINO's default on a CPU with AVX-512-BF16 or AMX is to run an FP32 model in BF16
+(``INFERENCE_PRECISION_HINT``), which is where a silent 2x comes from. Here FP32 means f32
+execution, and BF16 is its own choice (``--provider openvino-bf16``), refused on a CPU without it;
+the compiled model is asked what it will execute in, and a mismatch is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from resnest_deploy import _deps
+from resnest_deploy.errors import ArtifactError, first_line
+from resnest_deploy.runners.base import Runner
+
+PRECISIONS = {"f32": "fp32", "bf16": "bf16"}
+HINTS = ("latency", "throughput")
+_OV_TYPE_NAMES = {"f32": "float32", "bf16": "bfloat16"}
+
+
+class OpenVINORunner(Runner):
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        precision: str = "f32",
+        hint: str = "latency",
+        threads: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name or f"openvino:{os.fspath(model)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown OpenVINO precision {precision!r}; choose f32 or bf16")
+        if hint not in HINTS:
+            raise ValueError(f"unknown performance hint {hint!r}; choose {' or '.join(HINTS)}")
+        self.path, self.ov_precision, self.hint, self.threads = os.fspath(model), precision, hint, threads
+        self.backend = f"openvino-cpu-{precision}"
+        #: what the backend computes in when it differs from the file (BF16 for an FP32 file)
+        self.computes_in = PRECISIONS[precision] if precision != "f32" else None
+        self._compiled: dict[tuple[int, ...], tuple[Any, Any]] = {}
+
+    def activate_impl(self) -> None:
+        ov = _deps.require("openvino")
+        self.core = ov.Core()
+        capabilities = self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if self.ov_precision == "bf16" and "BF16" not in capabilities:
+            raise ArtifactError(
+                "this CPU has no BF16 support (AVX-512-BF16 or AMX), so OpenVINO would emulate or refuse it; "
+                "use --provider openvino (f32)"
+            )
+        try:
+            self.model = self.core.read_model(self.path)
+        except Exception as e:
+            raise ArtifactError(f"OpenVINO cannot read {self.path}: {first_line(e)}") from e
+        self.input_name = self.model.inputs[0].get_any_name()
+
+    def _compiled_for(self, shape: tuple[int, ...]) -> tuple[Any, Any]:
+        """One compiled model and infer request per input shape (OpenVINO specialises on it)."""
+        if shape not in self._compiled:
+            self.model.reshape({self.input_name: list(shape)})
+            config: dict[str, Any] = {
+                "INFERENCE_PRECISION_HINT": self.ov_precision,
+                "PERFORMANCE_HINT": self.hint.upper(),
+            }
+            if self.threads:
+                config["INFERENCE_NUM_THREADS"] = self.threads
+            compiled = self.core.compile_model(self.model, "CPU", config)
+            executes = str(compiled.get_property("INFERENCE_PRECISION_HINT"))  # <Type: 'float32'>
+            if _OV_TYPE_NAMES[self.ov_precision] not in executes:
+                raise ArtifactError(
+                    f"OpenVINO compiled {self.path} for {executes}, not the {self.ov_precision} asked for"
+                )
+            self._compiled[shape] = (compiled, compiled.create_infer_request())
+        return self._compiled[shape]
+
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
+        compiled, request = self._compiled_for(tuple(x.shape))
+        result = request.infer({0: x})
+        return np.asarray(result[compiled.output(0)], dtype=np.float32)
+
+    def deactivate_impl(self) -> None:
+        self._compiled.clear()
+        del self.model, self.core
