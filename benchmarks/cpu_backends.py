@@ -44,6 +44,24 @@ def bench(args: list[str], iterations: int) -> dict[int, dict]:
     return {r["batch"]: r for r in rows}
 
 
+def nncf_int8(fp32: Path, calib: np.ndarray, out: Path) -> Path | None:
+    """NNCF's post-training quantization of the same export with the same data (if nncf is installed),
+    labelled int8 so our checks accept it."""
+    try:
+        import nncf
+        import onnx
+    except ImportError:
+        return None
+    from resnest_deploy import metadata
+
+    q = nncf.quantize(
+        onnx.load(fp32), nncf.Dataset(list(calib), lambda a: {"input": a[None]}), subset_size=len(calib)
+    )
+    metadata.embed(q, metadata.from_onnx(q) | {"precision": "int8", "target": "nncf"})
+    onnx.save(q, out)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnest50")
@@ -69,6 +87,7 @@ def main() -> None:
             keep_fp32_nodes=[],
             tolerance=anything,
         ).path
+        nncf_file = nncf_int8(fp32, x[:64], Path(tmp) / "m.nncf.onnx")
         runs = {
             "pytorch eager fp32": ["torch", "--arch", args.arch, "--weights", "random"],
             "onnxruntime fp32": [str(fp32)],
@@ -83,6 +102,19 @@ def main() -> None:
                 "--ov-hint",
                 "throughput",
             ],
+            **(
+                {"openvino int8 (gate fp32), bf16 for the rest": [str(int8), "--provider", "openvino-bf16"]}
+                if bf16
+                else {}
+            ),
+            **(
+                {
+                    "onnxruntime int8, NNCF PTQ": [str(nncf_file)],
+                    "openvino int8, NNCF PTQ": [str(nncf_file), "--provider", "openvino"],
+                }
+                if nncf_file
+                else {}
+            ),
             "onnxruntime int8 (all quantized)": [str(int8_all)],
             "openvino int8 (all quantized)": [str(int8_all), "--provider", "openvino"],
         }
