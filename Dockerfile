@@ -19,17 +19,20 @@
 ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS base
+# PIP_CERT (a CA bundle path for pip, e.g. a mounted host bundle) is only set when passed
+ARG PIP_CERT
 ARG VENV_FLAGS=
 ENV PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
 # A venv keeps Debian's Python (PEP 668) and the NGC/L4T system packages untouched.
 RUN python3 -m venv ${VENV_FLAGS} /opt/venv && pip install --upgrade "pip==25.3" \
- && useradd --uid 10001 --create-home deploy
+ && useradd --uid 10001 --create-home deploy && install -d -o 10001 -g 10001 /work
 WORKDIR /opt/resnest-deploy
 COPY pyproject.toml README.md ./
 COPY resnest_deploy ./resnest_deploy
 
 FROM base AS runtime
+ARG PIP_CERT
 ARG EXTRAS=
 # hadolint ignore=DL3013
 RUN pip install ".${EXTRAS:+[$EXTRAS]}"
@@ -39,6 +42,7 @@ ENTRYPOINT ["resnest-deploy"]
 CMD ["--help"]
 
 FROM base AS serve
+ARG PIP_CERT
 # nvidia-pytriton is used for the tritonserver it bundles; --no-deps: its numpy<2 pin is for its
 # Python API, which this image does not use.
 # hadolint ignore=DL3013
@@ -52,10 +56,13 @@ ENTRYPOINT ["resnest-deploy", "serve"]
 CMD ["--help"]
 
 FROM base AS full
+ARG PIP_CERT
 ARG EXTRAS=export,rtx,quant
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-# hadolint ignore=DL3013
-RUN pip install "torch==2.13.0" --index-url "${TORCH_INDEX}" && pip install ".[${EXTRAS}]"
+# where the CPU build of torch comes from: PyTorch's CPU index, or (scripts/build_image.sh) a mounted
+# folder of wheels: --build-arg TORCH_PIP_ARGS="--find-links /wheels"
+ARG TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+# hadolint ignore=DL3013,SC2086
+RUN pip install "torch==2.13.0" ${TORCH_PIP_ARGS} && pip install ".[${EXTRAS}]"
 USER 10001
 WORKDIR /work
 ENTRYPOINT ["resnest-deploy"]
