@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,16 +34,6 @@ from resnest_deploy.serving.server import Ports, running
 
 MAX_BATCH = 16
 CONCURRENCY = (1, 4, 16)
-
-
-def free_ports() -> list[int]:
-    socks = [socket.socket() for _ in range(3)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def artifacts(tmp: Path) -> dict[str, Path]:
@@ -78,9 +67,7 @@ def served(path: Path, requests: int) -> dict[int, dict]:
     ).size
     x = np.random.default_rng(1).standard_normal((1, 3, size, size), dtype=np.float32)
     out = {}
-    with running(
-        [path], Ports(*free_ports(), "127.0.0.1"), max_batch_size=MAX_BATCH, queue_delay_us=2000
-    ) as (
+    with running([path], Ports.free(), max_batch_size=MAX_BATCH, queue_delay_us=2000) as (
         srv,
         entries,
     ):

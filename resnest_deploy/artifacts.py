@@ -52,6 +52,16 @@ class ArtifactInfo:
         )
 
 
+def deployable(artifact: str | os.PathLike[str], purpose: str) -> ArtifactInfo:
+    """A file resnest-deploy made (an .onnx file or an engine), for ``purpose`` ("a Triton model")."""
+    info = ArtifactInfo.of(artifact)
+    if info.kind == "torch":
+        raise ArtifactError(f"{purpose} needs a file: an .onnx file or a .plan engine")
+    if not info.arch:
+        raise ArtifactError(f"{artifact} has no resnest-deploy metadata; export it with resnest-deploy")
+    return info
+
+
 def resolve_arch(arch: str | None, infos: Sequence[ArtifactInfo]) -> str:
     """The arch the user named, or the one the artifacts record; a disagreement is an error."""
     recorded = {i.arch for i in infos if i.arch}

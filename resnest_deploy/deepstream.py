@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnest_deploy import formats, metadata
-from resnest_deploy._io import atomic_path, prepare_outputs, require_file
+from resnest_deploy import formats
+from resnest_deploy._io import atomic_path, prepare_outputs
+from resnest_deploy.artifacts import deployable
 from resnest_deploy.errors import ArtifactError
-from resnest_deploy.runners import artifact_kind
 
 #: nvinfer's network-mode per precision
 NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}
@@ -51,13 +51,8 @@ def nvinfer_config(
     gie_unique_id: int = 1,
 ) -> NvinferConfig:
     """The ``[property]`` group for ``artifact`` (an ONNX file or a full-TensorRT engine)."""
-    path = require_file(artifact, "artifact")
-    kind = artifact_kind(path)
-    if kind == "torch":
-        raise ArtifactError("deepstream takes an .onnx file or a .plan engine")
-    meta = metadata.of_artifact(path)
-    if not meta.get("arch"):
-        raise ArtifactError(f"{path} has no resnest-deploy metadata; export it with resnest-deploy")
+    info = deployable(artifact, "an nvinfer config")
+    path, kind, meta = Path(info.name), info.kind, info.meta
     if process_mode not in (1, 2):
         raise ArtifactError(f"process-mode is 1 (full frame) or 2 (objects), not {process_mode}")
     scale, offsets = formats.nvinfer_normalisation(meta)

@@ -17,7 +17,6 @@ import contextlib
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -62,12 +61,6 @@ def run(root: Path, *cmd: str, timeout: float = 600) -> subprocess.CompletedProc
     return subprocess.run(inside(root, *cmd), capture_output=True, text=True, timeout=timeout)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def check_version(image: str) -> str:
     from resnest_deploy import __version__
 
@@ -102,8 +95,10 @@ def check_serve(image: str, onnx_file: Path) -> str:
     import tritonclient.http as httpclient
 
     from resnest_deploy.runners import open_runner
+    from resnest_deploy.serving.server import Ports
 
-    http, grpc, metrics = free_port(), free_port(), free_port()
+    ports = Ports.free()
+    http, grpc, metrics = ports.http, ports.grpc, ports.metrics
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)
     with open_runner(onnx_file) as runner:
         expected = runner.infer(x)

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +35,6 @@ from resnest_deploy.serving.server import Ports, ServeError, running
 
 HOST = "127.0.0.1"
 TIMEOUT_S = 20.0  # every client call gives up after this
-
-
-def free_ports(n: int = 3) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind((HOST, 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def parse(config: Path) -> model_config_pb2.ModelConfig:
@@ -92,11 +83,10 @@ def test_repositories_validate_against_tritons_schema(digits_onnx, digits_conver
 @pytest.fixture(scope="module")
 def server(digits_onnx, digits_converted, tmp_path_factory):
     """One tritonserver for the module, serving the digits model in FP32 and CPU INT8."""
-    http, grpc, metrics = free_ports()
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
     with running(
         [digits_onnx, digits_converted["int8-cpu"]],
-        Ports(http, grpc, metrics, HOST),
+        Ports.free(HOST),
         max_batch_size=16,
         log=log,
     ) as (srv, entries):
@@ -206,7 +196,7 @@ def test_a_server_killed_under_load_fails_its_clients_fast_and_restarts_on_the_s
 ):
     from tritonclient.utils import InferenceServerException
 
-    ports = Ports(*free_ports(), HOST)
+    ports = Ports.free(HOST)
     x = np.zeros((1, 3, 32, 32), np.float32)
     outcomes: list[str] = []
     with running([digits_onnx], ports, log=tmp_path / "a.log") as (srv, _):
@@ -240,7 +230,7 @@ def test_a_server_killed_under_load_fails_its_clients_fast_and_restarts_on_the_s
 
 
 def test_serve_cli_refuses_a_busy_port_and_stops_cleanly_on_sigint(digits_onnx, tmp_path):
-    http, grpc, metrics = free_ports()
+    http, grpc, metrics, _ = astuple(Ports.free(HOST))
     with socket.socket() as busy:
         busy.bind((HOST, http))
         busy.listen()

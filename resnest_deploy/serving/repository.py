@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from resnest_deploy import formats, metadata
-from resnest_deploy._io import atomic_path, require_file, sha256_file
+from resnest_deploy._io import atomic_path, sha256_file
+from resnest_deploy.artifacts import deployable
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.limits import MAX_BATCH
-from resnest_deploy.runners import artifact_kind
 
 
 class Enum(str):
@@ -129,13 +129,8 @@ def model_config(
     instances: int = 1,
 ) -> ModelEntry:
     """The config.pbtxt of one artifact (nothing written)."""
-    path = require_file(artifact, "artifact")
-    kind = artifact_kind(path)
-    if kind == "torch":
-        raise ArtifactError("a Triton model needs a file: an .onnx file or a .plan engine")
-    meta = metadata.of_artifact(path)
-    if not meta.get("arch"):
-        raise ArtifactError(f"{path} has no resnest-deploy metadata; export it with resnest-deploy")
+    info = deployable(artifact, "a Triton model")
+    path, kind, meta = Path(info.name), info.kind, info.meta
     name = name or path.stem
     if not _NAME.match(name):
         raise ArtifactError(f"model name {name!r} is not a valid Triton model name; pass --name")

@@ -124,6 +124,19 @@ class Ports:
                         "(or stop what holds it)"
                     ) from None
 
+    @classmethod
+    def free(cls, host: str = "127.0.0.1") -> Ports:
+        """Three ports nothing listens on now (for tests and benchmarks on loopback)."""
+        socks = [socket.socket() for _ in range(3)]
+        try:
+            for s in socks:
+                s.bind((host, 0))
+            http, grpc, metrics = (int(s.getsockname()[1]) for s in socks)
+        finally:
+            for s in socks:
+                s.close()
+        return cls(http, grpc, metrics, host)
+
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host == "0.0.0.0" else self.host
