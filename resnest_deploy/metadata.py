@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from resnest_deploy._io import load_onnx, read_json_object, sha256_file, sidecar_path, write_json
+from resnest_deploy._io import load_onnx, read_json_object, sha256_file, sidecar_path
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.formats import INPUT_FORMATS
 from resnest_deploy.models.registry import ModelSpec
@@ -83,13 +83,6 @@ def machine() -> dict[str, Any]:
 
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def write_sidecar(artifact: str | os.PathLike[str], data: dict[str, Any]) -> Path:
-    """Write ``artifact``'s sidecar alone (the artifact exists already and is not rewritten)."""
-    path = sidecar_path(artifact)
-    write_json(path, data)
-    return path
 
 
 def read_sidecar(artifact: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any] | None:
