@@ -191,6 +191,19 @@ def test_bad_requests_get_errors_and_the_server_answers_the_next_one(server, tes
     assert list(good.argmax(1)) == list(test_digits[1][:2]), case
 
 
+def test_serve_runs_files_in_openvino_when_asked(digits_onnx, test_digits, tmp_path):
+    pytest.importorskip("openvino")
+    x = test_digits[0][:4]
+    with open_runner(digits_onnx) as runner:
+        expected = runner.infer(x)
+    with running([digits_onnx], Ports.free(HOST), provider="openvino", log=tmp_path / "ov.log") as (srv, _):
+        config = http_client(srv).get_model_config("digits")
+        assert config["parameters"]["provider"]["string_value"] == "openvino"
+        np.testing.assert_allclose(
+            infer_http(http_client(srv), "digits", x).as_numpy("logits"), expected, atol=1e-4
+        )
+
+
 def test_a_server_killed_under_load_fails_its_clients_fast_and_restarts_on_the_same_ports(
     digits_onnx, tmp_path
 ):

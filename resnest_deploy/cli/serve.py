@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from resnest_deploy.cli._common import err, handle_errors, out
+from resnest_deploy.cli._common import Provider, ProviderOpt, err, handle_errors, out
 from resnest_deploy.cli.triton import MaxBatchOpt, NamesOpt, QueueDelayOpt
 
 
@@ -24,6 +24,7 @@ def serve_cmd(
     max_batch_size: MaxBatchOpt = None,
     queue_delay_us: QueueDelayOpt = 500,
     log: Annotated[Path | None, typer.Option(help="Write tritonserver's log here.")] = None,
+    provider: ProviderOpt = Provider.cpu,
 ) -> None:
     """Serve artifacts with Triton: dynamic batching, labels, metadata, health, statistics.
 
@@ -55,5 +56,6 @@ def serve_cmd(
         names=name,
         max_batch_size=max_batch_size,
         queue_delay_us=queue_delay_us,
+        provider=provider.value,
         log=log,
     )

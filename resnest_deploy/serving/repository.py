@@ -127,6 +127,7 @@ def model_config(
     gpu: bool = False,
     tensorrt_accelerator: bool = False,
     instances: int = 1,
+    provider: str = "cpu",
 ) -> ModelEntry:
     """The config.pbtxt of one artifact (nothing written)."""
     info = deployable(artifact, "a Triton model")
@@ -219,6 +220,10 @@ def model_config(
         "sha256": sha256_file(path),
         "input_format": ((meta.get("input") or {}).get("format") or {}).get("name", "float"),
     }
+    if python_backend:  # what runs the file inside the python model (see --provider)
+        if provider not in ("cpu", "openvino", "openvino-bf16", "cuda", "tensorrt"):
+            raise ArtifactError(f"unknown provider {provider!r} for a python-backend model")
+        provenance["provider"] = provider
     config["parameters"] = [{"key": k, "value": {"string_value": str(v)}} for k, v in provenance.items()]
     text = _pb(config) + "\n"
     return ModelEntry(name, path, platform, batch, text, notes)

@@ -223,6 +223,7 @@ def running(
     names: list[str] | None = None,
     max_batch_size: int | None = None,
     queue_delay_us: int = 500,
+    provider: str = "cpu",
     ready_timeout: float = READY_TIMEOUT_S,
     log: Path | None = None,
     say: Callable[[str], None] = lambda _m: None,
@@ -239,6 +240,7 @@ def running(
             python_backend=True,
             max_batch_size=max_batch_size,
             queue_delay_us=queue_delay_us,
+            provider=provider,
         )
         server = TritonServer(root / "models", ports, log or root / "tritonserver.log", install)
         say(f"starting tritonserver with {', '.join(e.name for e in entries)}")

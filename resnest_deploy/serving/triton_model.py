@@ -25,7 +25,8 @@ class TritonPythonModel:
         artifact = next(p for p in (folder / "model.onnx", folder / "model.plan") if p.is_file())
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
-        self.runner = open_runner(artifact)
+        provider = config.get("parameters", {}).get("provider", {}).get("string_value", "cpu")
+        self.runner = open_runner(artifact, provider=provider)
         self.runner.activate()
 
     def execute(self, requests: list[Any]) -> list[Any]:
