@@ -134,15 +134,27 @@ def test_build_via_cli(onnx_14d, tmp_path):
     assert json.loads(r.stdout)["input"]["profile"]["max"][0] == 4
 
 
-HEAVY = ["onnxruntime", "onnx", "tensorrt", "tensorrt_rtx", "polygraphy", "modelopt", "huggingface_hub"]
+HEAVY = [
+    "torch",
+    "onnxruntime",
+    "onnx",
+    "tensorrt",
+    "tensorrt_rtx",
+    "polygraphy",
+    "modelopt",
+    "huggingface_hub",
+    "openvino",
+    "tritonclient",
+]
 
 
-def test_import_and_help_pull_in_no_optional_backend():
+def test_import_and_help_of_every_command_load_no_torch_and_no_backend():
     code = (
         "import sys, resnest_deploy\n"
         "from resnest_deploy.cli.app import app\n"
         "from typer.testing import CliRunner\n"
-        "assert CliRunner().invoke(app, ['export', '--help']).exit_code == 0\n"
+        "for cmd in ('export', 'serve', 'triton', 'deepstream', 'bench'):\n"
+        "    assert CliRunner().invoke(app, [cmd, '--help']).exit_code == 0\n"
         f"print([m for m in {HEAVY!r} if m in sys.modules])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
