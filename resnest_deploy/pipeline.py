@@ -90,6 +90,7 @@ def pipeline(
         out,
         {
             "arch": arch,
+            "out_dir": str(out),
             "weights": weights,
             "precision": precision,
             "target": target,
@@ -238,12 +239,12 @@ def meant_for(artifact: str) -> str:
     """Which runtime a file is made for, as the report tells a newcomer."""
     name = Path(artifact).name
     if name.endswith((".plan", ".engine")):
-        return "TensorRT engine (GPU)"
+        return "TensorRT (GPU)"
     if ".int8-cpu." in name:
-        return "CPUs: ONNX Runtime, OpenVINO"
+        return "CPU: ONNX Runtime, OpenVINO"
     if ".int8." in name or ".fp16." in name:
-        return "TensorRT (GPU); slow on CPUs"
-    return "any runtime (FP32 reference)"
+        return "TensorRT (GPU), slow on CPU"
+    return "any (FP32 reference)"
 
 
 def write_reports(report: dict[str, Any], out: Path) -> None:
@@ -255,12 +256,20 @@ def write_reports(report: dict[str, Any], out: Path) -> None:
 def markdown(report: dict[str, Any]) -> str:
     """The human summary: what was made, how close it is, how fast it runs."""
     steps = report["steps"]
-    lines = [f"# {report['arch']} ({report['precision']}, {report['target']}): {report['status']}", ""]
+    arch = report["arch"]
+
+    def short(artifact: str) -> str:  # names fit an 80-column terminal: * stands for the arch
+        name = Path(artifact).name
+        return f"*{name.removeprefix(arch)}" if name.startswith(f"{arch}.") else name
+
+    lines = [f"# {arch} ({report['precision']}, {report['target']}): {report['status']}", ""]
     lines += ["| step | status | detail |", "|---|---|---|"]
     for name, s in steps.items():
         detail = s.get("reason") or s.get("path") or ""
         lines.append(f"| {name} | {s['status']} | {detail} |")
     checks = [steps[k] for k in ("check", "check-bf16") if steps.get(k, {}).get("results")]
+    if checks or steps.get("bench", {}).get("results"):
+        lines += ["", f"Files: `*` stands for `{arch}` in `{report.get('out_dir', '.')}`."]
     for check in checks:
         lines += [
             "",
@@ -272,7 +281,7 @@ def markdown(report: dict[str, Any]) -> str:
         for r in check["results"]:
             m = r["metrics"]
             lines.append(
-                f"| {Path(r['artifact']).name} | {meant_for(r['artifact'])} | {r['backend']} "
+                f"| {short(r['artifact'])} | {meant_for(r['artifact'])} | {r['backend']} "
                 f"| {r['precision']} "
                 f"| {m['max_abs']:.3g} | {m['cosine']:.6f} | {m['top1']:.1%} | {m['top5']:.1%} |"
             )
@@ -287,7 +296,7 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         for r in bench["results"]:
             lines.append(
-                f"| {Path(r['artifact']).name} | {r['backend']} | {r['batch']} | {r['p50_ms']:.2f} "
+                f"| {short(r['artifact'])} | {r['backend']} | {r['batch']} | {r['p50_ms']:.2f} "
                 f"| {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['images_per_s']:.1f} |"
             )
         if bench.get("note"):

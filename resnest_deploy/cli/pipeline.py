@@ -80,5 +80,7 @@ def pipeline_cmd(
 
     from resnest_deploy.pipeline import markdown
 
-    out.print(Markdown(markdown(report)))
+    text = markdown(report)
+    # rendered tables squeeze eight columns into narrow terminals and cut names: print the markdown
+    out.print(Markdown(text) if out.width >= 120 else text, highlight=False, markup=False)
     out.print(f"reports: {(output_dir or Path('models') / arch) / 'report.md'} and report.json")
