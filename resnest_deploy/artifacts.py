@@ -38,9 +38,9 @@ class ArtifactInfo:
         shape = (meta.get("input") or {}).get("shape") or (meta.get("input") or {}).get("profile", {}).get(
             "opt"
         )
-        hw = slice(1, 3) if (meta.get("input") or {}).get("layout") == "NHWC" else slice(2, 4)
-        if shape and len(shape) == 4 and all(isinstance(v, int) for v in shape[hw]):
-            size = (shape[hw][0], shape[hw][1])
+        if shape and len(shape) == 4:
+            h, w = formats.InputForm.of(meta).hw(shape)
+            size = (h, w) if isinstance(h, int) and isinstance(w, int) else None
         return cls(
             os.fspath(artifact),
             kind,
@@ -139,8 +139,7 @@ class Lineup:
     @property
     def takes_frames(self) -> bool:
         """Some file in the line-up takes uint8 frames rather than normalised floats."""
-        names = [((i.meta.get("input") or {}).get("format") or {}).get("name") for i in self.infos]
-        return any(str(n).startswith("uint8") for n in names)
+        return any(formats.InputForm.of(i.meta).takes_frames for i in self.infos)
 
     @property
     def transform(self) -> data.Transform:
@@ -149,13 +148,8 @@ class Lineup:
     def runner(self, info: ArtifactInfo, provider: str = "cpu", **kwargs: Any) -> Runner:
         """A runner for ``info`` that takes normalised NCHW inputs, whatever form the file takes."""
         runner = open_runner(info.name, model=self.model, provider=provider, **kwargs)
-        fmt = (info.meta.get("input") or {}).get("format") or {}
-        if fmt.get("name", "float") == "float":
-            return runner
-        mean, std, name = fmt.get("mean"), fmt.get("std"), str(fmt.get("name"))
-        if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3):
-            raise ArtifactError(f"{info.name} records input format {name} without its mean/std; re-export it")
-        return InputFormatAdapter(runner, lambda x: formats.from_normalised(x, name, mean, std))
+        form = formats.InputForm.of(info.meta)
+        return runner if form.name == "float" else InputFormatAdapter(runner, form.from_normalised)
 
     def inputs(
         self,

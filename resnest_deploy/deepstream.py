@@ -55,7 +55,7 @@ def nvinfer_config(
     path, kind, meta = Path(info.name), info.kind, info.meta
     if process_mode not in (1, 2):
         raise ArtifactError(f"process-mode is 1 (full frame) or 2 (objects), not {process_mode}")
-    scale, offsets = formats.nvinfer_normalisation(meta)
+    scale, offsets = formats.InputForm.of(meta).nvinfer()
     inp = meta.get("input") or {}
     shape = inp.get("shape") or (inp.get("profile") or {}).get("opt") or []
     if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):

@@ -24,7 +24,7 @@ from resnest_deploy import _deps, data, formats, metadata, reference
 from resnest_deploy._io import artifact_pair, prepare_outputs
 from resnest_deploy.compare import TOLERANCES, Metrics, Tolerance, assert_close, compare
 from resnest_deploy.errors import ExportError, first_line
-from resnest_deploy.formats import DEFAULT_OPSET, INPUT_NAME, OPSET_RANGE, OUTPUT_NAME
+from resnest_deploy.formats import DEFAULT_OPSET, INPUT_NAME, OPSET_RANGE, OUTPUT_NAME, InputForm
 from resnest_deploy.models import WeightsInfo, get_spec
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
 from resnest_deploy.runners.torch import TorchRunner
@@ -58,52 +58,33 @@ class ExportReport:
 
 
 def parity_inputs(
-    batch: int, input_size: tuple[int, int], seed: int = PARITY_SEED, frames: InputFormat | None = None
+    batch: int, input_size: tuple[int, int], seed: int = PARITY_SEED, frames: InputForm | None = None
 ) -> np.ndarray:
     """Seeded, normalised-image-like inputs, the same on every machine. For a file that takes frames,
     they are normalised random uint8 pixels, so the file's own input form holds them exactly."""
     if frames is None:
         return np.random.default_rng(seed + batch).standard_normal((batch, 3, *input_size), dtype=np.float32)
-    return data.random_frames(
-        batch, input_size, frames.mean.ravel().tolist(), frames.std.ravel().tolist(), seed + batch
-    )
-
-
-@dataclass(frozen=True)
-class InputFormat:
-    """An input form (see ``formats``) with the normalisation it builds into the graph."""
-
-    name: str
-    mean: np.ndarray  # 1 x 3 x 1 x 1 float32
-    std: np.ndarray
-
-    @classmethod
-    def of(cls, name: str, mean: Sequence[float], std: Sequence[float]) -> InputFormat:
-        as4 = lambda v: np.asarray(v, np.float32).reshape(1, 3, 1, 1)  # noqa: E731
-        return cls(formats.check_format(name), as4(mean), as4(std))
-
-    def host(self, x: np.ndarray) -> np.ndarray:
-        """What a client feeds the file for normalised inputs ``x``."""
-        return formats.from_normalised(x, self.name, self.mean.ravel().tolist(), self.std.ravel().tolist())
+    assert frames.mean is not None and frames.std is not None
+    return data.random_frames(batch, input_size, frames.mean, frames.std, seed + batch)
 
 
 class _FramesIn(torch.nn.Module):
     """The network behind its input form: Cast/Transpose/normalise in the graph, or (deepstream)
     x/255 - mean in with 1/std folded into the first convolution."""
 
-    def __init__(self, model: torch.nn.Module, fmt: InputFormat) -> None:
+    def __init__(self, model: torch.nn.Module, fmt: InputForm) -> None:
         super().__init__()
         self.layout = fmt.name
         if fmt.name == "deepstream":
             model = copy.deepcopy(model)
             conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
             with torch.no_grad():  # W' = W / std[c_in]: conv(x * s) == conv'(x), padding zeros stay zero
-                conv.weight.div_(torch.from_numpy(fmt.std).reshape(1, 3, 1, 1))
+                conv.weight.div_(torch.tensor(fmt.std).reshape(1, 3, 1, 1))
         self.model = model
         self.mean: torch.Tensor
         self.std: torch.Tensor
-        self.register_buffer("mean", torch.from_numpy(fmt.mean))
-        self.register_buffer("std", torch.from_numpy(fmt.std))
+        self.register_buffer("mean", torch.tensor(fmt.mean).reshape(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(fmt.std).reshape(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout in ("uint8-nhwc", "uint8-nchw"):
@@ -184,8 +165,9 @@ def export_onnx(
     formats.check_format(input_format)
     if input_format != "float" and spec is None:
         raise ExportError(f"--input-format {input_format} needs a registered arch (its mean and std)")
-    fmt = InputFormat.of(input_format, spec.pretrained.mean, spec.pretrained.std) if spec else None
-    frames = fmt if fmt is not None and fmt.name != "float" else None
+    frames = None
+    if input_format != "float" and spec is not None:
+        frames = InputForm(input_format, spec.pretrained.mean, spec.pretrained.std)
     path = Path(path)
     prepare_outputs([path], [weights.location if weights and weights.kind == "file" else None])
     _check_finite(model)
@@ -199,7 +181,7 @@ def export_onnx(
         axes.setdefault(INPUT_NAME, {}).update(dict(zip(hw_axes, ("height", "width"), strict=True)))
     trace_batch = 1 if batch == "dynamic" else int(batch)
     graph_model = _FramesIn(model, frames).eval() if frames is not None else model
-    host = frames.host if frames is not None else (lambda x: x)
+    host = frames.from_normalised if frames is not None else (lambda x: x)
     example = torch.from_numpy(host(parity_inputs(trace_batch, size, frames=frames)))
 
     say(f"tracing {arch or type(model).__name__} at {trace_batch}x3x{size[0]}x{size[1]}, opset {opset}")

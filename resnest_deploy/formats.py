@@ -17,6 +17,7 @@ per-channel std. So an export can take its input in one of four forms:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -63,37 +64,75 @@ def dtype(name: str) -> str:
     return "uint8" if name.startswith("uint8") else "float32"
 
 
-def from_normalised(x: np.ndarray, name: str, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Normalised NCHW float inputs, ``(u/255 - mean) / std`` of uint8 pixels ``u``, in the form a
-    file of format ``name`` takes. Exact for inputs that came from uint8 pixels (the uint8 forms
-    round back to them); other values are clipped to what a frame can hold."""
-    if name == "float":
-        return x
-    m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
-    s = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
-    if name == "deepstream":
-        return np.ascontiguousarray(x * s, dtype=np.float32)
-    frames = np.clip(np.rint((x * s + m) * np.float32(255.0)), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(frames.transpose(0, 2, 3, 1) if name == "uint8-nhwc" else frames)
+@dataclass(frozen=True)
+class InputForm:
+    """The input form a file takes and the normalisation built into it, as its metadata records.
 
+    Everything that feeds a file (conversion, the runners' adapter, nvinfer, Triton) reads it here,
+    so they agree on what the file expects."""
 
-def nvinfer_normalisation(meta: dict[str, Any]) -> tuple[float, list[float]]:
-    """(net-scale-factor, offsets) that make nvinfer feed this file exactly what it expects."""
-    fmt = ((meta.get("input") or {}).get("format") or {}).get("name", "float")
-    pre = meta.get("preprocessing") or {}
-    mean = [float(v) for v in pre.get("mean", (0.485, 0.456, 0.406))]
-    std = [float(v) for v in pre.get("std", (0.229, 0.224, 0.225))]
-    offsets = [round(255.0 * m, 6) for m in mean]
-    if fmt == "deepstream":
-        return 1.0 / 255.0, offsets
-    if fmt == "float" and max(std) - min(std) < 1e-9:  # one std for all channels: a scalar scale
-        return 1.0 / (255.0 * std[0]), offsets
-    if fmt == "float":
-        raise ArtifactError(
-            f"this file expects (x/255 - mean) / std with a per-channel std {std}, which nvinfer's one "
-            "net-scale-factor cannot express; re-export with --input-format deepstream"
+    name: str = "float"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @classmethod
+    def of(cls, meta: dict[str, Any]) -> InputForm:
+        """From checked metadata (``metadata.validate``); files from before input forms are float."""
+        fmt = (meta.get("input") or {}).get("format") or {}
+        pre = meta.get("preprocessing") or {}
+        mean, std = fmt.get("mean", pre.get("mean")), fmt.get("std", pre.get("std"))
+        return cls(
+            check_format(str(fmt.get("name", "float"))),
+            tuple(float(v) for v in mean) if mean else None,
+            tuple(float(v) for v in std) if std else None,
         )
-    raise ArtifactError(
-        f"this file takes {fmt} input, but nvinfer feeds networks float NCHW; "
-        "re-export with --input-format deepstream"
-    )
+
+    @property
+    def takes_frames(self) -> bool:
+        return self.name.startswith("uint8")
+
+    @property
+    def layout(self) -> str:
+        return "NHWC" if self.name == "uint8-nhwc" else "NCHW"
+
+    def hw(self, shape: list[Any]) -> tuple[Any, Any]:
+        """Height and width out of an input shape in this form's layout."""
+        return (shape[1], shape[2]) if self.layout == "NHWC" else (shape[2], shape[3])
+
+    def _stats(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.mean is None or self.std is None:
+            raise ArtifactError(f"the file takes {self.name} input but records no mean/std; re-export it")
+        return (
+            np.asarray(self.mean, np.float32).reshape(1, 3, 1, 1),
+            np.asarray(self.std, np.float32).reshape(1, 3, 1, 1),
+        )
+
+    def from_normalised(self, x: np.ndarray) -> np.ndarray:
+        """Normalised NCHW float inputs, ``(u/255 - mean) / std`` of uint8 pixels ``u``, in this form.
+        Exact for inputs that came from uint8 pixels (the uint8 forms round back to them); other
+        values are clipped to what a frame can hold."""
+        if self.name == "float":
+            return x
+        m, s = self._stats()
+        if self.name == "deepstream":
+            return np.ascontiguousarray(x * s, dtype=np.float32)
+        frames = np.clip(np.rint((x * s + m) * np.float32(255.0)), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(frames.transpose(0, 2, 3, 1) if self.layout == "NHWC" else frames)
+
+    def nvinfer(self) -> tuple[float, list[float]]:
+        """(net-scale-factor, offsets) that make nvinfer feed this file exactly what it expects."""
+        m, s = (v.ravel().tolist() for v in self._stats())
+        offsets = [round(255.0 * v, 6) for v in m]
+        if self.name == "deepstream":
+            return 1.0 / 255.0, offsets
+        if self.name == "float" and max(s) - min(s) < 1e-9:  # one std for all channels: a scalar scale
+            return 1.0 / (255.0 * s[0]), offsets
+        if self.name == "float":
+            raise ArtifactError(
+                f"this file expects (x/255 - mean) / std with a per-channel std {s}, which nvinfer's one "
+                "net-scale-factor cannot express; re-export with --input-format deepstream"
+            )
+        raise ArtifactError(
+            f"this file takes {self.name} input, but nvinfer feeds networks float NCHW; "
+            "re-export with --input-format deepstream"
+        )

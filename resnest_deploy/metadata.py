@@ -150,6 +150,11 @@ def validate(data: Any, where: str) -> dict[str, Any]:
     fmt = inp.get("format")
     if fmt is not None and not (isinstance(fmt, dict) and fmt.get("name") in INPUT_FORMATS):
         raise bad("input.format", f"an object naming one of {', '.join(INPUT_FORMATS)}")
+    for key, stats in [(f"input.format.{k}", (fmt or {}).get(k)) for k in ("mean", "std")] + [
+        (f"preprocessing.{k}", (data.get("preprocessing") or {}).get(k)) for k in ("mean", "std")
+    ]:
+        if stats is not None and not _three_numbers(stats, positive=key.endswith("std")):
+            raise bad(key, "three numbers (positive for std)")
     profile = inp.get("profile")
     if profile is not None and not (
         isinstance(profile, dict)
@@ -159,6 +164,15 @@ def validate(data: Any, where: str) -> dict[str, Any]:
     ):
         raise bad("input.profile", "min/opt/max lists of positive ints")
     return data
+
+
+def _three_numbers(v: Any, positive: bool) -> bool:
+    ok = (
+        isinstance(v, list)
+        and len(v) == 3
+        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+    )
+    return ok and (not positive or all(x > 0 for x in v))
 
 
 #: ops that only appear in a quantized graph

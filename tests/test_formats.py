@@ -136,9 +136,9 @@ def test_deepstream_config_reproduces_the_host_transform_with_nvinfers_formula(m
 
 
 def test_the_digits_float_export_is_expressible_with_one_scale(digits_onnx, tmp_path):
-    scale, offsets = formats.nvinfer_normalisation(
+    scale, offsets = formats.InputForm.of(
         {"input": {"format": {"name": "float"}}, "preprocessing": {"mean": [0.5] * 3, "std": [0.5] * 3}}
-    )
+    ).nvinfer()
     assert scale == pytest.approx(1 / 127.5) and offsets == [127.5] * 3
     config = nvinfer_config(digits_onnx)
     assert config.properties["infer-dims"] == "3;32;32" and config.labels == [str(i) for i in range(10)]
@@ -153,3 +153,31 @@ def test_what_nvinfer_cannot_express_is_refused_with_the_fix(exported, tmp_path,
         nvinfer_config(rtx)
     with pytest.raises(ArtifactError, match="would overwrite the input"):
         write(exported["deepstream"].path, exported["deepstream"].path)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "precision", "target"),
+    [
+        ("uint8-nhwc", "int8", "cpu"),
+        ("uint8-nchw", "fp16", "tensorrt"),
+        ("deepstream", "int8", "tensorrt"),
+    ],
+)
+def test_conversions_calibrate_and_measure_in_the_files_own_input_form(fmt, precision, target, tmp_path):
+    """Calibration data is normalised NCHW; a file that takes frames (or x/255 - mean) must be
+    calibrated and measured on the same images in its own form, or INT8 ranges are wrong."""
+    from resnest_deploy.export import export_onnx
+    from resnest_deploy.models import load_model
+    from resnest_deploy.precision import calibration, convert
+
+    net, info = load_model("resnest14d_digits", "pretrained")
+    src = export_onnx(net, tmp_path / f"d.{fmt}.onnx", input_format=fmt, weights=info).path
+    calib = calibration.from_digits(
+        Transform.from_pretrained(get_spec("resnest14d_digits").pretrained), count=128
+    )
+    report = convert(src, precision=precision, target=target, calib=calib, use_cache=False)
+    assert report.parity.top1 >= 0.99 and report.parity.cosine > 0.999, report.parity
+    with OnnxRuntimeRunner(report.path) as runner:  # it takes its form: frames or x/255 - mean
+        assert runner.input_dtype == (np.uint8 if fmt.startswith("uint8") else np.float32)
+    checked = check([report.path], reference_from="recorded")
+    assert checked.passed and checked.results[0].precision == precision

@@ -24,6 +24,7 @@ from resnest_deploy.check import check
 from resnest_deploy.cli.app import app
 from resnest_deploy.data import Transform, digits, load_images
 from resnest_deploy.errors import ArtifactError, WeightsError
+from resnest_deploy.formats import InputForm
 from resnest_deploy.models import create_model, get_spec
 from resnest_deploy.models.weights import url_cache_path
 from resnest_deploy.precision import calibration, convert
@@ -280,6 +281,8 @@ def test_the_conversion_cache_key_covers_every_setting(digits_onnx):
         calib=calib,
         method="max",
         keep=[],
+        form=InputForm(),
+        hw=(32, 32),
     )
     keys = {
         _Job(**base, keep_fp32_ops=("Softmax",)).cache_key(),
@@ -288,6 +291,14 @@ def test_the_conversion_cache_key_covers_every_setting(digits_onnx):
         _Job(**{**base, "method": "entropy"}, keep_fp32_ops=()).cache_key(),
     }
     assert len(keys) == 4
+    import resnest_deploy.precision as precision
+
+    old = _Job(**base, keep_fp32_ops=()).cache_key()
+    precision.CONVERSION_VERSION += 1  # code that converts differently never reuses older entries
+    try:
+        assert _Job(**base, keep_fp32_ops=()).cache_key() != old
+    finally:
+        precision.CONVERSION_VERSION -= 1
 
 
 def test_nan_outputs_always_fail_and_labels_must_match_the_graph(digits_onnx, digits_converted, tmp_path):
@@ -393,7 +404,15 @@ def test_bad_values_are_one_line_refusals(export_dir, torch_home, args, says):
 
 def test_malformed_metadata_and_sidecars_are_refused(export_dir, digits_converted, tmp_path):
     model = onnx.load(export_dir / "m.onnx")
-    for bad in ('"a string"', "[1, 2]", '{"precision": "int4"}', '{"input": {"shape": "NCHW"}}', "{not json"):
+    for bad in (
+        '"a string"',
+        "[1, 2]",
+        '{"precision": "int4"}',
+        '{"input": {"shape": "NCHW"}}',
+        "{not json",
+        '{"input": {"format": {"name": "deepstream", "mean": [0.5, 0.5], "std": [1, 1, 1]}}}',
+        '{"preprocessing": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0, 0.5]}}',
+    ):
         entry = next(p for p in model.metadata_props if p.key == metadata.METADATA_KEY)
         entry.value = bad
         onnx.save(model, export_dir / "bad.onnx")

@@ -19,6 +19,7 @@ from resnest_deploy import _deps, metadata
 from resnest_deploy._io import artifact_pair, load_onnx, prepare_outputs, require_file, sha256_file
 from resnest_deploy.engine.flavour import Flavour, detect, polygraphy_trt
 from resnest_deploy.errors import ArtifactError, ResnestDeployError, first_line
+from resnest_deploy.formats import InputForm
 from resnest_deploy.limits import MAX_BATCH
 
 Progress = Callable[[str], None]
@@ -122,7 +123,7 @@ def build_engine(
             f"workspace {workspace_gib} GiB is not a size in (0, {MAX_WORKSPACE_GIB}] GiB; e.g. --workspace 4"
         )
     input_name, dims, meta = _onnx_io(onnx_path)
-    nhwc = (meta.get("input") or {}).get("layout") == "NHWC"
+    nhwc = InputForm.of(meta).layout == "NHWC"
     if len(dims) != 4 or dims[3 if nhwc else 1] != 3:
         want = "N,H,W,3" if nhwc else "N,3,H,W"
         raise ArtifactError(f"{onnx_path} input {input_name!r} has shape {dims}; expected {want}")

@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from resnest_deploy import _deps, metadata
+from resnest_deploy import _deps, data, metadata
 from resnest_deploy._io import artifact_pair, load_onnx, prepare_outputs, require_file, sha256_file
 from resnest_deploy.cache import Cache
 from resnest_deploy.compare import TOLERANCES, Metrics, Tolerance, assert_close, compare
 from resnest_deploy.errors import ArtifactError, ResnestDeployError, first_line
+from resnest_deploy.formats import InputForm
 from resnest_deploy.precision import calibration, fp16, int8
 from resnest_deploy.precision.calibration import CalibrationData
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
@@ -88,8 +89,8 @@ def read_source(path: str | os.PathLike[str]) -> dict[str, Any]:
 def input_hw(meta: dict[str, Any]) -> tuple[int, int]:
     shape = (meta.get("input") or {}).get("shape") or []
     if len(shape) != 4:
-        raise ArtifactError(f"the export records input shape {shape}, not N x 3 x H x W; re-export it")
-    h, w = shape[2:]
+        raise ArtifactError(f"the export records input shape {shape}, not four dimensions; re-export it")
+    h, w = InputForm.of(meta).hw(shape)
     if not (isinstance(h, int) and isinstance(w, int)):
         raise ArtifactError(
             "the export has a dynamic height/width; re-export without --dynamic-hw to quantize"
@@ -174,7 +175,8 @@ def convert(
 
     with artifact_pair(output) as pair, _quiet_modelopt():
         tmp = pair.tmp
-        job = _Job(src, src_sha256, precision, target, calib, method, keep, tuple(keep_fp32_ops))
+        form = InputForm.of(meta)
+        job = _Job(src, src_sha256, precision, target, calib, method, keep, tuple(keep_fp32_ops), form, hw)
         model, settings = _cached_convert(job, tmp, say, use_cache)
         made = metadata.graph_precision(model)
         if made != precision:
@@ -183,7 +185,7 @@ def convert(
                 "--keep-fp32 match everything?); keep fewer nodes in FP32"
             )
         say("measuring against the FP32 source in ONNX Runtime")
-        x = calib.holdout if calib is not None else _random_inputs(hw)
+        x = job.feed(calib.holdout if calib is not None else _random_inputs(job))
         with (
             OnnxRuntimeRunner(src, name="source") as ref,
             OnnxRuntimeRunner(model.SerializeToString()) as cand,
@@ -240,11 +242,18 @@ class _Job:
     method: str
     keep: list[str]
     keep_fp32_ops: tuple[str, ...]
+    #: the source's input form and size: calibration data (normalised NCHW) is fed to it in its form
+    form: InputForm
+    hw: tuple[int, int]
+
+    def feed(self, x: np.ndarray) -> np.ndarray:
+        return self.form.from_normalised(x)
 
     def cache_key(self) -> str:
         """Every setting that changes the converted graph, and the tools that make it."""
         assert self.calib is not None
         parts: list[Any] = [
+            CONVERSION_VERSION,
             self.src_sha256,
             self.calib.digest(),
             self.precision,
@@ -258,7 +267,10 @@ class _Job:
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
-#: calibrated models, keyed by ``_Job.cache_key``
+#: calibrated models, keyed by ``_Job.cache_key``. CONVERSION_VERSION changes when the same inputs
+#: would convert differently (2: calibration data fed to the graph in its own input form), so entries
+#: made by earlier code are misses, not reused.
+CONVERSION_VERSION = 2
 MODELS_CACHE = Cache("calib", ".onnx")
 
 
@@ -293,18 +305,28 @@ def _convert(job: _Job, tmp: Path, say: Callable[[str], None]) -> tuple[Any, dic
             "keep_fp32_ops": list(job.keep_fp32_ops),
             "keep_fp32_nodes": job.keep,
         }
-        return fp16.to_fp16(job.src, job.keep_fp32_ops, job.keep), settings
+        # AutoCast runs the graph once on random values, which a uint8 input cannot take: give it ours
+        inputs = None
+        if job.form.takes_frames:
+            x = job.calib.calib if job.calib is not None else _random_inputs(job)
+            inputs = job.feed(x)
+        try:
+            return fp16.to_fp16(job.src, job.keep_fp32_ops, job.keep, inputs), settings
+        except ResnestDeployError:
+            raise
+        except Exception as e:
+            raise ConversionError(f"FP16 conversion failed: {first_line(e)}") from e
     calib = job.calib
     assert calib is not None
     say(f"calibrating INT8 ({job.method}) on {len(calib.calib)} inputs for {job.target}")
     settings |= {"method": job.method, "keep_fp32_nodes": job.keep, "calibration": calib.source}
     try:
         if job.target == "tensorrt":
-            int8.quantize_tensorrt(job.src, tmp, calib.calib, job.method, job.keep)
+            int8.quantize_tensorrt(job.src, tmp, job.feed(calib.calib), job.method, job.keep)
             settings["tool"] = "modelopt.onnx.quantization"
             settings["scheme"] = {"activations": "int8 symmetric", "weights": "int8 per-channel"}
         else:
-            settings["scheme"] = int8.quantize_cpu(job.src, tmp, calib.calib, job.method, job.keep)
+            settings["scheme"] = int8.quantize_cpu(job.src, tmp, job.feed(calib.calib), job.method, job.keep)
             settings["tool"] = "onnxruntime.quantization"
     except ResnestDeployError:
         raise
@@ -313,5 +335,9 @@ def _convert(job: _Job, tmp: Path, say: Callable[[str], None]) -> tuple[Any, dic
     return _deps.require("onnx").load(tmp), settings
 
 
-def _random_inputs(hw: tuple[int, int]) -> np.ndarray:
-    return np.random.default_rng(0).standard_normal((PARITY_RANDOM, 3, *hw), dtype=np.float32)
+def _random_inputs(job: _Job) -> np.ndarray:
+    """Seeded normalised inputs; random pixels when the file takes frames, so none is clipped."""
+    form = job.form
+    if form.takes_frames and form.mean is not None and form.std is not None:
+        return data.random_frames(PARITY_RANDOM, job.hw, form.mean, form.std)
+    return np.random.default_rng(0).standard_normal((PARITY_RANDOM, 3, *job.hw), dtype=np.float32)

@@ -10,7 +10,10 @@ around a B x C x 1 x 1 tensor cost nothing measurable. Graph inputs and outputs 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
+
+import numpy as np
 
 from resnest_deploy import _deps
 
@@ -25,14 +28,22 @@ def to_fp16(
     src: str | os.PathLike[str],
     keep_fp32_ops: Sequence[str] = KEEP_FP32_OPS,
     keep_fp32_nodes: Sequence[str] = (),
+    inputs: np.ndarray | None = None,
 ) -> object:
-    """Return the FP16 ``onnx.ModelProto`` of ``src`` (nothing is written here)."""
+    """Return the FP16 ``onnx.ModelProto`` of ``src`` (nothing is written here). ``inputs`` (in the
+    file's own input form) replace the random values AutoCast runs the graph on to find ranges."""
     autocast = _deps.require("modelopt.onnx.autocast")
-    return autocast.convert_to_mixed_precision(
-        os.fspath(src),
-        low_precision_type="fp16",
-        op_types_to_exclude=list(keep_fp32_ops) or None,
-        nodes_to_exclude=list(keep_fp32_nodes) or None,
-        keep_io_types=True,
-        providers=["cpu"],
-    )
+    with tempfile.TemporaryDirectory(prefix="resnest-deploy-") as tmp:
+        data = None
+        if inputs is not None:
+            data = os.path.join(tmp, "inputs.npz")
+            np.savez(data, input=inputs)
+        return autocast.convert_to_mixed_precision(
+            os.fspath(src),
+            low_precision_type="fp16",
+            op_types_to_exclude=list(keep_fp32_ops) or None,
+            nodes_to_exclude=list(keep_fp32_nodes) or None,
+            keep_io_types=True,
+            calibration_data=data,
+            providers=["cpu"],
+        )

@@ -218,7 +218,7 @@ def model_config(
         "arch": meta.get("arch"),
         "precision": meta.get("precision"),
         "sha256": sha256_file(path),
-        "input_format": ((meta.get("input") or {}).get("format") or {}).get("name", "float"),
+        "input_format": formats.InputForm.of(meta).name,
     }
     if python_backend:  # what runs the file inside the python model (see --provider)
         if provider not in ("cpu", "openvino", "openvino-bf16", "cuda", "tensorrt"):
