@@ -9,7 +9,7 @@
 #   docker build --target runtime -t resnest-deploy:runtime .
 #   docker build --target serve -t resnest-deploy:serve .
 #   docker run --rm -v "$PWD/models:/work/models" resnest-deploy pipeline --arch resnest14d_digits -p int8
-#   docker run --rm -p 8000-8002:8000-8002 -v "$PWD/models:/models" resnest-deploy:serve /models/m.onnx
+#   docker run --rm --shm-size=256m -p 8000-8002:8000-8002 -v "$PWD/models:/models" resnest-deploy:serve /models/m.onnx
 #
 # GPU and Jetson bases (TensorRT comes with the image; the venv sees it through system site-packages):
 #   docker build --target runtime --build-arg BASE=nvcr.io/nvidia/tensorrt:24.08-py3 \
@@ -50,9 +50,12 @@ RUN pip install ".[serve]" && pip install --no-deps "nvidia-pytriton==0.7.0"
 USER 10001
 WORKDIR /work
 EXPOSE 8000 8001 8002
+# The health check reads the ports serve really listens on (--http-port included) from its status file.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=4).status != 200)"]
-ENTRYPOINT ["resnest-deploy", "serve"]
+    CMD ["python", "-c", "import json, sys, urllib.request; s = json.load(open('/tmp/resnest-deploy-serve.json')); sys.exit(urllib.request.urlopen('http://' + s['http'] + '/v2/health/ready', timeout=4).status != 200)"]
+# Other machines reach a container only through 0.0.0.0; serve's own default is 127.0.0.1.
+# The python backend moves tensors through /dev/shm: run with --shm-size=256m (Docker's default is 64 MB).
+ENTRYPOINT ["resnest-deploy", "serve", "--host", "0.0.0.0", "--status-file", "/tmp/resnest-deploy-serve.json"]
 CMD ["--help"]
 
 FROM base AS full

@@ -10,7 +10,7 @@ from typing import Any
 
 from resnest_deploy import metadata
 from resnest_deploy._io import load_onnx, require_file, sha256_file
-from resnest_deploy.engine.flavour import ENGINE_MAGIC
+from resnest_deploy.engine.flavour import engine_flavour
 from resnest_deploy.errors import ArtifactError, first_line
 from resnest_deploy.runners import artifact_kind
 
@@ -60,20 +60,8 @@ def _onnx(path: Path) -> dict[str, Any]:
     }
 
 
-def check_engine_header(path: Path) -> str:
-    """The flavour an engine file's first bytes name; anything else is not a TensorRT engine."""
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic not in ENGINE_MAGIC:
-        raise ArtifactError(
-            f"{path} is not a serialized TensorRT engine (header {magic!r}, not ftrt/vtrt); "
-            "build one with `resnest-deploy build`"
-        )
-    return ENGINE_MAGIC[magic]
-
-
 def _engine(path: Path, layers: bool) -> dict[str, Any]:
-    flavour = check_engine_header(path)
+    flavour = engine_flavour(path)
     sidecar = metadata.read_sidecar(path)
     out: dict[str, Any] = {"sidecar": sidecar, "flavour": flavour}
     if sidecar:

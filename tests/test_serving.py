@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -43,9 +42,12 @@ def parse(config: Path) -> model_config_pb2.ModelConfig:
 
 def test_repositories_validate_against_tritons_schema(digits_onnx, digits_converted, tmp_path):
     engine = build_engine(digits_converted["fp16"], tmp_path / "e.plan", batch=(1, 4, 8)).path
-    full = tmp_path / "full.plan"  # the same plan described as a full-TensorRT build
-    shutil.copy(engine, full)
+    # Full TensorRT cannot be installed here: a stand-in with full TensorRT's header ("ftrt") and the
+    # RTX build's profile, recorded as a TensorRT 10.3 build. Only its config is written, never run.
+    full = tmp_path / "full.plan"
+    full.write_bytes(b"ftrt" + engine.read_bytes()[4:])
     side = metadata.read_sidecar(engine) | {"tensorrt": {"flavour": "tensorrt", "version": "10.3.0"}}
+    side["file"] = {"sha256": _io.sha256_file(full)}
     _io.sidecar_path(full).write_text(json.dumps(side))
     entries = write_repository([digits_onnx, digits_converted["int8-cpu"], full], tmp_path / "repo")
     configs = {e.name: parse(tmp_path / "repo" / e.name / "config.pbtxt") for e in entries}
@@ -171,22 +173,25 @@ def test_sixteen_concurrent_clients_get_their_own_answers_and_requests_are_batch
 
 
 @pytest.mark.parametrize(
-    ("case", "x", "dtype"),
+    ("case", "x", "dtype", "message"),
     [
-        ("wrong shape", np.zeros((1, 3, 16, 16), np.float32), "FP32"),
-        ("wrong dtype", np.zeros((1, 3, 32, 32), np.int32), "INT32"),
-        ("batch above max", np.zeros((17, 3, 32, 32), np.float32), "FP32"),
-        ("empty", np.zeros((0, 3, 32, 32), np.float32), "FP32"),
-        ("NaN", np.full((1, 3, 32, 32), np.nan, np.float32), "FP32"),
+        ("wrong shape", np.zeros((1, 3, 16, 16), np.float32), "FP32", "unexpected shape for input 'input'"),
+        ("wrong dtype", np.zeros((1, 3, 32, 32), np.int32), "INT32", "but model 'digits' expects 'FP32'"),
+        ("batch above max", np.zeros((17, 3, 32, 32), np.float32), "FP32", "send a smaller batch"),
+        ("empty", np.zeros((0, 3, 32, 32), np.float32), "FP32", "byte size mismatch"),
+        ("NaN", np.full((1, 3, 32, 32), np.nan, np.float32), "FP32", "input holds NaN or Inf"),
     ],
 )
-def test_bad_requests_get_errors_and_the_server_answers_the_next_one(server, test_digits, case, x, dtype):
+def test_bad_requests_get_client_errors_and_the_server_answers_the_next_one(
+    server, test_digits, case, x, dtype, message
+):
     from tritonclient.utils import InferenceServerException
 
     srv, _ = server
     c = http_client(srv)
-    with pytest.raises(InferenceServerException):
+    with pytest.raises(InferenceServerException) as caught:
         infer_http(c, "digits", x, dtype)
+    assert caught.value.status() == "400" and message in caught.value.message(), case
     good = infer_http(c, "digits", test_digits[0][:2]).as_numpy("logits")
     assert list(good.argmax(1)) == list(test_digits[1][:2]), case
 
@@ -247,7 +252,8 @@ def test_serve_cli_refuses_a_busy_port_and_stops_cleanly_on_sigint(digits_onnx, 
     with socket.socket() as busy:
         busy.bind((HOST, http))
         busy.listen()
-        with pytest.raises(ServeError, match=f"port {http} on {HOST} is in use; choose another --http-port"):
+        busy_port = f"cannot listen on {HOST}:{http} .*; choose another --http-port"
+        with pytest.raises(ServeError, match=busy_port):
             Ports(http, grpc, metrics, HOST).check_free()
     args = [sys.executable, "-m", "resnest_deploy.cli", "serve", str(digits_onnx), "--host", HOST]
     args += ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]

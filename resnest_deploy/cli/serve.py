@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from resnest_deploy.cli._common import Provider, ProviderOpt, err, handle_errors, out
-from resnest_deploy.cli.triton import MaxBatchOpt, NamesOpt, QueueDelayOpt
+from resnest_deploy.cli.triton import InstancesOpt, MaxBatchOpt, NamesOpt, QueueDelayOpt
 
 
 @handle_errors
@@ -18,22 +19,41 @@ def serve_cmd(
     grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
     host: Annotated[
-        str, typer.Option(help="Address to listen on (127.0.0.1 for this machine only).")
-    ] = "0.0.0.0",
+        str, typer.Option(help="Address to listen on; 0.0.0.0 to accept other machines (the image does).")
+    ] = "127.0.0.1",
     name: NamesOpt = None,
     max_batch_size: MaxBatchOpt = None,
     queue_delay_us: QueueDelayOpt = 500,
-    log: Annotated[Path | None, typer.Option(help="Write tritonserver's log here.")] = None,
+    instances: InstancesOpt = 1,
+    log: Annotated[Path | None, typer.Option(help="Append tritonserver's log here.")] = None,
     provider: ProviderOpt = Provider.cpu,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(min=0.5, max=3600, help="On SIGTERM, wait this long for requests in flight."),
+    ] = 10.0,
+    admin_api: Annotated[
+        bool,
+        typer.Option(
+            help="Open Triton's model-control, logging, trace and shared-memory APIs (closed by default)."
+        ),
+    ] = False,
+    status_file: Annotated[
+        Path | None,
+        typer.Option(help="Write the ports here as JSON once ready (removed on exit); for health checks."),
+    ] = None,
 ) -> None:
     """Serve artifacts with Triton: dynamic batching, labels, metadata, health, statistics.
 
     Uses the tritonserver that nvidia-pytriton bundles (pip install --no-deps nvidia-pytriton),
     which runs on a CPU-only machine; each artifact is a python-backend model running this
-    package's runners. Stops cleanly on Ctrl-C or SIGTERM.
+    package's runners. The HTTP port is a guard that bounds what a request may declare before
+    Triton reads it. On Ctrl-C or SIGTERM it answers not-ready, finishes the requests in flight
+    (--drain-timeout) and stops within seconds; if a model stops answering it exits non-zero,
+    so a supervisor can restart it.
 
     Examples:
-      resnest-deploy serve models/resnest14d_digits/resnest14d_digits.onnx --host 127.0.0.1
+      resnest-deploy serve models/resnest14d_digits/resnest14d_digits.onnx
+      resnest-deploy serve m.int8-cpu.onnx --host 0.0.0.0 --instances 2 --max-batch-size 16
       curl localhost:8000/v2/models/resnest14d_digits/config
     """
     from resnest_deploy.serving.server import Ports, serve_forever
@@ -42,7 +62,7 @@ def serve_cmd(
 
     def ready(entries: list) -> None:
         for e in entries:
-            out.print(f"serving {e.name} ({e.artifact}), max batch {e.max_batch_size}")
+            out.print(escape(f"serving {e.name} ({e.artifact}), max batch {e.max_batch_size}"))
         out.print(
             f"ready: http://{ports.url}/v2/health/ready, gRPC {host}:{grpc_port}, metrics :{metrics_port}"
         )
@@ -57,5 +77,9 @@ def serve_cmd(
         max_batch_size=max_batch_size,
         queue_delay_us=queue_delay_us,
         provider=provider.value,
+        instances=instances,
         log=log,
+        drain_timeout=drain_timeout,
+        admin_api=admin_api,
+        status_file=status_file,
     )

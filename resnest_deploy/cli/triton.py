@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from resnest_deploy.cli._common import JsonOpt, handle_errors, out, print_json
 
@@ -17,7 +18,15 @@ MaxBatchOpt = Annotated[
     int | None,
     typer.Option(min=1, help="max_batch_size (default: the engine profile's maximum, else 32)."),
 ]
-QueueDelayOpt = Annotated[int, typer.Option(min=0, help="Dynamic batching: max_queue_delay_microseconds.")]
+QueueDelayOpt = Annotated[
+    int, typer.Option(min=0, max=10_000_000, help="Dynamic batching: max_queue_delay_microseconds.")
+]
+InstancesOpt = Annotated[
+    int,
+    typer.Option(
+        min=1, max=64, help="Model instances (instance_group count); CPU instances split the cores."
+    ),
+]
 
 
 @handle_errors
@@ -36,6 +45,7 @@ def triton_cmd(
     python_backend: Annotated[
         bool, typer.Option(help="Serve through this package's runners in Triton's python backend.")
     ] = False,
+    instances: InstancesOpt = 1,
     json_out: JsonOpt = False,
 ) -> None:
     """Write a Triton model repository: config.pbtxt, the file, labels, warm-up, dynamic batching.
@@ -59,6 +69,7 @@ def triton_cmd(
         queue_delay_us=queue_delay_us,
         gpu=gpu,
         tensorrt_accelerator=tensorrt_accelerator,
+        instances=instances,
     )
     if json_out:
         print_json(
@@ -69,6 +80,8 @@ def triton_cmd(
         )
         return
     for e in entries:
-        out.print(f"{repo / e.name}: {e.platform}, max_batch_size {e.max_batch_size}, from {e.artifact}")
+        out.print(
+            escape(f"{repo / e.name}: {e.platform}, max_batch_size {e.max_batch_size}, from {e.artifact}")
+        )
         for note in e.notes:
-            out.print(f"  [yellow]{note}[/]")
+            out.print(f"  [yellow]{escape(note)}[/]")

@@ -10,16 +10,33 @@ import importlib
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 from resnest_deploy import _deps
-from resnest_deploy.errors import MissingDependencyError
+from resnest_deploy.errors import ArtifactError, MissingDependencyError
 
 BACKENDS = ("tensorrt", "tensorrt-rtx")
 #: first bytes of a serialized plan: full TensorRT writes ``ftrt``; TensorRT-RTX 1.x writes ``vtrt``
 #: (seen on every plan it built here; not documented, so only used to refuse files that are neither)
 ENGINE_MAGIC = {b"ftrt": "tensorrt", b"vtrt": "tensorrt-rtx"}
 _MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
+
+
+def engine_flavour(path: str | os.PathLike[str]) -> str:
+    """Which TensorRT built an engine, read from its first bytes: a sidecar can be edited, the
+    header is what the runtime will check. Anything else is not a TensorRT engine."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ArtifactError(f"cannot read engine {path}: {e.strerror}; check the path") from e
+    if magic not in ENGINE_MAGIC:
+        raise ArtifactError(
+            f"{Path(path).name} is not a serialized TensorRT engine (header {magic!r}, not ftrt/vtrt); "
+            "build one with `resnest-deploy build`"
+        )
+    return ENGINE_MAGIC[magic]
 
 
 @dataclass(frozen=True)

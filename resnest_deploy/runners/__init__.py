@@ -48,6 +48,7 @@ def open_runner(
     threads: int | None = None,
     cuda_graphs: bool = False,
     ov_hint: str = "latency",
+    device: int = 0,
 ) -> Runner:
     """A runner for an ONNX file, an engine, or ``torch[:device]`` (then ``model`` is the module)."""
     kind = artifact_kind(artifact)
@@ -57,8 +58,8 @@ def open_runner(
 
         if model is None:
             raise ArtifactError("'torch' needs a model: pass --arch (and --weights)")
-        device = text.partition(":")[2] or "cpu"
-        return TorchRunner(model, device, name=f"torch-{device}")
+        where = text.partition(":")[2] or "cpu"
+        return TorchRunner(model, where, name=f"torch-{where}")
     if kind == "onnx" and provider in OPENVINO_PROVIDERS:
         from resnest_deploy.runners.openvino import OpenVINORunner
 
@@ -67,7 +68,9 @@ def open_runner(
     if kind == "onnx":
         from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
 
-        return OnnxRuntimeRunner(text, provider, threads, name=Path(text).name)
+        return OnnxRuntimeRunner(text, provider, threads, name=Path(text).name, device=device)
     from resnest_deploy.runners.tensorrt import TensorRTRunner
 
-    return TensorRTRunner(text, cuda_graphs=cuda_graphs, name=Path(text).name)
+    if provider not in ("cpu", "tensorrt", "cuda"):
+        raise ArtifactError(f"--provider {provider} runs .onnx files; an engine runs in TensorRT on its GPU")
+    return TensorRTRunner(text, cuda_graphs=cuda_graphs, name=Path(text).name, device=device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,7 @@ class OnnxRuntimeRunner(Runner):
         provider: str = "cpu",
         threads: int | None = None,
         name: str | None = None,
+        device: int = 0,
     ) -> None:
         label = "<in-memory>" if isinstance(model, bytes) else os.fspath(model)
         super().__init__(name or f"onnxruntime-{provider}:{label}")
@@ -40,6 +42,7 @@ class OnnxRuntimeRunner(Runner):
         self.model = model
         self.provider = provider
         self.threads = threads
+        self.device = device  # the GPU for the cuda and tensorrt providers
 
     def activate_impl(self) -> None:
         ort = _deps.require("onnxruntime")
@@ -57,7 +60,13 @@ class OnnxRuntimeRunner(Runner):
         ort.set_default_logger_severity(4)  # a provider that fails to load logs to the console, and
         try:  # onnxruntime print()s an "EP Error" banner: keep stdout clean for --json, report it below
             with contextlib.redirect_stdout(sys.stderr):
-                self.session = ort.InferenceSession(model, opts, providers=PROVIDERS[self.provider])
+                providers: list[Any] = list(PROVIDERS[self.provider])
+                if self.provider != "cpu":
+                    providers = [
+                        (p, {"device_id": self.device}) if p != "CPUExecutionProvider" else p
+                        for p in providers
+                    ]
+                self.session = ort.InferenceSession(model, opts, providers=providers)
         except Exception as e:
             first = first_line(e)
             raise ArtifactError(f"onnxruntime cannot load {self.name.split(':', 1)[-1]}: {first}") from e

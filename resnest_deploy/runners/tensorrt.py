@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from resnest_deploy import metadata
-from resnest_deploy.engine.flavour import ENGINE_MAGIC, detect
+from resnest_deploy.engine.flavour import detect, engine_flavour
 from resnest_deploy.errors import ArtifactError, MissingDependencyError
 from resnest_deploy.runners.base import Runner
 
@@ -156,25 +156,24 @@ class TensorRTRunner(Runner):
         backend: str = "auto",
         cuda_graphs: bool = False,
         name: str | None = None,
+        device: int = 0,
     ) -> None:
         super().__init__(name or f"tensorrt:{os.fspath(engine)}")
+        self.device = device  # a Triton instance's model_instance_device_id
         self.path = Path(engine)
         self.sidecar = metadata.read_sidecar(self.path)
-        flavour = (self.sidecar or {}).get("tensorrt", {}).get("flavour")
-        self.requested = flavour if backend == "auto" and flavour else backend
-        self.backend = self.requested if self.requested != "auto" else "tensorrt"
+        self.requested = engine_flavour(self.path) if backend == "auto" else backend  # the header decides
+        self.backend = self.requested
         self.cuda_graphs = cuda_graphs
 
     # -- set-up -------------------------------------------------------------------------------------
 
     def activate_impl(self) -> None:
-        with open(self.path, "rb") as f:
-            if f.read(4) not in ENGINE_MAGIC:
-                raise ArtifactError(f"{self.path} is not a serialized TensorRT engine; build one first")
         cuda = self.cuda = _Cuda()
         if cuda("cudaGetDeviceCount") < 1:
             raise ArtifactError(f"{self.path.name} needs a CUDA GPU to run; none is visible")
-        props = cuda("cudaGetDeviceProperties", 0)
+        cuda("cudaSetDevice", self.device)
+        props = cuda("cudaGetDeviceProperties", self.device)
         flavour = detect(self.requested)
         self.backend = flavour.backend
         check_compatible(self.sidecar, flavour.version, (props.major, props.minor))

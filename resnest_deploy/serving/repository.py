@@ -11,19 +11,25 @@ names; warm-up requests for the smallest and largest batch.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import re
 import shutil
+import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from resnest_deploy import formats, metadata
-from resnest_deploy._io import atomic_path, sha256_file
+from resnest_deploy._io import atomic_path, load_onnx, sha256_file
 from resnest_deploy.artifacts import deployable
+from resnest_deploy.engine.flavour import engine_flavour
 from resnest_deploy.errors import ArtifactError
-from resnest_deploy.limits import MAX_BATCH
+from resnest_deploy.limits import MAX_BATCH, check_positive
 
 
 class Enum(str):
@@ -31,9 +37,16 @@ class Enum(str):
 
 
 TRITON_TYPES = {"float32": Enum("TYPE_FP32"), "float16": Enum("TYPE_FP16"), "uint8": Enum("TYPE_UINT8")}
+_ONNX_TYPES = {1: "float32", 10: "float16", 2: "uint8"}  # onnx.TensorProto elem types
 DEFAULT_MAX_BATCH = 32
 DEFAULT_QUEUE_DELAY_US = 500
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_SIDE = 8192  # an input's height or width
+MAX_CLASSES = 100_000
+MAX_NAME = 100
+#: the warm-up batches, zero-filled, may take at most this much memory
+MAX_WARMUP_BYTES = 2**30
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+LOCK_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -46,6 +59,8 @@ class ModelEntry:
     max_batch_size: int
     config: str
     notes: list[str] = field(default_factory=list)
+    sample_elements: int = 0  # elements of one input image
+    num_classes: int = 0
 
 
 def _pb(value: Any, indent: int = 0) -> str:
@@ -80,7 +95,8 @@ def _scalar(v: Any) -> str:
 
 @dataclass(frozen=True)
 class _Io:
-    """What the artifact's metadata says about its input and output."""
+    """An artifact's input and output as the file itself defines them (its graph, or for an engine
+    the profile its verified sidecar records), within this tool's bounds."""
 
     input_name: str
     input_type: Enum
@@ -88,32 +104,78 @@ class _Io:
     layout: str
     output_name: str
     num_classes: int
+    batch_min: int
     batch_max: int | None  # the profile's or static export's batch; None: dynamic, unbounded
     static_batch: bool
 
+    @property
+    def sample_elements(self) -> int:
+        return math.prod(self.input_dims)
 
-def _io_of(meta: dict[str, Any], path: Path) -> _Io:
-    inp, out = meta.get("input") or {}, meta.get("output") or {}
-    shape = inp.get("shape") or (inp.get("profile") or {}).get("max")
-    if not shape or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+
+def _bounded(value: Any, what: str, path: Path, maximum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= maximum:
+        raise ArtifactError(f"{path.name} records {what} {value!r}, outside 1..{maximum}; rebuild it")
+    return value
+
+
+def _onnx_io(path: Path, meta: dict[str, Any]) -> _Io:
+    """Names, types and dims from the graph; the metadata only adds the input form's layout."""
+    model = load_onnx(path)
+    inp, out = model.graph.input[0], model.graph.output[0]
+    dtype = _ONNX_TYPES.get(inp.type.tensor_type.elem_type)
+    if dtype is None:
         raise ArtifactError(
-            f"{path} has input shape {shape}; a Triton model needs fixed H and W "
+            f"{path.name} takes input of ONNX type {inp.type.tensor_type.elem_type}, "
+            "which this tool cannot describe to Triton"
+        )
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    out_dims = [d.dim_value if d.HasField("dim_value") else None for d in out.type.tensor_type.shape.dim]
+    if len(dims) != 4 or any(d is None for d in dims[1:]):
+        raise ArtifactError(
+            f"{path.name} has input shape {dims}; a Triton model needs fixed H and W "
             "(re-export without --dynamic-hw)"
         )
-    profile_max = (inp.get("profile") or {}).get("max")
-    static = isinstance(shape[0], int) and not profile_max
-    dtype = str(inp.get("dtype") or "float32")
-    if dtype not in TRITON_TYPES:
-        raise ArtifactError(f"{path} takes {dtype} input, which this tool cannot describe to Triton")
+    if len(out_dims) != 2 or out_dims[1] is None:
+        raise ArtifactError(f"{path.name} has output shape {out_dims}; expected batch x classes")
+    for d in dims[1:]:
+        _bounded(d, "an input dimension", path, MAX_SIDE)
+    form = formats.InputForm.of(meta)
+    batch = dims[0]
+    return _Io(
+        input_name=inp.name,
+        input_type=TRITON_TYPES[dtype],
+        input_dims=[int(d) for d in dims[1:] if d is not None],
+        layout=form.layout,
+        output_name=out.name,
+        num_classes=_bounded(out_dims[1], "classes", path, MAX_CLASSES),
+        batch_min=1,
+        batch_max=_bounded(batch, "a static batch", path, MAX_BATCH) if batch is not None else None,
+        static_batch=batch is not None,
+    )
+
+
+def _engine_io(path: Path, meta: dict[str, Any]) -> _Io:
+    """An engine is opaque without TensorRT: its verified sidecar's profile, bounded."""
+    inp, out = meta.get("input") or {}, meta.get("output") or {}
+    profile = inp.get("profile") or {}
+    lo, hi = profile.get("min"), profile.get("max")
+    if not (isinstance(lo, list) and isinstance(hi, list) and len(lo) == len(hi) == 4):
+        raise ArtifactError(f"{path.name}'s sidecar records no 4-d optimization profile; rebuild it")
+    form = formats.InputForm.of(meta)
+    dtype = formats.dtype(form.name)
+    for d in hi[1:]:
+        _bounded(d, "an input dimension", path, MAX_SIDE)
     return _Io(
         input_name=str(inp.get("name") or formats.INPUT_NAME),
         input_type=TRITON_TYPES[dtype],
-        input_dims=[int(d) for d in shape[1:]],
-        layout=str(inp.get("layout") or "NCHW"),
+        input_dims=[int(d) for d in hi[1:]],
+        layout=form.layout,
         output_name=str(out.get("name") or formats.OUTPUT_NAME),
-        num_classes=int(meta.get("num_classes") or 1000),
-        batch_max=profile_max[0] if profile_max else shape[0] if static else None,
-        static_batch=static,
+        num_classes=_bounded(meta.get("num_classes"), "classes", path, MAX_CLASSES),
+        batch_min=_bounded(lo[0], "a profile minimum", path, MAX_BATCH),
+        batch_max=_bounded(hi[0], "a profile maximum", path, MAX_BATCH),
+        static_batch=False,
     )
 
 
@@ -129,21 +191,27 @@ def model_config(
     instances: int = 1,
     provider: str = "cpu",
 ) -> ModelEntry:
-    """The config.pbtxt of one artifact (nothing written)."""
+    """The config.pbtxt of one artifact (nothing written). Everything in it comes from the file
+    itself, within this tool's bounds: metadata is only trusted for what the graph cannot say."""
     info = deployable(artifact, "a Triton model")
     path, kind, meta = Path(info.name), info.kind, info.meta
-    name = name or path.stem
-    if not _NAME.match(name):
-        raise ArtifactError(f"model name {name!r} is not a valid Triton model name; pass --name")
-    io = _io_of(meta, path)
+    name = path.stem if name is None else name
+    if len(name) > MAX_NAME or not _NAME.fullmatch(name):
+        raise ArtifactError(
+            f"model name {name[:MAX_NAME]!r} is not a valid Triton model name (letters, digits, '_', '.', "
+            f"'-', at most {MAX_NAME}); pass --name"
+        )
+    check_positive(instances, "--instances", maximum=64)
+    io = _engine_io(path, meta) if kind == "engine" else _onnx_io(path, meta)
     notes: list[str] = []
     trt = meta.get("tensorrt") or {}
+    flavour = engine_flavour(path) if kind == "engine" else None
     if kind == "engine" and not python_backend:
-        if trt.get("flavour") != "tensorrt":
+        if flavour != "tensorrt":
             raise ArtifactError(
-                f"{path} was built by {trt.get('flavour') or 'an unknown TensorRT'}, but Triton's "
-                "tensorrt_plan backend is full TensorRT: rebuild with --backend tensorrt, or serve the ONNX "
-                "file (onnxruntime_onnx, optionally with --tensorrt-accelerator)"
+                f"{path} was built by {flavour} (its header says so), but Triton's tensorrt_plan backend is "
+                "full TensorRT: rebuild with --backend tensorrt, or serve the ONNX file (onnxruntime_onnx, "
+                "optionally with --tensorrt-accelerator)"
             )
         version = trt.get("version", "?")
         notes.append(
@@ -152,8 +220,14 @@ def model_config(
             "nvcr.io/nvidia/tensorrt:<yy.mm>-py3 of the same yy.mm carry the same TensorRT: build there); "
             "another version refuses the plan."
         )
-    if kind == "engine" and gpu is False and not python_backend:
-        gpu = True  # TensorRT plans only run on GPUs
+    if io.batch_min > 1:
+        raise ArtifactError(
+            f"{path.name}'s optimization profile starts at batch {io.batch_min}, but Triton's batcher forms "
+            "batches from 1; rebuild with --batch-profile 1,OPT,MAX"
+        )
+    # a python model's instances are where its runner runs; an engine always runs on a GPU
+    runs_on_gpu = kind == "engine" or provider in ("cuda", "tensorrt")
+    gpu = runs_on_gpu if python_backend else gpu or kind == "engine"
     limit = io.batch_max
     if max_batch_size is not None:
         if limit is not None and max_batch_size > limit:
@@ -162,13 +236,18 @@ def model_config(
                 f"max_batch_size {max_batch_size} is above the {what} maximum ({limit}) of {path.name}; "
                 f"use --max-batch-size {limit} or rebuild with a larger --batch-profile"
             )
-        if not 1 <= max_batch_size <= MAX_BATCH:
-            raise ArtifactError(f"max_batch_size must be 1..{MAX_BATCH}, got {max_batch_size}")
+        check_positive(max_batch_size, "--max-batch-size", maximum=MAX_BATCH)
     batch = max_batch_size or (limit if limit is not None else DEFAULT_MAX_BATCH)
     if io.static_batch and batch != limit:
         raise ArtifactError(f"{path.name} has a static batch of {limit}; it cannot batch {batch}")
     if queue_delay_us < 0:
         raise ArtifactError(f"the queue delay must be 0 or more microseconds, got {queue_delay_us}")
+    itemsize = 1 if io.input_type == "TYPE_UINT8" else 4
+    if batch * io.sample_elements * itemsize > MAX_WARMUP_BYTES:
+        raise ArtifactError(
+            f"a batch of {batch} {io.input_dims} inputs needs more than {MAX_WARMUP_BYTES >> 20} MiB; "
+            "choose a smaller --max-batch-size"
+        )
     platform = "python" if python_backend else "tensorrt_plan" if kind == "engine" else "onnxruntime_onnx"
     dims_input: dict[str, Any] = {"name": io.input_name, "data_type": io.input_type, "dims": io.input_dims}
     if io.input_dims[0] == 3 or io.layout == "NHWC":
@@ -197,7 +276,7 @@ def model_config(
                     "value": {"data_type": io.input_type, "dims": io.input_dims, "zero_data": True},
                 },
             }
-            for b in sorted({1, batch})
+            for b in sorted({io.batch_min, batch})
         ],
     }
     if tensorrt_accelerator:
@@ -223,10 +302,14 @@ def model_config(
     if python_backend:  # what runs the file inside the python model (see --provider)
         if provider not in ("cpu", "openvino", "openvino-bf16", "cuda", "tensorrt"):
             raise ArtifactError(f"unknown provider {provider!r} for a python-backend model")
+        if kind == "engine" and provider not in ("cpu", "tensorrt", "cuda"):
+            raise ArtifactError(f"--provider {provider} runs .onnx files; an engine runs in TensorRT")
         provenance["provider"] = provider
+        if not gpu:  # several CPU instances share the cores instead of each taking them all
+            provenance["threads"] = max(1, (os.cpu_count() or 1) // instances)
     config["parameters"] = [{"key": k, "value": {"string_value": str(v)}} for k, v in provenance.items()]
     text = _pb(config) + "\n"
-    return ModelEntry(name, path, platform, batch, text, notes)
+    return ModelEntry(name, path, platform, batch, text, notes, io.sample_elements, io.num_classes)
 
 
 def labels_for(num_classes: int) -> list[str]:
@@ -245,7 +328,9 @@ def write_repository(
     names: list[str] | None = None,
     **options: Any,
 ) -> list[ModelEntry]:
-    """Write one model per artifact under ``repo``; refuses to overwrite an existing model folder."""
+    """Write one model per artifact under ``repo``; refuses to overwrite an existing model folder.
+    Writers of one repository take turns (a lock file), and each model is staged in a private temp
+    folder inside the repository and renamed into place whole."""
     repo = Path(repo)
     if names is not None and len(names) != len(artifacts):
         raise ArtifactError(f"{len(names)} --name for {len(artifacts)} artifacts; give one per artifact")
@@ -255,38 +340,68 @@ def write_repository(
         if e.name in seen:
             raise ArtifactError(f"two artifacts would be model {e.name!r}; name them apart with --name")
         seen.add(e.name)
-        if (repo / e.name).exists():
-            raise ArtifactError(f"{repo / e.name} exists; choose another --repo or remove it")
         if repo.resolve() in e.artifact.resolve().parents:
             raise ArtifactError(
                 f"{e.artifact} is inside the repository {repo}; write the repository elsewhere"
             )
-    for e in entries:
-        _write_model(repo, e)
-    if any(e.notes for e in entries):
-        with atomic_path(repo / "TENSORRT_PAIRING.txt") as tmp:
-            tmp.write_text("\n".join(n for e in entries for n in e.notes) + "\n")
+    if repo.exists() and not repo.is_dir():
+        raise ArtifactError(f"{repo} is a file, not a folder; choose another --repo")
+    try:
+        repo.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ArtifactError(f"cannot create the repository {repo}: {err.strerror}") from err
+    with _locked(repo):
+        for e in entries:
+            if (repo / e.name).exists() or (repo / e.name).is_symlink():
+                raise ArtifactError(f"{repo / e.name} exists; choose another --repo or remove it")
+        for e in entries:
+            _write_model(repo, e)
+        if any(e.notes for e in entries):
+            with atomic_path(repo / "TENSORRT_PAIRING.txt") as tmp:
+                tmp.write_text("\n".join(n for e in entries for n in e.notes) + "\n")
     return entries
+
+
+@contextlib.contextmanager
+def _locked(repo: Path) -> Iterator[None]:
+    """One writer at a time per repository (fcntl lock on a file inside it)."""
+    import fcntl
+
+    lock = repo / ".resnest-deploy.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ArtifactError(
+                        f"another resnest-deploy is writing {repo} ({lock.name}); try again when it is done"
+                    ) from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _write_model(repo: Path, e: ModelEntry) -> None:
     folder = repo / e.name
-    staging = repo / f".{e.name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "1").mkdir(parents=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{e.name}.", suffix=".staging", dir=repo))  # private, 0700
     try:
+        (staging / "1").mkdir()
         suffix = "plan" if e.artifact.suffix.lower() != ".onnx" else "onnx"
         shutil.copyfile(e.artifact, staging / "1" / f"model.{suffix}")
-        sidecar = metadata.sidecar_path(e.artifact)
-        if sidecar.is_file():
-            shutil.copyfile(sidecar, staging / "1" / f"model.{suffix}.json")
+        if metadata.read_sidecar(e.artifact) is not None:  # verified: it describes these very bytes
+            shutil.copyfile(metadata.sidecar_path(e.artifact), staging / "1" / f"model.{suffix}.json")
         if e.platform == "python":
             shutil.copyfile(PYTHON_MODEL, staging / "1" / "model.py")
-        meta = metadata.of_artifact(e.artifact)
-        (staging / "labels.txt").write_text(
-            "\n".join(labels_for(int(meta.get("num_classes") or 1000))) + "\n"
-        )
+        (staging / "labels.txt").write_text("\n".join(labels_for(e.num_classes)) + "\n")
         (staging / "config.pbtxt").write_text(e.config)
-        os.replace(staging, folder)
+        staging.chmod(0o755)
+        os.rename(staging, folder)  # fails, rather than merges, if the folder appeared meanwhile
+    except OSError as err:
+        raise ArtifactError(f"cannot write {folder}: {err.strerror}") from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)

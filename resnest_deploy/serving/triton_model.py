@@ -2,20 +2,48 @@
 
 Copied into a model's version folder as ``model.py`` next to ``model.onnx`` (or ``model.plan``).
 Triton batches requests (dynamic batching) and hands them to ``execute`` together; they run as one
-batch and are split back, in order. A request that cannot be answered (NaN/Inf, an empty batch)
-gets its own error response; the others in the batch are still answered.
+batch and are split back, in order. A request that cannot be answered (NaN/Inf in or out, an empty
+batch) gets its own INVALID_ARG error (HTTP 400); the others in the batch are still answered.
+
+The stub's embedded Python ignores ``PYTHONPATH``; when ``serve`` started it, the file named by
+``RESNEST_DEPLOY_PYTHON_ENV`` lists the serving interpreter's ``sys.path`` and site folders, which are
+adopted before anything outside the standard library is imported.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import site
+import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import triton_python_backend_utils as pb_utils  # provided by Triton's python backend
 
-from resnest_deploy.runners import open_runner
+def _adopt_environment() -> None:
+    described = os.environ.get("RESNEST_DEPLOY_PYTHON_ENV")
+    if not described:
+        return
+    env = json.loads(Path(described).read_text())
+    known = set(sys.path)
+    sys.path[:0] = [p for p in env["sys_path"] if p not in known]
+    for folder in env["site_dirs"]:  # .pth files: editable installs' finders, namespace packages
+        if folder not in known:
+            site.addsitedir(folder)
+
+
+_adopt_environment()
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402  # provided by Triton's python backend
+
+from resnest_deploy.runners import open_runner  # noqa: E402
+
+
+def _client_error(message: str) -> Any:
+    return pb_utils.InferenceResponse(
+        error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
+    )
 
 
 class TritonPythonModel:
@@ -25,15 +53,21 @@ class TritonPythonModel:
         artifact = next(p for p in (folder / "model.onnx", folder / "model.plan") if p.is_file())
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
-        provider = config.get("parameters", {}).get("provider", {}).get("string_value", "cpu")
-        self.runner = open_runner(artifact, provider=provider)
-        self.runner.activate()
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        provider = params.get("provider", "cpu")
+        threads = int(params["threads"]) if params.get("threads") else None
+        device = int(args.get("model_instance_device_id") or 0)  # the GPU of a KIND_GPU instance
+        try:
+            self.runner = open_runner(artifact, provider=provider, threads=threads, device=device)
+            self.runner.activate()
+        except Exception as e:  # Triton logs this message as the cause of the failed load
+            raise pb_utils.TritonModelException(f"{type(e).__name__}: {e}") from e
 
     def execute(self, requests: list[Any]) -> list[Any]:
         arrays: list[np.ndarray | None] = []
         errors: list[str | None] = []
         for request in requests:
-            x = np.from_dlpack(pb_utils.get_input_tensor_by_name(request, self.input_name)).copy()
+            x = np.from_dlpack(pb_utils.get_input_tensor_by_name(request, self.input_name))
             problem = None
             if x.shape[0] == 0:
                 problem = "empty batch: send at least one image"
@@ -42,19 +76,26 @@ class TritonPythonModel:
             arrays.append(None if problem else x)
             errors.append(problem)
         good = [a for a in arrays if a is not None]
-        outputs = iter(
-            np.split(self.runner.infer(np.concatenate(good)), np.cumsum([len(a) for a in good])[:-1])
-            if good
-            else []
-        )
+        outputs: list[np.ndarray] = []
+        if good:
+            batch = good[0] if len(good) == 1 else np.concatenate(good)
+            outputs = np.split(self.runner.infer(batch), np.cumsum([len(a) for a in good])[:-1])
+        answers = iter(outputs)
         responses = []
         for problem in errors:
             if problem:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(problem)))
-            else:
-                y = np.array(next(outputs), dtype=np.float32, order="C")  # owns its memory
-                logits = pb_utils.Tensor.from_dlpack(self.output_name, y.__dlpack__())
-                responses.append(pb_utils.InferenceResponse(output_tensors=[logits]))
+                responses.append(_client_error(problem))
+                continue
+            y = np.ascontiguousarray(next(answers), dtype=np.float32)
+            if not np.isfinite(y).all():  # finite inputs the model overflows: the input is out of range
+                responses.append(
+                    _client_error("the model's output holds NaN or Inf for this input: values out of range")
+                )
+                continue
+            if not y.flags.owndata:
+                y = y.copy()  # owns its memory for DLPack
+            logits = pb_utils.Tensor.from_dlpack(self.output_name, y)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[logits]))
         return responses
 
     def finalize(self) -> None:
