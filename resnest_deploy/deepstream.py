@@ -9,14 +9,17 @@ channels) and feeds the network float NCHW at ``infer-dims``, resizing the frame
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnest_deploy import formats
+from resnest_deploy import formats, interface
 from resnest_deploy._io import atomic_path, prepare_outputs
 from resnest_deploy.artifacts import deployable
+from resnest_deploy.engine.flavour import engine_flavour
 from resnest_deploy.errors import ArtifactError
+from resnest_deploy.limits import MAX_BATCH, check_positive
 
 #: nvinfer's network-mode per precision
 NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}
@@ -55,22 +58,27 @@ def nvinfer_config(
     path, kind, meta = Path(info.name), info.kind, info.meta
     if process_mode not in (1, 2):
         raise ArtifactError(f"process-mode is 1 (full frame) or 2 (objects), not {process_mode}")
-    scale, offsets = formats.InputForm.of(meta).nvinfer()
-    inp = meta.get("input") or {}
-    shape = inp.get("shape") or (inp.get("profile") or {}).get("opt") or []
-    if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+    check_positive(gie_unique_id, "gie-unique-id", maximum=2**31 - 1)
+    form = formats.InputForm.of(meta)
+    scale, offsets = form.nvinfer()
+    io = interface.of(path, kind, meta)
+    if io.layout != "NCHW" or io.input_dims[0] != 3:
+        raise ArtifactError(f"{path} takes {io.input_dims}; nvinfer feeds 3 x H x W (re-export)")
+    precision = str(meta.get("precision", "fp32"))
+    if precision not in NETWORK_MODE:
         raise ArtifactError(
-            f"{path} has input shape {shape}; nvinfer needs fixed 3 x H x W (no --dynamic-hw)"
+            f"{path} computes in {precision}, which nvinfer's network-mode cannot express; "
+            "give it the FP32, FP16 or INT8 file"
         )
-    batch = _batch_size(meta, shape, batch_size, path)
+    batch = _batch_size(io, batch_size, path)
     props: dict[str, str] = {"gpu-id": "0", "net-scale-factor": repr(scale)}
     props["offsets"] = ";".join(f"{o:g}" for o in offsets)
     props["model-color-format"] = "0"  # RGB
     if kind == "engine":
-        flavour = (meta.get("tensorrt") or {}).get("flavour")
+        flavour = engine_flavour(path)
         if flavour != "tensorrt":
             raise ArtifactError(
-                f"{path} was built by {flavour or 'an unknown TensorRT'}; DeepStream runs full TensorRT "
+                f"{path} was built by {flavour} (its header says so); DeepStream runs full TensorRT "
                 "engines: give it the ONNX file (nvinfer builds the engine) or build with --backend tensorrt"
             )
         props["model-engine-file"] = str(path.resolve())
@@ -79,23 +87,39 @@ def nvinfer_config(
     props |= {
         "labelfile-path": labels_path,
         "batch-size": str(batch),
-        "network-mode": str(NETWORK_MODE[str(meta.get("precision", "fp32"))]),
+        "network-mode": str(NETWORK_MODE[precision]),
         "network-type": "1",  # classifier
         "process-mode": str(process_mode),
-        "infer-dims": ";".join(str(d) for d in shape[1:]),
+        "infer-dims": ";".join(str(d) for d in io.input_dims),
         "gie-unique-id": str(gie_unique_id),
-        "output-blob-names": str((meta.get("output") or {}).get("name", formats.OUTPUT_NAME)),
+        "output-blob-names": io.output_name,
         "classifier-threshold": "0.0",
         "maintain-aspect-ratio": "0",
     }
-    num_classes = int(meta.get("num_classes") or 1000)
-    return NvinferConfig(props, class_labels(num_classes))
+    for key, value in props.items():
+        check_value(key, value)
+    return NvinferConfig(props, class_labels(io.num_classes))
 
 
-def _batch_size(meta: dict[str, Any], shape: list[Any], asked: int | None, path: Path) -> int:
+def check_value(key: str, value: str) -> str:
+    """A value nvinfer's key file reads back as written: one line, no escapes (GKeyFile reads ``\\``
+    sequences), no leading or trailing blanks. A path that is not is refused, not rewritten."""
+    if _UNSAFE.search(value) or value != value.strip():
+        raise ArtifactError(
+            f"{key} would be {value!r}, which an nvinfer config cannot hold (control characters, a "
+            "backslash or surrounding blanks); rename the file or folder"
+        )
+    return value
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def _batch_size(io: interface.Io, asked: int | None, path: Path) -> int:
     """The engine profile's maximum, a static export batch, or what was asked (dynamic ONNX)."""
-    profile_max = ((meta.get("input") or {}).get("profile") or {}).get("max")
-    most = profile_max[0] if profile_max else shape[0] if isinstance(shape[0], int) else None
+    most = io.batch_max
+    if asked is not None:
+        check_positive(asked, "--batch-size", maximum=MAX_BATCH)
     if asked is not None and most is not None and asked > most:
         raise ArtifactError(
             f"batch-size {asked} is above what {path.name} takes ({most}); ask for at most {most}"
@@ -114,6 +138,7 @@ def write(
         config_path or artifact.with_name(f"config_infer_{artifact.stem.replace('.', '_')}.txt")
     )
     labels = config_path.with_name(f"{config_path.stem}_labels.txt")
+    check_value("labelfile-path", labels.name)
     prepare_outputs([config_path, labels], [artifact], with_sidecar=False)
     config = nvinfer_config(artifact, labels_path=labels.name, **kwargs)
     with atomic_path(labels) as tmp:

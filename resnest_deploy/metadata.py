@@ -6,6 +6,7 @@ import collections
 import datetime as _dt
 import importlib.metadata
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -154,7 +155,7 @@ def validate(data: Any, where: str) -> dict[str, Any]:
         (f"preprocessing.{k}", (data.get("preprocessing") or {}).get(k)) for k in ("mean", "std")
     ]:
         if stats is not None and not _three_numbers(stats, positive=key.endswith("std")):
-            raise bad(key, "three numbers (positive for std)")
+            raise bad(key, f"three finite numbers, mean in {MEAN_RANGE}, std in {STD_RANGE}")
     profile = inp.get("profile")
     if profile is not None and not (
         isinstance(profile, dict)
@@ -166,13 +167,19 @@ def validate(data: Any, where: str) -> dict[str, Any]:
     return data
 
 
+#: normalisation statistics a real model has (fractions of 255): JSON also parses NaN and Infinity
+MEAN_RANGE = (-10.0, 10.0)
+STD_RANGE = (1e-4, 100.0)
+
+
 def _three_numbers(v: Any, positive: bool) -> bool:
     ok = (
         isinstance(v, list)
         and len(v) == 3
-        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+        and all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in v)
     )
-    return ok and (not positive or all(x > 0 for x in v))
+    lo, hi = STD_RANGE if positive else MEAN_RANGE
+    return ok and all(lo <= x <= hi for x in v)
 
 
 #: ops that only appear in a quantized graph

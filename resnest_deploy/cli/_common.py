@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
 try:  # typer >= 0.20 vendors click; before, it used click itself
@@ -23,8 +27,44 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 
 from resnest_deploy.errors import ResnestDeployError
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+#: control characters (C0, DEL, C1) and bidi overrides: shown escaped, never sent to the terminal
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\x1b``): a file name or a metadata
+    string can move the cursor, retitle the window or clear the screen otherwise."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """Text with styles from plain parts: ``styled(("error:", "bold red"), " ", message)``."""
+    return Text.assemble(*((visible(p[0]), p[1]) if isinstance(p, tuple) else visible(p) for p in parts))
+
+
+class SafeConsole(Console):
+    """The one place untrusted text reaches the terminal: markup is off (a path holding ``[/x]`` is a
+    path, ``[red]b.png`` prints as written) and control characters are escaped, in plain strings and
+    table cells alike. Styles come from :func:`styled` ``Text`` and ``style=``."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        kwargs["markup"] = False
+        super().print(*(_clean(o) for o in objects), **kwargs)
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return visible(obj)
+    if isinstance(obj, Table):
+        if isinstance(obj.title, str):
+            obj.title = visible(obj.title)
+        for column in obj.columns:
+            column._cells = [visible(c) if isinstance(c, str) else c for c in column._cells]
+    return obj
+
+
+out = SafeConsole(soft_wrap=True, markup=False)
+err = SafeConsole(stderr=True, soft_wrap=True, markup=False)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -147,11 +187,8 @@ class OneLineErrors(TyperGroup):
             code = 0
         except UsageError as e:
             where = e.ctx.command_path if e.ctx else "resnest-deploy"
-            err.print(
-                f"[bold red]error:[/] {escape(e.format_message().replace('Value error, ', ''))} "
-                f"(see `{where} --help`)",
-                highlight=False,
-            )
+            message = e.format_message().replace("Value error, ", "")
+            err.print(styled(("error:", "bold red"), f" {message} (see `{where} --help`)"), highlight=False)
             code = 2
         except typer.Abort:
             err.print("interrupted; no partial files were kept")
@@ -165,6 +202,11 @@ class OneLineErrors(TyperGroup):
         sys.exit(code)
 
 
+def fail(message: str, code: int) -> NoReturn:
+    err.print(styled(("error:", "bold red"), " ", message), highlight=False)
+    raise typer.Exit(code) from None
+
+
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Known failures become ``error: <one line>`` and a non-zero exit, never a traceback."""
 
@@ -173,8 +215,12 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except ResnestDeployError as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, markup=True)
-            raise typer.Exit(e.exit_code) from None
+            fail(str(e), e.exit_code)
+        except MemoryError:
+            fail("out of memory; use fewer or smaller inputs (--count, --chunk-size, --batch-sizes)", 1)
+        except OSError as e:  # a full disk, a read-only folder, a file-size limit: name the path and why
+            where = e.filename or "the output"
+            fail(f"cannot read or write {where}: {e.strerror or e}; free space or choose another path", 1)
         except KeyboardInterrupt:
             err.print("interrupted; no partial files were kept")
             raise typer.Exit(130) from None
@@ -186,7 +232,7 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 def progress(enabled: bool = True) -> Iterator[Callable[[str], None]]:
     """A spinner on stderr whose text the library's ``progress`` callback updates."""
     if not enabled or not err.is_terminal:
-        yield lambda msg: err.print(f"[dim]{msg}[/]", highlight=False)
+        yield lambda msg: err.print(msg, style="dim", highlight=False)
         return
     with err.status("starting") as status:
         yield lambda msg: status.update(msg)
@@ -217,7 +263,7 @@ def metrics_table(title: str, rows: dict[str, Any], failures: dict[str, list[str
     if failures is not None:
         table.add_column("result")
     for name, m in rows.items():
-        cells = [
+        cells: list[str | Text] = [
             name,
             f"{m.max_abs:.3g}",
             f"{m.mean_abs:.3g}",
@@ -228,7 +274,9 @@ def metrics_table(title: str, rows: dict[str, Any], failures: dict[str, list[str
         cells.append(str(m.samples))
         if failures is not None:
             problems = failures.get(name) or []
-            cells.append("[red]FAIL[/] " + "; ".join(problems) if problems else "[green]ok[/]")
+            cells.append(
+                styled(("FAIL", "red"), " " + "; ".join(problems)) if problems else styled(("ok", "green"))
+            )
         table.add_row(*cells)
     return table
 
@@ -245,5 +293,38 @@ def parse_batches(text: str) -> list[int]:
     return values
 
 
+def strict_json(data: Any) -> Any:
+    """``data`` with NaN and infinities as null: ``--json`` is RFC 8259 JSON, which has neither."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {str(k): strict_json(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [strict_json(v) for v in data]
+    return data
+
+
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(strict_json(data), indent=2, default=str, allow_nan=False) + "\n")
+
+
+def run_app(app: Callable[[], Any]) -> None:
+    """The console script: output that cannot be written (stdout closed, a broken pipe, a full
+    disk) is an error on stderr and a non-zero exit, not a traceback or a silent success."""
+    if sys.stdout is None or sys.stdout.fileno() < 0:
+        sys.stderr.write("error: standard output is closed; run with stdout open (or > /dev/null)\n")
+        sys.exit(2)
+    code: int | str | None = 0
+    try:
+        app()
+    except SystemExit as e:
+        code = e.code
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, OSError) as e:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit must not fail again
+        if not isinstance(e, BrokenPipeError):
+            sys.stderr.write(f"error: cannot write standard output: {e.strerror or e}\n")
+        code = code or (141 if isinstance(e, BrokenPipeError) else 1)
+    sys.exit(code)

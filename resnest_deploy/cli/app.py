@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from resnest_deploy import __version__
-from resnest_deploy.cli._common import OneLineErrors
+from resnest_deploy.cli._common import OneLineErrors, run_app
 from resnest_deploy.cli.bench import bench_cmd
 from resnest_deploy.cli.build import build_cmd
 from resnest_deploy.cli.check import check_cmd
@@ -64,4 +64,4 @@ app.command("serve")(serve_cmd)
 
 
 def main() -> None:
-    app()
+    run_app(app)

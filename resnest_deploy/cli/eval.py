@@ -20,6 +20,7 @@ from resnest_deploy.cli._common import (
     handle_errors,
     out,
     print_json,
+    styled,
 )
 
 
@@ -64,6 +65,8 @@ def eval_cmd(
     out.print(table)
     if described["skipped"]:
         err.print(
-            f"[yellow]skipped {len(described['skipped'])} unreadable file(s)[/], "
-            f"e.g. {described['skipped'][0]}"
+            styled(
+                (f"skipped {len(described['skipped'])} unreadable file(s)", "yellow"),
+                f", e.g. {described['skipped'][0]}",
+            )
         )

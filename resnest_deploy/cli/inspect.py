@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from resnest_deploy.cli._common import JsonOpt, handle_errors, out, print_json
+from resnest_deploy.cli._common import JsonOpt, handle_errors, out, print_json, styled
 
 
 @handle_errors
@@ -32,8 +32,10 @@ def inspect_cmd(
         return
     meta = info.get("metadata") or {}
     out.print(
-        f"[bold]{info['path']}[/] ({info['kind']}, {info['bytes'] / 2**20:.1f} MiB, "
-        f"sha256 {info['sha256'][:12]})"
+        styled(
+            (str(info["path"]), "bold"),
+            f" ({info['kind']}, {info['bytes'] / 2**20:.1f} MiB, sha256 {info['sha256'][:12]})",
+        )
     )
     out.print(f"  arch {meta.get('arch', '?')}, precision {meta.get('precision', '?')}")
     if info["kind"] == "onnx":
@@ -53,4 +55,4 @@ def inspect_cmd(
             f"  layers: {len(layers_info)}" if isinstance(layers_info, list) else f"  layers: {layers_info}"
         )
     if not info.get("sidecar"):
-        out.print("  [yellow]no sidecar JSON beside it[/]")
+        out.print("  no sidecar JSON beside it", style="yellow")

@@ -16,6 +16,7 @@ from resnest_deploy.cli._common import (
     handle_errors,
     out,
     print_json,
+    styled,
 )
 
 
@@ -47,6 +48,6 @@ def predict_cmd(
         )
         return
     for p in preds:
-        out.print(f"[bold]{p.image}[/]")
+        out.print(p.image, style="bold")
         for i, name, prob in p.top:
-            out.print(f"  {prob:7.2%}  {name} [dim]({i})[/]")
+            out.print(styled(f"  {prob:7.2%}  {name} ", (f"({i})", "dim")))

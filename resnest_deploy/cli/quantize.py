@@ -19,6 +19,7 @@ from resnest_deploy.cli._common import (
     out,
     print_json,
     progress,
+    styled,
 )
 from resnest_deploy.precision import calibration, calibration_for, convert, default_output
 
@@ -116,5 +117,5 @@ def quantize_cmd(
     )
     skipped = (report.metadata["conversion"].get("calibration") or {}).get("skipped") or []
     if skipped:
-        out.print(f"[yellow]skipped {len(skipped)} unreadable image(s)[/], e.g. {skipped[0]}")
+        out.print(styled((f"skipped {len(skipped)} unreadable image(s)", "yellow"), f", e.g. {skipped[0]}"))
     out.print(f"wrote {report.path} ({report.seconds:.1f} s); metadata in {report.sidecar}")

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from resnest_deploy.cli._common import Provider, ProviderOpt, err, handle_errors, out
 from resnest_deploy.cli.triton import InstancesOpt, MaxBatchOpt, NamesOpt, QueueDelayOpt
@@ -62,7 +61,7 @@ def serve_cmd(
 
     def ready(entries: list) -> None:
         for e in entries:
-            out.print(escape(f"serving {e.name} ({e.artifact}), max batch {e.max_batch_size}"))
+            out.print(f"serving {e.name} ({e.artifact}), max batch {e.max_batch_size}")
         out.print(
             f"ready: http://{ports.url}/v2/health/ready, gRPC {host}:{grpc_port}, metrics :{metrics_port}"
         )

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from resnest_deploy.cli._common import JsonOpt, handle_errors, out, print_json
 
@@ -80,8 +79,6 @@ def triton_cmd(
         )
         return
     for e in entries:
-        out.print(
-            escape(f"{repo / e.name}: {e.platform}, max_batch_size {e.max_batch_size}, from {e.artifact}")
-        )
+        out.print(f"{repo / e.name}: {e.platform}, max_batch_size {e.max_batch_size}, from {e.artifact}")
         for note in e.notes:
-            out.print(f"  [yellow]{escape(note)}[/]")
+            out.print(f"  {note}", style="yellow")

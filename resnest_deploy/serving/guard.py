@@ -194,6 +194,7 @@ class Guard:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = _Conn(writer)
         self._conns.add(conn)
+        _no_delay(writer)
         up: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         try:
             while not self.draining:
@@ -266,6 +267,7 @@ class Guard:
         try:
             if up is None:
                 up = await asyncio.open_connection(self.upstream_host, self.upstream_port)
+                _no_delay(up[1])
             up[1].write(head + body)
             await up[1].drain()
             await _relay_response(up[0], writer, method)
@@ -293,6 +295,13 @@ class Guard:
                 raise RequestRejected(400, "Inference-Header-Content-Length is not within the body")
             header = body[:n]
         check_infer_header(header, limit)
+
+
+def _no_delay(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 async def _relay_response(up: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str) -> None:

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resnest_deploy import formats, metadata
-from resnest_deploy._io import atomic_path, load_onnx, sha256_file
+from resnest_deploy import formats, interface, metadata
+from resnest_deploy._io import atomic_path, sha256_file
 from resnest_deploy.artifacts import deployable
 from resnest_deploy.engine.flavour import engine_flavour
 from resnest_deploy.errors import ArtifactError
@@ -37,11 +37,8 @@ class Enum(str):
 
 
 TRITON_TYPES = {"float32": Enum("TYPE_FP32"), "float16": Enum("TYPE_FP16"), "uint8": Enum("TYPE_UINT8")}
-_ONNX_TYPES = {1: "float32", 10: "float16", 2: "uint8"}  # onnx.TensorProto elem types
 DEFAULT_MAX_BATCH = 32
 DEFAULT_QUEUE_DELAY_US = 500
-MAX_SIDE = 8192  # an input's height or width
-MAX_CLASSES = 100_000
 MAX_NAME = 100
 #: the warm-up batches, zero-filled, may take at most this much memory
 MAX_WARMUP_BYTES = 2**30
@@ -59,8 +56,12 @@ class ModelEntry:
     max_batch_size: int
     config: str
     notes: list[str] = field(default_factory=list)
-    sample_elements: int = 0  # elements of one input image
+    input_dims: list[int] = field(default_factory=list)  # one input image, without the batch dim
     num_classes: int = 0
+
+    @property
+    def sample_elements(self) -> int:
+        return math.prod(self.input_dims)
 
 
 def _pb(value: Any, indent: int = 0) -> str:
@@ -93,92 +94,6 @@ def _scalar(v: Any) -> str:
     return str(v)
 
 
-@dataclass(frozen=True)
-class _Io:
-    """An artifact's input and output as the file itself defines them (its graph, or for an engine
-    the profile its verified sidecar records), within this tool's bounds."""
-
-    input_name: str
-    input_type: Enum
-    input_dims: list[int]
-    layout: str
-    output_name: str
-    num_classes: int
-    batch_min: int
-    batch_max: int | None  # the profile's or static export's batch; None: dynamic, unbounded
-    static_batch: bool
-
-    @property
-    def sample_elements(self) -> int:
-        return math.prod(self.input_dims)
-
-
-def _bounded(value: Any, what: str, path: Path, maximum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= maximum:
-        raise ArtifactError(f"{path.name} records {what} {value!r}, outside 1..{maximum}; rebuild it")
-    return value
-
-
-def _onnx_io(path: Path, meta: dict[str, Any]) -> _Io:
-    """Names, types and dims from the graph; the metadata only adds the input form's layout."""
-    model = load_onnx(path)
-    inp, out = model.graph.input[0], model.graph.output[0]
-    dtype = _ONNX_TYPES.get(inp.type.tensor_type.elem_type)
-    if dtype is None:
-        raise ArtifactError(
-            f"{path.name} takes input of ONNX type {inp.type.tensor_type.elem_type}, "
-            "which this tool cannot describe to Triton"
-        )
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
-    out_dims = [d.dim_value if d.HasField("dim_value") else None for d in out.type.tensor_type.shape.dim]
-    if len(dims) != 4 or any(d is None for d in dims[1:]):
-        raise ArtifactError(
-            f"{path.name} has input shape {dims}; a Triton model needs fixed H and W "
-            "(re-export without --dynamic-hw)"
-        )
-    if len(out_dims) != 2 or out_dims[1] is None:
-        raise ArtifactError(f"{path.name} has output shape {out_dims}; expected batch x classes")
-    for d in dims[1:]:
-        _bounded(d, "an input dimension", path, MAX_SIDE)
-    form = formats.InputForm.of(meta)
-    batch = dims[0]
-    return _Io(
-        input_name=inp.name,
-        input_type=TRITON_TYPES[dtype],
-        input_dims=[int(d) for d in dims[1:] if d is not None],
-        layout=form.layout,
-        output_name=out.name,
-        num_classes=_bounded(out_dims[1], "classes", path, MAX_CLASSES),
-        batch_min=1,
-        batch_max=_bounded(batch, "a static batch", path, MAX_BATCH) if batch is not None else None,
-        static_batch=batch is not None,
-    )
-
-
-def _engine_io(path: Path, meta: dict[str, Any]) -> _Io:
-    """An engine is opaque without TensorRT: its verified sidecar's profile, bounded."""
-    inp, out = meta.get("input") or {}, meta.get("output") or {}
-    profile = inp.get("profile") or {}
-    lo, hi = profile.get("min"), profile.get("max")
-    if not (isinstance(lo, list) and isinstance(hi, list) and len(lo) == len(hi) == 4):
-        raise ArtifactError(f"{path.name}'s sidecar records no 4-d optimization profile; rebuild it")
-    form = formats.InputForm.of(meta)
-    dtype = formats.dtype(form.name)
-    for d in hi[1:]:
-        _bounded(d, "an input dimension", path, MAX_SIDE)
-    return _Io(
-        input_name=str(inp.get("name") or formats.INPUT_NAME),
-        input_type=TRITON_TYPES[dtype],
-        input_dims=[int(d) for d in hi[1:]],
-        layout=form.layout,
-        output_name=str(out.get("name") or formats.OUTPUT_NAME),
-        num_classes=_bounded(meta.get("num_classes"), "classes", path, MAX_CLASSES),
-        batch_min=_bounded(lo[0], "a profile minimum", path, MAX_BATCH),
-        batch_max=_bounded(hi[0], "a profile maximum", path, MAX_BATCH),
-        static_batch=False,
-    )
-
-
 def model_config(
     artifact: str | os.PathLike[str],
     *,
@@ -202,7 +117,7 @@ def model_config(
             f"'-', at most {MAX_NAME}); pass --name"
         )
     check_positive(instances, "--instances", maximum=64)
-    io = _engine_io(path, meta) if kind == "engine" else _onnx_io(path, meta)
+    io = interface.of(path, kind, meta)
     notes: list[str] = []
     trt = meta.get("tensorrt") or {}
     flavour = engine_flavour(path) if kind == "engine" else None
@@ -242,14 +157,15 @@ def model_config(
         raise ArtifactError(f"{path.name} has a static batch of {limit}; it cannot batch {batch}")
     if queue_delay_us < 0:
         raise ArtifactError(f"the queue delay must be 0 or more microseconds, got {queue_delay_us}")
-    itemsize = 1 if io.input_type == "TYPE_UINT8" else 4
+    itemsize = {"uint8": 1, "float16": 2}.get(io.dtype, 4)
+    input_type = TRITON_TYPES[io.dtype]
     if batch * io.sample_elements * itemsize > MAX_WARMUP_BYTES:
         raise ArtifactError(
             f"a batch of {batch} {io.input_dims} inputs needs more than {MAX_WARMUP_BYTES >> 20} MiB; "
             "choose a smaller --max-batch-size"
         )
     platform = "python" if python_backend else "tensorrt_plan" if kind == "engine" else "onnxruntime_onnx"
-    dims_input: dict[str, Any] = {"name": io.input_name, "data_type": io.input_type, "dims": io.input_dims}
+    dims_input: dict[str, Any] = {"name": io.input_name, "data_type": input_type, "dims": io.input_dims}
     if io.input_dims[0] == 3 or io.layout == "NHWC":
         dims_input["format"] = Enum("FORMAT_NHWC" if io.layout == "NHWC" else "FORMAT_NCHW")
     config: dict[str, Any] = {"name": name}
@@ -273,7 +189,7 @@ def model_config(
                 "batch_size": b,
                 "inputs": {
                     "key": io.input_name,
-                    "value": {"data_type": io.input_type, "dims": io.input_dims, "zero_data": True},
+                    "value": {"data_type": input_type, "dims": io.input_dims, "zero_data": True},
                 },
             }
             for b in sorted({io.batch_min, batch})
@@ -309,7 +225,7 @@ def model_config(
             provenance["threads"] = max(1, (os.cpu_count() or 1) // instances)
     config["parameters"] = [{"key": k, "value": {"string_value": str(v)}} for k, v in provenance.items()]
     text = _pb(config) + "\n"
-    return ModelEntry(name, path, platform, batch, text, notes, io.sample_elements, io.num_classes)
+    return ModelEntry(name, path, platform, batch, text, notes, io.input_dims, io.num_classes)
 
 
 def labels_for(num_classes: int) -> list[str]:

@@ -41,9 +41,7 @@ from resnest_deploy.runners import open_runner  # noqa: E402
 
 
 def _client_error(message: str) -> Any:
-    return pb_utils.InferenceResponse(
-        error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
-    )
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
 
 
 class TritonPythonModel:
