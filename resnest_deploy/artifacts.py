@@ -143,7 +143,7 @@ class Lineup:
 
     @property
     def transform(self) -> data.Transform:
-        return data.Transform.from_pretrained(get_spec(self.arch).pretrained, self.size[0])
+        return data.Transform.from_pretrained(get_spec(self.arch).pretrained, *self.size)
 
     def runner(self, info: ArtifactInfo, provider: str = "cpu", **kwargs: Any) -> Runner:
         """A runner for ``info`` that takes normalised NCHW inputs, whatever form the file takes."""

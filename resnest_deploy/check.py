@@ -87,9 +87,14 @@ def check(
     installed) compares against the PyTorch logits recorded at export, on their probe inputs.
     """
     say = progress or (lambda _msg: None)
-    if reference_from not in REFERENCES:
-        raise ArtifactError(f"unknown reference {reference_from!r}; choose {', '.join(REFERENCES)}")
-    recorded = reference_from == "recorded" or (reference_from == "auto" and not _deps.has("torch"))
+    kept_apart = reference_from.endswith(".npz")
+    if reference_from not in REFERENCES and not kept_apart:
+        raise ArtifactError(
+            f"unknown reference {reference_from!r}; choose {', '.join(REFERENCES)} or a .npz reference file"
+        )
+    recorded = (
+        kept_apart or reference_from == "recorded" or (reference_from == "auto" and not _deps.has("torch"))
+    )
     if recorded and (images is not None or inputs is not None):
         raise ArtifactError(
             "recorded references exist for their probe inputs only; drop --images, or compare on your "
@@ -97,10 +102,16 @@ def check(
         )
     lineup = Lineup.of(artifacts, arch, weights, reference=not recorded)
     limits = {**TOLERANCES, **(tolerances or {})}
-    if recorded:
-        cases = [reference.recorded(i.meta, i.name) for i in lineup.infos]
+    if kept_apart:
+        cases = [reference.load(reference_from, i.input_size, lineup.arch) for i in lineup.infos]
+        described = {**cases[0][2], "kind": f"probe inputs of {reference_from} ({cases[0][2]['kind']})"}
+        say(f"reference: PyTorch FP32 logits kept in {reference_from}, {described['count']} probe inputs")
+    elif recorded:
+        cases = [reference.recorded(i.meta, i.name, i.input_size) for i in lineup.infos]
         described = {**cases[0][2], "kind": f"recorded probe inputs ({cases[0][2]['kind']})"}
         say(f"reference: PyTorch FP32 logits recorded at export, {described['count']} probe inputs")
+        say(f"note: {reference.RECORDED_CAVEAT}")
+        described["caveat"] = reference.RECORDED_CAVEAT
     else:
         from resnest_deploy.runners.torch import TorchRunner
 
@@ -120,5 +131,11 @@ def check(
             )
         tol = limits.get(precision, limits["fp32"])
         results.append(CheckResult(info.name, backend, precision, metrics, tol, tol.violations(metrics)))
-    source = f"{reference.RUNTIME}, recorded at export" if recorded else reference.RUNTIME
+    source = (
+        f"{reference.RUNTIME}, kept in {reference_from}"
+        if kept_apart
+        else f"{reference.RUNTIME}, recorded at export"
+        if recorded
+        else reference.RUNTIME
+    )
     return CheckReport(lineup.arch, lineup.weights, described, results, source)

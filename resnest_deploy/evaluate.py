@@ -11,6 +11,7 @@ import numpy as np
 
 from resnest_deploy import data
 from resnest_deploy.artifacts import Lineup
+from resnest_deploy.models import get_spec
 from resnest_deploy.predict import imagenet_classes
 
 
@@ -40,7 +41,12 @@ def evaluate(
 ) -> tuple[list[Accuracy], dict[str, Any]]:
     """Accuracy per artifact; sub-folders are class indices (0, 1, ...) or ImageNet synset ids."""
     lineup = Lineup.of(artifacts, arch, weights)
-    items = data.labelled_folder(images, [s for s, _ in imagenet_classes()])
+    classes = {int(i.meta["num_classes"]) for i in lineup.infos if i.meta.get("num_classes")}
+    classes.add(get_spec(lineup.arch).arch.num_classes)
+    skipped_folders: list[str] = []
+    items = data.labelled_folder(
+        images, [s for s, _ in imagenet_classes()], min(classes), skipped=skipped_folders
+    )
     if on_total:
         on_total(len(items))
     loaded = data.load_images([p for p, _ in items], lineup.transform, advance)
@@ -61,5 +67,5 @@ def evaluate(
                     len(labels),
                 )
             )
-    skipped = [f"{p}: {why}" for p, why in loaded.skipped]
+    skipped = skipped_folders + [f"{p}: {why}" for p, why in loaded.skipped]
     return results, {"path": str(images), "images": len(labels), "skipped": skipped}

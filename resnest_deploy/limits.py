@@ -12,6 +12,8 @@ from resnest_deploy.errors import ResnestDeployError
 
 #: the largest batch any command accepts; TensorRT profiles and Triton configs stay far below it
 MAX_BATCH = 4096
+#: intra-op threads any runner may be asked for
+MAX_THREADS = 256
 #: an input tensor may take at most this share of the memory available now
 MEMORY_SHARE = 0.25
 

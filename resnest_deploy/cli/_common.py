@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 from resnest_deploy.errors import ResnestDeployError
 
 #: control characters (C0, DEL, C1) and bidi overrides: shown escaped, never sent to the terminal
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def visible(text: str) -> str:
@@ -115,12 +115,6 @@ class InputFormat(str, Enum):
 class OvHint(str, Enum):
     latency = "latency"
     throughput = "throughput"
-
-
-class Reference(str, Enum):
-    auto = "auto"
-    pytorch = "pytorch"
-    recorded = "recorded"
 
 
 class Precision(str, Enum):

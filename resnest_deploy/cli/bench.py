@@ -22,6 +22,7 @@ from resnest_deploy.cli._common import (
     parse_batches,
     print_json,
 )
+from resnest_deploy.limits import MAX_THREADS
 from resnest_deploy.runners import TORCH_NAMES
 
 
@@ -42,7 +43,7 @@ def bench_cmd(
         int, typer.Option("--iterations", "-n", min=1, help="Timed calls per batch size.")
     ] = 20,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="ONNX Runtime intra-op threads (default: all cores).")
+        int | None, typer.Option(min=1, max=MAX_THREADS, help="Intra-op threads (default: all cores).")
     ] = None,
     cuda_graphs: Annotated[bool, typer.Option(help="Replay a CUDA graph per batch size (engines).")] = False,
     ov_hint: Annotated[

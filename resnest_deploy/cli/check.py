@@ -15,7 +15,6 @@ from resnest_deploy.cli._common import (
     JsonOpt,
     Provider,
     ProviderOpt,
-    Reference,
     WeightsOptional,
     handle_errors,
     metrics_table,
@@ -41,12 +40,14 @@ def check_cmd(
     ] = None,
     provider: ProviderOpt = Provider.cpu,
     reference: Annotated[
-        Reference,
+        str,
         typer.Option(
-            help="Compare against PyTorch run now ('pytorch'), or against the PyTorch logits recorded at "
-            "export ('recorded': no PyTorch needed); 'auto' picks recorded only where torch is missing."
+            help="Compare against PyTorch run now ('pytorch'); against the PyTorch logits recorded in the "
+            "file at export ('recorded': no PyTorch needed, but it proves only that the runtime reproduces "
+            "the file's own record); or against a reference kept apart from the file (REF.npz, from "
+            "export --reference-out). 'auto' picks recorded only where torch is missing.",
         ),
-    ] = Reference.auto,
+    ] = "auto",
     json_out: JsonOpt = False,
 ) -> None:
     """Compare each artifact with PyTorch FP32 on the same inputs; exit 1 if any is out of bounds.
@@ -57,6 +58,7 @@ def check_cmd(
     Examples:
       resnest-deploy check models/resnest50/resnest50.onnx models/resnest50/resnest50.int8.onnx
       resnest-deploy check m.plan --images ~/val --count 200
+      resnest-deploy check m.int8.onnx --reference ref.npz     # a reference kept apart from the file
     """
     import dataclasses
 
@@ -82,7 +84,7 @@ def check_cmd(
             tolerances=tolerances,
             provider=provider.value,
             progress=say,
-            reference_from=reference.value,
+            reference_from=reference,
         )
     if json_out:
         print_json(report.as_dict())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -63,6 +64,14 @@ def export_cmd(
         ),
     ] = InputFormat.float,
     simplify: Annotated[bool, typer.Option(help="Fold batch norms/constants, drop Identity nodes.")] = True,
+    reference_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference-out",
+            help="Also save the PyTorch reference outputs to REF.npz, to keep apart from the file "
+            "(check --reference REF.npz then proves the file still computes what its weights did).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Export a ResNeSt to ONNX and prove it matches PyTorch in ONNX Runtime.
@@ -82,12 +91,19 @@ def export_cmd(
     from resnest_deploy.models import load_model
 
     dim = _batch_dim(batch_dim)
+    destination = output or default_path(arch, f"{arch}.onnx")
+    if reference_out is not None:
+        from resnest_deploy._io import prepare_outputs
+
+        if reference_out.suffix != ".npz":
+            raise typer.BadParameter("the reference file must end in .npz", param_hint="--reference-out")
+        prepare_outputs([reference_out], [destination], with_sidecar=False)
     with progress(not json_out) as say:
         say(f"loading {arch} ({weights} weights)")
         model, info = load_model(arch, weights)
         report = export_onnx(
             model,
-            output or default_path(arch, f"{arch}.onnx"),
+            destination,
             opset=opset,
             batch=dim,
             input_size=input_size,
@@ -97,6 +113,11 @@ def export_cmd(
             weights=info,
             progress=say,
         )
+        if reference_out is not None:
+            from resnest_deploy import reference
+
+            reference.save(reference_out, report.metadata)
+            say(f"reference outputs saved to {reference_out}")
     if json_out:
         print_json(report.as_dict())
     else:

@@ -33,29 +33,42 @@ _RESAMPLE = {
 
 @dataclass(frozen=True)
 class Transform:
-    """An arch's eval transform as plain numbers (also what the sidecars record)."""
+    """An arch's eval transform as plain numbers (also what the sidecars record). ``size`` is the
+    crop's height; ``width`` differs from it only for non-square inputs."""
 
     size: int
     resize: int
     interpolation: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    width: int | None = None
 
     @classmethod
-    def from_pretrained(cls, cfg: PretrainedCfg, size: int | None = None) -> Transform:
+    def from_pretrained(
+        cls, cfg: PretrainedCfg, size: int | None = None, width: int | None = None
+    ) -> Transform:
         size = size or cfg.input_size
-        return cls(size, int(size / cfg.crop_pct), cfg.interpolation, cfg.mean, cfg.std)
+        width = None if width in (None, size) else width
+        return cls(size, int(size / cfg.crop_pct), cfg.interpolation, cfg.mean, cfg.std, width)
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return self.size, self.width or self.size
 
     def resized(self, w: int, h: int) -> tuple[int, int]:
-        """torchvision's ``Resize(int)``: the shorter side to ``resize``, the longer one truncated."""
+        """torchvision's ``Resize(int)``: the shorter side to ``resize``, the longer one truncated.
+        A non-square crop H x W follows timm: ``Resize((H / crop_pct, W / crop_pct))``, exactly."""
+        if self.width is not None:
+            return int(self.width * self.resize / self.size), self.resize
         if w <= h:
             return self.resize, int(self.resize * h / w)
         return int(self.resize * w / h), self.resize
 
     def crop_box(self, w: int, h: int) -> tuple[int, int, int, int]:
         """torchvision's ``CenterCrop``: offsets rounded half to even, as Python's ``round``."""
-        left, top = round((w - self.size) / 2.0), round((h - self.size) / 2.0)
-        return left, top, left + self.size, top + self.size
+        ch, cw = self.hw
+        left, top = round((w - cw) / 2.0), round((h - ch) / 2.0)
+        return left, top, left + cw, top + ch
 
     def frame(self, image: Image.Image) -> np.ndarray:
         """The resized, centre-cropped RGB pixels (H x W x 3 uint8): what a camera pipeline hands a
@@ -77,6 +90,9 @@ class ImageError(ValueError):
 
 #: images above this many pixels are refused before decoding (a 30000x30000 header is a bomb)
 MAX_PIXELS = 64_000_000
+#: and no image may be longer than this many times its width (or the reverse): resizing the shorter
+#: side to the eval size multiplies the longer one (a 1 x 60,000,000 image asked for ~245 GB)
+MAX_ASPECT = 20
 
 
 def to_rgb8(image: Image.Image) -> Image.Image:
@@ -86,6 +102,11 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     w, h = image.size
     if w * h > MAX_PIXELS:
         raise ImageError(f"{w}x{h} pixels is more than {MAX_PIXELS:,}; downscale the image first")
+    if max(w, h) > MAX_ASPECT * max(1, min(w, h)):
+        raise ImageError(
+            f"{w}x{h} pixels is a strip (aspect ratio above {MAX_ASPECT}:1); resizing its shorter side "
+            "would make it enormous: crop it first"
+        )
     mode = image.mode
     if mode in ("RGB", "L", "P", "RGBA", "LA", "PA", "CMYK", "YCbCr", "RGBX", "1", "La", "RGBa"):
         return image.convert("RGB")
@@ -150,21 +171,29 @@ def load_images(
             skipped.append((path, "DecompressionBombError"))
         if advance:
             advance(1)
-    empty = np.zeros((0, 3, transform.size, transform.size), np.float32)
+    empty = np.zeros((0, 3, *transform.hw), np.float32)
     return LoadedImages(np.stack(arrays) if arrays else empty, kept, skipped)
 
 
 def labelled_folder(
-    root: str | os.PathLike[str], class_names: Sequence[str] | None = None
+    root: str | os.PathLike[str],
+    class_names: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    skipped: list[str] | None = None,
 ) -> list[tuple[Path, int]]:
     """``root/<class>/*.jpg`` to (path, label). A class folder is an integer index, or a name found
-    in ``class_names`` (ImageNet synset ids such as ``n01440764``)."""
+    in ``class_names`` (ImageNet synset ids such as ``n01440764``). A label the model cannot produce
+    (``num_classes``) is refused; entries that cannot be read are listed in ``skipped``."""
     root = Path(root)
     if not root.is_dir():
         raise ArtifactError(f"labelled folder not found: {root}; pass DIR with one sub-folder per class")
     lookup = {name: i for i, name in enumerate(class_names or ())}
     items = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+    for sub in sorted(root.iterdir()):
+        if not sub.is_dir():
+            if not sub.is_file() and skipped is not None:  # a dangling link, a socket: say so
+                skipped.append(f"{sub}: not a folder or a file")
+            continue
         if sub.name in lookup:
             label = lookup[sub.name]
         elif sub.name.isdigit():
@@ -174,7 +203,20 @@ def labelled_folder(
                 f"class folder {sub.name!r} is neither a class index nor a known synset id; "
                 "name sub-folders 0, 1, ... or n01440764, ..."
             )
-        items += [(p, label) for p in find_images(sub)]
+        if num_classes is not None and label >= num_classes:
+            raise ArtifactError(
+                f"class folder {sub.name!r} is label {label}, but the model has {num_classes} classes "
+                f"(0..{num_classes - 1}); remove it or evaluate a model that has it"
+            )
+        try:
+            found = find_images(sub)
+        except OSError as e:
+            if skipped is not None:
+                skipped.append(f"{sub}: {e.strerror or e}")
+            continue
+        if not os.access(sub, os.R_OK | os.X_OK) and skipped is not None:
+            skipped.append(f"{sub}: not readable")
+        items += [(p, label) for p in found]
     if not items:
         raise ArtifactError(f"no images under {root}/<class>/; expected one sub-folder per class")
     return items

@@ -184,7 +184,7 @@ def resolve(
         raise ArtifactError("give --calib-dir or --calib-npy, not both")
     if calib_npy is not None:
         return from_npy(calib_npy, input_size)
-    transform = data.Transform.from_pretrained(get_spec(arch).pretrained, input_size[0])
+    transform = data.Transform.from_pretrained(get_spec(arch).pretrained, *input_size)
     if calib_dir is not None:
         return from_images(calib_dir, transform, count, seed, use_cache, advance, on_total)
     if get_spec(arch).pretrained.bundled:

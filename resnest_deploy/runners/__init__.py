@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from resnest_deploy.errors import ArtifactError
+from resnest_deploy.limits import MAX_THREADS, check_positive
 from resnest_deploy.runners.base import Runner
 
 __all__ = ["ENGINE_SUFFIXES", "Runner", "artifact_kind", "open_runner"]
@@ -53,6 +54,8 @@ def open_runner(
     """A runner for an ONNX file, an engine, or ``torch[:device]`` (then ``model`` is the module)."""
     kind = artifact_kind(artifact)
     text = os.fspath(artifact)
+    if threads is not None:
+        check_positive(threads, "--threads", maximum=MAX_THREADS)
     if kind == "torch":
         from resnest_deploy.runners.torch import TorchRunner
 

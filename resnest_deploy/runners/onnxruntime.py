@@ -23,6 +23,25 @@ PROVIDERS = {
 _INPUT_DTYPES = {"tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 
 
+def _loadable(path: str) -> str | bytes:
+    """ONNX Runtime takes a path only as UTF-8 text; a file whose name is not (bytes a filesystem
+    allows) is handed over as its bytes, when its weights are inside it."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        pass
+    from resnest_deploy._io import external_tensors, load_onnx
+
+    if any(True for _ in external_tensors(load_onnx(path))):
+        raise ArtifactError(
+            f"{path.encode('utf-8', 'surrogateescape')!r} is not a UTF-8 name and keeps its weights in "
+            "external files; rename it"
+        )
+    with open(path, "rb") as f:
+        return f.read()
+
+
 class OnnxRuntimeRunner(Runner):
     """Runs an ONNX file or serialized model; the input's dtype follows the graph (fp16, uint8)."""
 
@@ -56,7 +75,7 @@ class OnnxRuntimeRunner(Runner):
         opts.log_severity_level = 3
         if self.threads:
             opts.intra_op_num_threads = self.threads
-        model = self.model if isinstance(self.model, bytes) else os.fspath(self.model)
+        model = self.model if isinstance(self.model, bytes) else _loadable(os.fspath(self.model))
         ort.set_default_logger_severity(4)  # a provider that fails to load logs to the console, and
         try:  # onnxruntime print()s an "EP Error" banner: keep stdout clean for --json, report it below
             with contextlib.redirect_stdout(sys.stderr):

@@ -22,6 +22,22 @@ HINTS = ("latency", "throughput")
 _OV_TYPE_NAMES = {"f32": "float32", "bf16": "bfloat16"}
 
 
+def _cause(e: BaseException) -> str:
+    """OpenVINO's errors start with where they were raised ("Exception from src/..."); the line that
+    names the op or the problem comes later."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    telling = [
+        ln
+        for ln in lines
+        if not ln.startswith(("Exception from", "Check '"))
+        and any(
+            w in ln.lower()
+            for w in ("not supported", "unsupported", "cannot", "can't", "no ", "failed", "error")
+        )
+    ]
+    return (telling or lines or [type(e).__name__])[0][:240] if lines else first_line(e)
+
+
 class OpenVINORunner(Runner):
     def __init__(
         self,
@@ -54,7 +70,7 @@ class OpenVINORunner(Runner):
         try:
             self.model = self.core.read_model(self.path)
         except Exception as e:
-            raise ArtifactError(f"OpenVINO cannot read {self.path}: {first_line(e)}") from e
+            raise ArtifactError(f"OpenVINO cannot read {self.path}: {_cause(e)}") from e
         self.input_name = self.model.inputs[0].get_any_name()
 
     def _compiled_for(self, shape: tuple[int, ...]) -> tuple[Any, Any]:
@@ -67,7 +83,12 @@ class OpenVINORunner(Runner):
             }
             if self.threads:
                 config["INFERENCE_NUM_THREADS"] = self.threads
-            compiled = self.core.compile_model(self.model, "CPU", config)
+            try:
+                compiled = self.core.compile_model(self.model, "CPU", config)
+            except Exception as e:
+                raise ArtifactError(
+                    f"OpenVINO cannot compile {self.path} for the CPU: {_cause(e)}; use --provider cpu"
+                ) from e
             executes = str(compiled.get_property("INFERENCE_PRECISION_HINT"))  # <Type: 'float32'>
             if _OV_TYPE_NAMES[self.ov_precision] not in executes:
                 raise ArtifactError(
