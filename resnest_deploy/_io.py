@@ -194,11 +194,23 @@ def write_json(dest: str | os.PathLike[str], data: Any) -> None:
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The file's sha256, computed once per command for a file that does not change (a plan of
+    resnest269 takes seconds, and the sidecar check, the runner and Triton's config each ask)."""
+    st = os.stat(path)
+    key = (os.fspath(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _HASHED:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _HASHED[key] = h.hexdigest()
+        HASH_COUNT[0] += 1
+    return _HASHED[key]
+
+
+_HASHED: dict[tuple[object, ...], str] = {}
+#: how many files were really read to hash them (the tests check a plan is hashed once per command)
+HASH_COUNT = [0]
 
 
 def read_json_object(path: str | os.PathLike[str], what: str, fix: str) -> dict[str, Any]:

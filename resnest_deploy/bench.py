@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +32,12 @@ class BenchResult:
     mean_ms: float
     images_per_s: float
     iterations: int
-    timer: str  # "cuda-events" or "host"
+    #: the engine's GPU time alone (CUDA events), where the backend has device timers; the other
+    #: figures are the whole call, host staging and copies included, on every backend
+    device_p50_ms: float | None
+    #: activation (load, compile, engine deserialisation) plus the first call at this artifact's first
+    #: batch size: what a cold start costs, and what a working engine or kernel cache saves
+    first_call_ms: float
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,21 +49,31 @@ def time_runner(
     warmup: int = 5,
     iterations: int = 20,
     advance: Callable[[int], None] | None = None,
-) -> list[float]:
-    """Per-call latency in ms after ``warmup`` untimed calls (allocations, autotuning, graph capture)."""
+) -> tuple[list[float], list[float]]:
+    """Per-call latency in ms (whole call; and device-only where the backend has a device timer)
+    after ``warmup`` untimed calls (allocations, autotuning, graph capture)."""
     for _ in range(warmup):
         runner.infer(x)
-    times = []
+    times, device = [], []
     for _ in range(iterations):
         runner.infer(x)
         times.append(runner.last_inference_ms())
+        gpu = runner.device_time_ms()
+        if gpu is not None:
+            device.append(gpu)
         if advance:
             advance(1)
-    return times
+    return times, device
 
 
 def summarize(
-    info_name: str, runner: Runner, precision: str, batch: int, times: Sequence[float]
+    info_name: str,
+    runner: Runner,
+    precision: str,
+    batch: int,
+    times: Sequence[float],
+    device: Sequence[float] = (),
+    first_call_ms: float = float("nan"),
 ) -> BenchResult:
     t = np.asarray(times)
     p50, p90, p99 = (float(v) for v in np.percentile(t, [50, 90, 99]))
@@ -72,7 +88,8 @@ def summarize(
         round(float(t.mean()), 3),
         round(batch * 1000.0 / p50, 2),
         len(t),
-        "cuda-events" if runner.device_time_ms() is not None else "host",
+        round(float(np.percentile(device, 50)), 3) if len(device) else None,
+        round(first_call_ms, 3),
     )
 
 
@@ -105,13 +122,18 @@ def bench(
         on_total(len(lineup.infos) * len(batches) * iterations)
     results = []
     for info in lineup.infos:
+        started = time.perf_counter()
         with lineup.runner(
             info, provider, threads=threads, cuda_graphs=cuda_graphs, ov_hint=ov_hint
         ) as runner:
+            first = None
             for b in batches:
                 x = random_inputs(b, lineup.size)
-                times = time_runner(runner, x, warmup, iterations, advance)
-                results.append(summarize(info.name, runner, info.precision, b, times))
+                if first is None:
+                    runner.infer(x)
+                    first = (time.perf_counter() - started) * 1e3
+                times, device = time_runner(runner, x, warmup, iterations, advance)
+                results.append(summarize(info.name, runner, info.precision, b, times, device, first))
     return results
 
 

@@ -77,8 +77,10 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "date": now(),
     }
-    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
-        info["gpu"] = sys.modules["torch"].cuda.get_device_name()
+    from resnest_deploy._cuda import device_name, gpu_count
+
+    if gpu_count():
+        info["gpu"] = device_name(0)
     return info | {"tools": tool_versions()}
 
 

@@ -26,9 +26,11 @@ from resnest_deploy.precision.calibration import check_count
 
 
 def _gpu() -> bool:
-    import torch
+    """A CUDA GPU this process can use, asked of cuda-python as the TensorRT runner does (the CPU
+    build of torch the README installs says no even on a GPU machine)."""
+    from resnest_deploy._cuda import gpu_count
 
-    return torch.cuda.is_available()
+    return gpu_count() > 0
 
 
 class _Run:

@@ -32,7 +32,8 @@ if ! podman image exists "$BASE"; then
   tar -C "$rootfs" -c . | podman import - "$BASE" >/dev/null
 fi
 
-args=(--isolation chroot --build-arg "BASE=$BASE")
+# docker format: the OCI format has no HEALTHCHECK, and podman drops it with a warning
+args=(--format docker --isolation chroot --build-arg "BASE=$BASE")
 if [ -f "$CA" ]; then
   args+=(-v "$(dirname "$CA"):/hostcerts:ro" --build-arg "PIP_CERT=/hostcerts/$(basename "$CA")")
 fi

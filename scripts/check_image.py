@@ -106,7 +106,18 @@ def check_serve(image: str, onnx_file: Path) -> str:
         for f in (onnx_file, Path(f"{onnx_file}.json")):
             shutil.copy(f, root / "work" / f.name)
             shutil.chown(root / "work" / f.name, 10001, 10001)
-        cmd = ["resnest-deploy", "serve", f"/work/{onnx_file.name}", "--host", "127.0.0.1"]
+        config = json.loads(
+            subprocess.run(
+                ["podman", "image", "inspect", "--format", "{{json .Config}}", image],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        health = (config.get("Healthcheck") or {}).get("Test") or []
+        assert health[:1] == ["CMD"], f"the image has no HEALTHCHECK CMD: {config.get('Healthcheck')}"
+        # the image's own entrypoint, kept on loopback here (the last --host wins)
+        cmd = [*config["Entrypoint"], f"/work/{onnx_file.name}", "--host", "127.0.0.1"]
         cmd += ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
         proc = subprocess.Popen(inside(root, *cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -116,6 +127,8 @@ def check_serve(image: str, onnx_file: Path) -> str:
             inp.set_data_from_numpy(x)
             got = client.infer(onnx_file.stem, [inp]).as_numpy("logits")
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+            healthy = subprocess.run(inside(root, *health[1:]), capture_output=True, text=True, timeout=30)
+            assert healthy.returncode == 0, f"HEALTHCHECK failed on port {http}: {healthy.stderr[-500:]}"
             proc.send_signal(signal.SIGINT)
             proc.wait(60)
             assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
@@ -123,7 +136,10 @@ def check_serve(image: str, onnx_file: Path) -> str:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
-    return "serve in the image answered from outside, equal to the runner here"
+    return (
+        f"serve (the image's entrypoint) answered from outside, equal to the runner here; its HEALTHCHECK "
+        f"passed on --http-port {http}"
+    )
 
 
 def wait_ready(url: str, proc: subprocess.Popen[str], timeout: float) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
+from resnest_deploy._cuda import cudart, gpu_count
 from resnest_deploy.engine import build_engine, detect
 from resnest_deploy.errors import ArtifactError, MissingDependencyError
 from resnest_deploy.runners import open_runner
-from resnest_deploy.runners.tensorrt import Profile, TensorRTRunner, check_compatible, cudart, numpy_dtype
+from resnest_deploy.runners.tensorrt import Profile, TensorRTRunner, check_compatible, numpy_dtype
 
 
 def _has_cuda_python() -> bool:
@@ -21,9 +24,7 @@ def _has_cuda_python() -> bool:
 
 def _gpu_with_tensorrt() -> bool:
     try:
-        from resnest_deploy.runners.tensorrt import _Cuda
-
-        return _Cuda()("cudaGetDeviceCount") > 0 and detect("tensorrt").backend == "tensorrt"
+        return gpu_count() > 0 and detect("tensorrt").backend == "tensorrt"
     except Exception:
         return False
 
@@ -51,15 +52,24 @@ def test_device_mismatch_names_the_capabilities():
     check_compatible(None, "10.13.0.35", (9, 0))  # no sidecar: TensorRT itself will judge
 
 
-def test_batches_above_the_profile_maximum_run_in_profile_sized_pieces():
-    profile = Profile((1, 3, 32, 32), (8, 3, 32, 32), (16, 3, 32, 32))
-    sizes = [[s.stop - s.start for s in profile.chunks(n)] for n in (1, 16, 17, 40)]
-    assert sizes == [[1], [16], [16, 1], [16, 16, 8]]
-    assert [s.start for s in profile.chunks(40)] == [0, 16, 32]
-    with pytest.raises(ArtifactError, match=r"below the engine's minimum batch 4"):
-        Profile((4, 3, 32, 32), (8, 3, 32, 32), (16, 3, 32, 32)).chunks(2)
-    with pytest.raises(ArtifactError, match=r"does not split into runs of 4\.\.16"):
-        Profile((4, 3, 32, 32), (8, 3, 32, 32), (16, 3, 32, 32)).chunks(18)
+def test_batches_above_the_profile_maximum_run_in_pieces_that_each_lie_within_the_profile():
+    def sizes(profile: Profile, n: int) -> list[int]:
+        pieces = profile.pieces(n)
+        assert pieces[0].start == 0 and pieces[-1].stop == n
+        assert all(a.stop == b.start for a, b in itertools.pairwise(pieces))
+        return [s.stop - s.start for s in pieces]
+
+    one = Profile((1, 3, 32, 32), (8, 3, 32, 32), (16, 3, 32, 32))
+    assert [sizes(one, n) for n in (1, 16, 17, 40)] == [[1], [16], [16, 1], [16, 16, 8]]
+    two = Profile((2, 3, 32, 32), (8, 3, 32, 32), (32, 3, 32, 32))
+    assert sizes(two, 33) == [31, 2]  # not refused, and no piece below the minimum
+    assert sizes(two, 65) == [32, 31, 2]
+    four = Profile((4, 3, 32, 32), (8, 3, 32, 32), (16, 3, 32, 32))
+    assert sizes(four, 18) == [14, 4]
+    with pytest.raises(ArtifactError, match=r"batch 2 does not split into runs of 4\.\.16"):
+        four.pieces(2)
+    with pytest.raises(ArtifactError, match=r"batch 33 does not split into runs of 20\.\.32"):
+        Profile((20, 3, 32, 32), (24, 3, 32, 32), (32, 3, 32, 32)).pieces(33)
 
 
 def test_shapes_outside_the_profile_are_refused_not_run_as_the_last_shape():

@@ -104,20 +104,31 @@ def bench_cmd(
     if json_out:
         print_json([r.as_dict() for r in results])
         return
-    table = Table(title="latency (ms) and throughput", title_justify="left")
-    for col in ("artifact", "backend", "precision", "batch", "p50", "p90", "p99", "images/s", "timer"):
-        left = col in ("artifact", "backend", "precision", "timer")
-        table.add_column(col, justify="left" if left else "right", overflow="fold")
+    gpu = any(r.device_p50_ms is not None for r in results)
+    table = Table(
+        title="latency (ms, whole call) and throughput" + ("; GPU: the engine alone" if gpu else ""),
+        title_justify="left",
+    )
+    columns = ["artifact", "backend", "prec", "batch", "p50", "p99", "img/s", "first"] + (
+        ["GPU p50"] if gpu else []
+    )
+    for col in columns:
+        table.add_column(
+            col, justify="left" if col in ("artifact", "backend", "prec") else "right", overflow="fold"
+        )
     for r in results:
-        table.add_row(
+        row = [
             Path(r.artifact).name,
-            r.backend,
+            r.backend.removeprefix("onnxruntime-").replace("openvino-cpu-", "ov-"),
             r.precision,
             str(r.batch),
             f"{r.p50_ms:.2f}",
-            f"{r.p90_ms:.2f}",
             f"{r.p99_ms:.2f}",
             f"{r.images_per_s:.1f}",
-            r.timer,
-        )
+            f"{r.first_call_ms:.0f}",
+        ]
+        if gpu:
+            row.append("-" if r.device_p50_ms is None else f"{r.device_p50_ms:.2f}")
+        table.add_row(*row)
     out.print(table)
+    out.print("first: ms to load the artifact and answer its first call (a cold start)", style="dim")

@@ -65,14 +65,34 @@ def parse_batch_range(text: str) -> tuple[int, int, int]:
 
 
 def _onnx_io(path: Path) -> tuple[str, list[int | str], dict[str, Any]]:
+    """The input's name and dims, and the checked metadata with the engine's ``input`` and ``output``
+    records taken from the graph (names, dtype, layout) plus the input form the export recorded, so
+    every reader of the engine's sidecar feeds it what it takes."""
     model = load_onnx(path)  # also refuses external data outside the model's folder
-    if len(model.graph.input) != 1:
+    if len(model.graph.input) != 1 or len(model.graph.output) != 1:
         raise ArtifactError(
-            f"{path} has {len(model.graph.input)} inputs; a ResNeSt export has one image input"
+            f"{path} has {len(model.graph.input)} inputs and {len(model.graph.output)} outputs; a ResNeSt "
+            "export has one image input and one logits output"
         )
-    inp = model.graph.input[0]
+    inp, out = model.graph.input[0], model.graph.output[0]
     dims: list[int | str] = [d.dim_param or d.dim_value or "?" for d in inp.type.tensor_type.shape.dim]
+    out_dims: list[int | str] = [d.dim_param or d.dim_value or "?" for d in out.type.tensor_type.shape.dim]
     meta = metadata.of_onnx(model, path) or {"precision": metadata.graph_precision(model)}
+    form = InputForm.of(meta)
+    dtype = {1: "float32", 10: "float16", 2: "uint8"}.get(inp.type.tensor_type.elem_type)
+    if dtype is None:
+        raise ArtifactError(f"{path} takes ONNX type {inp.type.tensor_type.elem_type}; re-export it")
+    recorded = meta.get("input") or {}
+    meta["input"] = {
+        "name": inp.name,
+        "shape": dims,
+        "dtype": dtype,
+        "layout": form.layout,
+        "format": recorded.get("format"),  # absent: float, as for every file before input forms
+    }
+    meta["output"] = {"name": out.name, "shape": out_dims, "dtype": "float32"}
+    if isinstance(out_dims[-1], int):
+        meta["num_classes"] = out_dims[-1]
     return inp.name, dims, meta
 
 
@@ -176,7 +196,7 @@ def build_engine(
         "arch": meta.get("arch"),
         "weights": meta.get("weights"),
         "precision": precision,
-        "num_classes": meta.get("num_classes"),
+        "num_classes": meta.get("num_classes"),  # the graph's
         "preprocessing": meta.get("preprocessing"),
         "reference": meta.get("reference"),
         "source_onnx": {"path": str(onnx_path), "sha256": sha256_file(onnx_path)},
@@ -189,7 +209,8 @@ def build_engine(
             "workspace_gib": workspace_gib,
         },
         "target": {"compute_capabilities": _target(flavour, compute_capabilities)},
-        "input": {"name": input_name, "profile": shapes},
+        "input": {**meta["input"], "profile": shapes},  # the file's form: what to feed it
+        "output": meta["output"],
         "build_seconds": round(seconds, 3),
         "timing_cache": timing_note,
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -222,9 +243,9 @@ def _target(flavour: Flavour, compute_capabilities: Sequence[tuple[int, int]] | 
     if flavour.is_rtx:
         return "TensorRT-RTX default (JIT on device)"
     try:  # full TensorRT builds for the GPU it runs on
-        from resnest_deploy.runners.tensorrt import _Cuda
+        from resnest_deploy._cuda import Cuda
 
-        props = _Cuda()("cudaGetDeviceProperties", 0)
+        props = Cuda()("cudaGetDeviceProperties", 0)
         return [f"{props.major}.{props.minor}"]
     except ResnestDeployError:
         return "this machine's GPU"

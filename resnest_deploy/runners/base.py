@@ -2,7 +2,8 @@
 
 ``check`` and ``bench`` hold a :class:`Runner` and never import a backend: a runner is a context
 manager that prepares its backend in ``activate``, maps an NCHW float32 batch to logits in ``infer``,
-and reports how long the last inference took, measured the way its backend measures best.
+and reports how long the last inference took: the whole call, host staging and copies included, so
+figures compare across backends; GPU backends add the device-only time as a second figure.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Runner(abc.ABC):
             raise RuntimeError(f"{self.name} is not active; use it as a context manager")
         start = time.perf_counter()
         out = self.infer_impl(np.ascontiguousarray(x, dtype=x.dtype if x.dtype == np.uint8 else np.float32))
-        self._last_ms = self.device_time_ms() or (time.perf_counter() - start) * 1e3
+        self._last_ms = (time.perf_counter() - start) * 1e3  # the whole call, as for every backend
         return out
 
     def infer_batched(self, x: np.ndarray, batch: int = 16) -> np.ndarray:
@@ -66,7 +67,8 @@ class Runner(abc.ABC):
         return self._last_ms
 
     def device_time_ms(self) -> float | None:
-        """Backends with device timers (CUDA events) override this; host time is used otherwise."""
+        """The last call's GPU time alone (CUDA events), for backends that have device timers: a
+        second figure beside ``last_inference_ms``, which is always the whole call."""
         return None
 
     @abc.abstractmethod

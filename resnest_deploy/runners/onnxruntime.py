@@ -23,6 +23,41 @@ PROVIDERS = {
 _INPUT_DTYPES = {"tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 
 
+#: the batch range TensorRT builds for when the file's batch is dynamic (as `build` does by default)
+TRT_BATCH = (1, 8, 32)
+
+
+def tensorrt_options(path: str, device: int = 0) -> dict[str, str]:
+    """ONNX Runtime's TensorRT provider, set up the way `build` builds: an engine cache and a timing
+    cache under the cache root, keyed by the file's sha256 (a changed file never reuses an engine;
+    the second session starts in seconds), an optimization profile over the file's batch range, and
+    the precision flags the file's own graph asks for."""
+    from resnest_deploy import metadata
+    from resnest_deploy._io import load_onnx, sha256_file
+    from resnest_deploy.cache import cache_root
+
+    model = load_onnx(path)
+    inp = model.graph.input[0]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    precision = metadata.graph_precision(model)
+    batches = (dims[0],) * 3 if dims[0] else TRT_BATCH
+    rest = [d or 0 for d in dims[1:]]
+    options = {
+        "device_id": str(device),
+        "trt_engine_cache_enable": "True",
+        "trt_timing_cache_enable": "True",
+        "trt_fp16_enable": str(precision == "fp16"),
+        "trt_int8_enable": str(precision == "int8"),  # explicit Q/DQ: TensorRT needs INT8 allowed
+    }
+    cache = cache_root() / "ort-tensorrt" / sha256_file(path)[:16]
+    cache.mkdir(parents=True, exist_ok=True)
+    options["trt_engine_cache_path"] = options["trt_timing_cache_path"] = str(cache)
+    if all(rest):  # a fixed image size: one profile over the batch range
+        for key, b in zip(("min", "opt", "max"), batches, strict=True):
+            options[f"trt_profile_{key}_shapes"] = f"{inp.name}:{'x'.join(map(str, [b, *rest]))}"
+    return options
+
+
 def _loadable(path: str) -> str | bytes:
     """ONNX Runtime takes a path only as UTF-8 text; a file whose name is not (bytes a filesystem
     allows) is handed over as its bytes, when its weights are inside it."""
@@ -76,16 +111,9 @@ class OnnxRuntimeRunner(Runner):
         if self.threads:
             opts.intra_op_num_threads = self.threads
         model = self.model if isinstance(self.model, bytes) else _loadable(os.fspath(self.model))
-        ort.set_default_logger_severity(4)  # a provider that fails to load logs to the console, and
         try:  # onnxruntime print()s an "EP Error" banner: keep stdout clean for --json, report it below
             with contextlib.redirect_stdout(sys.stderr):
-                providers: list[Any] = list(PROVIDERS[self.provider])
-                if self.provider != "cpu":
-                    providers = [
-                        (p, {"device_id": self.device}) if p != "CPUExecutionProvider" else p
-                        for p in providers
-                    ]
-                self.session = ort.InferenceSession(model, opts, providers=providers)
+                self.session = ort.InferenceSession(model, opts, providers=self._providers())
         except Exception as e:
             first = first_line(e)
             raise ArtifactError(f"onnxruntime cannot load {self.name.split(':', 1)[-1]}: {first}") from e
@@ -99,6 +127,19 @@ class OnnxRuntimeRunner(Runner):
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_dtype = _INPUT_DTYPES.get(inp.type, np.float32)
+
+    def _providers(self) -> list[Any]:
+        """The provider list; GPU providers on this runner's device, TensorRT's with caches and the
+        file's own batch range and precision (FP16 only for an FP16 file: no silent precision)."""
+        chain: list[Any] = []
+        for name in PROVIDERS[self.provider]:
+            if name == "CPUExecutionProvider":
+                chain.append(name)
+            elif name == "TensorrtExecutionProvider" and not isinstance(self.model, bytes):
+                chain.append((name, tensorrt_options(os.fspath(self.model), self.device)))
+            else:
+                chain.append((name, {"device_id": str(self.device)}))
+        return chain
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
         (out,) = self.session.run(None, {self.input_name: x.astype(self.input_dtype, copy=False)})[:1]

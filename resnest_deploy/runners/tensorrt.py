@@ -3,21 +3,35 @@
 An edge device runs engines, not PyTorch, so the CUDA side comes from ``cuda-python``
 (``cuda-bindings``: wheels for x86_64 and aarch64, Python 3.10+). We call ``execute_async_v3``
 directly rather than through Polygraphy's ``TrtRunner``, whose per-call Python bookkeeping is what
-``bench`` would otherwise time at batch 1; but like Polygraphy we check what TensorRT returns:
-``set_input_shape`` and ``set_tensor_address`` give ``bool``, and a shape outside the optimization
-profile is split into batches the profile allows (or refused) instead of silently running the last
-shape. CUDA graphs: full TensorRT engines are captured on our stream, one graph per input shape
-(after a warm-up run, since TensorRT allocates lazily); TensorRT-RTX engines capture themselves when
-their ``IRuntimeConfig`` asks for it, which is NVIDIA's documented route for RTX.
+``bench`` would otherwise time at batch 1; but like Polygraphy we check what TensorRT returns
+(``set_input_shape`` and ``set_tensor_address`` give ``bool``) and keep one device buffer and one
+pinned host buffer per I/O tensor, sized to the profile's maximum and made at activation, so dynamic
+batching never allocates. A batch above the profile's maximum runs in pieces that each lie within
+[min, max], timed together.
 
-Nothing here has run on a GPU yet (no GPU with TensorRT was lent to this project); the CPU-side
-logic (profile splitting, dtype mapping, compatibility checks) is unit-tested.
+CUDA graphs follow TensorRT's rules (TensorRT 10 Developer Guide, "CUDA Graphs"): a graph captures
+the execution context's state at capture time, and changing that context's input shapes or tensor
+addresses afterwards is undefined; so each captured shape gets its own execution context, all of them
+sharing one scratch allocation (``ExecutionContextAllocationStrategy.USER_MANAGED``; they run one at a
+time on one stream). A capture that fails is ended, and that shape runs by plain enqueue with a
+warning, as trtexec does. TensorRT-RTX engines capture themselves when their ``IRuntimeConfig`` asks
+for it, which is NVIDIA's documented route for RTX.
+
+Timing: ``last_inference_ms`` is the whole call, host staging and copies included, as every other
+backend is timed; ``device_time_ms`` is the GPU time of the engine's work alone (CUDA events around
+each piece's enqueue, summed), a labelled second figure.
+
+Run on a GPU only by ``scripts/gpu_check.py``; the CPU-side logic (pieces, dtypes, compatibility,
+input forms) is unit-tested.
 """
 
 from __future__ import annotations
 
 import ctypes
+import itertools
+import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +39,9 @@ from typing import Any
 import numpy as np
 
 from resnest_deploy import metadata
+from resnest_deploy._cuda import Cuda
 from resnest_deploy.engine.flavour import detect, engine_flavour
-from resnest_deploy.errors import ArtifactError, MissingDependencyError
+from resnest_deploy.errors import ArtifactError
 from resnest_deploy.runners.base import Runner
 
 #: TensorRT I/O types we can feed and read from NumPy, by ``trt.DataType`` name
@@ -69,22 +84,24 @@ class Profile:
                 f"(min {list(self.min)}, max {list(self.max)}); rebuild with another --batch-profile or size"
             )
 
-    def chunks(self, batch: int) -> list[slice]:
-        """Split ``batch`` into slices the profile accepts: at most ``max[0]`` each; a batch below
-        ``min[0]`` cannot be run (padding would time work that was not asked for)."""
+    def pieces(self, batch: int) -> list[slice]:
+        """Split ``batch`` into the fewest slices that each lie within [min, max] of the profile,
+        the first ones as large as allowed: 33 on a 2..32 profile runs as 31 + 2. A batch that no
+        such split covers is refused (padding would time work that was not asked for)."""
         lo, hi = self.min[0], self.max[0]
-        if batch < lo:
+        k = max(1, math.ceil(batch / hi))
+        if batch < 1 or k * lo > batch:
             raise ArtifactError(
-                f"batch {batch} is below the engine's minimum batch {lo}; rebuild with --batch-profile 1,..."
+                f"batch {batch} does not split into runs of {lo}..{hi} images (the engine's profile); "
+                "rebuild it with --batch-profile 1,OPT,MAX"
             )
-        cuts = list(range(0, batch, hi))
-        out = [slice(c, min(c + hi, batch)) for c in cuts]
-        if out and out[-1].stop - out[-1].start < lo:  # a remainder the profile cannot run
-            raise ArtifactError(
-                f"batch {batch} does not split into runs of {lo}..{hi}; use a multiple of {hi} or rebuild "
-                "the engine with a smaller minimum batch"
-            )
-        return out
+        sizes, extra = [lo] * k, batch - k * lo
+        for i in range(k):
+            grow = min(hi - lo, extra)
+            sizes[i] += grow
+            extra -= grow
+        ends = list(itertools.accumulate(sizes))
+        return [slice(end - size, end) for size, end in zip(sizes, ends, strict=True)]
 
 
 def _rebuild_hint(sidecar: dict[str, Any] | None) -> str:
@@ -112,43 +129,6 @@ def check_compatible(
         )
 
 
-def cudart() -> Any:
-    """cuda-python's runtime API (``cuda.bindings.runtime``, or ``cuda.cudart`` before 12.6)."""
-    try:
-        from cuda.bindings import runtime
-
-        return runtime
-    except ImportError:
-        try:
-            from cuda import cudart as runtime
-
-            return runtime
-        except ImportError as e:
-            raise MissingDependencyError(
-                f"cuda-python moves data to and from the GPU but is not installed ({e}); "
-                "run: pip install 'resnest-deploy[tensorrt]'"
-            ) from e
-
-
-class _Cuda:
-    """cuda-python calls return ``(error, *values)``: every one is checked here."""
-
-    def __init__(self) -> None:
-        self.rt = cudart()
-
-    def __call__(self, fn: str, *args: Any) -> Any:
-        err, *values = getattr(self.rt, fn)(*args)
-        if int(err) != 0:
-            raise ArtifactError(f"CUDA {fn} failed: {err}; is a CUDA GPU visible to this process?")
-        return values[0] if len(values) == 1 else tuple(values) or None
-
-
-@dataclass
-class _Buffers:
-    inputs: dict[str, tuple[int, np.ndarray]]  # device pointer, pinned host staging array
-    outputs: dict[str, tuple[int, np.ndarray]]
-
-
 class TensorRTRunner(Runner):
     def __init__(
         self,
@@ -169,7 +149,15 @@ class TensorRTRunner(Runner):
     # -- set-up -------------------------------------------------------------------------------------
 
     def activate_impl(self) -> None:
-        cuda = self.cuda = _Cuda()
+        cuda = self.cuda = Cuda()
+        self._held: list[tuple[str, Any]] = []  # (free function, handle): everything to release
+        try:
+            self._activate(cuda)
+        except BaseException:
+            self._release()
+            raise
+
+    def _activate(self, cuda: Cuda) -> None:
         if cuda("cudaGetDeviceCount") < 1:
             raise ArtifactError(f"{self.path.name} needs a CUDA GPU to run; none is visible")
         cuda("cudaSetDevice", self.device)
@@ -196,13 +184,42 @@ class TensorRTRunner(Runner):
             )
         self.dtypes = {n: numpy_dtype(self.engine.get_tensor_dtype(n), n) for n in names}
         self.profile = Profile(*(tuple(s) for s in self.engine.get_tensor_profile_shape(self.inputs[0], 0)))
+        self.stream = self._hold("cudaStreamDestroy", cuda("cudaStreamCreate"))
+        self.events = [self._hold("cudaEventDestroy", cuda("cudaEventCreate")) for _ in range(2)]
+        self._scratch = self._scratch_memory()
         self.context = self._context()
-        if self.context is None:
-            raise ArtifactError(f"TensorRT could not create an execution context for {self.path.name}")
-        self.stream = cuda("cudaStreamCreate")
-        self.start, self.end = cuda("cudaEventCreate"), cuda("cudaEventCreate")
-        self._buffers: dict[tuple[int, ...], _Buffers] = {}
-        self._graphs: dict[tuple[int, ...], Any] = {}
+        # one device and one pinned host buffer per tensor, for the largest shape the profile allows
+        if not self.context.set_input_shape(self.inputs[0], self.profile.max):
+            raise ArtifactError(f"TensorRT refused the profile's own maximum shape {list(self.profile.max)}")
+        self.buffers: dict[str, tuple[int, np.ndarray]] = {}
+        for tensor in names:
+            dims = self.profile.max if tensor in self.inputs else tuple(self.context.get_tensor_shape(tensor))
+            self.buffers[tensor] = self._alloc(tensor, int(np.prod(dims)))
+        self._graphs: dict[tuple[int, ...], Any] = {}  # shape -> (context, graph exec), or None: no graph
+        self._device_ms: float | None = None
+
+    def _hold(self, free: str, handle: Any) -> Any:
+        self._held.append((free, handle))
+        return handle
+
+    def _alloc(self, tensor: str, count: int) -> tuple[int, np.ndarray]:
+        dtype = np.dtype(self.dtypes[tensor])
+        nbytes = max(1, count * dtype.itemsize)
+        device = self._hold("cudaFree", self.cuda("cudaMalloc", nbytes))
+        address = self._hold("cudaFreeHost", self.cuda("cudaMallocHost", nbytes))
+        pinned = (ctypes.c_byte * nbytes).from_address(address)
+        return device, np.frombuffer(memoryview(pinned), dtype=dtype, count=count)
+
+    def _scratch_memory(self) -> int | None:
+        """One scratch allocation that every execution context of this runner shares (None: let
+        TensorRT give each context its own, on versions without user-managed memory)."""
+        strategy = getattr(self.trt, "ExecutionContextAllocationStrategy", None)
+        size = getattr(self.engine, "device_memory_size_v2", None) or getattr(
+            self.engine, "device_memory_size", None
+        )
+        if strategy is None or not size or self.backend == "tensorrt-rtx":
+            return None
+        return int(self._hold("cudaFree", self.cuda("cudaMalloc", int(size))))
 
     def _context(self) -> Any:
         """TensorRT-RTX captures CUDA graphs itself when its runtime config asks for it."""
@@ -210,104 +227,142 @@ class TensorRTRunner(Runner):
             config = self.engine.create_runtime_config()
             if self.cuda_graphs and hasattr(config, "cuda_graph_strategy"):
                 config.cuda_graph_strategy = self.trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
-            return self.engine.create_execution_context(config)
-        return self.engine.create_execution_context()
+            context = self.engine.create_execution_context(config)
+        elif self._scratch is not None:
+            context = self.engine.create_execution_context(
+                self.trt.ExecutionContextAllocationStrategy.USER_MANAGED
+            )
+            if context is not None and hasattr(context, "set_device_memory"):
+                size = getattr(self.engine, "device_memory_size_v2", None) or self.engine.device_memory_size
+                context.set_device_memory(self._scratch, size)
+            elif context is not None:
+                context.device_memory = self._scratch
+        else:
+            context = self.engine.create_execution_context()
+        if context is None:
+            raise ArtifactError(f"TensorRT could not create an execution context for {self.path.name}")
+        return context
 
-    def _buffers_for(self, shape: tuple[int, ...]) -> _Buffers:
-        """Device and pinned host buffers per input shape, allocated once (graphs need fixed addresses)."""
-        if shape in self._buffers:
-            return self._buffers[shape]
-        cuda, name = self.cuda, self.inputs[0]
+    def _bind(self, context: Any, shape: tuple[int, ...]) -> None:
+        """Input shape and every tensor's address on ``context``; TensorRT's answers checked."""
+        name = self.inputs[0]
         self.profile.check(shape, name)
-        if not self.context.set_input_shape(name, shape):
+        if not context.set_input_shape(name, shape):
             raise ArtifactError(f"TensorRT refused input shape {list(shape)} for {name!r}")
-
-        def alloc(tensor: str, dims: tuple[int, ...]) -> tuple[int, np.ndarray]:
-            dtype = np.dtype(self.dtypes[tensor])
-            nbytes = max(1, int(np.prod(dims)) * dtype.itemsize)
-            device = cuda("cudaMalloc", nbytes)
-            pinned = (ctypes.c_byte * nbytes).from_address(cuda("cudaMallocHost", nbytes))
-            host = np.frombuffer(memoryview(pinned), dtype=dtype, count=int(np.prod(dims)))
-            if not self.context.set_tensor_address(tensor, device):
+        for tensor, (device, _) in self.buffers.items():
+            if not context.set_tensor_address(tensor, device):
                 raise ArtifactError(f"TensorRT refused the buffer of {tensor!r}")
-            return device, host.reshape(dims)
-
-        inputs = {name: alloc(name, shape)}
-        outputs = {o: alloc(o, tuple(self.context.get_tensor_shape(o))) for o in self.outputs}
-        self._buffers[shape] = _Buffers(inputs, outputs)
-        return self._buffers[shape]
 
     # -- running ------------------------------------------------------------------------------------
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
-        """Batches above the profile's maximum run in profile-sized pieces, timed together."""
-        pieces = [self._run(x[s]) for s in self.profile.chunks(len(x))]
+        """Batches above the profile's maximum run in pieces within [min, max]; the call is timed
+        whole by ``Runner.infer``, the engine's GPU time summed over the pieces here."""
+        self._device_ms = 0.0
+        pieces = [self._run(x[s]) for s in self.profile.pieces(len(x))]
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         cuda, stream = self.cuda, self.stream
         shape = tuple(x.shape)
-        bufs = self._buffers_for(shape)
-        for device, host in bufs.inputs.values():  # one input (checked on activation)
-            np.copyto(host, x, casting="same_kind")
-            cuda("cudaMemcpyAsync", device, host.ctypes.data, host.nbytes, _H2D(cuda), stream)
-        cuda("cudaEventRecord", self.start, stream)
-        if self.cuda_graphs and self.backend == "tensorrt":
-            cuda("cudaGraphLaunch", self._graph_for(shape), stream)
-        else:
-            self._enqueue(shape)
-        cuda("cudaEventRecord", self.end, stream)
-        for device, host in bufs.outputs.values():
-            cuda("cudaMemcpyAsync", host.ctypes.data, device, host.nbytes, _D2H(cuda), stream)
+        graph = self._graph_for(shape) if self.cuda_graphs and self.backend == "tensorrt" else None
+        if graph is None:
+            self._bind(self.context, shape)
+        device, host = self.buffers[self.inputs[0]]
+        staged = host[: x.size].reshape(shape)
+        np.copyto(staged, x, casting="same_kind")
+        cuda("cudaMemcpyAsync", device, staged.ctypes.data, staged.nbytes, _H2D(cuda), stream)
+        start, end = self.events
+        cuda("cudaEventRecord", start, stream)
+        if graph is not None:
+            cuda("cudaGraphLaunch", graph[1], stream)
+        elif not self.context.execute_async_v3(int(stream)):
+            raise ArtifactError(f"TensorRT failed to run {self.path.name} at input shape {list(shape)}")
+        cuda("cudaEventRecord", end, stream)
+        context = graph[0] if graph is not None else self.context
+        results = {}
+        for tensor in self.outputs:
+            out_shape = tuple(context.get_tensor_shape(tensor))
+            out_device, out_host = self.buffers[tensor]
+            view = out_host[: int(np.prod(out_shape))].reshape(out_shape)
+            cuda("cudaMemcpyAsync", view.ctypes.data, out_device, view.nbytes, _D2H(cuda), stream)
+            results[tensor] = view
         cuda("cudaStreamSynchronize", stream)
-        logits = bufs.outputs.get("logits", next(iter(bufs.outputs.values())))[1]
+        self._device_ms = (self._device_ms or 0.0) + float(cuda("cudaEventElapsedTime", start, end))
+        logits = results.get("logits", next(iter(results.values())))
         return np.array(logits, dtype=np.float32)
 
-    def _enqueue(self, shape: tuple[int, ...]) -> None:
-        if not self.context.set_input_shape(self.inputs[0], shape):
-            raise ArtifactError(f"TensorRT refused input shape {list(shape)}")
-        for tensor, (device, _) in {**self._buffers[shape].inputs, **self._buffers[shape].outputs}.items():
-            if not self.context.set_tensor_address(tensor, device):
-                raise ArtifactError(f"TensorRT refused the buffer of {tensor!r}")
-        if not self.context.execute_async_v3(int(self.stream)):
+    def _graph_for(self, shape: tuple[int, ...]) -> tuple[Any, Any] | None:
+        """(context, graph exec) for ``shape``, captured once on a context of its own; None when the
+        capture failed (that shape then runs by plain enqueue)."""
+        if shape in self._graphs:
+            return self._graphs[shape]
+        cuda = self.cuda
+        context = self._context()
+        self._bind(context, shape)
+        if not context.execute_async_v3(int(self.stream)):  # TensorRT allocates on first use
             raise ArtifactError(f"TensorRT failed to run {self.path.name} at input shape {list(shape)}")
-
-    def _graph_for(self, shape: tuple[int, ...]) -> Any:
-        """One CUDA graph per shape, captured after a plain run (TensorRT allocates on first use)."""
-        if shape not in self._graphs:
-            cuda = self.cuda
-            self._enqueue(shape)
-            cuda("cudaStreamSynchronize", self.stream)
-            mode = cuda.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-            cuda("cudaStreamBeginCapture", self.stream, mode)
-            self._enqueue(shape)
-            graph = cuda("cudaStreamEndCapture", self.stream)
-            self._graphs[shape] = cuda("cudaGraphInstantiate", graph, 0)
+        cuda("cudaStreamSynchronize", self.stream)
+        mode = cuda.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        cuda("cudaStreamBeginCapture", self.stream, mode)
+        graph, problem = None, None
+        try:
+            if not context.execute_async_v3(int(self.stream)):
+                problem = "execute_async_v3 returned false during capture"
+        except Exception as e:
+            problem = str(e)
+        finally:
+            try:  # always end the capture, or the stream stays in capture mode
+                graph = cuda("cudaStreamEndCapture", self.stream)
+            except ArtifactError as e:
+                problem = problem or str(e)
+        captured = None
+        if problem is None and graph is not None:
+            try:
+                captured = (
+                    context,
+                    self._hold("cudaGraphExecDestroy", cuda("cudaGraphInstantiate", graph, 0)),
+                )
+            except ArtifactError as e:
+                problem = str(e)
+        if graph is not None:
             cuda("cudaGraphDestroy", graph)  # the executable graph keeps what it needs
-        return self._graphs[shape]
+        if captured is None:
+            warnings.warn(
+                f"CUDA graph capture failed for input shape {list(shape)} ({problem}); running it without "
+                "a graph",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self._graphs[shape] = captured
+        return captured
 
     def device_time_ms(self) -> float | None:
-        return float(self.cuda("cudaEventElapsedTime", self.start, self.end))
+        return self._device_ms
 
     def deactivate_impl(self) -> None:
-        cuda = self.cuda
-        for exe in self._graphs.values():
-            cuda("cudaGraphExecDestroy", exe)
-        for bufs in self._buffers.values():
-            for device, host in (*bufs.inputs.values(), *bufs.outputs.values()):
-                cuda("cudaFree", device)
-                cuda("cudaFreeHost", host.ctypes.data)
-        self._graphs.clear()
-        self._buffers.clear()
-        cuda("cudaEventDestroy", self.start)
-        cuda("cudaEventDestroy", self.end)
-        cuda("cudaStreamDestroy", self.stream)
-        del self.context, self.engine, self.runtime
+        self._release()
+
+    def _release(self) -> None:
+        """Free everything, in reverse order of allocation, whatever fails on the way; the first
+        error is raised once all is freed."""
+        first: Exception | None = None
+        self._graphs = {}
+        for attr in ("context", "engine", "runtime"):
+            self.__dict__.pop(attr, None)
+        for free, handle in reversed(getattr(self, "_held", [])):
+            try:
+                self.cuda(free, handle)
+            except Exception as e:
+                first = first or e
+        self._held = []
+        if first is not None:
+            raise first
 
 
-def _H2D(cuda: _Cuda) -> Any:
+def _H2D(cuda: Cuda) -> Any:
     return cuda.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
 
 
-def _D2H(cuda: _Cuda) -> Any:
+def _D2H(cuda: Cuda) -> Any:
     return cuda.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost

@@ -1,0 +1,61 @@
+"""cuda-python, checked: the one place the engine builder, the TensorRT runner and the pipeline reach
+the CUDA runtime (no torch: the CPU build of PyTorch that the README installs sees no GPU even on a
+GPU machine). Imports nothing of this package but its errors, so every module may import it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from resnest_deploy.errors import ArtifactError, MissingDependencyError
+
+
+def cudart() -> Any:
+    """cuda-python's runtime API (``cuda.bindings.runtime``, or ``cuda.cudart`` before 12.6)."""
+    try:
+        from cuda.bindings import runtime
+
+        return runtime
+    except ImportError:
+        try:
+            from cuda import cudart as runtime
+
+            return runtime
+        except ImportError as e:
+            raise MissingDependencyError(
+                f"cuda-python moves data to and from the GPU but is not installed ({e}); "
+                "run: pip install 'resnest-deploy[tensorrt]'"
+            ) from e
+
+
+class Cuda:
+    """cuda-python calls return ``(error, *values)``: every one is checked here."""
+
+    def __init__(self) -> None:
+        self.rt = cudart()
+
+    def __call__(self, fn: str, *args: Any) -> Any:
+        err, *values = getattr(self.rt, fn)(*args)
+        if int(err) != 0:
+            raise ArtifactError(f"CUDA {fn} failed: {err}; is a CUDA GPU visible to this process?")
+        return values[0] if len(values) == 1 else tuple(values) or None
+
+
+def gpu_count() -> int:
+    """CUDA devices this process can use; 0 without cuda-python, a driver or a GPU."""
+    try:
+        err, count = cudart().cudaGetDeviceCount()
+    except Exception:
+        return 0
+    return int(count) if int(err) == 0 else 0
+
+
+def device_name(index: int = 0) -> str | None:
+    try:
+        err, props = cudart().cudaGetDeviceProperties(index)
+    except Exception:
+        return None
+    if int(err) != 0:
+        return None
+    name = props.name
+    return (name.decode(errors="replace") if isinstance(name, bytes) else str(name)).rstrip("\0")
