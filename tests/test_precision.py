@@ -238,3 +238,27 @@ def test_second_calibration_with_same_data_reuses_the_result(digits_onnx, tmp_pa
     other = calibration.from_digits(DIGITS, count=64, seed=1)
     third = convert(digits_onnx, tmp_path / "c.onnx", precision="int8", target="cpu", calib=other)
     assert "cache" not in third.metadata["conversion"]
+
+
+def test_tensorrt_target_parity_is_tensorrts_arithmetic_and_cpu_target_parity_the_cpus_kernels(
+    digits_onnx, digits_converted
+):
+    """Measured with Q/DQ as float ops, a TensorRT-target file's parity is the same on every CPU
+    (fused int8 kernels on AVX2 without VNNI can saturate); a CPU-target file is measured with the
+    kernels that will run it. Each file records which."""
+    from resnest_deploy import metadata
+    from resnest_deploy.compare import compare
+    from resnest_deploy.data import Transform, digits, digits_batch
+    from resnest_deploy.models import get_spec
+    from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
+
+    x = digits_batch(
+        digits("test")[0][:64], Transform.from_pretrained(get_spec("resnest14d_digits").pretrained)
+    )
+    with OnnxRuntimeRunner(digits_onnx) as ref:
+        expected = ref.infer(x)
+    for key, fake in (("int8", True), ("int8-cpu", False)):
+        recorded = metadata.of_artifact(digits_converted[key])["parity"]
+        assert ("disable_quant_qdq" in recorded["arithmetic"]) is fake, recorded
+        with OnnxRuntimeRunner(digits_converted[key], fake_quant=fake) as runner:
+            assert compare(expected, runner.infer(x)).cosine > 0.999

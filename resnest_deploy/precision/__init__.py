@@ -186,11 +186,21 @@ def convert(
             )
         say("measuring against the FP32 source in ONNX Runtime")
         x = job.feed(calib.holdout if calib is not None else _random_inputs(job))
+        # A TensorRT-target file is measured as TensorRT computes it (Q/DQ as float ops, the same on
+        # every CPU); a CPU-target file with the CPU's own int8 kernels, which is what will run it.
+        fake_quant = precision == "int8" and target == "tensorrt"
         with (
             OnnxRuntimeRunner(src, name="source") as ref,
-            OnnxRuntimeRunner(model.SerializeToString()) as cand,
+            OnnxRuntimeRunner(model.SerializeToString(), fake_quant=fake_quant) as cand,
         ):
             parity = compare(ref.infer_batched(x), cand.infer_batched(x))
+        arithmetic = (
+            "Q/DQ as float ops (onnxruntime session.disable_quant_qdq): TensorRT's, on any CPU"
+            if fake_quant
+            else "onnxruntime's kernels on this CPU ("
+            + " ".join(f for f in metadata.machine()["cpu_flags"] if "vnni" in f or f == "avx2")
+            + ")"
+        )
         assert_close(parity, tolerance or TOLERANCES[precision], f"{precision} ({target}) model")
 
         out_meta = {
@@ -201,6 +211,7 @@ def convert(
             "conversion": settings,
             "parity": {
                 "reference": f"{src.name} (fp32) in onnxruntime cpu",
+                "arithmetic": arithmetic,
                 "inputs": "held-out calibration inputs"
                 if calib is not None
                 else f"{len(x)} seeded random inputs",

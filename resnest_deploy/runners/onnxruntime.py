@@ -87,6 +87,7 @@ class OnnxRuntimeRunner(Runner):
         threads: int | None = None,
         name: str | None = None,
         device: int = 0,
+        fake_quant: bool = False,
     ) -> None:
         label = "<in-memory>" if isinstance(model, bytes) else os.fspath(model)
         super().__init__(name or f"onnxruntime-{provider}:{label}")
@@ -97,6 +98,9 @@ class OnnxRuntimeRunner(Runner):
         self.provider = provider
         self.threads = threads
         self.device = device  # the GPU for the cuda and tensorrt providers
+        #: run Q/DQ pairs as separate float ops instead of fusing them into the CPU's int8 kernels:
+        #: TensorRT's fake-quant arithmetic, the same on every CPU (AVX2 without VNNI can saturate)
+        self.fake_quant = fake_quant
 
     def activate_impl(self) -> None:
         ort = _deps.require("onnxruntime")
@@ -110,6 +114,8 @@ class OnnxRuntimeRunner(Runner):
         opts.log_severity_level = 3
         if self.threads:
             opts.intra_op_num_threads = self.threads
+        if self.fake_quant:
+            opts.add_session_config_entry("session.disable_quant_qdq", "1")
         model = self.model if isinstance(self.model, bytes) else _loadable(os.fspath(self.model))
         try:  # onnxruntime print()s an "EP Error" banner: keep stdout clean for --json, report it below
             with contextlib.redirect_stdout(sys.stderr):
