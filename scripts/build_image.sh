@@ -5,6 +5,7 @@
 #
 #   sudo scripts/build_image.sh                     # targets: runtime serve full
 #   TARGETS=runtime scripts/build_image.sh
+#   FRESH=1 scripts/build_image.sh                  # also rebuild the debootstrap base (CI does)
 #
 # Needs root, podman and debootstrap (apt-get install podman debootstrap). With Docker, users run the
 # usual `docker build --target T .` instead. pip inside the build uses the host's CA bundle (mounted),
@@ -23,6 +24,9 @@ mirror() {  # the Debian mirror this machine's apt uses
     awk '/^deb / {print $2; exit}' /etc/apt/sources.list
 }
 
+if [ "${FRESH:-0}" = 1 ] && podman image exists "$BASE"; then
+  podman rmi -f "$BASE" >/dev/null
+fi
 if ! podman image exists "$BASE"; then
   rootfs=$(mktemp -d)
   trap 'rm -rf "$rootfs"' EXIT

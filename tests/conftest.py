@@ -1,69 +1,20 @@
 from __future__ import annotations
 
 import http.server
-import json
-import math
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-import numpy as np
 import pytest
-
-if TYPE_CHECKING:  # torch is imported by the fixtures that need it: the runtime tests run without it
-    import torch
-
-REFDATA = Path(__file__).parent / "refdata"
-HEAVY = ("resnest200", "resnest269")  # the deepest configs: several seconds each
-
-
-def unique_archs() -> list:
-    """One arch per distinct architecture: official/timm twins share an ``ArchConfig`` (and so a
-    graph), so sweeping both would test the same network twice. Heavy ones are marked ``slow``."""
-    from resnest_deploy.models import get_spec, list_models
-
-    first: dict = {}
-    for arch in list_models():
-        first.setdefault(get_spec(arch).arch, arch)
-    return [pytest.param(a, marks=pytest.mark.slow) if a.startswith(HEAVY) else a for a in first.values()]
+from helpers import manifest, recipe_state_dict
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _fresh_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Every run calibrates for real: nothing is reused from an earlier run's cache."""
     os.environ["RESNEST_DEPLOY_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-
-
-def manifest(arch: str) -> dict:
-    return json.loads((REFDATA / f"{arch}.json").read_text())
-
-
-def recipe_state_dict(man: dict, recipe: str) -> dict[str, torch.Tensor]:
-    """The deterministic weights described in refdata/README.md (recipe "a" or "b")."""
-    import torch
-
-    sd = {}
-    for i, (key, shape, dtype) in enumerate(man["state_dict"]):
-        if dtype != "float32":
-            sd[key] = torch.zeros(shape, dtype=torch.int64)
-            continue
-        r = torch.randn(shape, generator=torch.Generator().manual_seed(i), dtype=torch.float32)
-        if recipe == "a":
-            t = r * 0.05
-            if key.endswith("running_var"):
-                t = t.abs() + 0.5
-        elif len(shape) >= 2:
-            t = r / math.sqrt(r.numel() // shape[0])
-        elif key.endswith("running_var"):
-            t = r.abs() * 0.1 + 1.0
-        elif key.endswith(("running_mean", ".bias")):
-            t = r * 0.05
-        else:
-            t = 1.0 + 0.1 * r
-        sd[key] = t
-    return sd
 
 
 @pytest.fixture(scope="session")
@@ -106,10 +57,6 @@ def onnx_50(tmp_path_factory: pytest.TempPathFactory, refdata_checkpoint) -> Pat
     return path
 
 
-def images(n: int, size: tuple[int, int] = (64, 64), seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((n, 3, *size), dtype=np.float32)
-
-
 @pytest.fixture(scope="session")
 def digits_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled, really trained digits model: where precision loss is measured."""
@@ -135,35 +82,6 @@ def digits_converted(digits_onnx: Path) -> dict[str, Path]:
         report = convert(digits_onnx, precision=precision, target=target, calib=calib)
         out[report.path.name.split(".", 1)[1].removesuffix(".onnx")] = report.path
     return out  # keys: fp16, int8, int8-cpu
-
-
-def digits_accuracy(onnx_path: Path) -> float:
-    from resnest_deploy.data import Transform, digits, digits_batch
-    from resnest_deploy.models import get_spec
-    from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
-
-    x, y = digits("test")
-    batch = digits_batch(x, Transform.from_pretrained(get_spec("resnest14d_digits").pretrained))
-    with OnnxRuntimeRunner(onnx_path) as runner:
-        return float((runner.infer(batch).argmax(1) == y).mean())
-
-
-def digit_folder(
-    root: Path, classes: Sequence[int] = range(10), per_class: int = 6, size: int | None = None
-) -> Path:
-    """``root/<label>/<i>.png`` from the bundled test digits: a labelled folder as users have them."""
-    from PIL import Image
-
-    from resnest_deploy.data import digits
-
-    images, labels = digits("test")
-    for label in classes:
-        folder = root / str(label)
-        folder.mkdir(parents=True)
-        for i, idx in enumerate(np.flatnonzero(labels == label)[:per_class]):
-            image = Image.fromarray(images[idx])
-            (image.resize((size, size)) if size else image).save(folder / f"{i}.png")
-    return root
 
 
 # --- a real HTTP server on loopback, for downloads -----------------------------------------------

@@ -5,11 +5,11 @@ import subprocess
 import sys
 
 import pytest
+from helpers import digit_folder
 from typer.testing import CliRunner
 
 from resnest_deploy import __version__
 from resnest_deploy.cli.app import app
-from tests.conftest import digit_folder
 
 runner = CliRunner()
 COMMANDS = [
@@ -39,9 +39,26 @@ def test_version():
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_help_teaches_with_an_example(command):
+def test_every_example_in_help_is_a_command_line_the_command_accepts(command):
+    """--help teaches by example; each example must parse with the command's own options, so an
+    option renamed or removed cannot leave a help text that no longer works."""
+    import shlex
+
+    from typer.main import get_command
+
     r = invoke(command, "--help")
-    assert r.exit_code == 0 and "resnest-deploy " + command in r.output
+    assert r.exit_code == 0 and "Examples:" in r.output and f"resnest-deploy {command} " in r.output
+    sub = get_command(app).commands[command]
+    lines = [
+        line.split(" #")[0].split(" | ")[0].strip()
+        for line in (sub.help or "").split("Examples:")[-1].splitlines()
+        if line.strip().startswith(f"resnest-deploy {command}")
+    ]
+    assert lines, f"{command} --help shows no example"
+    for line in lines:
+        args = shlex.split(line)[2:]
+        with sub.make_context(command, args) as ctx:  # raises on an unknown option or a bad choice
+            assert ctx.params
 
 
 def test_models_json_lists_all_variants():

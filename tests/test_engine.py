@@ -6,6 +6,7 @@ import json
 
 import onnx
 import pytest
+from helpers import images
 from onnx import TensorProto, helper
 
 from resnest_deploy.engine import BuildError, build_engine, detect, parse_batch_range
@@ -13,7 +14,6 @@ from resnest_deploy.errors import ArtifactError
 from resnest_deploy.export import export_onnx
 from resnest_deploy.models import create_model
 from resnest_deploy.precision import CalibrationData, convert
-from tests.conftest import images
 
 
 def test_rtx_is_detected():

@@ -7,13 +7,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import images, unique_archs
 
 from resnest_deploy.errors import ExportError, ParityError, WeightsError
 from resnest_deploy.export import export_onnx
 from resnest_deploy.models import create_model, load_model
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
 from resnest_deploy.runners.torch import TorchRunner
-from tests.conftest import images, unique_archs
 
 SHAPE_OPS = {"Shape", "Gather", "Concat", "Unsqueeze", "ConstantOfShape"}
 

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import manifest, recipe_state_dict, unique_archs
 
 from resnest_deploy.errors import UnknownArchError
 from resnest_deploy.models import count_params, create_model, get_spec, list_models, load_model
 from resnest_deploy.models.layers import RadixSoftmax, SplitAttn
-from tests.conftest import manifest, recipe_state_dict, unique_archs
 
 OFFICIAL = ["resnest50", "resnest101", "resnest200", "resnest269"] + [
     f"resnest50_fast_{v}"
@@ -114,18 +114,31 @@ def test_radix_1_gates_with_sigmoid_and_radix_n_softmaxes_per_cardinal_group():
     torch.testing.assert_close(RadixSoftmax(4, 2, 40)(x).flatten(1), ref)
 
 
-def test_split_attention_matches_the_paper_arithmetic():
+def test_split_attention_passes_identical_radix_splits_through_unchanged():
+    """The paper's attention weights of each channel sum to one over the radix splits (softmax over
+    the radix axis, per cardinal group). So when every split computes the same features, split
+    attention returns them unchanged, whatever its (random) fc1/fc2 say; a softmax over the wrong
+    axis, a wrong transpose or a missing normalisation breaks this."""
     torch.manual_seed(0)
-    layer = SplitAttn(16, 16, groups=2, radix=4).eval()
-    x = torch.randn(2, 16, 9, 7)
+    out, groups, radix = 16, 2, 4
+    layer = SplitAttn(16, out, groups=groups, radix=radix).eval()
+    bn = layer.bn0
     with torch.no_grad():
-        feats = layer.act0(layer.bn0(layer.conv(x)))
-        splits = torch.split(feats, 16, dim=1)
-        gap = torch.nn.functional.adaptive_avg_pool2d(sum(splits), 1)
-        att = layer.fc2(layer.act1(layer.bn1(layer.fc1(gap))))
-        att = torch.softmax(att.view(2, 2, 4, -1).transpose(1, 2), dim=1).reshape(2, -1, 1, 1)
-        expected = sum(a * s for a, s in zip(torch.split(att, 16, dim=1), splits, strict=True))
-        torch.testing.assert_close(layer(x), expected)
+        for tensor, (lo, hi) in (
+            (bn.weight, (0.5, 1.5)),
+            (bn.bias, (-0.5, 0.5)),
+            (bn.running_mean, (-0.5, 0.5)),
+        ):
+            tensor.uniform_(lo, hi)
+        bn.running_var.uniform_(0.5, 1.5)
+        for tensor in (layer.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var):
+            blocks = tensor.view(radix, out, *tensor.shape[1:])
+            blocks[1:] = blocks[0].clone()  # every radix split: the same filters and batch norm
+        base = torch.randn(2, 16 // radix, 9, 7)
+        x = base.repeat(1, radix, 1, 1)  # each split's grouped conv sees the same input channels
+        split = layer.act0(layer.bn0(layer.conv(x)))[:, :out]
+        torch.testing.assert_close(layer(x), split, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(layer(torch.randn_like(x)), split)  # and not for any input
 
 
 def test_unknown_arch_suggests_nearest_names():

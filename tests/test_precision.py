@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import digits_accuracy
 from PIL import Image
 
 from resnest_deploy.data import Transform
@@ -16,7 +17,6 @@ from resnest_deploy.errors import ArtifactError, ResnestDeployError
 from resnest_deploy.models import get_spec
 from resnest_deploy.precision import calibration, convert
 from resnest_deploy.precision.int8 import KEEP_FP32_NODES, matching_nodes
-from tests.conftest import digits_accuracy
 
 DIGITS = Transform.from_pretrained(get_spec("resnest14d_digits").pretrained)
 

@@ -231,7 +231,7 @@ def test_a_file_name_that_is_not_utf8_is_checked_like_any_other(digits_onnx, tmp
 
 
 def test_eval_refuses_labels_the_model_cannot_produce_and_reports_what_it_skipped(digits_onnx, tmp_path):
-    from tests.conftest import digit_folder
+    from helpers import digit_folder
 
     folder = digit_folder(tmp_path / "lab", classes=range(3), per_class=2)
     (folder / "7").symlink_to(tmp_path / "nowhere")

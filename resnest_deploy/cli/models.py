@@ -12,7 +12,9 @@ from resnest_deploy.models.catalog import catalog
 def models_cmd(json_out: JsonOpt = False) -> None:
     """List every supported ResNeSt variant with its size, eval input and weights source.
 
-    Example: resnest-deploy models --json | jq '.[].arch'
+    Examples:
+      resnest-deploy models
+      resnest-deploy models --json | jq '.[].arch'
     """
     rows = catalog()
     if json_out:
