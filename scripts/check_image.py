@@ -23,6 +23,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -106,14 +107,18 @@ def check_serve(image: str, onnx_file: Path) -> str:
         for f in (onnx_file, Path(f"{onnx_file}.json")):
             shutil.copy(f, root / "work" / f.name)
             shutil.chown(root / "work" / f.name, 10001, 10001)
-        config = json.loads(
-            subprocess.run(
-                ["podman", "image", "inspect", "--format", "{{json .Config}}", image],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        )
+
+        def inspect(field: str) -> Any:
+            return json.loads(
+                subprocess.run(
+                    ["podman", "image", "inspect", "--format", "{{json .Config." + field + "}}", image],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+            )
+
+        config = {"Entrypoint": inspect("Entrypoint"), "Healthcheck": inspect("Healthcheck")}
         health = (config.get("Healthcheck") or {}).get("Test") or []
         assert health[:1] == ["CMD"], f"the image has no HEALTHCHECK CMD: {config.get('Healthcheck')}"
         # the image's own entrypoint, kept on loopback here (the last --host wins)
