@@ -253,3 +253,39 @@ def test_inspect_cli_onnx(digits_onnx):
     r = invoke("inspect", str(digits_onnx))
     assert r.exit_code == 0, r.output
     assert "resnest14d_digits" in r.output and "opset 17" in r.output
+
+
+def documented_command_lines() -> list[tuple[str, str]]:
+    """Every `resnest-deploy ...` line of the README's and the docs' shell code blocks."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    found = []
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        in_block = False
+        for line in page.read_text().splitlines():
+            if line.startswith("```"):
+                in_block = line.strip() in ("```bash", "```sh", "```console")
+                continue
+            for part in line.split("&&") if in_block else ():
+                part = part.split(" #")[0].split(" | ")[0].strip()
+                if part.startswith("resnest-deploy "):
+                    found.append((page.name, part))
+    return found
+
+
+def test_every_documented_command_line_is_one_the_cli_accepts():
+    import shlex
+
+    from typer.main import get_command
+
+    lines = documented_command_lines()
+    assert len(lines) >= 15  # the README's and every page's examples
+    group = get_command(app)
+    for page, line in lines:
+        words = shlex.split(line)[1:]
+        if words[0].startswith("-"):
+            continue  # resnest-deploy --version and the like
+        assert words[0] in group.commands, f"{page}: {line}: no command {words[0]!r}"
+        with group.commands[words[0]].make_context(words[0], words[1:]) as ctx:
+            assert ctx.params is not None, f"{page}: {line}"

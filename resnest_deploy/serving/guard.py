@@ -124,7 +124,7 @@ class Guard:
     def start(self) -> None:
         if self._sock is None:
             self.bind()
-        self._loop = asyncio.new_event_loop()
+        self._loop = _event_loop()
         started = threading.Event()
 
         def run() -> None:
@@ -295,6 +295,16 @@ class Guard:
                 raise RequestRejected(400, "Inference-Header-Content-Length is not within the body")
             header = body[:n]
         check_infer_header(header, limit)
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (the `serve` extra brings it): the relay is Python on the request path,
+    and uvloop's loop roughly halves its cost; asyncio's own loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def _no_delay(writer: asyncio.StreamWriter) -> None:
