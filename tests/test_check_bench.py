@@ -108,7 +108,6 @@ def test_bench_cli_json_csv_and_plot(digits_onnx, tmp_path):
         app,
         [
             "bench",
-            "--onnx",
             str(digits_onnx),
             "--batch-sizes",
             "1,2",
@@ -126,7 +125,7 @@ def test_bench_cli_json_csv_and_plot(digits_onnx, tmp_path):
     assert {r["batch"] for r in rows} == {1, 2}
     assert len((tmp_path / "b.csv").read_text().splitlines()) == 3
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    bad = cli.invoke(app, ["bench", "--onnx", str(digits_onnx), "--batch-sizes", "0"])
+    bad = cli.invoke(app, ["bench", str(digits_onnx), "--batch-sizes", "0"])
     assert bad.exit_code == 2
 
 

@@ -231,14 +231,14 @@ def test_check_cli_mismatched_arch_and_missing_artifact(digits_onnx, tmp_path):
     _one_line_error(invoke("check", str(tmp_path / "gone.plan")), "engine file not found")
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"\x08\x07" + b"garbage" * 8)
-    for command in (["check", str(corrupt)], ["bench", "--onnx", str(corrupt)], ["inspect", str(corrupt)]):
+    for command in (["check", str(corrupt)], ["bench", str(corrupt)], ["inspect", str(corrupt)]):
         _one_line_error(invoke(*command), "not a readable ONNX file")
 
 
 def test_predict_and_eval_cli(digits_onnx, tmp_path):
     digit_folder(tmp_path / "val", classes=(0, 1), per_class=3)
     first = next((tmp_path / "val" / "1").iterdir())
-    r = invoke("predict", str(first), "--artifact", str(digits_onnx), "--topk", "2", "--json")
+    r = invoke("predict", str(digits_onnx), str(first), "--topk", "2", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)[0]["top"][0]["label"] == "1"
     r = invoke("eval", "--images", str(tmp_path / "val"), str(digits_onnx), "--json")
@@ -289,3 +289,29 @@ def test_every_documented_command_line_is_one_the_cli_accepts():
         assert words[0] in group.commands, f"{page}: {line}: no command {words[0]!r}"
         with group.commands[words[0]].make_context(words[0], words[1:]) as ctx:
             assert ctx.params is not None, f"{page}: {line}"
+
+
+def test_artifacts_come_first_everywhere_and_old_spellings_work_with_a_deprecation_line(
+    digits_onnx, tmp_path
+):
+    from PIL import Image
+
+    image = tmp_path / "blank.png"
+    Image.new("RGB", (8, 8)).save(image)
+    new = invoke("predict", str(digits_onnx), str(image), "--json")
+    old = invoke("predict", str(image), "--artifact", str(digits_onnx), "--json")
+    assert new.exit_code == old.exit_code == 0
+    assert json.loads(new.stdout) == json.loads(old.stdout)
+    assert "deprecated: predict IMAGES --artifact A still works this release" in old.stderr
+    assert "deprecated" not in new.stderr
+    timed = invoke("bench", "--onnx", str(digits_onnx), "-n", "1", "-b", "1", "--json")
+    assert timed.exit_code == 0 and "deprecated: bench --onnx F / --engine F" in timed.stderr
+    # --arch names the model everywhere; it no longer adds a PyTorch run beside the files
+    rows = json.loads(
+        invoke(
+            "bench", str(digits_onnx), "--arch", "resnest14d_digits", "-n", "1", "-b", "1", "--json"
+        ).stdout
+    )
+    assert [r["backend"] for r in rows] == ["onnxruntime-cpu"]
+    refused = invoke("bench", "torch", "--arch", "resnest14d_digits", "--provider", "openvino", "-n", "1")
+    assert refused.exit_code == 1 and "--provider openvino does not apply to PyTorch" in refused.output

@@ -84,7 +84,7 @@ def test_the_wheel_installs_in_a_fresh_venv_and_its_console_script_runs_from_a_t
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert (work / "m.onnx").is_file() and (work / "m.onnx.json").is_file()
     Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(work / "blank.png")
-    predicted = run([cli, "predict", "--artifact", "m.onnx", "blank.png", "--json"], work)
+    predicted = run([cli, "predict", "m.onnx", "blank.png", "--json"], work)
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     checked = run([cli, "check", "m.onnx", "--reference", "recorded"], work)
     assert checked.returncode == 0 and "ok" in checked.stdout, checked.stderr[-2000:]

@@ -383,13 +383,13 @@ def bomb(path: Path) -> Path:
         (["quantize", "--onnx", "{m}", "--calib-count", "0", "-o", "{d}/x.onnx"], "--calib-count"),
         (["quantize", "--onnx", "{m}", "--method", "best", "-o", "{d}/x.onnx"], "--method"),
         (["quantize", "--onnx", "{m}", "--keep-fp32", ".*", "-o", "{d}/x.onnx"], "--keep-fp32"),
-        (["predict", "{d}/bomb.png", "--artifact", "{m}"], "DecompressionBomb"),
+        (["predict", "{m}", "{d}/bomb.png"], "DecompressionBomb"),
         (
             ["export", "--arch", "resnest14d", "--weights", "http://127.0.0.1:9/..", "-o", "{d}/x.onnx"],
             "download",
         ),
         (["pipeline", "--arch", "resnest14d_digits", "-b", "0", "-o", "{d}/p"], "--batch-sizes"),
-        (["predict", "{d}/bomb.png", "--artifact", "{m}", "--topk", "0"], "--topk"),
+        (["predict", "{m}", "{d}/bomb.png", "--topk", "0"], "--topk"),
         (["resnest-deploy-no-such-command"], "No such command"),
     ],
 )

@@ -67,7 +67,7 @@ def test_help_and_every_runtime_command_work_without_torch(artifacts, tmp_path):
             Image.fromarray(images[idx]).resize((32, 32)).save(folder / f"{i}.png")
     sample = tmp_path / "val" / "7" / "0.png"
     assert "Usage" in no_torch("--help").stdout
-    predicted = json.loads(no_torch("predict", str(sample), "--artifact", str(int8), "--json").stdout)
+    predicted = json.loads(no_torch("predict", str(int8), str(sample), "--json").stdout)
     assert predicted[0]["top"][0]["label"] == "7"
     accuracy = json.loads(
         no_torch("eval", "--images", str(tmp_path / "val"), str(fp32), str(int8), "--json").stdout

@@ -98,7 +98,7 @@ def test_metadata_normalisation_must_be_finite_and_plausible(digits_onnx, tmp_pa
 
 def test_paths_and_names_holding_markup_are_printed_as_written_without_a_traceback(digits_onnx, tmp_path):
     odd = copy_artifact(digits_onnx, tmp_path / "a[" / "x]b[red]c.onnx")
-    for args in (("inspect", odd), ("check", odd), ("predict", "--artifact", odd, "--topk", "1")):
+    for args in (("inspect", odd), ("check", odd), ("predict", odd, "--topk", "1")):
         if args[0] == "predict":
             Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "[red]b.png")
             args = (*args, tmp_path / "[red]b.png")
@@ -182,7 +182,7 @@ def test_non_square_exports_work_end_to_end(tmp_path):
     assert r.exit_code == 0, r.output
     Image.fromarray(np.zeros((40, 64, 3), np.uint8)).save(tmp_path / "a.png")
     assert invoke("check", tmp_path / "ns.onnx").exit_code == 0
-    assert invoke("predict", "--artifact", tmp_path / "ns.onnx", tmp_path / "a.png").exit_code == 0
+    assert invoke("predict", tmp_path / "ns.onnx", tmp_path / "a.png").exit_code == 0
     shape = Transform.from_pretrained(get_spec("resnest14d_digits").pretrained, 32, 48)(
         Image.open(tmp_path / "a.png")
     )

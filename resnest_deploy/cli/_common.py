@@ -196,6 +196,13 @@ class OneLineErrors(TyperGroup):
         sys.exit(code)
 
 
+def deprecated(old: str, new: str) -> None:
+    """An old spelling that still works for one release, said once on stderr."""
+    err.print(
+        styled(("deprecated:", "yellow"), f" {old} still works this release; write {new}"), highlight=False
+    )
+
+
 def fail(message: str, code: int) -> NoReturn:
     err.print(styled(("error:", "bold red"), " ", message), highlight=False)
     raise typer.Exit(code) from None

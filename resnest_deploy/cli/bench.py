@@ -10,6 +10,7 @@ from rich.table import Table
 
 from resnest_deploy._io import prepare_outputs
 from resnest_deploy.cli._common import (
+    ArchOptional,
     BatchSizesOpt,
     JsonOpt,
     OvHint,
@@ -17,6 +18,7 @@ from resnest_deploy.cli._common import (
     ProviderOpt,
     WeightsOptional,
     counting_bar,
+    deprecated,
     handle_errors,
     out,
     parse_batches,
@@ -31,11 +33,13 @@ def bench_cmd(
     artifacts: Annotated[
         list[str] | None, typer.Argument(help="ONNX files, engines, or 'torch' / 'torch:cuda'.")
     ] = None,
-    engine: Annotated[list[Path] | None, typer.Option(help="A TensorRT engine (repeatable).")] = None,
-    onnx: Annotated[list[Path] | None, typer.Option(help="An ONNX file (repeatable).")] = None,
-    arch: Annotated[
-        str | None, typer.Option("--arch", "-a", help="Also time this arch in PyTorch eager (CPU).")
+    engine: Annotated[
+        list[Path] | None, typer.Option(hidden=True, help="Deprecated: give engines as arguments.")
     ] = None,
+    onnx: Annotated[
+        list[Path] | None, typer.Option(hidden=True, help="Deprecated: give ONNX files as arguments.")
+    ] = None,
+    arch: ArchOptional = None,
     weights: WeightsOptional = None,
     batch_sizes: BatchSizesOpt = "1,8",
     warmup: Annotated[int, typer.Option(min=0, help="Untimed calls first.")] = 5,
@@ -56,23 +60,30 @@ def bench_cmd(
 ) -> None:
     """Latency percentiles and throughput per artifact and batch size, side by side.
 
-    Engines are timed with CUDA events around execute_async_v3 (no Polygraphy per-call overhead),
-    everything else with the host clock around one call. Timing never depends on input values,
-    so seeded random inputs are used.
+    Every backend is timed the same way: the whole call, host staging and copies included; engines
+    add their GPU time (CUDA events) as a second column, and every artifact its first call (load
+    plus one inference: a cold start). Timing never depends on input values, so seeded random
+    inputs are used. 'torch' times PyTorch eager (--arch names the model when no file does).
 
     Examples:
-      resnest-deploy bench --engine m.plan --batch-sizes 1,8,32 --cuda-graphs
-      resnest-deploy bench --arch resnest50 --onnx m.onnx --onnx m.int8-cpu.onnx --plot latency.png
+      resnest-deploy bench m.plan --batch-sizes 1,8,32 --cuda-graphs
+      resnest-deploy bench torch m.onnx m.int8-cpu.onnx --plot latency.png
+      resnest-deploy bench torch --arch resnest50 --batch-sizes 1,8
       resnest-deploy bench torch:cuda m.onnx --provider cuda --batch-sizes 1,8,32
     """
     from resnest_deploy.bench import bench, to_csv
     from resnest_deploy.bench import plot as draw
 
+    if onnx or engine:
+        deprecated("bench --onnx F / --engine F", "bench F (files as arguments, like check and eval)")
     chosen = [*(artifacts or []), *map(str, onnx or []), *map(str, engine or [])]
-    if arch and "torch" not in chosen and "torch:cpu" not in chosen:
-        chosen.insert(0, "torch")
+    if arch and not chosen:
+        deprecated("bench --arch A (PyTorch implied)", "bench torch --arch A")
+        chosen = ["torch"]
     if not chosen:
-        raise typer.BadParameter("name something to time: --engine, --onnx, 'torch' or file arguments")
+        raise typer.BadParameter(
+            "name something to time: files, or 'torch' with --arch", param_hint="ARTIFACTS"
+        )
     batches = parse_batches(batch_sizes)
     prepare_outputs([csv, plot], [c for c in chosen if c not in TORCH_NAMES], with_sidecar=False)
     if plot:

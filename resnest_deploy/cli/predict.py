@@ -13,6 +13,7 @@ from resnest_deploy.cli._common import (
     Provider,
     ProviderOpt,
     WeightsOptional,
+    deprecated,
     handle_errors,
     out,
     print_json,
@@ -20,25 +21,51 @@ from resnest_deploy.cli._common import (
 )
 
 
+def _is_artifact(name: str) -> bool:
+    from resnest_deploy.runners import ENGINE_SUFFIXES, TORCH_NAMES
+
+    return name in TORCH_NAMES or Path(name).suffix.lower() in (".onnx", *ENGINE_SUFFIXES)
+
+
 @handle_errors
 def predict_cmd(
-    images: Annotated[list[Path], typer.Argument(help="Image files (jpg, png, webp, ...).")],
-    artifact: Annotated[str, typer.Option(help="An ONNX file, an engine, or 'torch'.")] = "torch",
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="The artifact (an ONNX file, an engine, or 'torch') and then the image files; "
+            "like check, eval and bench, the artifact comes first."
+        ),
+    ],
+    artifact: Annotated[
+        str | None, typer.Option(hidden=True, help="Deprecated: give the artifact first instead.")
+    ] = None,
     arch: ArchOptional = None,
     weights: WeightsOptional = None,
-    topk: Annotated[int, typer.Option(min=1, help="Classes to show per image.")] = 5,
+    topk: Annotated[int, typer.Option(min=1, max=1000, help="Classes to show per image.")] = 5,
     provider: ProviderOpt = Provider.cpu,
     json_out: JsonOpt = False,
 ) -> None:
     """Classify images with any artifact; ImageNet class names for 1000-class models.
 
     Examples:
-      resnest-deploy predict cat.jpg --arch resnest50
-      resnest-deploy predict a.jpg b.png --artifact models/resnest50/resnest50.int8-cpu.onnx --topk 3
+      resnest-deploy predict torch cat.jpg --arch resnest50
+      resnest-deploy predict models/resnest50/resnest50.int8-cpu.onnx a.jpg b.png --topk 3
     """
+    if artifact is not None:
+        deprecated("predict IMAGES --artifact A", "predict A IMAGES")
+        chosen, images = artifact, inputs
+    elif _is_artifact(inputs[0]):
+        chosen, images = inputs[0], inputs[1:]
+    else:
+        deprecated("predict IMAGES (PyTorch implied)", "predict torch IMAGES")
+        chosen, images = "torch", inputs
+    if not images:
+        raise typer.BadParameter("give at least one image after the artifact", param_hint="INPUTS")
     from resnest_deploy.predict import predict
 
-    preds = predict(images, artifact, arch=arch, weights=weights, topk=topk, provider=provider.value)
+    preds = predict(
+        [Path(i) for i in images], chosen, arch=arch, weights=weights, topk=topk, provider=provider.value
+    )
     if json_out:
         print_json(
             [

@@ -61,6 +61,10 @@ def open_runner(
 
         if model is None:
             raise ArtifactError("'torch' needs a model: pass --arch (and --weights)")
+        if provider != "cpu":
+            raise ArtifactError(
+                f"--provider {provider} does not apply to PyTorch; write 'torch:cuda' to run it on a GPU"
+            )
         where = text.partition(":")[2] or "cpu"
         return TorchRunner(model, where, name=f"torch-{where}")
     if kind == "onnx" and provider in OPENVINO_PROVIDERS:
