@@ -235,7 +235,7 @@ def export_onnx(
             "shape": input_shape,
             "dtype": formats.dtype(input_format),
             "layout": "NHWC" if input_format == "uint8-nhwc" else "NCHW",
-            "format": formats.describe(input_format, *(spec.pretrained.mean, spec.pretrained.std))
+            "format": formats.form_record(input_format, *(spec.pretrained.mean, spec.pretrained.std))
             if spec
             else None,
         },

@@ -46,7 +46,7 @@ def check_format(name: str) -> str:
     return name
 
 
-def describe(name: str, mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
+def form_record(name: str, mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
     """The ``input.format`` entry of an artifact's metadata."""
     return {
         "name": check_format(name),

@@ -17,9 +17,9 @@ from resnest_deploy.bench import bench, to_csv
 from resnest_deploy.check import check
 from resnest_deploy.cli.app import app
 from resnest_deploy.data import digits
-from resnest_deploy.describe import describe
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.evaluate import evaluate
+from resnest_deploy.inspection import describe
 from resnest_deploy.pipeline import pipeline
 from resnest_deploy.predict import imagenet_classes, predict
 

@@ -315,3 +315,18 @@ def test_artifacts_come_first_everywhere_and_old_spellings_work_with_a_deprecati
     assert [r["backend"] for r in rows] == ["onnxruntime-cpu"]
     refused = invoke("bench", "torch", "--arch", "resnest14d_digits", "--provider", "openvino", "-n", "1")
     assert refused.exit_code == 1 and "--provider openvino does not apply to PyTorch" in refused.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_prose_reflows_at_any_width_and_examples_keep_their_lines(command):
+    from typer.main import get_command
+
+    text = get_command(app).commands[command].help or ""
+    for paragraph in text.split("\n\n"):
+        lines = paragraph.splitlines()
+        if lines[0].endswith(":"):  # an example block: one command per line
+            assert all(ln.startswith("  ") for ln in lines[1:]), paragraph
+        else:
+            assert len(lines) == 1, f"{command}: a hard line break in prose: {paragraph!r}"
+    narrow = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "60", "TERMINAL_WIDTH": "60"})
+    assert narrow.exit_code == 0 and max(len(ln) for ln in narrow.output.splitlines()) <= 60

@@ -16,7 +16,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from resnest_deploy import _io, deepstream, describe, formats, metadata
+from resnest_deploy import _io, deepstream, formats, inspection, metadata
 from resnest_deploy.artifacts import Lineup
 from resnest_deploy.bench import bench
 from resnest_deploy.engine import build_engine
@@ -67,7 +67,7 @@ def test_engines_keep_the_input_form_in_sidecar_inspect_triton_nvinfer_and_the_r
     )
     assert fed["profile"]["max"] == formats.shape(form, 8, 32, 32)
     assert side["reference"]["logits_shape"] == [16, 10] and side["output"]["name"] == "logits"
-    shown = describe.describe(engine)
+    shown = inspection.describe(engine)
     assert shown["flavour"] == "tensorrt-rtx" and shown["metadata"]["input"]["dtype"] == fed["dtype"]
     cfg = text_format.Parse(model_config(engine, python_backend=True).config, model_config_pb2.ModelConfig())
     want_type = model_config_pb2.TYPE_UINT8 if form.startswith("uint8") else model_config_pb2.TYPE_FP32
@@ -101,7 +101,7 @@ def test_the_header_decides_the_flavour_wherever_an_engine_is_read(form_engines,
         deepstream.nvinfer_config(lying)
     with pytest.raises(ArtifactError, match=r"built by tensorrt-rtx \(its header says so\)"):
         model_config(lying)
-    assert describe.describe(lying)["flavour"] == "tensorrt-rtx"
+    assert inspection.describe(lying)["flavour"] == "tensorrt-rtx"
     from resnest_deploy.runners import open_runner
 
     assert open_runner(lying).backend == "tensorrt-rtx"

@@ -270,7 +270,7 @@ def test_conversion_never_modifies_its_source(digits_onnx, digits_converted):
 
 
 def test_the_conversion_cache_key_covers_every_setting(digits_onnx):
-    from resnest_deploy.precision import _Job
+    from resnest_deploy.precision.job import Job as _Job
 
     calib = calibration.from_digits(DIGITS, count=8)
     base = dict(
@@ -291,14 +291,14 @@ def test_the_conversion_cache_key_covers_every_setting(digits_onnx):
         _Job(**{**base, "method": "entropy"}, keep_fp32_ops=()).cache_key(),
     }
     assert len(keys) == 4
-    import resnest_deploy.precision as precision
+    import resnest_deploy.precision.job as job
 
     old = _Job(**base, keep_fp32_ops=()).cache_key()
-    precision.CONVERSION_VERSION += 1  # code that converts differently never reuses older entries
+    job.CONVERSION_VERSION += 1  # code that converts differently never reuses older entries
     try:
         assert _Job(**base, keep_fp32_ops=()).cache_key() != old
     finally:
-        precision.CONVERSION_VERSION -= 1
+        job.CONVERSION_VERSION -= 1
 
 
 def test_nan_outputs_always_fail_and_labels_must_match_the_graph(digits_onnx, digits_converted, tmp_path):

@@ -196,6 +196,22 @@ class OneLineErrors(TyperGroup):
         sys.exit(code)
 
 
+def reflow(doc: str) -> str:
+    """A command's docstring as --help shows it: each prose paragraph one line, so the terminal wraps
+    it at any width (hard line breaks came out ragged); example blocks keep their lines."""
+    import inspect
+
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    kept = []
+    for paragraph in paragraphs:
+        lines = paragraph.splitlines()
+        if lines and (lines[0].rstrip().endswith(":") or any(ln.startswith("  ") for ln in lines)):
+            kept.append(paragraph)
+        else:
+            kept.append(" ".join(ln.strip() for ln in lines))
+    return "\n\n".join(kept)
+
+
 def deprecated(old: str, new: str) -> None:
     """An old spelling that still works for one release, said once on stderr."""
     err.print(

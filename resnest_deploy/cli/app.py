@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
 from resnest_deploy import __version__
-from resnest_deploy.cli._common import OneLineErrors, run_app
+from resnest_deploy.cli._common import OneLineErrors, reflow, run_app
 from resnest_deploy.cli.bench import bench_cmd
 from resnest_deploy.cli.build import build_cmd
 from resnest_deploy.cli.check import check_cmd
@@ -48,19 +49,23 @@ def root(
     pass
 
 
-app.command("models")(models_cmd)
-app.command("export")(export_cmd)
-app.command("quantize")(quantize_cmd)
-app.command("build")(build_cmd)
-app.command("check")(check_cmd)
-app.command("bench")(bench_cmd)
-app.command("predict")(predict_cmd)
-app.command("eval")(eval_cmd)
-app.command("inspect")(inspect_cmd)
-app.command("pipeline")(pipeline_cmd)
-app.command("deepstream")(deepstream_cmd)
-app.command("triton")(triton_cmd)
-app.command("serve")(serve_cmd)
+COMMANDS: dict[str, Callable[..., None]] = {
+    "models": models_cmd,
+    "export": export_cmd,
+    "quantize": quantize_cmd,
+    "build": build_cmd,
+    "check": check_cmd,
+    "bench": bench_cmd,
+    "predict": predict_cmd,
+    "eval": eval_cmd,
+    "inspect": inspect_cmd,
+    "pipeline": pipeline_cmd,
+    "deepstream": deepstream_cmd,
+    "triton": triton_cmd,
+    "serve": serve_cmd,
+}
+for _name, _fn in COMMANDS.items():
+    app.command(_name, help=reflow(_fn.__doc__ or ""))(_fn)
 
 
 def main() -> None:

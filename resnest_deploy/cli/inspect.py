@@ -24,7 +24,7 @@ def inspect_cmd(
       resnest-deploy inspect models/resnest50/resnest50.int8.onnx
       resnest-deploy inspect m.plan --json
     """
-    from resnest_deploy.describe import describe
+    from resnest_deploy.inspection import describe
 
     info = describe(artifact, layers)
     if json_out:

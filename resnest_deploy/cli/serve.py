@@ -52,7 +52,7 @@ def serve_cmd(
 
     Examples:
       resnest-deploy serve models/resnest14d_digits/resnest14d_digits.onnx
-      resnest-deploy serve m.int8-cpu.onnx --host 0.0.0.0 --instances 2 --max-batch-size 16
+      resnest-deploy serve m.int8-cpu.onnx --host 0.0.0.0 --instances 2
       curl localhost:8000/v2/models/resnest14d_digits/config
     """
     from resnest_deploy.serving.server import Ports, serve_forever

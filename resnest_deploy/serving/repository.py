@@ -1,231 +1,29 @@
-"""Triton model repositories written from what an artifact says about itself (no torch, no Triton).
+"""Triton model repositories written from artifacts: one folder per model, whole or not at all.
 
-One model per artifact, named after the file's stem, version folder ``1/``:
-``tensorrt_plan`` for engines, ``onnxruntime_onnx`` for ONNX files, or (``python_backend``) a
-``python`` model whose ``model.py`` runs the file through this package's runners, which is what
-``serve`` uses with the CPU-only ``tritonserver`` that ``nvidia-pytriton`` bundles. Input and output
-names, types and dims come from the artifact (the batch dim left out); ``max_batch_size`` from the
-engine's profile or the export's dynamic batch; labels so the classification extension answers with
-names; warm-up requests for the smallest and largest batch.
+Writers of one repository take turns (a lock file), each model is staged in a private temp folder
+inside the repository and renamed into place, and an existing model folder is never overwritten.
+What each config says is decided in ``serving.config``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
-import re
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resnest_deploy import formats, interface, metadata
-from resnest_deploy._io import atomic_path, sha256_file
-from resnest_deploy.artifacts import deployable
-from resnest_deploy.engine.flavour import engine_flavour
+from resnest_deploy import metadata
+from resnest_deploy._io import atomic_path
 from resnest_deploy.errors import ArtifactError
-from resnest_deploy.limits import MAX_BATCH, check_positive
+from resnest_deploy.serving.config import ModelEntry, model_config
 
+__all__ = ["PYTHON_MODEL", "ModelEntry", "model_config", "write_repository"]
 
-class Enum(str):
-    """A protobuf enum value (written bare), as opposed to a string (written quoted)."""
-
-
-TRITON_TYPES = {"float32": Enum("TYPE_FP32"), "float16": Enum("TYPE_FP16"), "uint8": Enum("TYPE_UINT8")}
-DEFAULT_MAX_BATCH = 32
-DEFAULT_QUEUE_DELAY_US = 500
-MAX_NAME = 100
-#: the warm-up batches, zero-filled, may take at most this much memory
-MAX_WARMUP_BYTES = 2**30
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 LOCK_TIMEOUT_S = 30.0
-
-
-@dataclass
-class ModelEntry:
-    """One model of a repository, as written."""
-
-    name: str
-    artifact: Path
-    platform: str  # onnxruntime_onnx, tensorrt_plan or python
-    max_batch_size: int
-    config: str
-    notes: list[str] = field(default_factory=list)
-    input_dims: list[int] = field(default_factory=list)  # one input image, without the batch dim
-    num_classes: int = 0
-
-    @property
-    def sample_elements(self) -> int:
-        return math.prod(self.input_dims)
-
-
-def _pb(value: Any, indent: int = 0) -> str:
-    """A Python value in protobuf text format (dicts are messages, lists repeated fields)."""
-    pad = "  " * indent
-    if isinstance(value, dict):
-        lines = []
-        for key, v in value.items():
-            if isinstance(v, list) and v and isinstance(v[0], dict):
-                lines.append(f"{pad}{key} [")
-                lines.append(",\n".join(f"{pad}  {{\n{_pb(item, indent + 2)}\n{pad}  }}" for item in v))
-                lines.append(f"{pad}]")
-            elif isinstance(v, dict):
-                lines.append(f"{pad}{key} {{\n{_pb(v, indent + 1)}\n{pad}}}")
-            else:
-                lines.append(f"{pad}{key}: {_scalar(v)}")
-        return "\n".join(lines)
-    raise TypeError(f"cannot write {type(value).__name__} as a message")
-
-
-def _scalar(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, list):
-        return "[ " + ", ".join(_scalar(x) for x in v) + " ]"
-    if isinstance(v, Enum):
-        return str(v)  # written bare: TYPE_FP32, KIND_CPU
-    if isinstance(v, str):
-        return json.dumps(v)
-    return str(v)
-
-
-def model_config(
-    artifact: str | os.PathLike[str],
-    *,
-    name: str | None = None,
-    python_backend: bool = False,
-    max_batch_size: int | None = None,
-    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
-    gpu: bool = False,
-    tensorrt_accelerator: bool = False,
-    instances: int = 1,
-    provider: str = "cpu",
-) -> ModelEntry:
-    """The config.pbtxt of one artifact (nothing written). Everything in it comes from the file
-    itself, within this tool's bounds: metadata is only trusted for what the graph cannot say."""
-    info = deployable(artifact, "a Triton model")
-    path, kind, meta = Path(info.name), info.kind, info.meta
-    name = path.stem if name is None else name
-    if len(name) > MAX_NAME or not _NAME.fullmatch(name):
-        raise ArtifactError(
-            f"model name {name[:MAX_NAME]!r} is not a valid Triton model name (letters, digits, '_', '.', "
-            f"'-', at most {MAX_NAME}); pass --name"
-        )
-    check_positive(instances, "--instances", maximum=64)
-    io = interface.of(path, kind, meta)
-    notes: list[str] = []
-    trt = meta.get("tensorrt") or {}
-    flavour = engine_flavour(path) if kind == "engine" else None
-    if kind == "engine" and not python_backend:
-        if flavour != "tensorrt":
-            raise ArtifactError(
-                f"{path} was built by {flavour} (its header says so), but Triton's tensorrt_plan backend is "
-                "full TensorRT: rebuild with --backend tensorrt, or serve the ONNX file (onnxruntime_onnx, "
-                "optionally with --tensorrt-accelerator)"
-            )
-        version = trt.get("version", "?")
-        notes.append(
-            f"{name}: built with TensorRT {version}. Serve it with the tritonserver container whose TensorRT "
-            f"is {version} (NGC releases of nvcr.io/nvidia/tritonserver:<yy.mm>-py3 and "
-            "nvcr.io/nvidia/tensorrt:<yy.mm>-py3 of the same yy.mm carry the same TensorRT: build there); "
-            "another version refuses the plan."
-        )
-    if io.batch_min > 1:
-        raise ArtifactError(
-            f"{path.name}'s optimization profile starts at batch {io.batch_min}, but Triton's batcher forms "
-            "batches from 1; rebuild with --batch-profile 1,OPT,MAX"
-        )
-    # a python model's instances are where its runner runs; an engine always runs on a GPU
-    runs_on_gpu = kind == "engine" or provider in ("cuda", "tensorrt")
-    gpu = runs_on_gpu if python_backend else gpu or kind == "engine"
-    limit = io.batch_max
-    if max_batch_size is not None:
-        if limit is not None and max_batch_size > limit:
-            what = "engine's optimization profile" if kind == "engine" else "export's static batch"
-            raise ArtifactError(
-                f"max_batch_size {max_batch_size} is above the {what} maximum ({limit}) of {path.name}; "
-                f"use --max-batch-size {limit} or rebuild with a larger --batch-profile"
-            )
-        check_positive(max_batch_size, "--max-batch-size", maximum=MAX_BATCH)
-    batch = max_batch_size or (limit if limit is not None else DEFAULT_MAX_BATCH)
-    if io.static_batch and batch != limit:
-        raise ArtifactError(f"{path.name} has a static batch of {limit}; it cannot batch {batch}")
-    if queue_delay_us < 0:
-        raise ArtifactError(f"the queue delay must be 0 or more microseconds, got {queue_delay_us}")
-    itemsize = {"uint8": 1, "float16": 2}.get(io.dtype, 4)
-    input_type = TRITON_TYPES[io.dtype]
-    if batch * io.sample_elements * itemsize > MAX_WARMUP_BYTES:
-        raise ArtifactError(
-            f"a batch of {batch} {io.input_dims} inputs needs more than {MAX_WARMUP_BYTES >> 20} MiB; "
-            "choose a smaller --max-batch-size"
-        )
-    platform = "python" if python_backend else "tensorrt_plan" if kind == "engine" else "onnxruntime_onnx"
-    dims_input: dict[str, Any] = {"name": io.input_name, "data_type": input_type, "dims": io.input_dims}
-    if io.input_dims[0] == 3 or io.layout == "NHWC":
-        dims_input["format"] = Enum("FORMAT_NHWC" if io.layout == "NHWC" else "FORMAT_NCHW")
-    config: dict[str, Any] = {"name": name}
-    config["backend" if python_backend else "platform"] = platform
-    config |= {
-        "max_batch_size": batch,
-        "input": [dims_input],
-        "output": [
-            {
-                "name": io.output_name,
-                "data_type": Enum("TYPE_FP32"),
-                "dims": [io.num_classes],
-                "label_filename": "labels.txt",
-            }
-        ],
-        "dynamic_batching": {"max_queue_delay_microseconds": queue_delay_us},
-        "instance_group": [{"count": instances, "kind": Enum("KIND_GPU" if gpu else "KIND_CPU")}],
-        "model_warmup": [
-            {
-                "name": f"batch_{b}",
-                "batch_size": b,
-                "inputs": {
-                    "key": io.input_name,
-                    "value": {"data_type": input_type, "dims": io.input_dims, "zero_data": True},
-                },
-            }
-            for b in sorted({io.batch_min, batch})
-        ],
-    }
-    if tensorrt_accelerator:
-        if kind != "onnx" or python_backend:
-            raise ArtifactError("--tensorrt-accelerator applies to ONNX files served by onnxruntime_onnx")
-        precision = {"fp16": "FP16", "int8": "INT8"}.get(str(meta.get("precision")), "FP32")
-        config["optimization"] = {
-            "execution_accelerators": {
-                "gpu_execution_accelerator": [
-                    {
-                        "name": "tensorrt",
-                        "parameters": {"key": "precision_mode", "value": precision},
-                    }
-                ]
-            }
-        }
-    provenance = {
-        "arch": meta.get("arch"),
-        "precision": meta.get("precision"),
-        "sha256": sha256_file(path),
-        "input_format": formats.InputForm.of(meta).name,
-    }
-    if python_backend:  # what runs the file inside the python model (see --provider)
-        if provider not in ("cpu", "openvino", "openvino-bf16", "cuda", "tensorrt"):
-            raise ArtifactError(f"unknown provider {provider!r} for a python-backend model")
-        if kind == "engine" and provider not in ("cpu", "tensorrt", "cuda"):
-            raise ArtifactError(f"--provider {provider} runs .onnx files; an engine runs in TensorRT")
-        provenance["provider"] = provider
-        if not gpu:  # several CPU instances share the cores instead of each taking them all
-            provenance["threads"] = max(1, (os.cpu_count() or 1) // instances)
-    config["parameters"] = [{"key": k, "value": {"string_value": str(v)}} for k, v in provenance.items()]
-    text = _pb(config) + "\n"
-    return ModelEntry(name, path, platform, batch, text, notes, io.input_dims, io.num_classes)
 
 
 def labels_for(num_classes: int) -> list[str]:

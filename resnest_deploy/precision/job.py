@@ -1,0 +1,152 @@
+"""One conversion: the job (which is also its cache key), the quantizer or caster that runs it, and the
+verified cache of calibrated models. The orchestration around it is ``precision.convert``."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnest_deploy import _deps, data, metadata
+from resnest_deploy.cache import Cache
+from resnest_deploy.errors import ResnestDeployError, first_line
+from resnest_deploy.formats import InputForm
+from resnest_deploy.precision import fp16, int8
+from resnest_deploy.precision.calibration import CalibrationData
+
+PARITY_RANDOM = 16  # seeded inputs when no held-out images exist (FP16 without --calib-dir)
+
+
+class ConversionError(ResnestDeployError):
+    pass
+
+
+@contextlib.contextmanager
+def quiet_modelopt() -> Iterator[None]:
+    """ModelOpt logs every node it touches, and an NVML error on machines without a GPU; its child
+    loggers set their own levels, so only the global switch silences them."""
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One conversion request, which is also what its cached result is keyed by."""
+
+    src: Path
+    src_sha256: str
+    precision: str
+    target: str
+    calib: CalibrationData | None
+    method: str
+    keep: list[str]
+    keep_fp32_ops: tuple[str, ...]
+    #: the source's input form and size: calibration data (normalised NCHW) is fed to it in its form
+    form: InputForm
+    hw: tuple[int, int]
+
+    def feed(self, x: np.ndarray) -> np.ndarray:
+        return self.form.from_normalised(x)
+
+    def cache_key(self) -> str:
+        """Every setting that changes the converted graph, and the tools that make it."""
+        assert self.calib is not None
+        parts: list[Any] = [
+            CONVERSION_VERSION,
+            self.src_sha256,
+            self.calib.digest(),
+            self.precision,
+            self.target,
+            self.method,
+            self.keep,
+            list(self.keep_fp32_ops),
+            int8.cpu_has_vnni() if self.target == "cpu" else None,  # decides reduce_range
+            metadata.tool_versions(),
+        ]
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+#: calibrated models, keyed by ``_Job.cache_key``. CONVERSION_VERSION changes when the same inputs
+#: would convert differently (2: calibration data fed to the graph in its own input form), so entries
+#: made by earlier code are misses, not reused.
+CONVERSION_VERSION = 2
+MODELS_CACHE = Cache("calib", ".onnx")
+
+
+def cached_convert(
+    job: Job, tmp: Path, say: Callable[[str], None], use_cache: bool
+) -> tuple[Any, dict[str, Any]]:
+    if job.calib is None or not use_cache:
+        return _convert(job, tmp, say)
+    onnx = _deps.require("onnx")
+    key = job.cache_key()
+    entry = MODELS_CACHE.get(key)
+    if entry is not None:
+        try:
+            model = onnx.load(entry.path)
+            if metadata.graph_precision(model) == job.precision:
+                say(f"reusing the model calibrated on the same data earlier ({entry.path})")
+                return model, entry.info | {"calibration": job.calib.source, "cache": str(entry.path)}
+        except Exception:  # a damaged entry is a miss
+            pass
+    model, settings = _convert(job, tmp, say)
+    MODELS_CACHE.put(key, settings, model.SerializeToString())
+    return model, settings
+
+
+def _convert(job: Job, tmp: Path, say: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+    """The converted ``ModelProto`` and the settings that made it (for the sidecar)."""
+    settings: dict[str, Any] = {"precision": job.precision, "target": job.target}
+    if job.precision == "fp16":
+        say("converting to FP16 with ModelOpt AutoCast")
+        settings |= {
+            "tool": "modelopt.autocast",
+            "keep_fp32_ops": list(job.keep_fp32_ops),
+            "keep_fp32_nodes": job.keep,
+        }
+        # AutoCast runs the graph once on random values, which a uint8 input cannot take: give it ours
+        inputs = None
+        if job.form.takes_frames:
+            x = job.calib.calib if job.calib is not None else random_inputs(job)
+            inputs = job.feed(x)
+        try:
+            return fp16.to_fp16(job.src, job.keep_fp32_ops, job.keep, inputs), settings
+        except ResnestDeployError:
+            raise
+        except Exception as e:
+            raise ConversionError(f"FP16 conversion failed: {first_line(e)}") from e
+    calib = job.calib
+    assert calib is not None
+    say(f"calibrating INT8 ({job.method}) on {len(calib.calib)} inputs for {job.target}")
+    settings |= {"method": job.method, "keep_fp32_nodes": job.keep, "calibration": calib.source}
+    try:
+        if job.target == "tensorrt":
+            int8.quantize_tensorrt(job.src, tmp, job.feed(calib.calib), job.method, job.keep)
+            settings["tool"] = "modelopt.onnx.quantization"
+            settings["scheme"] = {"activations": "int8 symmetric", "weights": "int8 per-channel"}
+        else:
+            settings["scheme"] = int8.quantize_cpu(job.src, tmp, job.feed(calib.calib), job.method, job.keep)
+            settings["tool"] = "onnxruntime.quantization"
+    except ResnestDeployError:
+        raise
+    except Exception as e:
+        raise ConversionError(f"INT8 quantization failed: {first_line(e)}") from e
+    return _deps.require("onnx").load(tmp), settings
+
+
+def random_inputs(job: Job) -> np.ndarray:
+    """Seeded normalised inputs; random pixels when the file takes frames, so none is clipped."""
+    form = job.form
+    if form.takes_frames and form.mean is not None and form.std is not None:
+        return data.random_frames(PARITY_RANDOM, job.hw, form.mean, form.std)
+    return np.random.default_rng(0).standard_normal((PARITY_RANDOM, 3, *job.hw), dtype=np.float32)
