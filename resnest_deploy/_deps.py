@@ -21,6 +21,9 @@ _EXTRAS = {
     "matplotlib": ("plot", "draws the latency plot"),
     "openvino": ("openvino", "runs ONNX files on CPUs with OpenVINO"),
     "safetensors": ("export", "reads .safetensors checkpoints"),
+    "tritonclient": ("serve", "reads Triton's model config schema"),
+    "kubernetes_validate": ("serve", "validates Kubernetes manifests offline"),
+    "yaml": ("serve", "writes Kubernetes manifests"),
 }
 
 

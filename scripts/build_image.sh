@@ -6,6 +6,7 @@
 #   sudo scripts/build_image.sh                     # targets: runtime serve full
 #   TARGETS=runtime scripts/build_image.sh
 #   FRESH=1 scripts/build_image.sh                  # also rebuild the debootstrap base (CI does)
+#   ARM64=1 scripts/build_image.sh                  # also the runtime image for linux/arm64 (qemu)
 #
 # Needs root, podman and debootstrap (apt-get install podman debootstrap). With Docker, users run the
 # usual `docker build --target T .` instead. pip inside the build uses the host's CA bundle (mounted),
@@ -50,4 +51,28 @@ for target in $TARGETS; do
     { tail -20 "build-$target.log"; exit 1; }
   rm -f "build-$target.log"
 done
-podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -F "$TAG:" | sort
+# The runtime image for linux/arm64 (Jetson-class devices): an arm64 debootstrap base and the same
+# Dockerfile, its RUN steps executed by qemu-user through binfmt (Debian's qemu-user-static).
+if [ "${ARM64:-0}" = 1 ]; then
+  if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+    mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+    update-binfmts --enable qemu-aarch64
+  fi
+  BASE64="$BASE-arm64"
+  if [ "${FRESH:-0}" = 1 ] && podman image exists "$BASE64"; then
+    podman rmi -f "$BASE64" >/dev/null
+  fi
+  if ! podman image exists "$BASE64"; then
+    rootfs64=$(mktemp -d)
+    echo "debootstrap bookworm (arm64, emulated) into $rootfs64"
+    debootstrap --arch=arm64 --variant=minbase \
+      --include=python3,python3-venv,python3-pip,ca-certificates,libpython3.11 bookworm "$rootfs64" "$(mirror)" >/dev/null
+    tar -C "$rootfs64" -c . | podman import --arch arm64 - "$BASE64" >/dev/null
+    rm -rf "$rootfs64"
+  fi
+  echo "building $TAG:runtime-arm64 (emulated)"
+  podman build "${args[@]}" --platform linux/arm64 --build-arg "BASE=$BASE64" --target runtime \
+    -t "$TAG:runtime-arm64" . >build-runtime-arm64.log 2>&1 || { tail -20 build-runtime-arm64.log; exit 1; }
+  rm -f build-runtime-arm64.log
+fi
+podman images --format '{{.Repository}}:{{.Tag}} {{.Arch}} {{.Size}}' | grep -F "$TAG:" | sort

@@ -92,6 +92,48 @@ def check_pipeline(image: str, keep: Path) -> str:
     return f"pipeline in the image: {', '.join(report['steps'])}"
 
 
+def check_runtime_arm64(image: str, keep: Path) -> str:
+    """The plain install on linux/arm64, run under qemu-user: predict, check against the recorded
+    references, bench; the answers equal the same file run here. /sys is not bound: with the host's
+    /sys, ONNX Runtime's CPU detection picked kernels that crashed under qemu."""
+    from PIL import Image
+
+    from resnest_deploy.predict import predict
+
+    machine = subprocess.run(
+        ["podman", "image", "inspect", "--format", "{{.Architecture}}", image],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert machine == "arm64", f"{image} is {machine}, not arm64"
+    onnx_file = keep / "resnest14d_digits.onnx"
+    Image.fromarray((np.arange(32 * 32 * 3) % 251).astype(np.uint8).reshape(32, 32, 3)).save(
+        keep / "probe.png"
+    )
+    here = predict([keep / "probe.png"], str(onnx_file), topk=3)[0].top
+    with container_root(image) as root:
+        for f in (onnx_file, Path(f"{onnx_file}.json"), keep / "probe.png"):
+            shutil.copy(f, root / "work" / f.name)
+            shutil.chown(root / "work" / f.name, 10001, 10001)
+        uname = run(root, "uname", "-m")
+        assert uname.stdout.strip() == "aarch64", uname
+        m = f"/work/{onnx_file.name}"
+        predicted = run(
+            root, "resnest-deploy", "predict", m, "/work/probe.png", "--topk", "3", "--json", timeout=900
+        )
+        assert predicted.returncode == 0, predicted.stderr[-2000:]
+        there = json.loads(predicted.stdout)[0]["top"]
+        assert [t["index"] for t in there] == [i for i, _, _ in here]
+        assert max(abs(t["probability"] - p) for t, (_, _, p) in zip(there, here, strict=True)) < 1e-4
+        checked = run(root, "resnest-deploy", "check", m, "--reference", "recorded", "--json", timeout=900)
+        assert checked.returncode == 0 and json.loads(checked.stdout)["passed"], checked.stderr[-2000:]
+        timed = run(root, "resnest-deploy", "bench", m, "-b", "1", "-n", "3", "--json", timeout=900)
+        assert timed.returncode == 0, timed.stderr[-2000:]
+        p50 = json.loads(timed.stdout)[0]["p50_ms"]
+    return f"aarch64 (emulated): predict equal to here, recorded check passed, bench p50 {p50:.1f} ms"
+
+
 def check_serve(image: str, onnx_file: Path) -> str:
     import tritonclient.http as httpclient
 
@@ -162,6 +204,7 @@ def wait_ready(url: str, proc: subprocess.Popen[str], timeout: float) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tag", default="localhost/resnest-deploy")
+    ap.add_argument("--arm64", action="store_true", help="also check the linux/arm64 runtime image")
     args = ap.parse_args()
     keep = Path(subprocess.run(["mktemp", "-d"], capture_output=True, text=True, check=True).stdout.strip())
     checks: list[tuple[str, Callable[[], str]]] = [
@@ -176,6 +219,13 @@ def main() -> None:
             lambda: check_serve(f"{args.tag}:serve", keep / "resnest14d_digits.onnx"),
         ),
     ]
+    if args.arm64:
+        checks.append(
+            (
+                "runtime-arm64: predict, check, bench",
+                lambda: check_runtime_arm64(f"{args.tag}:runtime-arm64", keep),
+            )
+        )
     passed = failed = 0
     for name, check in checks:
         started = time.monotonic()

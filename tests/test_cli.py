@@ -17,6 +17,7 @@ COMMANDS = [
     "deepstream",
     "triton",
     "serve",
+    "k8s",
     "export",
     "quantize",
     "build",

@@ -16,6 +16,7 @@ from resnest_deploy.cli.deepstream import deepstream_cmd
 from resnest_deploy.cli.eval import eval_cmd
 from resnest_deploy.cli.export import export_cmd
 from resnest_deploy.cli.inspect import inspect_cmd
+from resnest_deploy.cli.k8s import k8s_cmd
 from resnest_deploy.cli.models import models_cmd
 from resnest_deploy.cli.pipeline import pipeline_cmd
 from resnest_deploy.cli.predict import predict_cmd
@@ -63,6 +64,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "deepstream": deepstream_cmd,
     "triton": triton_cmd,
     "serve": serve_cmd,
+    "k8s": k8s_cmd,
 }
 for _name, _fn in COMMANDS.items():
     app.command(_name, help=reflow(_fn.__doc__ or ""))(_fn)

@@ -1,0 +1,442 @@
+"""Kubernetes manifests for a Triton model repository written by ``triton``, validated offline.
+
+What is generated, and why (docs/serving.md says more):
+
+* a **Deployment** of Triton: NGC's ``tritonserver`` image (its TensorRT must match the plans; the
+  image is the user's to name, since the pairing is by release) for ``onnxruntime_onnx`` and
+  ``tensorrt_plan`` models, or this project's ``serve`` image for python-backend models; GPU requests
+  for GPU models; an in-memory ``/dev/shm`` for the python backend (Kubernetes gives pods 64 MiB);
+  liveness, readiness and startup probes on Triton's health endpoints; a non-root, read-only,
+  capability-free security context; the repository mounted read-only from a **PersistentVolumeClaim**
+  (ReadOnlyMany). A PVC and not an init container copying from an image: the repository is data that
+  changes apart from the server, every replica reads the same copy, and nothing in a pod can alter it.
+* a **Service** with named ``http``, ``grpc`` and ``metrics`` ports, and a **ServiceMonitor** for the
+  Prometheus operator on ``metrics``;
+* a **HorizontalPodAutoscaler** on Triton's own ``nv_inference_pending_request_count`` per pod, served
+  through the Prometheus adapter (its rule is written beside the manifests). By Little's law a pod
+  that serves ``throughput`` images/s keeps ``throughput * latency`` requests in flight; the target is
+  half of what the p99 budget allows, so replicas are added before requests queue past the budget;
+* or, with ``kserve=True``, a KServe **InferenceService** with the Triton runtime.
+
+Every Kubernetes object is validated against the OpenAPI schemas of a pinned Kubernetes version
+(PyPI's ``kubernetes-validate``, offline); the CRDs (ServiceMonitor, InferenceService) field by field.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from resnest_deploy import _deps
+from resnest_deploy.errors import ArtifactError, MissingDependencyError
+
+#: the Kubernetes version whose schemas every manifest is validated against
+KUBERNETES_VERSION = "1.31.0"
+HTTP, GRPC, METRICS = 8000, 8001, 8002
+SERVE_IMAGE = "resnest-deploy:serve"
+PENDING_METRIC = "triton_pending_requests"
+_DNS = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+@dataclass(frozen=True)
+class RepoModel:
+    """One model of a repository, as its config.pbtxt and files say."""
+
+    name: str
+    platform: str  # python, onnxruntime_onnx or tensorrt_plan
+    gpu: bool
+    max_batch_size: int
+    instances: int
+    file: Path
+    bytes: int
+
+
+def read_repository(repo: str | os.PathLike[str]) -> list[RepoModel]:
+    """The models of a repository written by ``triton`` (each config parsed with Triton's schema)."""
+    text_format = _require("google.protobuf.text_format")
+    model_config_pb2 = _require("tritonclient.grpc.model_config_pb2")
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise ArtifactError(f"model repository not found: {repo}; write one with `resnest-deploy triton`")
+    models = []
+    for config in sorted(repo.glob("*/config.pbtxt")):
+        try:
+            cfg = text_format.Parse(config.read_text(), model_config_pb2.ModelConfig())
+        except Exception as e:
+            raise ArtifactError(
+                f"{config} is not a Triton config ({str(e)[:120]}); rewrite it with `triton`"
+            ) from e
+        files = [p for p in (config.parent / "1").glob("model.*") if p.suffix in (".onnx", ".plan")]
+        if len(files) != 1:
+            raise ArtifactError(f"{config.parent} has no single 1/model.onnx or 1/model.plan; rewrite it")
+        platform = cfg.backend if cfg.backend == "python" else cfg.platform
+        kinds = {g.kind for g in cfg.instance_group}
+        models.append(
+            RepoModel(
+                cfg.name,
+                platform,
+                model_config_pb2.ModelInstanceGroup.KIND_GPU in kinds,
+                cfg.max_batch_size,
+                sum(max(1, g.count) for g in cfg.instance_group) or 1,
+                files[0],
+                files[0].stat().st_size,
+            )
+        )
+    if not models:
+        raise ArtifactError(
+            f"{repo} holds no model (no */config.pbtxt); write one with `resnest-deploy triton`"
+        )
+    return models
+
+
+def _require(module: str) -> Any:
+    try:
+        return _deps.require(module)
+    except MissingDependencyError as e:
+        raise MissingDependencyError(
+            f"{e}; the k8s command needs: pip install 'resnest-deploy[serve]'"
+        ) from e
+
+
+def hpa_target(throughput: float, p99_ms: float) -> int:
+    """Pending requests per pod to scale at: half of what keeps a pod's requests within the p99
+    budget at its measured throughput (Little's law: in flight = throughput x latency)."""
+    if throughput <= 0 or p99_ms <= 0:
+        raise ArtifactError("--throughput and --p99-ms must be positive")
+    return max(1, math.floor(0.5 * throughput * p99_ms / 1000.0))
+
+
+def memory_request_mib(models: list[RepoModel]) -> int:
+    """An estimate from the files (Triton ~512 MiB; each model ~3x its file, plus ~256 MiB per
+    python-backend instance for the stub and its runtime); pass a measured figure instead when
+    you have one."""
+    total = 512 + sum(
+        3 * m.bytes / 2**20 + (256 * m.instances if m.platform == "python" else 0) for m in models
+    )
+    return int(math.ceil(total / 64.0) * 64)
+
+
+def manifests(
+    repo: str | os.PathLike[str],
+    *,
+    name: str,
+    namespace: str = "default",
+    image: str | None = None,
+    p99_ms: float = 100.0,
+    throughput: float | None = None,
+    min_replicas: int = 1,
+    max_replicas: int = 4,
+    memory_mib: int | None = None,
+    storage_class: str | None = None,
+    kserve: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """The manifests, by file name (one object each)."""
+    if not _DNS.fullmatch(name) or not _DNS.fullmatch(namespace):
+        raise ArtifactError(f"{name!r}/{namespace!r}: Kubernetes names are lowercase letters, digits and '-'")
+    if not 1 <= min_replicas <= max_replicas <= 1000:
+        raise ArtifactError(
+            f"replicas must satisfy 1 <= min ({min_replicas}) <= max ({max_replicas}) <= 1000"
+        )
+    models = read_repository(repo)
+    python = {m.platform == "python" for m in models}
+    if len(python) > 1:
+        raise ArtifactError("the repository mixes python-backend and native models; serve them apart")
+    python_backend = python.pop()
+    gpu = any(m.gpu for m in models)
+    if python_backend:
+        image = image or SERVE_IMAGE
+    elif image is None:
+        raise ArtifactError(
+            "ONNX Runtime and TensorRT models run in NVIDIA's Triton image, whose release must match the "
+            "plans' TensorRT (TENSORRT_PAIRING.txt): pass --image nvcr.io/nvidia/tritonserver:<yy.mm>-py3"
+        )
+    labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "triton"}
+    meta = {"name": name, "namespace": namespace, "labels": labels}
+    memory = memory_mib or memory_request_mib(models)
+    size_gib = max(1, math.ceil(2 * sum(m.bytes for m in models) / 2**30))
+    claim = f"{name}-models"
+    pvc: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {**meta, "name": claim},
+        "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": f"{size_gib}Gi"}}},
+    }
+    if storage_class:
+        pvc["spec"]["storageClassName"] = storage_class
+    out: dict[str, dict[str, Any]] = {"pvc.yaml": pvc}
+    if kserve:
+        if python_backend:
+            raise ArtifactError(
+                "KServe's Triton runtime runs NVIDIA's image, which lacks this package for python-backend "
+                "models; write the repository without --python-backend, or use the plain manifests"
+            )
+        out["inferenceservice.yaml"] = _inference_service(
+            meta, claim, image, memory, gpu, min_replicas, max_replicas
+        )
+        return out
+    out["deployment.yaml"] = _deployment(
+        meta, labels, models, image, python_backend, gpu, memory, claim, min_replicas
+    )
+    out["service.yaml"] = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {
+            "selector": labels,
+            "ports": [
+                {"name": "http", "port": HTTP, "targetPort": "http", "protocol": "TCP"},
+                {
+                    "name": "grpc",
+                    "port": GRPC,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "kubernetes.io/h2c",
+                },
+                {"name": "metrics", "port": METRICS, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+    out["servicemonitor.yaml"] = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": meta,
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "namespaceSelector": {"matchNames": [namespace]},
+            "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}],
+        },
+    }
+    scaling: dict[str, Any]
+    if throughput is not None:
+        scaling = {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": PENDING_METRIC},
+                "target": {"type": "AverageValue", "averageValue": str(hpa_target(throughput, p99_ms))},
+            },
+        }
+    else:  # no measured throughput: CPU, which tracks load on CPU models and says so
+        scaling = {
+            "type": "Resource",
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+        }
+    out["hpa.yaml"] = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {
+            **meta,
+            "annotations": {
+                "resnest-deploy/p99-ms": str(p99_ms),
+                "resnest-deploy/throughput-per-pod": str(throughput)
+                if throughput
+                else "not measured: CPU target",
+            },
+        },
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": min_replicas,
+            "maxReplicas": max_replicas,
+            "metrics": [scaling],
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+        },
+    }
+    out["prometheus-adapter-rules.yaml"] = {
+        "rules": [
+            {
+                "seriesQuery": 'nv_inference_pending_request_count{namespace!="",pod!=""}',
+                "resources": {
+                    "overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+                },
+                "name": {"matches": "^nv_inference_pending_request_count$", "as": PENDING_METRIC},
+                "metricsQuery": "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)",
+            }
+        ]
+    }
+    return out
+
+
+def _deployment(
+    meta: dict[str, Any],
+    labels: dict[str, str],
+    models: list[RepoModel],
+    image: str,
+    python_backend: bool,
+    gpu: bool,
+    memory: int,
+    claim: str,
+    replicas: int,
+) -> dict[str, Any]:
+    if python_backend:  # this project's serve image: its entrypoint serves the repository's files
+        args = [f"/models/{m.name}/1/{m.file.name}" for m in models]
+        for m in models:
+            args += ["--name", m.name]
+        args += ["--max-batch-size", str(min(m.max_batch_size for m in models))]
+        if gpu:
+            args += ["--provider", "tensorrt"]
+        command = None
+    else:
+        command = ["tritonserver"]
+        args = [
+            "--model-repository=/models",
+            f"--http-port={HTTP}",
+            f"--grpc-port={GRPC}",
+            f"--metrics-port={METRICS}",
+            "--strict-readiness=true",
+            "--exit-timeout-secs=20",
+        ]
+    resources: dict[str, Any] = {
+        "requests": {"cpu": str(sum(m.instances for m in models)), "memory": f"{memory}Mi"},
+        "limits": {"memory": f"{2 * memory}Mi"},
+    }
+    if gpu:
+        resources["limits"]["nvidia.com/gpu"] = 1
+    container: dict[str, Any] = {
+        "name": "triton",
+        "image": image,
+        "args": args,
+        "ports": [
+            {"name": "http", "containerPort": HTTP},
+            {"name": "grpc", "containerPort": GRPC},
+            {"name": "metrics", "containerPort": METRICS},
+        ],
+        "resources": resources,
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10},
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5},
+        "startupProbe": {
+            "httpGet": {"path": "/v2/health/ready", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": 60,  # five minutes to load the models
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "models", "mountPath": "/models", "readOnly": True},
+            {"name": "shm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    if command:
+        container["command"] = command
+    largest = max(m.bytes for m in models)
+    shm_mib = 256 + 64 * math.ceil(2 * largest / 2**20 / 64) if python_backend else 64
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "terminationGracePeriodSeconds": 30,  # serve drains in-flight requests within 10 s
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 10001,
+                        "runAsGroup": 10001,
+                        "fsGroup": 10001,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "models", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}},
+                        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_mib}Mi"}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def _inference_service(
+    meta: dict[str, Any], claim: str, image: str, memory: int, gpu: bool, lo: int, hi: int
+) -> dict[str, Any]:
+    version = image.rsplit(":", 1)[-1].removesuffix("-py3") if ":" in image else None
+    triton: dict[str, Any] = {
+        "storageUri": f"pvc://{claim}/",
+        "resources": {
+            "requests": {"cpu": "1", "memory": f"{memory}Mi"},
+            "limits": {"memory": f"{2 * memory}Mi"},
+        },
+    }
+    if version:
+        triton["runtimeVersion"] = f"{version}-py3"
+    if gpu:
+        triton["resources"]["limits"]["nvidia.com/gpu"] = 1
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": meta,
+        "spec": {"predictor": {"minReplicas": lo, "maxReplicas": hi, "triton": triton}},
+    }
+
+
+# --- validation -------------------------------------------------------------------------------------
+
+_CRD_FIELDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): {"selector", "endpoints", "namespaceSelector"},
+    ("serving.kserve.io/v1beta1", "InferenceService"): {"predictor"},
+}
+
+
+def validate(docs: dict[str, dict[str, Any]], version: str = KUBERNETES_VERSION) -> list[str]:
+    """Each manifest against the pinned Kubernetes schemas (kubernetes-validate, strict: unknown
+    fields are errors); CRDs field by field. Raises on the first problem; returns what was checked."""
+    checked = []
+    for file, doc in docs.items():
+        if "kind" not in doc:  # the Prometheus adapter's rule: Helm values, not an object
+            rule = doc["rules"][0]
+            if set(rule) != {"seriesQuery", "resources", "name", "metricsQuery"}:
+                raise ArtifactError(
+                    f"{file}: an adapter rule needs seriesQuery, resources, name, metricsQuery"
+                )
+            checked.append(f"{file}: prometheus-adapter rule (fields)")
+            continue
+        key = (doc["apiVersion"], doc["kind"])
+        if key in _CRD_FIELDS:
+            unknown = set(doc["spec"]) - _CRD_FIELDS[key]
+            if unknown or not _DNS.fullmatch(doc["metadata"]["name"]):
+                raise ArtifactError(
+                    f"{file}: {doc['kind']} has fields its CRD does not define: {sorted(unknown)}"
+                )
+            checked.append(f"{file}: {doc['kind']} (CRD fields)")
+            continue
+        kv = _require("kubernetes_validate")
+        try:
+            kv.validate(doc, version, strict=True)
+        except kv.ValidationError as e:
+            raise ArtifactError(
+                f"{file}: {doc['kind']} is not valid Kubernetes {version}: {e.message}"
+            ) from e
+        checked.append(f"{file}: {doc['kind']} (Kubernetes {version} schema)")
+    return checked
+
+
+def write(docs: dict[str, dict[str, Any]], out: str | os.PathLike[str]) -> list[Path]:
+    """YAML files in ``out`` (created; existing files are not overwritten)."""
+    from resnest_deploy._io import atomic_path
+
+    yaml = _require("yaml")
+
+    class Plain(yaml.SafeDumper):  # type: ignore[name-defined]
+        def ignore_aliases(self, data: Any) -> bool:  # shared label dicts written out, not as &anchors
+            return True
+
+    out = Path(out)
+    written = []
+    for file, doc in docs.items():
+        path = out / file
+        if path.exists():
+            raise ArtifactError(f"{path} exists; choose another -o or remove it")
+        with atomic_path(path) as tmp:
+            tmp.write_text(yaml.dump(doc, Dumper=Plain, sort_keys=False))
+        written.append(path)
+    return written

@@ -1,0 +1,138 @@
+"""Kubernetes manifests for Triton repositories: validated against the pinned Kubernetes schemas
+offline, shaped by what the repository holds; and the loopback scale simulation, bounded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from resnest_deploy import _io, metadata
+from resnest_deploy.cli.app import app
+from resnest_deploy.errors import ArtifactError
+from resnest_deploy.serving import kubernetes
+from resnest_deploy.serving.repository import write_repository
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def python_repo(digits_onnx, tmp_path) -> Path:
+    write_repository([digits_onnx], tmp_path / "repo", names=["digits"], python_backend=True)
+    return tmp_path / "repo"
+
+
+def full_tensorrt_stand_in(digits_onnx: Path, tmp_path: Path) -> Path:
+    """An RTX build given full TensorRT's header and a TensorRT 10.3 record: written, never run."""
+    from resnest_deploy.engine import build_engine
+
+    rtx = build_engine(digits_onnx, tmp_path / "rtx.plan", batch=(1, 4, 8)).path
+    plan = tmp_path / "full.plan"
+    plan.write_bytes(b"ftrt" + rtx.read_bytes()[4:])
+    side = metadata.read_sidecar(rtx) or {}
+    side["tensorrt"] = {"flavour": "tensorrt", "version": "10.3.0"}
+    side["file"] = {"sha256": _io.sha256_file(plan)}
+    _io.sidecar_path(plan).write_text(json.dumps(side))
+    return plan
+
+
+def test_a_python_backend_repository_gets_valid_manifests_that_serve_its_files(python_repo, tmp_path):
+    docs = kubernetes.manifests(python_repo, name="digits", throughput=1200, p99_ms=50, max_replicas=8)
+    checked = kubernetes.validate(docs)
+    assert {c.split(":")[0] for c in checked} == set(docs)
+    deployment = docs["deployment.yaml"]["spec"]["template"]["spec"]
+    (container,) = deployment["containers"]
+    assert container["image"] == kubernetes.SERVE_IMAGE and "command" not in container  # the image's serve
+    assert container["args"][:3] == ["/models/digits/1/model.onnx", "--name", "digits"]
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert deployment["securityContext"]["runAsNonRoot"] is True
+    volumes = {v["name"]: v for v in deployment["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["readOnly"] is True
+    assert volumes["shm"]["emptyDir"]["medium"] == "Memory"
+    hpa = docs["hpa.yaml"]["spec"]
+    assert hpa["metrics"][0]["pods"]["metric"]["name"] == kubernetes.PENDING_METRIC
+    assert hpa["metrics"][0]["pods"]["target"]["averageValue"] == "30"  # 0.5 * 1200/s * 0.05 s
+    assert docs["pvc.yaml"]["spec"]["accessModes"] == ["ReadOnlyMany"]
+    r = CliRunner().invoke(
+        app, ["k8s", str(python_repo), "-o", str(tmp_path / "k8s"), "--throughput", "1200"]
+    )
+    assert r.exit_code == 0, r.output
+    written = sorted(p.name for p in (tmp_path / "k8s").iterdir())
+    assert written == sorted(docs) and "&id" not in (tmp_path / "k8s" / "deployment.yaml").read_text()
+    for path in (tmp_path / "k8s").iterdir():
+        doc = yaml.safe_load(path.read_text())
+        kubernetes.validate({path.name: doc})  # what was written is what was validated
+
+
+def test_engines_get_nvidias_image_a_gpu_and_kserve_when_asked(digits_onnx, tmp_path):
+    plan = full_tensorrt_stand_in(digits_onnx, tmp_path)
+    write_repository([plan], tmp_path / "trt")
+    with pytest.raises(ArtifactError, match=r"pass --image nvcr\.io/nvidia/tritonserver"):
+        kubernetes.manifests(tmp_path / "trt", name="r50")
+    image = "nvcr.io/nvidia/tritonserver:24.08-py3"
+    docs = kubernetes.manifests(tmp_path / "trt", name="r50", image=image)
+    kubernetes.validate(docs)
+    (container,) = docs["deployment.yaml"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["tritonserver"] and "--model-repository=/models" in container["args"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert docs["hpa.yaml"]["spec"]["metrics"][0]["resource"]["name"] == "cpu"  # no throughput measured
+    served = kubernetes.manifests(tmp_path / "trt", name="r50", image=image, kserve=True)
+    kubernetes.validate(served)
+    triton = served["inferenceservice.yaml"]["spec"]["predictor"]["triton"]
+    assert triton["storageUri"] == "pvc://r50-models/" and triton["runtimeVersion"] == "24.08-py3"
+
+
+def test_what_the_schemas_refuse_is_refused(python_repo):
+    docs = kubernetes.manifests(python_repo, name="digits")
+    docs["service.yaml"]["spec"]["ports"][0]["port"] = "eight thousand"
+    with pytest.raises(ArtifactError, match=r"Service is not valid Kubernetes 1\.31\.0"):
+        kubernetes.validate(docs)
+    docs = kubernetes.manifests(python_repo, name="digits")
+    docs["deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]["livenessProbes"] = {}
+    with pytest.raises(ArtifactError, match="Deployment is not valid"):
+        kubernetes.validate(docs)
+    for bad in ("Digits", "a_b", "x" * 64):
+        with pytest.raises(ArtifactError, match="Kubernetes names"):
+            kubernetes.manifests(python_repo, name=bad)
+    with pytest.raises(ArtifactError, match="KServe's Triton runtime"):
+        kubernetes.manifests(python_repo, name="digits", kserve=True)
+
+
+def test_the_hpa_target_follows_littles_law_with_headroom():
+    assert kubernetes.hpa_target(1200, 50) == 30
+    assert kubernetes.hpa_target(40, 100) == 2
+    assert kubernetes.hpa_target(5, 100) == 1  # never zero
+    with pytest.raises(ArtifactError):
+        kubernetes.hpa_target(0, 100)
+
+
+@pytest.mark.skipif(not (shutil.which("haproxy") and shutil.which("wrk")), reason="needs haproxy and wrk")
+def test_replicas_behind_a_load_balancer_spread_load_survive_a_kill_and_expose_pending_requests(tmp_path):
+    """The benchmark's simulation, shortened: bounded in time, on 127.0.0.1 only."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "k8s_loopback.py"),
+            "--seconds",
+            "8",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "k8s_loopback.json").read_text())
+    assert result["requests"] > 100
+    assert result["errors"] <= result["connections"]  # only what was in flight on the killed replica
+    assert all(v > 0 for v in result["served_before_kill"].values())  # both replicas served
+    assert max(result["pending_under_load_max"].values()) > max(result["pending_idle"].values())
