@@ -21,7 +21,7 @@ from resnest_deploy.errors import ParityError, ResnestDeployError, first_line
 from resnest_deploy.export import export_onnx
 from resnest_deploy.limits import MAX_BATCH, check_positive
 from resnest_deploy.models import get_spec, load_model
-from resnest_deploy.precision import PRECISIONS, ConversionError, calibration, convert
+from resnest_deploy.precision import PRECISIONS, ConversionError, calibration, convert, search
 from resnest_deploy.precision.calibration import check_count
 
 
@@ -165,17 +165,29 @@ def _export(arch: str, weights: str, path: Path) -> dict[str, Any]:
     return {"path": str(path), "input": meta["input"], "parity": meta.get("parity"), "file": meta.get("file")}
 
 
+#: the INT8 search's budget in the pipeline: points of top-1 (or agreement with FP32) it may lose
+PIPELINE_MAX_DROP = 0.5
+
+
 def _conversion(
     src: Path, precision: str, target: str, calib: calibration.CalibrationData | None
 ) -> dict[str, Any]:
-    report = convert(src, precision=precision, target=target, calib=calib)
+    """INT8 goes through the search: what is sensitive, and what (if anything) stays in FP32."""
+    max_drop = PIPELINE_MAX_DROP if precision == "int8" and calib is not None else None
+    report = convert(src, precision=precision, target=target, calib=calib, max_drop=max_drop)
     meta = report.metadata
-    return {
+    made = {
         "path": str(report.path),
         "parity": meta["parity"],
         "conversion": meta["conversion"],
         "file": meta["file"],
     }
+    found = meta["conversion"].get("search")
+    if found and _deps.has("matplotlib"):
+        chart = report.path.with_name(f"{report.path.name.removesuffix('.onnx')}.sensitivity.png")
+        search.plot([search.Sensitivity(**s) for s in found["sensitivity"]], chart, found["metric"])
+        made["sensitivity_chart"] = str(chart)
+    return made
 
 
 def _maybe_build(run: _Run, src: Path, build: bool, target: str, backend: str) -> Path | None:
@@ -304,6 +316,29 @@ def markdown(report: dict[str, Any]) -> str:
         if bench.get("note"):
             lines += ["", bench["note"]]
         lines += _int8_note(bench["results"])
+    for key in ("convert", "convert-cpu"):
+        found = (steps.get(key, {}).get("conversion") or {}).get("search")
+        if not found:
+            continue
+        kept = ", ".join(found["kept_fp32"]) or "none (INT8 everywhere)"
+        lines += [
+            "",
+            f"## INT8 search ({key}: {found['metric']} on held-out images, "
+            f"budget {found['max_drop_points']} points)",
+            "",
+            f"FP32 {found['fp32']:.2f}, plain INT8 {found['plain_int8']:.2f}, chosen {found['chosen']:.2f}; "
+            f"kept in FP32: {kept}.",
+            "",
+            "| unit | with only it in FP32 | recovers |",
+            "|---|---|---|",
+            *(
+                f"| {s['unit']} | {s['metric_fp32_alone']:.2f} | {s['gain']:+.2f} |"
+                for s in found["sensitivity"][:8]
+            ),
+        ]
+        chart = steps[key].get("sensitivity_chart")
+        if chart:
+            lines += ["", f"![INT8 sensitivity]({Path(chart).name})"]
     machine = report.get("machine")
     if machine:
         lines += [

@@ -132,6 +132,8 @@ class Method(str, Enum):
     max = "max"
     entropy = "entropy"
     percentile = "percentile"
+    distribution = "distribution"
+    auto = "auto"
 
 
 class Backend(str, Enum):

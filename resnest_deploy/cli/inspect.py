@@ -54,5 +54,17 @@ def inspect_cmd(
         out.print(
             f"  layers: {len(layers_info)}" if isinstance(layers_info, list) else f"  layers: {layers_info}"
         )
+    conversion = meta.get("conversion") or (info.get("sidecar") or {}).get("conversion") or {}
+    if isinstance(conversion, dict) and conversion.get("method"):
+        out.print(f"  calibration: {conversion.get('method')}")
+    found = conversion.get("search") if isinstance(conversion, dict) else None
+    if isinstance(found, dict):
+        kept = ", ".join(found.get("kept_fp32") or []) or "none"
+        numbers = {k: float(found.get(k) or 0.0) for k in ("chosen", "fp32", "plain_int8")}
+        out.print(
+            f"  INT8 search: units kept in FP32: {kept}; {found.get('metric')} {numbers['chosen']:.2f} "
+            f"(FP32 {numbers['fp32']:.2f}, plain INT8 {numbers['plain_int8']:.2f}, "
+            f"budget {found.get('max_drop_points')} points)"
+        )
     if not info.get("sidecar"):
         out.print("  no sidecar JSON beside it", style="yellow")

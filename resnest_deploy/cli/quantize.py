@@ -43,7 +43,25 @@ CalibNpyOpt = Annotated[
 CalibCountOpt = Annotated[
     int, typer.Option(min=1, help="Images to calibrate on (sampled with a fixed seed).")
 ]
-MethodOpt = Annotated[Method, typer.Option(help="Calibration method (percentile: --target cpu only).")]
+MethodOpt = Annotated[
+    Method,
+    typer.Option(
+        "--method",
+        "--calibration",
+        help="Calibration method; percentile and distribution: --target cpu only. 'auto' tries every "
+        "method the target's quantizer offers and keeps the best on the held-out images.",
+    ),
+]
+MaxDropOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        max=100.0,
+        help="INT8 search: keep the most sensitive units (stem, block convs, attention gates, downsamples, "
+        "classifier) in FP32 until top-1 is within this many points of FP32 (agreement with FP32 when "
+        "the images have no labels).",
+    ),
+]
 KeepOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -71,6 +89,10 @@ def quantize_cmd(
     calib_count: CalibCountOpt = calibration.DEFAULT_COUNT,
     method: MethodOpt = Method.max,
     keep_fp32: KeepOpt = None,
+    max_drop: MaxDropOpt = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="With --max-drop: the sensitivity ranking as a bar chart (PNG).")
+    ] = None,
     cache: Annotated[
         bool, typer.Option(help="Reuse preprocessed images and calibrated models from an earlier run.")
     ] = True,
@@ -92,8 +114,15 @@ def quantize_cmd(
       resnest-deploy quantize --onnx m.onnx -p fp16
       resnest-deploy quantize --onnx m.onnx -p int8 --calib-dir ~/imagenet/val --calib-count 512
       resnest-deploy quantize --onnx m.onnx -p int8 --target cpu --calib-npy calib.npy
+      resnest-deploy quantize --onnx m.onnx -p int8 --calibration auto --max-drop 0.25
     """
+    if plot is not None and max_drop is None:
+        raise typer.BadParameter(
+            "the sensitivity chart comes from the search: add --max-drop", param_hint="--plot"
+        )
     prepare_outputs([output or default_output(onnx, precision.value, target.value)], [onnx, calib_npy])
+    if plot is not None:
+        prepare_outputs([plot], [onnx, calib_npy], with_sidecar=False)
     calib = calibration_with_bar(onnx, calib_dir, calib_npy, calib_count, cache, json_out)
     with progress(not json_out) as say:
         report = convert(
@@ -105,8 +134,15 @@ def quantize_cmd(
             method=method.value,
             keep_fp32_nodes=keep_fp32,
             use_cache=cache,
+            max_drop=max_drop,
             progress=say,
         )
+    found = report.metadata["conversion"].get("search")
+    if plot and found:
+        from resnest_deploy.precision import search
+
+        ranking = [search.Sensitivity(**s) for s in found["sensitivity"]]
+        search.plot(ranking, plot, found["metric"])
     if json_out:
         print_json(report.metadata | {"path": str(report.path), "sidecar": str(report.sidecar)})
         return
@@ -115,7 +151,25 @@ def quantize_cmd(
             f"{report.precision} ({report.target}) vs FP32 source", {report.path.name: report.parity}
         )
     )
-    skipped = (report.metadata["conversion"].get("calibration") or {}).get("skipped") or []
+    conversion = report.metadata["conversion"]
+    tried = conversion.get("calibration_methods")
+    if tried:
+        out.print(
+            f"calibration ({tried['metric']} on held-out images): "
+            + ", ".join(f"{r['method']} {r['metric']:.2f}" for r in tried["results"])
+            + f"; kept {tried['chosen']}"
+        )
+    if found:
+        top = ", ".join(f"{s['unit']} +{s['gain']:.2f}" for s in found["sensitivity"][:3])
+        out.print(
+            f"INT8 search ({found['metric']}): FP32 {found['fp32']:.2f}, "
+            f"plain INT8 {found['plain_int8']:.2f}, "
+            f"chosen {found['chosen']:.2f} with {len(found['kept_fp32'])} unit(s) in FP32 "
+            f"({', '.join(found['kept_fp32']) or 'none'}); most sensitive: {top}"
+            + (f"; chart: {plot}" if plot else "")
+        )
+
+    skipped = (conversion.get("calibration") or {}).get("skipped") or []
     if skipped:
         out.print(styled((f"skipped {len(skipped)} unreadable image(s)", "yellow"), f", e.g. {skipped[0]}"))
     out.print(f"wrote {report.path} ({report.seconds:.1f} s); metadata in {report.sidecar}")

@@ -24,7 +24,7 @@ from resnest_deploy._io import artifact_pair, prepare_outputs, sha256_file
 from resnest_deploy.compare import TOLERANCES, Metrics, Tolerance, assert_close, compare
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.formats import InputForm
-from resnest_deploy.precision import calibration, fp16, int8
+from resnest_deploy.precision import calibration, fp16, int8, search
 from resnest_deploy.precision.calibration import CalibrationData
 from resnest_deploy.precision.job import (
     CONVERSION_VERSION,
@@ -106,6 +106,7 @@ def convert(
     keep_fp32_ops: Sequence[str] = fp16.KEEP_FP32_OPS,
     tolerance: Tolerance | None = None,
     use_cache: bool = True,
+    max_drop: float | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ConversionReport:
     """Convert ``src`` and check the result against it; raise (writing nothing) if it drifted.
@@ -113,6 +114,11 @@ def convert(
     A calibrated model is cached under the key (source sha256, calibration data, settings, tool
     versions), so rerunning with the same data skips calibration, the slow part (resnest50 on 256
     images: about 45 s here); the parity check always runs.
+
+    INT8 only: ``method="auto"`` calibrates with every method the target's quantizer offers and keeps
+    the best on the held-out inputs; ``max_drop`` (points of top-1, or of top-1 agreement with FP32
+    when the data has no labels) keeps the most sensitive units in FP32 until the budget is met
+    (``precision.search``).
     """
     say = progress or (lambda _msg: None)
     if precision not in PRECISIONS:
@@ -128,8 +134,8 @@ def convert(
         raise ConversionError(
             "INT8 needs calibration data; pass --calib-dir DIR (images) or --calib-npy FILE"
         )
-    allowed = int8.METHODS if target == "cpu" else ("max", "entropy")
-    if precision == "int8" and method not in allowed:
+    allowed = int8.METHODS if target == "cpu" else int8.TENSORRT_METHODS
+    if precision == "int8" and method not in (*allowed, "auto"):
         raise ConversionError(
             f"calibration method {method!r} is not available for {target}; use {', '.join(allowed)}"
         )
@@ -149,8 +155,35 @@ def convert(
     with artifact_pair(output) as pair, quiet_modelopt():
         tmp = pair.tmp
         form = InputForm.of(meta)
-        job = Job(src, src_sha256, precision, target, calib, method, keep, tuple(keep_fp32_ops), form, hw)
-        model, settings = cached_convert(job, tmp, say, use_cache)
+
+        def job_for(m: str) -> Job:
+            return Job(src, src_sha256, precision, target, calib, m, keep, tuple(keep_fp32_ops), form, hw)
+
+        job = job_for(method if method != "auto" else allowed[0])
+        metric = None
+        if precision == "int8" and (method == "auto" or max_drop is not None):
+            assert calib is not None
+            metric = _held_out_metric(src, job, calib, target)
+        if method == "auto":
+            assert metric is not None
+            tried = []
+            for m in allowed:
+                candidate, candidate_settings = cached_convert(job_for(m), tmp, say, use_cache)
+                tried.append((metric(candidate), m, candidate, candidate_settings))
+                say(f"calibration {m}: {tried[-1][0]:.2f} ({metric.name})")
+            best = max(tried, key=lambda t: t[0])  # ties: the first, max (the quantizers' default)
+            _, chosen, model, settings = best
+            job = job_for(chosen)
+            settings["calibration_methods"] = {
+                "metric": metric.name,
+                "results": [{"method": m, "metric": round(v, 3)} for v, m, _, _ in tried],
+                "chosen": chosen,
+            }
+        else:
+            model, settings = cached_convert(job, tmp, say, use_cache)
+        if max_drop is not None and metric is not None:
+            model, found = search.search(model, metric, max_drop, say)
+            settings["search"] = found.as_dict()
         made = metadata.graph_precision(model)
         if made != precision:
             raise ConversionError(
@@ -187,6 +220,16 @@ def convert(
     return ConversionReport(
         output, sidecar, precision, target, parity, time.perf_counter() - started, ops, out_meta
     )
+
+
+def _held_out_metric(src: Path, job: Job, calib: CalibrationData, target: str) -> search.Metric:
+    """Top-1 on the held-out inputs (against their labels, else agreement with the FP32 file), run
+    the way the target runs the file."""
+    onnx = _deps.require("onnx")
+    x = job.feed(calib.holdout)
+    with OnnxRuntimeRunner(src, name="source") as ref:
+        reference = ref.infer_batched(x, 64)
+    return search.Metric(x, calib.holdout_labels, reference, target == "tensorrt", onnx.load(src))
 
 
 def measure_parity(src: Path, model: Any, x: np.ndarray, precision: str, target: str) -> tuple[Metrics, str]:

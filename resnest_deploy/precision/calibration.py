@@ -30,6 +30,8 @@ class CalibrationData:
     calib: np.ndarray  # N, 3, H, W float32, what the quantizer sees
     holdout: np.ndarray  # inputs the quantizer never saw, for parity
     source: dict[str, Any] = field(default_factory=dict)  # recorded in the sidecar
+    #: the held-out inputs' classes, when known (INT8 search then measures top-1 against them)
+    holdout_labels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.calib) == 0:
@@ -158,11 +160,14 @@ def from_digits(transform: data.Transform, count: int = DEFAULT_COUNT, seed: int
     """The bundled digits: calibrate on the train split, measure on the test split."""
     check_count(count)
     train, _ = data.digits("train")
-    test, _ = data.digits("test")
+    test, labels = data.digits("test")
     idx = np.sort(np.random.default_rng(seed).permutation(len(train))[:count])
     calib, holdout = data.digits_batch(train[idx], transform), data.digits_batch(test, transform)
     return CalibrationData(
-        calib, holdout, {"kind": "digits", "split": "train", **_counts(calib, holdout), "seed": seed}
+        calib,
+        holdout,
+        {"kind": "digits", "split": "train", **_counts(calib, holdout), "seed": seed},
+        np.asarray(labels),
     )
 
 

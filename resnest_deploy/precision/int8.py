@@ -32,8 +32,15 @@ from resnest_deploy._io import external_tensors
 
 #: node-name patterns kept in FP32 by default: the attention gate and the classifier
 KEEP_FP32_NODES: tuple[str, ...] = (r"/conv2/fc[12]/", r"/rsoftmax/", r"^/fc/")
-METHODS = ("max", "entropy", "percentile")
-_ORT_METHODS = {"max": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+#: what each target's quantizer offers: ONNX Runtime (CPU) four methods, ModelOpt (TensorRT) two
+METHODS = ("max", "entropy", "percentile", "distribution")
+TENSORRT_METHODS = ("max", "entropy")
+_ORT_METHODS = {
+    "max": "MinMax",
+    "entropy": "Entropy",
+    "percentile": "Percentile",
+    "distribution": "Distribution",
+}
 
 
 def matching_nodes(model: Any, patterns: Sequence[str]) -> list[str]:
@@ -52,9 +59,11 @@ def cpu_has_vnni() -> bool:
 
 @contextlib.contextmanager
 def _ort_quantization_restored() -> Iterator[None]:
-    """ModelOpt monkeypatches ONNX Runtime's calibrators process-wide, which breaks a later
-    ``quantize_static`` in the same process; put them back when it is done."""
-    from onnxruntime.quantization import base_quantizer, calibrate, qdq_quantizer, quantize
+    """ModelOpt monkeypatches ONNX Runtime's calibrators process-wide and edits its operator
+    registries (which ops get Q/DQ, ReLU fusion), which changed a later ``quantize_static`` in the
+    same process (the pipeline's CPU file kept 19 ReLUs and 10 more Q/DQ pairs than the same
+    conversion run alone); put all of it back when it is done."""
+    from onnxruntime.quantization import base_quantizer, calibrate, qdq_quantizer, quantize, registry
 
     owners: list[Any] = [calibrate, quantize]
     owners += [
@@ -64,9 +73,14 @@ def _ort_quantization_restored() -> Iterator[None]:
     ]
     owners += [base_quantizer.BaseQuantizer, qdq_quantizer.QDQQuantizer]
     saved = [(o, dict(vars(o))) for o in owners]
+    tables = [getattr(registry, n) for n in dir(registry) if n.endswith("Registry")]
+    saved_tables = [(t, dict(t)) for t in tables if isinstance(t, dict)]
     try:
         yield
     finally:
+        for table, entries in saved_tables:
+            table.clear()
+            table.update(entries)
         for owner, attrs in saved:
             for name, value in attrs.items():
                 if vars(owner).get(name) is not value and name not in ("__dict__", "__weakref__"):
@@ -85,7 +99,7 @@ def quantize_tensorrt(
             os.fspath(copy),
             quantize_mode="int8",
             calibration_data={"input": calib},
-            calibration_method=method if method != "percentile" else "entropy",
+            calibration_method=method,
             calibration_eps=["cpu"],
             nodes_to_exclude=[f"^{re.escape(n)}$" for n in excluded] or None,
             high_precision_dtype="fp32",

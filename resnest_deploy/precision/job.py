@@ -77,9 +77,10 @@ class Job:
 
 
 #: calibrated models, keyed by ``_Job.cache_key``. CONVERSION_VERSION changes when the same inputs
-#: would convert differently (2: calibration data fed to the graph in its own input form), so entries
+#: would convert differently (2: calibration data fed to the graph in its own input form; 3: ONNX
+#: Runtime's registries restored after ModelOpt, which had changed CPU graphs made after it), so entries
 #: made by earlier code are misses, not reused.
-CONVERSION_VERSION = 2
+CONVERSION_VERSION = 3
 MODELS_CACHE = Cache("calib", ".onnx")
 
 

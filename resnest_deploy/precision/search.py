@@ -1,0 +1,292 @@
+"""INT8 where it is hard: which units lose accuracy, and the fewest to keep in FP32 to meet a budget.
+
+Polygraphy's ``debug precision`` bisects layers but needs a GPU and TensorRT; NNCF's accuracy-aware
+quantization does not place Q/DQ the way TensorRT reads them. This works on the quantized ONNX file
+of either target, on a CPU: calibrate once, then leave a *unit* in FP32 by taking its Q/DQ out of the
+graph (its inputs read the float tensors again; its weights are dequantized back to float) and measure
+on held-out images. No trial recalibrates, so every trial differs from the plain INT8 file in that
+unit alone.
+
+A unit is what a user recognises in a ResNeSt: the stem, each block's first convolution, its
+split-attention convolution, its attention gate (fc1, fc2), its last convolution, its downsample,
+and the classifier. The metric is top-1 against labels when the data has them, else top-1 agreement
+with the FP32 file; a TensorRT-target file is run as TensorRT computes it (Q/DQ as float ops), a
+CPU-target file with the CPU's int8 kernels.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from resnest_deploy import _deps
+from resnest_deploy.errors import ResnestDeployError
+from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
+
+#: the ops whose inputs carry Q/DQ in both quantizers' graphs
+COMPUTE_OPS = frozenset({"Conv", "Gemm", "MatMul"})
+_BLOCK = re.compile(r"^/(layer\d+)/\1\.(\d+)/(conv1|conv2|conv3|downsample)/(.*)$")
+
+
+class SearchError(ResnestDeployError):
+    pass
+
+
+def unit_of(node_name: str) -> str | None:
+    """The unit a node of an export belongs to (node names carry the module path)."""
+    if node_name.startswith("/conv1/"):
+        return "stem"
+    if node_name.startswith("/fc/"):
+        return "classifier"
+    m = _BLOCK.match(node_name)
+    if m is None:
+        return None
+    layer, block, part, rest = m.groups()
+    where = f"{layer}.{block}"
+    if part == "conv2":
+        return (
+            f"{where} attention gate"
+            if rest.startswith(("fc1/", "fc2/", "rsoftmax/"))
+            else f"{where} split-attention conv"
+        )
+    return f"{where} {part}"
+
+
+def units(model: Any) -> dict[str, list[str]]:
+    """Unit -> the names of its compute nodes that read a Q/DQ'd input (what INT8 touches)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    found: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        unit = unit_of(node.name)
+        if unit is None or node.op_type not in COMPUTE_OPS:
+            continue
+        if any(getattr(producers.get(i), "op_type", None) == "DequantizeLinear" for i in node.input):
+            found.setdefault(unit, []).append(node.name)
+    return found
+
+
+def without_qdq(model: Any, keep_fp32: Sequence[str], source: Any = None) -> Any:
+    """A copy of the quantized ``model`` with the units in ``keep_fp32`` computing in FP32: their
+    inputs read the float tensors their Q/DQ pairs were made from; weights stored as int8 get their
+    original float values back from ``source`` (the FP32 export: ONNX Runtime's quantizer names them
+    ``<name>_quantized``), else are dequantized; Q/DQ nodes nothing reads any more are dropped."""
+    onnx = _deps.require("onnx")
+    numpy_helper = _deps.require("onnx.numpy_helper")
+    model = copy.deepcopy(model)
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    inits = {t.name: t for t in graph.initializer}
+    originals = {t.name: t for t in source.graph.initializer} if source is not None else {}
+    wanted = {name for unit, names in units(model).items() if unit in keep_fp32 for name in names}
+    unknown = set(keep_fp32) - set(units(model))
+    if unknown:
+        raise SearchError(
+            f"no quantized unit {sorted(unknown)!r} in this file; units: {sorted(units(model))}"
+        )
+    added: dict[str, str] = {}
+    for node in graph.node:
+        if node.name not in wanted:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producers.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            source = dq.input[0]
+            q = producers.get(source)
+            if q is not None and q.op_type == "QuantizeLinear":
+                # the float activation (or weight) before Q/DQ; ONNX Runtime's CPU quantizer drops a
+                # ReLU whose output a uint8 Q with zero point 0 clamps anyway: put the clamp back
+                node.input[i] = q.input[0]
+                if _clamps_at_zero(q, inits, numpy_helper):
+                    relu = f"{q.input[0]}_relu_fp32"
+                    if relu not in added:
+                        graph.node.append(onnx.helper.make_node("Relu", [q.input[0]], [relu], name=relu))
+                        added[relu] = relu
+                    node.input[i] = relu
+            elif source in inits:  # int8 weights stored quantized: their float values back, once
+                if source not in added:
+                    original = originals.get(source.removesuffix("_quantized"))
+                    if original is not None:
+                        restored = copy.deepcopy(original)
+                        restored.name = f"{source}_fp32"
+                        graph.initializer.append(restored)
+                        added[source] = restored.name
+                    else:
+                        added[source] = _dequantized(onnx, numpy_helper, graph, dq, inits)
+                node.input[i] = added[source]
+    _drop_unread(graph)
+    return model
+
+
+def _clamps_at_zero(q: Any, inits: dict[str, Any], numpy_helper: Any) -> bool:
+    if len(q.input) < 3 or q.input[2] not in inits:
+        return False
+    zero = numpy_helper.to_array(inits[q.input[2]])
+    return bool(zero.dtype == np.uint8 and not zero.any())
+
+
+def _dequantized(onnx: Any, numpy_helper: Any, graph: Any, dq: Any, inits: dict[str, Any]) -> str:
+    w = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float32)
+    scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
+    zero = numpy_helper.to_array(inits[dq.input[2]]).astype(np.float32) if len(dq.input) > 2 else 0.0
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    if np.ndim(scale) == 1:
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+        zero = np.reshape(zero, shape) if np.ndim(zero) == 1 else zero
+    name = f"{dq.input[0]}_fp32"
+    graph.initializer.append(numpy_helper.from_array((w - zero) * scale, name))
+    return name
+
+
+def _drop_unread(graph: Any) -> None:
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {i for n in graph.node for i in n.input} | outputs
+        dead = [
+            n
+            for n in graph.node
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not set(n.output) & read
+        ]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    read = {i for n in graph.node for i in n.input}
+    for t in [t for t in graph.initializer if t.name not in read]:
+        graph.initializer.remove(t)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """Top-1 against labels, or top-1 agreement with the FP32 file when there are none."""
+
+    x: np.ndarray
+    labels: np.ndarray | None
+    reference: np.ndarray  # FP32 logits on x
+    fake_quant: bool  # TensorRT's arithmetic (Q/DQ as float ops) or the CPU's int8 kernels
+    source: Any = None  # the FP32 ModelProto: original weights for units put back in FP32
+
+    @property
+    def name(self) -> str:
+        return "top-1" if self.labels is not None else "top-1 agreement with FP32"
+
+    def of_logits(self, logits: np.ndarray) -> float:
+        target = self.labels if self.labels is not None else self.reference.argmax(1)
+        return float((logits.argmax(1) == target).mean() * 100.0)
+
+    def __call__(self, model: Any) -> float:
+        with OnnxRuntimeRunner(model.SerializeToString(), fake_quant=self.fake_quant) as runner:
+            return self.of_logits(runner.infer_batched(self.x, 64))
+
+    @property
+    def fp32(self) -> float:
+        return self.of_logits(self.reference)
+
+
+@dataclass
+class Sensitivity:
+    unit: str
+    metric_fp32_alone: float  # the held-out metric with only this unit in FP32
+    gain: float  # points over plain INT8
+
+
+def sensitivity(
+    model: Any, metric: Metric, progress: Callable[[str], None] | None = None
+) -> tuple[float, list[Sensitivity]]:
+    """Plain INT8's metric, and every unit ranked by what leaving it alone in FP32 recovers."""
+    say = progress or (lambda _m: None)
+    plain = metric(model)
+    ranked = []
+    for unit in units(model):
+        say(f"sensitivity: {unit} in FP32")
+        alone = metric(without_qdq(model, [unit], metric.source))
+        ranked.append(Sensitivity(unit, round(alone, 3), round(alone - plain, 3)))
+    ranked.sort(key=lambda s: (-s.gain, s.unit))
+    return plain, ranked
+
+
+@dataclass
+class SearchResult:
+    fp32_metric: float
+    int8_metric: float
+    metric: float  # with ``kept_fp32``
+    kept_fp32: list[str]
+    max_drop: float
+    metric_name: str
+    ranking: list[Sensitivity] = field(default_factory=list)
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric_name,
+            "fp32": self.fp32_metric,
+            "plain_int8": self.int8_metric,
+            "chosen": self.metric,
+            "max_drop_points": self.max_drop,
+            "kept_fp32": self.kept_fp32,
+            "sensitivity": [s.__dict__ for s in self.ranking],
+            "trials": self.trials,
+        }
+
+
+def search(
+    model: Any, metric: Metric, max_drop: float, progress: Callable[[str], None] | None = None
+) -> tuple[Any, SearchResult]:
+    """Keep the most sensitive units in FP32, one at a time, until the metric is within
+    ``max_drop`` points of FP32; the model that meets it, and what it cost. Refused when even every
+    unit but one in FP32 cannot meet the budget (then INT8 is not the tool for this model)."""
+    if not 0 <= max_drop <= 100:
+        raise SearchError(f"--max-drop is in points of top-1, 0..100; got {max_drop}")
+    say = progress or (lambda _m: None)
+    fp32 = metric.fp32
+    plain, ranked = sensitivity(model, metric, say)
+    result = SearchResult(fp32, plain, plain, [], max_drop, metric.name, ranked)
+    if fp32 - plain <= max_drop:
+        return model, result
+    kept: list[str] = []
+    candidate = model
+    for s in ranked[:-1]:  # at least one unit stays INT8
+        kept.append(s.unit)
+        candidate = without_qdq(model, kept, metric.source)
+        reached = metric(candidate)
+        result.trials.append({"kept_fp32": list(kept), "metric": round(reached, 3)})
+        say(f"search: {len(kept)} unit(s) in FP32 -> {reached:.2f} ({metric.name}; FP32 {fp32:.2f})")
+        if fp32 - reached <= max_drop:
+            result.metric, result.kept_fp32 = reached, kept
+            return candidate, result
+    raise SearchError(
+        f"even {len(kept)} of {len(ranked)} units in FP32 reach only "
+        f"{result.trials[-1]['metric']:.2f} against FP32's {fp32:.2f} ({metric.name}): more than the "
+        f"{max_drop} points allowed; keep this model in FP16/FP32, or calibrate on more representative images"
+    )
+
+
+def plot(ranking: Sequence[Sensitivity], path: str | Any, metric_name: str = "top-1") -> Any:
+    """The ranking as a bar chart (PNG): points recovered by leaving each unit alone in FP32."""
+    from pathlib import Path
+
+    from resnest_deploy._io import atomic_path
+
+    _deps.require("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = list(ranking)[:20]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(shown) + 1.2))
+    ax.barh([s.unit for s in shown][::-1], [s.gain for s in shown][::-1], color="#4c72b0")
+    ax.set(xlabel=f"{metric_name} points recovered with only this unit in FP32", title="INT8 sensitivity")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,178 @@
+"""INT8 where it is hard: a model whose INT8 loses accuracy, its planted sensitive unit found first,
+the fewest units kept in FP32 to meet a budget, calibration methods compared, and a refusal when no
+choice of units can meet the budget."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+from resnest_deploy import metadata
+from resnest_deploy.cli.app import app
+from resnest_deploy.compare import Tolerance
+from resnest_deploy.data import Transform, digits, digits_batch
+from resnest_deploy.models import get_spec
+from resnest_deploy.precision import calibration, convert, int8
+from resnest_deploy.precision.fixtures import outlier_digits
+from resnest_deploy.precision.search import Metric, SearchError, search, sensitivity, units, without_qdq
+from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
+
+ANY = Tolerance(rel_max_abs=float("inf"), cosine=-1.0, top1=0.0)  # the search, not parity, judges here
+TRANSFORM = Transform.from_pretrained(get_spec("resnest14d_digits").pretrained)
+
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory, digits_onnx):
+    folder = tmp_path_factory.mktemp("hard")
+    src = outlier_digits(folder / "outlier.onnx")
+    calib = calibration.from_digits(TRANSFORM)
+    x, labels = digits("test")
+    x = digits_batch(x, TRANSFORM)
+    with OnnxRuntimeRunner(src) as runner:
+        reference = runner.infer_batched(x, 64)
+    plain = {
+        target: onnx.load(
+            convert(
+                src,
+                folder / f"plain.{target}.onnx",
+                precision="int8",
+                target=target,
+                calib=calib,
+                keep_fp32_nodes=(),
+                tolerance=ANY,
+                use_cache=False,
+            ).path
+        )
+        for target in ("cpu", "tensorrt")
+    }
+    return {
+        "src": src,
+        "calib": calib,
+        "x": x,
+        "labels": labels,
+        "reference": reference,
+        "plain": plain,
+        "folder": folder,
+    }
+
+
+def metric_for(hard, target: str) -> Metric:
+    return Metric(hard["x"], hard["labels"], hard["reference"], target == "tensorrt", onnx.load(hard["src"]))
+
+
+def test_the_outlier_model_computes_what_the_trained_one_does_but_plain_int8_loses_accuracy(
+    hard, digits_onnx
+):
+    with OnnxRuntimeRunner(digits_onnx) as runner:
+        original = runner.infer_batched(hard["x"], 64)
+    np.testing.assert_allclose(hard["reference"], original, rtol=1e-3, atol=1e-3)  # FP32: the same net
+    fp32 = metric_for(hard, "cpu").fp32
+    assert fp32 == pytest.approx(99.44, abs=0.01)
+    for target in ("cpu", "tensorrt"):
+        assert fp32 - metric_for(hard, target)(hard["plain"][target]) >= 1.0, target  # INT8 hurts
+
+
+@pytest.mark.parametrize("target", ["cpu", "tensorrt"])
+def test_the_planted_sensitive_unit_is_ranked_first(hard, target):
+    _, ranked = sensitivity(hard["plain"][target], metric_for(hard, target))
+    assert ranked[0].unit == "stem" and ranked[0].gain > 1.0
+    assert ranked[0].gain > 5 * max(abs(s.gain) for s in ranked[1:])
+    assert len(ranked) == len(units(hard["plain"][target])) >= 20  # every block's units, stem, classifier
+
+
+def test_every_unit_back_in_fp32_is_the_fp32_model_again(hard):
+    model = hard["plain"]["cpu"]
+    restored = without_qdq(model, list(units(model)), onnx.load(hard["src"]))
+    with OnnxRuntimeRunner(restored.SerializeToString()) as runner:
+        got = runner.infer_batched(hard["x"][:64], 64)
+    ref = hard["reference"][:64]
+    cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.998 and np.mean(cos) > 0.9999  # only the Q/DQ outside every unit remain
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 63 / 64
+
+
+def test_a_budget_is_met_with_the_fewest_units_in_fp32_and_recorded_for_inspect(hard, tmp_path):
+    out = tmp_path / "searched.onnx"
+    report = convert(
+        hard["src"],
+        out,
+        precision="int8",
+        target="cpu",
+        calib=hard["calib"],
+        keep_fp32_nodes=(),
+        method="auto",
+        max_drop=0.25,
+        use_cache=False,
+    )
+    found = report.metadata["conversion"]["search"]
+    assert found["kept_fp32"] == ["stem"] and found["fp32"] - found["chosen"] <= 0.25
+    assert found["fp32"] - found["plain_int8"] >= 1.0
+    tried = report.metadata["conversion"]["calibration_methods"]
+    assert [r["method"] for r in tried["results"]] == list(int8.METHODS) and tried["chosen"] in int8.METHODS
+    assert metadata.of_artifact(out)["conversion"]["search"]["kept_fp32"] == ["stem"]
+    shown = CliRunner().invoke(app, ["inspect", str(out)])
+    assert "INT8 search: units kept in FP32: stem" in shown.output
+
+
+def test_a_budget_no_choice_of_units_can_meet_is_refused_with_what_was_reached(hard, tmp_path):
+    """The loss planted outside every unit (a residual Add's input saturated) cannot be undone by
+    putting units back in FP32: refused, with the best reached, and nothing written."""
+    model = onnx.load(hard["src"].with_name("plain.cpu.onnx"))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    adds = [n for n in model.graph.node if n.op_type == "Add" and n.name.startswith("/layer2/")]
+    dq = producers[adds[0].input[0]]
+    scale = next(t for t in model.graph.initializer if t.name == dq.input[1])
+    scale.CopyFrom(numpy_helper.from_array(np.asarray(1e-6, np.float32), scale.name))  # saturates
+    with pytest.raises(SearchError, match=r"units in FP32 reach only .* more than the 0\.5 points allowed"):
+        search(model, metric_for(hard, "cpu"), max_drop=0.5)
+
+
+def test_the_digits_model_keeps_everything_in_int8_and_the_cli_says_so(digits_onnx, tmp_path):
+    r = CliRunner().invoke(
+        app,
+        [
+            "quantize",
+            "--onnx",
+            str(digits_onnx),
+            "-p",
+            "int8",
+            "--target",
+            "cpu",
+            "--max-drop",
+            "0.25",
+            "-o",
+            str(tmp_path / "d.onnx"),
+            "--plot",
+            str(tmp_path / "s.png"),
+            "--no-cache",
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    found = json.loads(r.stdout)["conversion"]["search"]
+    assert found["kept_fp32"] == [] and found["fp32"] - found["chosen"] <= 0.25
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_cpu_conversion_makes_the_same_graph_after_a_tensorrt_one_in_the_same_process(hard, tmp_path):
+    """ModelOpt edits ONNX Runtime's operator registries process-wide; the pipeline converts for
+    TensorRT and then for the CPU, and its CPU file kept 19 ReLUs and 10 more Q/DQ pairs."""
+    from collections import Counter
+
+    after = convert(
+        hard["src"],
+        tmp_path / "after.onnx",
+        precision="int8",
+        target="cpu",
+        calib=hard["calib"],
+        keep_fp32_nodes=(),
+        tolerance=ANY,
+        use_cache=False,
+    )  # the fixture converted for TensorRT (ModelOpt) before this
+    ops = Counter(n.op_type for n in onnx.load(after.path).graph.node)
+    assert ops == Counter(n.op_type for n in hard["plain"]["cpu"].graph.node) and ops["Relu"] == 0
