@@ -75,4 +75,6 @@ if [ "${ARM64:-0}" = 1 ]; then
     -t "$TAG:runtime-arm64" . >build-runtime-arm64.log 2>&1 || { tail -20 build-runtime-arm64.log; exit 1; }
   rm -f build-runtime-arm64.log
 fi
-podman images --format '{{.Repository}}:{{.Tag}} {{.Arch}} {{.Size}}' | grep -F "$TAG:" | sort
+for image in $(podman images --format '{{.Repository}}:{{.Tag}}' | grep -F "$TAG:" | sort); do
+  echo "$image $(podman image inspect --format '{{.Architecture}} {{.Size}}' "$image")"
+done

@@ -332,7 +332,8 @@ def test_every_timed_batch_holds_its_images(digits_onnx, monkeypatch):
 
     monkeypatch.setattr(OnnxRuntimeRunner, "infer_impl", spy)
     (result,) = bench([digits_onnx], batches=(2000,), warmup=1, iterations=2)
-    assert seen == [2000, 2000, 2000] and result.batch == 2000  # 2000 distinct inputs, not 899
+    # the first call (a cold start), one warm-up, two timed: each with 2000 distinct inputs, not 899
+    assert seen == [2000] * 4 and result.batch == 2000
     assert "is more than the maximum" in refused(["bench", str(digits_onnx), "-b", "1000000000"], 2)
     assert "GiB" in refused(["check", str(digits_onnx), "--count", "100000000"])
 
