@@ -29,7 +29,7 @@ from resnest_deploy.data import Transform
 from resnest_deploy.export import export_onnx
 from resnest_deploy.metadata import machine
 from resnest_deploy.models import get_spec, load_model
-from resnest_deploy.precision import calibration, convert
+from resnest_deploy.precision import ConversionReport, calibration, convert
 from resnest_deploy.precision.fixtures import outlier_digits
 
 BUDGET = 0.25
@@ -47,29 +47,24 @@ def latency(path: Path, provider: str) -> float:
 def run(name: str, src: Path, folder: Path) -> dict:
     calib = calibration.from_digits(Transform.from_pretrained(get_spec("resnest14d_digits").pretrained))
     out: dict = {}
+
+    def made(kind: str, target: str, **search: float) -> ConversionReport:
+        return convert(
+            src,
+            folder / f"{name}.{kind}.{target}.onnx",
+            precision="int8",
+            target=target,
+            calib=calib,
+            keep_fp32_nodes=(),
+            tolerance=ANY,
+            use_cache=False,
+            **search,
+        )
+
     for target in ("cpu", "tensorrt"):
-        plain = convert(
-            src,
-            folder / f"{name}.plain.{target}.onnx",
-            precision="int8",
-            target=target,
-            calib=calib,
-            keep_fp32_nodes=(),
-            tolerance=ANY,
-            use_cache=False,
-        )
+        plain = made("plain", target)
         started = time.perf_counter()
-        searched = convert(
-            src,
-            folder / f"{name}.searched.{target}.onnx",
-            precision="int8",
-            target=target,
-            calib=calib,
-            keep_fp32_nodes=(),
-            tolerance=ANY,
-            use_cache=False,
-            max_drop=BUDGET,
-        )
+        searched = made("searched", target, max_drop=BUDGET)
         seconds = time.perf_counter() - started
         found = searched.metadata["conversion"]["search"]
         row = {

@@ -92,3 +92,16 @@ def digit_folder(
             image = Image.fromarray(images[idx])
             (image.resize((size, size)) if size else image).save(folder / f"{i}.png")
     return root
+
+
+def as_full_tensorrt(plan: Path, dest: Path) -> Path:
+    """Full TensorRT cannot be installed here: an RTX plan given full TensorRT's header and a sidecar
+    recorded as a TensorRT 10.3 build, for configs that are written, never run."""
+    from resnest_deploy import _io, metadata
+
+    dest.write_bytes(b"ftrt" + plan.read_bytes()[4:])
+    side = metadata.read_sidecar(plan) or {}
+    side["tensorrt"] = {"flavour": "tensorrt", "version": "10.3.0"}
+    side["file"] = {"sha256": _io.sha256_file(dest)}
+    _io.sidecar_path(dest).write_text(json.dumps(side))
+    return dest

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from google.protobuf import text_format
+from helpers import as_full_tensorrt
 from tritonclient.grpc import model_config_pb2
 
 from resnest_deploy import _io, deepstream, formats, inspection, metadata
@@ -41,17 +42,6 @@ def form_exports(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def form_engines(form_exports) -> dict[str, Path]:
     return {f: build_engine(p, p.with_suffix(".plan"), batch=(1, 4, 8)).path for f, p in form_exports.items()}
-
-
-def as_full_tensorrt(plan: Path, dest: Path) -> Path:
-    """Full TensorRT cannot be installed here: the RTX plan with full TensorRT's header and its
-    sidecar recorded as a TensorRT 10.3 build, for the configs that are written, never run."""
-    dest.write_bytes(b"ftrt" + plan.read_bytes()[4:])
-    side = metadata.read_sidecar(plan) or {}
-    side["tensorrt"] = {"flavour": "tensorrt", "version": "10.3.0"}
-    side["file"] = {"sha256": _io.sha256_file(dest)}
-    _io.sidecar_path(dest).write_text(json.dumps(side))
-    return dest
 
 
 @pytest.mark.parametrize("form", FORMS)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import as_full_tensorrt
 from typer.testing import CliRunner
 
-from resnest_deploy import _io, metadata
 from resnest_deploy.cli.app import app
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.serving import kubernetes
@@ -29,17 +29,10 @@ def python_repo(digits_onnx, tmp_path) -> Path:
 
 
 def full_tensorrt_stand_in(digits_onnx: Path, tmp_path: Path) -> Path:
-    """An RTX build given full TensorRT's header and a TensorRT 10.3 record: written, never run."""
     from resnest_deploy.engine import build_engine
 
     rtx = build_engine(digits_onnx, tmp_path / "rtx.plan", batch=(1, 4, 8)).path
-    plan = tmp_path / "full.plan"
-    plan.write_bytes(b"ftrt" + rtx.read_bytes()[4:])
-    side = metadata.read_sidecar(rtx) or {}
-    side["tensorrt"] = {"flavour": "tensorrt", "version": "10.3.0"}
-    side["file"] = {"sha256": _io.sha256_file(plan)}
-    _io.sidecar_path(plan).write_text(json.dumps(side))
-    return plan
+    return as_full_tensorrt(rtx, tmp_path / "full.plan")
 
 
 def test_a_python_backend_repository_gets_valid_manifests_that_serve_its_files(python_repo, tmp_path):
