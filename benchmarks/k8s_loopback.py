@@ -96,6 +96,20 @@ def inferences(port: int) -> int:
         return int(json.loads(r.read())["model_stats"][0]["inference_count"])
 
 
+def rss_mib(pgid: int) -> float:
+    """Resident memory of every process in a replica's process group (serve, tritonserver, stubs)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:  # the process group id
+                status = (entry / "status").read_text()
+                total += int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
+    return round(total / 1024, 1)
+
+
 def body_file(folder: Path) -> tuple[Path, int]:
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32)
     header = json.dumps(
@@ -149,6 +163,7 @@ def simulate(onnx: Path, replicas: int = 2, seconds: int = 20, connections: int 
             load = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             pending: dict[int, list[float]] = {r["index"]: [] for r in started}
             before_kill: dict[int, int] = {}
+            memory: dict[int, float] = {}
             victim = started[-1]
             stop = time.monotonic() + seconds
             kill_at = time.monotonic() + seconds / 3
@@ -161,6 +176,7 @@ def simulate(onnx: Path, replicas: int = 2, seconds: int = 20, connections: int 
                         pending[r["index"]].append(metric(r["metrics"], "nv_inference_pending_request_count"))
                 if not killed and time.monotonic() >= kill_at:
                     before_kill = {r["index"]: inferences(r["http"]) for r in started}
+                    memory = {r["index"]: rss_mib(r["proc"].pid) for r in started}
                     os.killpg(victim["proc"].pid, signal.SIGKILL)  # the replica and its Triton, by its pid
                     killed = True
                 time.sleep(0.1)
@@ -192,6 +208,7 @@ def simulate(onnx: Path, replicas: int = 2, seconds: int = 20, connections: int 
         "pending_under_load_max": {k: max(v) if v else 0.0 for k, v in pending.items()},
         "pending_under_load_mean": {k: round(float(np.mean(v)), 2) if v else 0.0 for k, v in pending.items()},
         "killed": victim["index"],
+        "rss_mib_under_load": memory,
     }
 
 

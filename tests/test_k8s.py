@@ -129,3 +129,6 @@ def test_replicas_behind_a_load_balancer_spread_load_survive_a_kill_and_expose_p
     assert result["errors"] <= result["connections"]  # only what was in flight on the killed replica
     assert all(v > 0 for v in result["served_before_kill"].values())  # both replicas served
     assert max(result["pending_under_load_max"].values()) > max(result["pending_idle"].values())
+    assert all(
+        100 < mib < 8192 for mib in result["rss_mib_under_load"].values()
+    )  # measured, for --memory-mib
