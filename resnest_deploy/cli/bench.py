@@ -130,7 +130,7 @@ def bench_cmd(
     for r in results:
         row = [
             Path(r.artifact).name,
-            r.backend.removeprefix("onnxruntime-").replace("openvino-cpu-", "ov-"),
+            r.backend.replace("onnxruntime-", "ort-").replace("openvino-cpu-", "ov-"),
             r.precision,
             str(r.batch),
             f"{r.p50_ms:.2f}",
