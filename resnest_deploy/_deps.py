@@ -22,8 +22,8 @@ _EXTRAS = {
     "openvino": ("openvino", "runs ONNX files on CPUs with OpenVINO"),
     "safetensors": ("export", "reads .safetensors checkpoints"),
     "tritonclient": ("serve", "reads Triton's model config schema"),
-    "kubernetes_validate": ("serve", "validates Kubernetes manifests offline"),
-    "yaml": ("serve", "writes Kubernetes manifests"),
+    "kubernetes_validate": ("k8s", "validates Kubernetes manifests offline"),
+    "yaml": ("k8s", "writes Kubernetes manifests"),
 }
 
 

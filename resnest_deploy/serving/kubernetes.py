@@ -98,7 +98,7 @@ def _require(module: str) -> Any:
         return _deps.require(module)
     except MissingDependencyError as e:
         raise MissingDependencyError(
-            f"{e}; the k8s command needs: pip install 'resnest-deploy[serve]'"
+            f"{e}; the k8s command needs: pip install 'resnest-deploy[k8s]'"
         ) from e
 
 
