@@ -96,18 +96,24 @@ def inferences(port: int) -> int:
         return int(json.loads(r.read())["model_stats"][0]["inference_count"])
 
 
-def rss_mib(pgid: int) -> float:
-    """Resident memory of every process in a replica's process group (serve, tritonserver, stubs)."""
-    total = 0
+def rss_mib(root: int) -> float:
+    """Resident memory of a replica: ``root`` (serve) and every process below it (tritonserver, which
+    runs in a session of its own, and its python stubs)."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid:  # the process group id
-                status = (entry / "status").read_text()
-                total += int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
-    return round(total / 1024, 1)
+        with contextlib.suppress(OSError, ValueError, IndexError, AttributeError):
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            status = (entry / "status").read_text()
+            rss[int(entry.name)] = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
+    tree, grew = {root}, True
+    while grew:
+        below = {pid for pid, parent in parents.items() if parent in tree} - tree
+        grew = bool(below)
+        tree |= below
+    return round(sum(rss.get(pid, 0) for pid in tree) / 1024, 1)
 
 
 def body_file(folder: Path) -> tuple[Path, int]:
