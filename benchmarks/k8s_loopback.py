@@ -248,6 +248,9 @@ def main() -> None:
         f"| throughput, p50 / p99 | {result['images_per_s']} img/s, "
         f"{result['p50_ms']} / {result['p99_ms']} ms |",
         f"| served per replica before the kill | {', '.join(f'r{k}: {v}' for k, v in spread.items())} |",
+        "| memory per replica under load (RSS: serve, tritonserver, python stub) | "
+        + ", ".join(f"r{k}: {v:.0f} MiB" for k, v in result["rss_mib_under_load"].items())
+        + " |",
         "| pending requests per replica, idle / under load (max) | "
         + ", ".join(
             f"r{k}: {result['pending_idle'][k]:.0f} / {result['pending_under_load_max'][k]:.0f}"
