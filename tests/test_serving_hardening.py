@@ -301,6 +301,21 @@ def start_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> 
     )
 
 
+def stubs_of(run_dir: Path) -> list[int]:
+    """Live python-backend stubs started for ``run_dir``'s repository."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes()
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if b"triton_python_backend_stub" in argv and str(run_dir).encode() in argv and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
 def stop(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -376,6 +391,10 @@ def test_serve_killed_with_sigkill_leaves_no_server_and_its_temp_repository_is_c
         else:
             pytest.fail("tritonserver outlived serve")
         ports.check_free()
+        deadline = time.monotonic() + 10  # and no python stub of that run is left either
+        while time.monotonic() < deadline and stubs_of(leftovers[0]):
+            time.sleep(0.2)
+        assert not stubs_of(leftovers[0]), "a python stub outlived its server"
     finally:
         stop(proc)
     with running([digits_onnx], Ports.free(HOST), log=tmp_path / "again.log"):

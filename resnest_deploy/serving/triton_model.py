@@ -34,6 +34,25 @@ def _adopt_environment() -> None:
 
 _adopt_environment()
 
+
+def _exit_with_triton() -> None:
+    """A stub outlives a tritonserver killed with SIGKILL (after its ``serve`` was): it is reparented
+    and keeps its memory. Exit as soon as the server that started us is gone."""
+    import threading
+    import time
+
+    server = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == server:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="resnest-deploy-parent-watch", daemon=True).start()
+
+
+_exit_with_triton()
+
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402  # provided by Triton's python backend
 
