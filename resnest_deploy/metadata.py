@@ -59,20 +59,28 @@ def preprocessing(spec: ModelSpec, input_size: tuple[int, int] | None = None) ->
 _SPEED_FLAGS = frozenset({"avx", "avx2", "fma", "f16c", "avx_vnni", "sse4_2"})
 
 
+def cpu_flags() -> list[str]:
+    """The CPU flags that decide which kernels run (AVX2, AVX-512, VNNI, BF16, AMX, ...)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        have = set(next(ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")))
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in have if f in _SPEED_FLAGS or f.startswith(("avx512", "amx")))
+
+
 def machine() -> dict[str, Any]:
     """The CPU (and GPU, when torch sees one) that figures were measured on."""
     import contextlib
     import platform
 
-    cpu, flags = "unknown", []
+    cpu = "unknown"
     with contextlib.suppress(OSError, StopIteration):
         lines = Path("/proc/cpuinfo").read_text().splitlines()
         cpu = next(ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name"))
-        have = set(next(ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")))
-        flags = sorted(f for f in have if f in _SPEED_FLAGS or f.startswith(("avx512", "amx")))
     info: dict[str, Any] = {
         "cpu": cpu,
-        "cpu_flags": flags,  # what decides CPU kernels: compare only figures from one run
+        "cpu_flags": cpu_flags(),  # what decides CPU kernels: compare only figures from one run
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "date": now(),

@@ -20,6 +20,7 @@ from resnest_deploy._io import artifact_pair, load_onnx, prepare_outputs, requir
 from resnest_deploy.engine.flavour import Flavour, detect, polygraphy_trt
 from resnest_deploy.errors import ArtifactError, ResnestDeployError, first_line
 from resnest_deploy.formats import InputForm
+from resnest_deploy.interface import ONNX_TYPES
 from resnest_deploy.limits import MAX_BATCH
 
 Progress = Callable[[str], None]
@@ -79,7 +80,7 @@ def _onnx_io(path: Path) -> tuple[str, list[int | str], dict[str, Any]]:
     out_dims: list[int | str] = [d.dim_param or d.dim_value or "?" for d in out.type.tensor_type.shape.dim]
     meta = metadata.of_onnx(model, path) or {"precision": metadata.graph_precision(model)}
     form = InputForm.of(meta)
-    dtype = {1: "float32", 10: "float16", 2: "uint8"}.get(inp.type.tensor_type.elem_type)
+    dtype = ONNX_TYPES.get(inp.type.tensor_type.elem_type)
     if dtype is None:
         raise ArtifactError(f"{path} takes ONNX type {inp.type.tensor_type.elem_type}; re-export it")
     recorded = meta.get("input") or {}

@@ -192,7 +192,8 @@ def convert(
             )
         say("measuring against the FP32 source in ONNX Runtime")
         x = job.feed(calib.holdout if calib is not None else random_inputs(job))
-        parity, measured = measure_parity(src, model, x, precision, target)
+        reference = metric.reference if metric is not None else None  # the same held-out inputs
+        parity, measured = measure_parity(src, model, x, precision, target, reference)
         assert_close(parity, tolerance or TOLERANCES[precision], f"{precision} ({target}) model")
 
         out_meta = {
@@ -232,17 +233,20 @@ def _held_out_metric(src: Path, job: Job, calib: CalibrationData, target: str) -
     return search.Metric(x, calib.holdout_labels, reference, target == "tensorrt", onnx.load(src))
 
 
-def measure_parity(src: Path, model: Any, x: np.ndarray, precision: str, target: str) -> tuple[Metrics, str]:
-    """A converted model against its FP32 source on ``x``, and how it was computed: a TensorRT-target
-    INT8 file as TensorRT computes it (Q/DQ as float ops, the same on every CPU); a CPU-target file
-    with the CPU's own int8 kernels, which is what will run it."""
+def measure_parity(
+    src: Path, model: Any, x: np.ndarray, precision: str, target: str, reference: np.ndarray | None = None
+) -> tuple[Metrics, str]:
+    """A converted model against its FP32 source on ``x`` (``reference``: the source's logits on ``x``,
+    when already computed), and how it was computed: a TensorRT-target INT8 file as TensorRT
+    computes it (Q/DQ as float ops, the same on every CPU); a CPU-target file with the CPU's own
+    int8 kernels, which is what will run it."""
     fake_quant = precision == "int8" and target == "tensorrt"
-    with (
-        OnnxRuntimeRunner(src, name="source") as ref,
-        OnnxRuntimeRunner(model.SerializeToString(), fake_quant=fake_quant) as cand,
-    ):
-        parity = compare(ref.infer_batched(x), cand.infer_batched(x))
+    if reference is None:
+        with OnnxRuntimeRunner(src, name="source") as ref:
+            reference = ref.infer_batched(x)
+    with OnnxRuntimeRunner(model.SerializeToString(), fake_quant=fake_quant) as cand:
+        parity = compare(reference, cand.infer_batched(x))
     if fake_quant:
         return parity, "Q/DQ as float ops (onnxruntime session.disable_quant_qdq): TensorRT's, on any CPU"
-    flags = " ".join(f for f in metadata.machine()["cpu_flags"] if "vnni" in f or f == "avx2")
+    flags = " ".join(f for f in metadata.cpu_flags() if "vnni" in f or f == "avx2")
     return parity, f"onnxruntime's kernels on this CPU ({flags})"

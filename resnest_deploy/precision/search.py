@@ -82,12 +82,11 @@ def without_qdq(model: Any, keep_fp32: Sequence[str], source: Any = None) -> Any
     producers = {o: n for n in graph.node for o in n.output}
     inits = {t.name: t for t in graph.initializer}
     originals = {t.name: t for t in source.graph.initializer} if source is not None else {}
-    wanted = {name for unit, names in units(model).items() if unit in keep_fp32 for name in names}
-    unknown = set(keep_fp32) - set(units(model))
+    found = units(model)
+    unknown = set(keep_fp32) - set(found)
     if unknown:
-        raise SearchError(
-            f"no quantized unit {sorted(unknown)!r} in this file; units: {sorted(units(model))}"
-        )
+        raise SearchError(f"no quantized unit {sorted(unknown)!r} in this file; units: {sorted(found)}")
+    wanted = {name for unit in keep_fp32 for name in found[unit]}
     added: dict[str, str] = {}
     for node in graph.node:
         if node.name not in wanted:

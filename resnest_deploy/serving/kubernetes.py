@@ -97,9 +97,7 @@ def _require(module: str) -> Any:
     try:
         return _deps.require(module)
     except MissingDependencyError as e:
-        raise MissingDependencyError(
-            f"{e}; the k8s command needs: pip install 'resnest-deploy[k8s]'"
-        ) from e
+        raise MissingDependencyError(f"{e}; the k8s command needs: pip install 'resnest-deploy[k8s]'") from e
 
 
 def hpa_target(throughput: float, p99_ms: float) -> int:

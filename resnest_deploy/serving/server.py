@@ -508,7 +508,7 @@ def serve_forever(
                 )
             on_ready(entries)
             while not stop["signal"]:
-                failure = server.check_alive()
+                failure = server.failure  # the watch in `running` checks every 0.25 s
                 if failure:
                     raise ServeError(f"{failure}; stopped so that a supervisor can restart serve")
                 time.sleep(0.2)
