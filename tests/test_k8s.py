@@ -132,3 +132,15 @@ def test_replicas_behind_a_load_balancer_spread_load_survive_a_kill_and_expose_p
     assert all(
         100 < mib < 8192 for mib in result["rss_mib_under_load"].values()
     )  # measured, for --memory-mib
+
+
+def test_an_output_folder_holding_one_of_the_files_is_refused_before_anything_is_written(
+    python_repo, tmp_path
+):
+    out = tmp_path / "k8s"
+    out.mkdir()
+    (out / "service.yaml").write_text("mine\n")
+    r = CliRunner().invoke(app, ["k8s", str(python_repo), "-o", str(out)])
+    assert r.exit_code == 1 and "service.yaml exists" in r.output
+    assert sorted(p.name for p in out.iterdir()) == ["service.yaml"]
+    assert (out / "service.yaml").read_text() == "mine\n"

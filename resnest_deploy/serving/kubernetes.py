@@ -429,11 +429,12 @@ def write(docs: dict[str, dict[str, Any]], out: str | os.PathLike[str]) -> list[
             return True
 
     out = Path(out)
+    taken = [out / file for file in docs if (out / file).exists() or (out / file).is_symlink()]
+    if taken:  # refused before anything is written: never half a set of manifests
+        raise ArtifactError(f"{taken[0]} exists; choose another -o or remove it")
     written = []
     for file, doc in docs.items():
         path = out / file
-        if path.exists():
-            raise ArtifactError(f"{path} exists; choose another -o or remove it")
         with atomic_path(path) as tmp:
             tmp.write_text(yaml.dump(doc, Dumper=Plain, sort_keys=False))
         written.append(path)
