@@ -29,7 +29,7 @@ from resnest_deploy.engine import build_engine
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.serving.guard import RequestRejected, check_infer_header
 from resnest_deploy.serving.repository import model_config, write_repository
-from resnest_deploy.serving.server import ADMIN_HEADER, Ports, ServeError, running
+from resnest_deploy.serving.server import ADMIN_HEADER, Ports, ServeError, running, stubs_of
 
 HOST = "127.0.0.1"
 CLI = Path(sys.executable).with_name("resnest-deploy")  # the console script of this interpreter
@@ -301,21 +301,6 @@ def start_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> 
     )
 
 
-def stubs_of(run_dir: Path) -> list[int]:
-    """Live python-backend stubs started for ``run_dir``'s repository."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes()
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if b"triton_python_backend_stub" in argv and str(run_dir).encode() in argv and state != "Z":
-                found.append(int(entry.name))
-    return found
-
-
 def stop(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -401,15 +386,17 @@ def test_serve_killed_with_sigkill_leaves_no_server_and_its_temp_repository_is_c
         assert not any(p.exists() for p in leftovers)
 
 
-def test_sigterm_during_start_up_stops_at_once(digits_onnx, tmp_path):
+def test_sigterm_during_start_up_stops_at_once_and_leaves_no_stub(digits_onnx, tmp_path):
     proc = start_cli([str(digits_onnx), *ports_args(Ports.free(HOST))], tmp_path)
     try:
         time.sleep(1.5)  # importing, writing the repository, starting tritonserver
+        runs = list(Path(os.environ.get("TMPDIR", "/tmp")).glob(f"resnest-deploy-serve-{proc.pid}-*"))
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
         assert time.monotonic() - started < 5.0
         assert proc.returncode != 0 and "stopped by a signal before the server was ready" in err
+        assert not [pid for run in runs for pid in stubs_of(run)]  # one spawned mid-start is killed too
     finally:
         stop(proc)
 

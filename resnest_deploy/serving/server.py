@@ -206,8 +206,32 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def stubs_of(run_dir: Path) -> dict[int, list[str]]:
+    """Live python-backend stubs started from ``run_dir`` (pid -> argv): the stub binary is copied
+    into the run's own folder, so its path names the run whatever process group or parent the stub
+    has by now."""
+    found: dict[int, list[str]] = {}
+    binary = os.fsencode(run_dir / "backends" / "python" / _STUB)
+    with contextlib.suppress(OSError):
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                if argv[0] == binary and len(argv) > 1 and not _zombie(int(entry.name)):
+                    found[int(entry.name)] = [os.fsdecode(a) for a in argv if a]
+    return found
+
+
+def _kill_stubs(run_dir: Path) -> None:
+    for pid in stubs_of(run_dir):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def clean_stale_runs(root: Path | None = None) -> list[Path]:
-    """Temp repositories that ``serve`` runs killed with SIGKILL left behind (their pid is gone)."""
+    """Temp repositories that ``serve`` runs killed with SIGKILL left behind (their pid is gone), and
+    any python stub of theirs still running."""
     removed = []
     root = root or Path(tempfile.gettempdir())
     with contextlib.suppress(OSError):
@@ -216,6 +240,7 @@ def clean_stale_runs(root: Path | None = None) -> list[Path]:
             if m and not _alive(int(m.group(1))) and entry.is_dir() and not entry.is_symlink():
                 with contextlib.suppress(OSError):
                     if entry.stat().st_uid == os.getuid():
+                        _kill_stubs(entry)
                         shutil.rmtree(entry)
                         removed.append(entry)
     return removed
@@ -321,24 +346,8 @@ class TritonServer:
         return (errors or lines or ["(no output)"])[-1][:300]
 
     def _stub_pids(self) -> dict[str, int]:
-        """The python-backend stub of each model (children of the server, by their model.py)."""
-        found: dict[str, int] = {}
-        if self.process is None:
-            return found
-        with contextlib.suppress(OSError):
-            for entry in Path("/proc").iterdir():
-                if not entry.name.isdigit():
-                    continue
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    stat = (entry / "stat").read_text()
-                    ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                    if ppid != self.process.pid:
-                        continue
-                    argv = (entry / "cmdline").read_bytes().split(b"\0")
-                    if argv[0].endswith(_STUB.encode()) and len(argv) > 1:
-                        model = Path(argv[1].decode()).parent.parent.name
-                        found[model] = int(entry.name)
-        return found
+        """The python-backend stub of each model, by the model.py it runs."""
+        return {Path(argv[1]).parent.parent.name: pid for pid, argv in stubs_of(self.repo.parent).items()}
 
     def check_alive(self) -> str | None:
         """Why the server can no longer answer (it exited, or a model's stub died), or None."""
@@ -378,6 +387,7 @@ class TritonServer:
                     self.process.wait(10)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
+            _kill_stubs(self.repo.parent)  # a stub spawned while the server was killed outlives its group
         if self.guard is not None:
             self.guard.close()
 

@@ -42,6 +42,8 @@ def _exit_with_triton() -> None:
     import time
 
     server = os.getppid()
+    if server == 1:  # reparented before this ran: the server is already gone
+        os._exit(1)
 
     def watch() -> None:
         while os.getppid() == server:
