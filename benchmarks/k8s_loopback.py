@@ -198,6 +198,9 @@ def simulate(onnx: Path, replicas: int = 2, seconds: int = 20, connections: int 
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
+            from resnest_deploy.serving.server import clean_stale_runs
+
+            clean_stale_runs()  # the killed replica's repository and python stub, as the next serve would
     requests, errors = int(fields["requests"]), int(fields["errors"])
     return {
         "replicas": replicas,

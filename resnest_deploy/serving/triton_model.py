@@ -36,21 +36,12 @@ _adopt_environment()
 
 
 def _exit_with_triton() -> None:
-    """A stub outlives a tritonserver killed with SIGKILL (after its ``serve`` was): it is reparented
-    and keeps its memory. Exit as soon as the server that started us is gone."""
-    import threading
-    import time
-
-    server = os.getppid()
-    if server == 1:  # reparented before this ran: the server is already gone
+    """A stub reparented before this ran (its tritonserver was killed while starting it) exits at
+    once. Later orphans are killed by ``serve``, which finds them by its run folder: neither a
+    Python thread watching the parent (the stub's main loop keeps the GIL) nor PR_SET_PDEATHSIG
+    (it fires when the thread that forked the stub ends, and killed healthy stubs) works here."""
+    if os.getppid() == 1:
         os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == server:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="resnest-deploy-parent-watch", daemon=True).start()
 
 
 _exit_with_triton()
