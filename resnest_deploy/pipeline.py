@@ -320,7 +320,8 @@ def markdown(report: dict[str, Any]) -> str:
         found = (steps.get(key, {}).get("conversion") or {}).get("search")
         if not found:
             continue
-        kept = ", ".join(found["kept_fp32"]) or "none (INT8 everywhere)"
+        kept = search.kept_summary(found)
+        kept = "none (INT8 everywhere)" if kept == "none" else kept
         lines += [
             "",
             f"## INT8 search ({key}: {found['metric']} on held-out images, "

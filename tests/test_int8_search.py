@@ -23,6 +23,8 @@ from resnest_deploy.precision.search import Metric, SearchError, search, sensiti
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
 
 ANY = Tolerance(rel_max_abs=float("inf"), cosine=-1.0, top1=0.0)  # the search, not parity, judges here
+#: the fixture's outlier channel is the stem's first batch norm's output, read by this convolution
+PLANTED = "/conv1/conv1.3/Conv"
 TRANSFORM = Transform.from_pretrained(get_spec("resnest14d_digits").pretrained)
 
 
@@ -114,9 +116,21 @@ def test_a_budget_is_met_with_the_fewest_units_in_fp32_and_recorded_for_inspect(
     assert found["fp32"] - found["plain_int8"] >= 1.0
     tried = report.metadata["conversion"]["calibration_methods"]
     assert [r["method"] for r in tried["results"]] == list(int8.METHODS) and tried["chosen"] in int8.METHODS
+    assert found["kept_fp32_layers"] == [PLANTED]
+    assert found["layers_fp32"] == {"plain": 0, "chosen": 1, "total": 28}
     assert metadata.of_artifact(out)["conversion"]["search"]["kept_fp32"] == ["stem"]
     shown = CliRunner().invoke(app, ["inspect", str(out)])
-    assert "INT8 search: units kept in FP32: stem" in shown.output
+    assert f"INT8 search: units kept in FP32: stem (1 layer: {PLANTED})" in shown.output
+
+
+def test_within_the_kept_unit_only_the_planted_layer_stays_fp32_for_tensorrt_too(hard):
+    """The stem has three convolutions; only the one reading the outlier channel needs FP32, and
+    every FP32 layer costs time: the others go back to INT8 while the budget holds."""
+    model, found = search(hard["plain"]["tensorrt"], metric_for(hard, "tensorrt"), max_drop=0.25)
+    assert found.kept_fp32 == ["stem"] and found.kept_fp32_layers == [PLANTED]
+    back = [t for t in found.trials if "int8_again" in t]
+    assert [t["int8_again"] for t in back if not t["kept"]] == [PLANTED] and len(back) == 3
+    assert found.fp32_metric - metric_for(hard, "tensorrt")(model) <= 0.25
 
 
 def test_a_budget_no_choice_of_units_can_meet_is_refused_with_what_was_reached(hard, tmp_path):

@@ -8,6 +8,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
@@ -134,6 +135,11 @@ class Method(str, Enum):
     percentile = "percentile"
     distribution = "distribution"
     auto = "auto"
+
+
+class CpuIsa(str, Enum):
+    any = "any"
+    vnni = "vnni"
 
 
 class Backend(str, Enum):
@@ -327,12 +333,18 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(strict_json(data), indent=2, default=str, allow_nan=False) + "\n")
 
 
+def _show_warning(message: Warning | str, *_args: Any, **_kwargs: Any) -> None:
+    """A library warning is one line on stderr, not a source location and a code line."""
+    err.print(styled(("warning: ", "yellow"), str(message)))
+
+
 def run_app(app: Callable[[], Any]) -> None:
     """The console script: output that cannot be written (stdout closed, a broken pipe, a full
     disk) is an error on stderr and a non-zero exit, not a traceback or a silent success."""
     if sys.stdout is None or sys.stdout.fileno() < 0:
         sys.stderr.write("error: standard output is closed; run with stdout open (or > /dev/null)\n")
         sys.exit(2)
+    warnings.showwarning = _show_warning
     code: int | str | None = 0
     try:
         app()

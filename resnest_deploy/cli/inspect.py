@@ -59,7 +59,9 @@ def inspect_cmd(
         out.print(f"  calibration: {conversion.get('method')}")
     found = conversion.get("search") if isinstance(conversion, dict) else None
     if isinstance(found, dict):
-        kept = ", ".join(found.get("kept_fp32") or []) or "none"
+        from resnest_deploy.precision.search import kept_summary
+
+        kept = kept_summary(found)
         numbers = {k: float(found.get(k) or 0.0) for k in ("chosen", "fp32", "plain_int8")}
         out.print(
             f"  INT8 search: units kept in FP32: {kept}; {found.get('metric')} {numbers['chosen']:.2f} "

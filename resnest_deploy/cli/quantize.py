@@ -9,6 +9,7 @@ import typer
 
 from resnest_deploy._io import prepare_outputs
 from resnest_deploy.cli._common import (
+    CpuIsa,
     JsonOpt,
     Method,
     Precision,
@@ -21,7 +22,7 @@ from resnest_deploy.cli._common import (
     progress,
     styled,
 )
-from resnest_deploy.precision import calibration, calibration_for, convert, default_output
+from resnest_deploy.precision import calibration, calibration_for, convert, default_output, search
 
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", "-p", help="fp16 or int8.")]
 TargetOpt = Annotated[
@@ -48,8 +49,17 @@ MethodOpt = Annotated[
     typer.Option(
         "--method",
         "--calibration",
-        help="Calibration method; percentile and distribution: --target cpu only. 'auto' tries every "
-        "method the target's quantizer offers and keeps the best on the held-out images.",
+        help="Calibration method; distribution: --target cpu only (percentile for tensorrt is given to "
+        "ModelOpt as a calibration cache). 'auto' tries every method the target's quantizer offers and "
+        "keeps the best on the held-out images.",
+    ),
+]
+CpuIsaOpt = Annotated[
+    CpuIsa,
+    typer.Option(
+        help="--target cpu: the CPUs the file will run on. 'any': 7-bit weights, exact on every CPU. "
+        "'vnni': 8-bit weights, a little more accurate, but ONNX Runtime's int8 kernels saturate on "
+        "x86 CPUs without VNNI (AVX2-only, AMD Zen 1-3); only for fleets with VNNI or ARM."
     ),
 ]
 MaxDropOpt = Annotated[
@@ -90,6 +100,7 @@ def quantize_cmd(
     method: MethodOpt = Method.max,
     keep_fp32: KeepOpt = None,
     max_drop: MaxDropOpt = None,
+    cpu_isa: CpuIsaOpt = CpuIsa.any,
     plot: Annotated[
         Path | None, typer.Option(help="With --max-drop: the sensitivity ranking as a bar chart (PNG).")
     ] = None,
@@ -114,6 +125,7 @@ def quantize_cmd(
       resnest-deploy quantize --onnx m.onnx -p fp16
       resnest-deploy quantize --onnx m.onnx -p int8 --calib-dir ~/imagenet/val --calib-count 512
       resnest-deploy quantize --onnx m.onnx -p int8 --target cpu --calib-npy calib.npy
+      resnest-deploy quantize --onnx m.onnx -p int8 --target cpu --cpu-isa vnni
       resnest-deploy quantize --onnx m.onnx -p int8 --calibration auto --max-drop 0.25
     """
     if plot is not None and max_drop is None:
@@ -135,12 +147,11 @@ def quantize_cmd(
             keep_fp32_nodes=keep_fp32,
             use_cache=cache,
             max_drop=max_drop,
+            cpu_isa=cpu_isa.value,
             progress=say,
         )
     found = report.metadata["conversion"].get("search")
     if plot and found:
-        from resnest_deploy.precision import search
-
         ranking = [search.Sensitivity(**s) for s in found["sensitivity"]]
         search.plot(ranking, plot, found["metric"])
     if json_out:
@@ -164,9 +175,8 @@ def quantize_cmd(
         out.print(
             f"INT8 search ({found['metric']}): FP32 {found['fp32']:.2f}, "
             f"plain INT8 {found['plain_int8']:.2f}, "
-            f"chosen {found['chosen']:.2f} with {len(found['kept_fp32'])} unit(s) in FP32 "
-            f"({', '.join(found['kept_fp32']) or 'none'}); most sensitive: {top}"
-            + (f"; chart: {plot}" if plot else "")
+            f"chosen {found['chosen']:.2f}, kept in FP32: {search.kept_summary(found)}; "
+            f"most sensitive: {top}" + (f"; chart: {plot}" if plot else "")
         )
 
     skipped = (conversion.get("calibration") or {}).get("skipped") or []

@@ -107,6 +107,7 @@ def convert(
     tolerance: Tolerance | None = None,
     use_cache: bool = True,
     max_drop: float | None = None,
+    cpu_isa: str = "any",
     progress: Callable[[str], None] | None = None,
 ) -> ConversionReport:
     """Convert ``src`` and check the result against it; raise (writing nothing) if it drifted.
@@ -119,6 +120,9 @@ def convert(
     the best on the held-out inputs; ``max_drop`` (points of top-1, or of top-1 agreement with FP32
     when the data has no labels) keeps the most sensitive units in FP32 until the budget is met
     (``precision.search``).
+
+    CPU target only: ``cpu_isa`` is the CPUs the file will run on, ``"any"`` (7-bit weights, exact on
+    every CPU) or ``"vnni"`` (8-bit weights, slightly more accurate, saturating on x86 without VNNI).
     """
     say = progress or (lambda _msg: None)
     if precision not in PRECISIONS:
@@ -135,6 +139,8 @@ def convert(
             "INT8 needs calibration data; pass --calib-dir DIR (images) or --calib-npy FILE"
         )
     allowed = int8.METHODS if target == "cpu" else int8.TENSORRT_METHODS
+    if cpu_isa not in int8.CPU_ISAS:
+        raise ConversionError(f"unknown --cpu-isa {cpu_isa!r}; choose one of {', '.join(int8.CPU_ISAS)}")
     if precision == "int8" and method not in (*allowed, "auto"):
         raise ConversionError(
             f"calibration method {method!r} is not available for {target}; use {', '.join(allowed)}"
@@ -157,7 +163,8 @@ def convert(
         form = InputForm.of(meta)
 
         def job_for(m: str) -> Job:
-            return Job(src, src_sha256, precision, target, calib, m, keep, tuple(keep_fp32_ops), form, hw)
+            ops = tuple(keep_fp32_ops)
+            return Job(src, src_sha256, precision, target, calib, m, keep, ops, form, hw, cpu_isa)
 
         job = job_for(method if method != "auto" else allowed[0])
         metric = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -54,6 +55,8 @@ class Job:
     #: the source's input form and size: calibration data (normalised NCHW) is fed to it in its form
     form: InputForm
     hw: tuple[int, int]
+    #: CPU target: the CPUs the file is made for (``int8.CPU_ISAS``), which decides 7- or 8-bit weights
+    cpu_isa: str = "any"
 
     def feed(self, x: np.ndarray) -> np.ndarray:
         return self.form.from_normalised(x)
@@ -70,7 +73,7 @@ class Job:
             self.method,
             self.keep,
             list(self.keep_fp32_ops),
-            int8.cpu_has_vnni() if self.target == "cpu" else None,  # decides reduce_range
+            self.cpu_isa if self.target == "cpu" else None,  # decides reduce_range
             metadata.tool_versions(),
         ]
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
@@ -78,9 +81,10 @@ class Job:
 
 #: calibrated models, keyed by ``_Job.cache_key``. CONVERSION_VERSION changes when the same inputs
 #: would convert differently (2: calibration data fed to the graph in its own input form; 3: ONNX
-#: Runtime's registries restored after ModelOpt, which had changed CPU graphs made after it), so entries
-#: made by earlier code are misses, not reused.
-CONVERSION_VERSION = 3
+#: Runtime's registries restored after ModelOpt, which had changed CPU graphs made after it; 4: the CPU
+#: target's weights follow ``cpu_isa``, not the converting machine), so entries made by earlier code
+#: are misses, not reused.
+CONVERSION_VERSION = 4
 MODELS_CACHE = Cache("calib", ".onnx")
 
 
@@ -130,14 +134,16 @@ def _convert(job: Job, tmp: Path, say: Callable[[str], None]) -> tuple[Any, dict
     assert calib is not None
     say(f"calibrating INT8 ({job.method}) on {len(calib.calib)} inputs for {job.target}")
     settings |= {"method": job.method, "keep_fp32_nodes": job.keep, "calibration": calib.source}
+    x = job.feed(calib.calib)
+    # ONNX Runtime's histogram calibrators print() their progress: not onto a --json stdout
     try:
-        if job.target == "tensorrt":
-            int8.quantize_tensorrt(job.src, tmp, job.feed(calib.calib), job.method, job.keep)
-            settings["tool"] = "modelopt.onnx.quantization"
-            settings["scheme"] = {"activations": "int8 symmetric", "weights": "int8 per-channel"}
-        else:
-            settings["scheme"] = int8.quantize_cpu(job.src, tmp, job.feed(calib.calib), job.method, job.keep)
-            settings["tool"] = "onnxruntime.quantization"
+        with contextlib.redirect_stdout(io.StringIO()):
+            if job.target == "tensorrt":
+                settings["scheme"] = int8.quantize_tensorrt(job.src, tmp, x, job.method, job.keep)
+                settings["tool"] = "modelopt.onnx.quantization"
+            else:
+                settings["scheme"] = int8.quantize_cpu(job.src, tmp, x, job.method, job.keep, job.cpu_isa)
+                settings["tool"] = "onnxruntime.quantization"
     except ResnestDeployError:
         raise
     except Exception as e:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,11 +70,33 @@ def units(model: Any) -> dict[str, list[str]]:
     return found
 
 
+def fp32_layers(model: Any) -> tuple[int, int]:
+    """How many compute layers (Conv, Gemm, MatMul) run in FP32, of all: what TensorRT will build
+    as FP32 kernels, and the cost a CPU-less latency figure stands for."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    compute = [n for n in model.graph.node if n.op_type in COMPUTE_OPS]
+    fp32 = [
+        n
+        for n in compute
+        if not any(getattr(producers.get(i), "op_type", None) == "DequantizeLinear" for i in n.input)
+    ]
+    return len(fp32), len(compute)
+
+
 def without_qdq(model: Any, keep_fp32: Sequence[str], source: Any = None) -> Any:
-    """A copy of the quantized ``model`` with the units in ``keep_fp32`` computing in FP32: their
-    inputs read the float tensors their Q/DQ pairs were made from; weights stored as int8 get their
-    original float values back from ``source`` (the FP32 export: ONNX Runtime's quantizer names them
-    ``<name>_quantized``), else are dequantized; Q/DQ nodes nothing reads any more are dropped."""
+    """A copy of the quantized ``model`` with the units in ``keep_fp32`` computing in FP32."""
+    found = units(model)
+    unknown = set(keep_fp32) - set(found)
+    if unknown:
+        raise SearchError(f"no quantized unit {sorted(unknown)!r} in this file; units: {sorted(found)}")
+    return layers_without_qdq(model, {name for unit in keep_fp32 for name in found[unit]}, source)
+
+
+def layers_without_qdq(model: Any, wanted: Collection[str], source: Any = None) -> Any:
+    """A copy of the quantized ``model`` with the compute nodes named in ``wanted`` computing in
+    FP32: their inputs read the float tensors their Q/DQ pairs were made from; weights stored as int8
+    get their original float values back from ``source`` (the FP32 export: ONNX Runtime's quantizer
+    names them ``<name>_quantized``), else are dequantized; Q/DQ nodes nothing reads are dropped."""
     onnx = _deps.require("onnx")
     numpy_helper = _deps.require("onnx.numpy_helper")
     model = copy.deepcopy(model)
@@ -82,11 +104,6 @@ def without_qdq(model: Any, keep_fp32: Sequence[str], source: Any = None) -> Any
     producers = {o: n for n in graph.node for o in n.output}
     inits = {t.name: t for t in graph.initializer}
     originals = {t.name: t for t in source.graph.initializer} if source is not None else {}
-    found = units(model)
-    unknown = set(keep_fp32) - set(found)
-    if unknown:
-        raise SearchError(f"no quantized unit {sorted(unknown)!r} in this file; units: {sorted(found)}")
-    wanted = {name for unit in keep_fp32 for name in found[unit]}
     added: dict[str, str] = {}
     for node in graph.node:
         if node.name not in wanted:
@@ -221,6 +238,10 @@ class SearchResult:
     metric_name: str
     ranking: list[Sensitivity] = field(default_factory=list)
     trials: list[dict[str, Any]] = field(default_factory=list)
+    #: compute layers in FP32 (the default-kept gate and classifier included), plain and chosen, of all
+    layers_fp32: dict[str, int] = field(default_factory=dict)
+    #: the compute nodes of ``kept_fp32`` that stay FP32 (the others went back to INT8)
+    kept_fp32_layers: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -230,8 +251,10 @@ class SearchResult:
             "chosen": self.metric,
             "max_drop_points": self.max_drop,
             "kept_fp32": self.kept_fp32,
+            "kept_fp32_layers": self.kept_fp32_layers,
             "sensitivity": [s.__dict__ for s in self.ranking],
             "trials": self.trials,
+            "layers_fp32": self.layers_fp32,
         }
 
 
@@ -247,10 +270,11 @@ def search(
     fp32 = metric.fp32
     plain, ranked = sensitivity(model, metric, say)
     result = SearchResult(fp32, plain, plain, [], max_drop, metric.name, ranked)
+    before, total = fp32_layers(model)
+    result.layers_fp32 = {"plain": before, "chosen": before, "total": total}
     if fp32 - plain <= max_drop:
         return model, result
     kept: list[str] = []
-    candidate = model
     for s in ranked[:-1]:  # at least one unit stays INT8
         kept.append(s.unit)
         candidate = without_qdq(model, kept, metric.source)
@@ -258,13 +282,58 @@ def search(
         result.trials.append({"kept_fp32": list(kept), "metric": round(reached, 3)})
         say(f"search: {len(kept)} unit(s) in FP32 -> {reached:.2f} ({metric.name}; FP32 {fp32:.2f})")
         if fp32 - reached <= max_drop:
-            result.metric, result.kept_fp32 = reached, kept
+            met = (candidate, reached)
+            candidate, reached, layers = _fewest_layers(model, kept, met, metric, result, say)
+            result.metric, result.kept_fp32, result.kept_fp32_layers = reached, kept, layers
+            result.layers_fp32["chosen"] = fp32_layers(candidate)[0]
             return candidate, result
     raise SearchError(
         f"even {len(kept)} of {len(ranked)} units in FP32 reach only "
         f"{result.trials[-1]['metric']:.2f} against FP32's {fp32:.2f} ({metric.name}): more than the "
         f"{max_drop} points allowed; keep this model in FP16/FP32, or calibrate on more representative images"
     )
+
+
+def _fewest_layers(
+    model: Any,
+    kept: list[str],
+    met: tuple[Any, float],
+    metric: Metric,
+    result: SearchResult,
+    say: Callable[[str], None],
+) -> tuple[Any, float, list[str]]:
+    """Within the units kept in FP32, put each layer back in INT8 while the budget still holds: a
+    unit is often sensitive through one of its convolutions (the fixture's stem: the one reading the
+    outlier channel), and every FP32 layer costs CPU time."""
+    found = units(model)
+    layers = [name for unit in kept for name in found[unit]]
+    fp32, (best, reached) = list(layers), met
+    for name in layers:
+        trial = [n for n in fp32 if n != name]
+        if not trial:
+            break
+        candidate = layers_without_qdq(model, trial, metric.source)
+        value = metric(candidate)
+        ok = metric.fp32 - value <= result.max_drop
+        result.trials.append({"int8_again": name, "metric": round(value, 3), "kept": ok})
+        say(f"search: {name} back in INT8 -> {value:.2f} ({'kept' if ok else 'reverted'})")
+        if ok:
+            fp32, best, reached = trial, candidate, value
+    return best, reached, fp32
+
+
+def kept_summary(found: Any) -> str:
+    """What a recorded search (metadata: untrusted) kept in FP32, for people: units, then layers."""
+    found = found if isinstance(found, dict) else {}
+    kept = [u for u in found.get("kept_fp32") or [] if isinstance(u, str)]
+    layers = [n for n in found.get("kept_fp32_layers") or [] if isinstance(n, str)]
+    if not kept:
+        return "none"
+    text = ", ".join(kept)
+    if layers:
+        shown = ", ".join(layers[:4]) + (", ..." if len(layers) > 4 else "")
+        text += f" ({len(layers)} layer{'s' if len(layers) != 1 else ''}: {shown})"
+    return text
 
 
 def plot(ranking: Sequence[Sensitivity], path: str | Any, metric_name: str = "top-1") -> Any:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -56,6 +59,36 @@ def tensorrt_options(path: str, device: int = 0) -> dict[str, str]:
         for key, b in zip(("min", "opt", "max"), batches, strict=True):
             options[f"trt_profile_{key}_shapes"] = f"{inp.name}:{'x'.join(map(str, [b, *rest]))}"
     return options
+
+
+def has_8bit_weights(meta: Any) -> bool:
+    """Whether a CPU-target INT8 file's metadata (untrusted) says its weights use all 8 bits."""
+    conversion = meta.get("conversion") if isinstance(meta, dict) else None
+    scheme = conversion.get("scheme") if isinstance(conversion, dict) else None
+    return isinstance(scheme, dict) and scheme.get("reduce_range") is False
+
+
+@functools.cache
+def int8_kernels_saturate() -> bool:
+    """Whether ONNX Runtime's U8S8 kernels on this CPU saturate products of 8-bit weights: x86
+    without VNNI adds pairs of uint8 x int8 products in int16 (``vpmaddubsw``). Asked of the kernels
+    themselves (255 x 127 summed 64 times), which also answers right under an emulated CPU, where
+    /proc/cpuinfo describes the host."""
+    ort = _deps.require("onnxruntime")
+    onnx = _deps.require("onnx")
+    helper, k = onnx.helper, 64
+    weights = onnx.numpy_helper.from_array(np.full((k, 1), 127, np.int8), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w"], ["y"])],
+        "saturation-probe",
+        [helper.make_tensor_value_info("a", onnx.TensorProto.UINT8, [1, k])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.INT32, [1, 1])],
+        [weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"a": np.full((1, k), 255, np.uint8)})
+    return int(y[0, 0]) != k * 255 * 127
 
 
 def _loadable(path: str) -> str | bytes:
@@ -133,6 +166,25 @@ class OnnxRuntimeRunner(Runner):
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_dtype = _INPUT_DTYPES.get(inp.type, np.float32)
+        if self.provider == "cpu" and not self.fake_quant:
+            self._warn_if_saturating()
+
+    def _warn_if_saturating(self) -> None:
+        from resnest_deploy.metadata import METADATA_KEY
+
+        raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        try:
+            meta = json.loads(raw) if raw else None
+        except ValueError:  # unreadable metadata is checked where it is used, not here
+            return
+        if has_8bit_weights(meta) and int8_kernels_saturate():
+            warnings.warn(
+                f"{self.name.split(':', 1)[-1]} has 8-bit INT8 weights (made with --cpu-isa vnni), which "
+                "ONNX Runtime's int8 kernels on this CPU (x86 without VNNI) saturate, losing accuracy; "
+                "re-quantize it with --cpu-isa any",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def _providers(self) -> list[Any]:
         """The provider list; GPU providers on this runner's device, TensorRT's with caches and the
