@@ -70,6 +70,8 @@ def pipeline(
     calib_dir: str | os.PathLike[str] | None = None,
     calib_npy: str | os.PathLike[str] | None = None,
     calib_count: int = calibration.DEFAULT_COUNT,
+    method: str = "auto",
+    max_drop: float | None = None,
     images: str | os.PathLike[str] | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     build: bool = True,
@@ -78,8 +80,13 @@ def pipeline(
     iterations: int = 20,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Everything lands in ``out_dir`` (default ``models/<arch>/``), with report.json and report.md."""
+    """Everything lands in ``out_dir`` (default ``models/<arch>/``), with report.json and report.md.
+
+    INT8 calibrates with ``method`` (``auto``: every method the target offers, the best kept) and
+    searches for the units to keep in FP32 within ``max_drop`` points (default
+    ``search.DEFAULT_MAX_DROP``)."""
     out = Path(out_dir or Path("models") / arch)
+    max_drop = search.DEFAULT_MAX_DROP if max_drop is None else max_drop
     get_spec(arch)
     if precision not in ("fp32", *PRECISIONS):
         raise ConversionError(f"unknown precision {precision!r}; choose fp32, {', '.join(PRECISIONS)}")
@@ -113,7 +120,7 @@ def pipeline(
 
         def convert_step() -> dict[str, Any]:
             made["calib"] = calibration.resolve(arch, (h, w), calib_dir, calib_npy, calib_count)
-            return _conversion(fp32, precision, target, made["calib"])
+            return _conversion(fp32, precision, target, made["calib"], method, max_drop, run.say)
 
         result = run.step("convert", convert_step)
         calib = made["calib"]
@@ -124,7 +131,9 @@ def pipeline(
     cpu_file = None
     if precision == "int8" and target == "tensorrt" and not _gpu():
         # The TensorRT-target file is slower than FP32 on a CPU: also make what runs fast here.
-        cpu = run.step("convert-cpu", lambda: _conversion(fp32, "int8", "cpu", calib))
+        cpu = run.step(
+            "convert-cpu", lambda: _conversion(fp32, "int8", "cpu", calib, method, max_drop, run.say)
+        )
         cpu_file = Path(cpu["path"])
         artifacts.append(cpu_file)
     runnable = [*map(str, artifacts), *([str(engine)] if engine_runs else [])]
@@ -165,16 +174,27 @@ def _export(arch: str, weights: str, path: Path) -> dict[str, Any]:
     return {"path": str(path), "input": meta["input"], "parity": meta.get("parity"), "file": meta.get("file")}
 
 
-#: the INT8 search's budget in the pipeline: points of top-1 (or agreement with FP32) it may lose
-PIPELINE_MAX_DROP = 0.5
-
-
 def _conversion(
-    src: Path, precision: str, target: str, calib: calibration.CalibrationData | None
+    src: Path,
+    precision: str,
+    target: str,
+    calib: calibration.CalibrationData | None,
+    method: str,
+    max_drop: float,
+    say: Callable[[str], None],
 ) -> dict[str, Any]:
-    """INT8 goes through the search: what is sensitive, and what (if anything) stays in FP32."""
-    max_drop = PIPELINE_MAX_DROP if precision == "int8" and calib is not None else None
-    report = convert(src, precision=precision, target=target, calib=calib, max_drop=max_drop)
+    """INT8 goes through the calibration methods and the search: what is sensitive, and what (if
+    anything) stays in FP32."""
+    int8 = precision == "int8" and calib is not None
+    report = convert(
+        src,
+        precision=precision,
+        target=target,
+        calib=calib,
+        method=method if int8 else "max",
+        max_drop=max_drop if int8 else None,
+        progress=say,
+    )
     meta = report.metadata
     made = {
         "path": str(report.path),
@@ -317,16 +337,30 @@ def markdown(report: dict[str, Any]) -> str:
             lines += ["", bench["note"]]
         lines += _int8_note(bench["results"])
     for key in ("convert", "convert-cpu"):
-        found = (steps.get(key, {}).get("conversion") or {}).get("search")
+        conversion = steps.get(key, {}).get("conversion") or {}
+        found = conversion.get("search")
         if not found:
             continue
         kept = search.kept_summary(found)
         kept = "none (INT8 everywhere)" if kept == "none" else kept
+        tried = conversion.get("calibration_methods")
         lines += [
             "",
             f"## INT8 search ({key}: {found['metric']} on held-out images, "
             f"budget {found['max_drop_points']} points)",
             "",
+        ]
+        if tried:
+            lines += [
+                "| calibration | plain INT8 |",
+                "|---|---|",
+                *(
+                    f"| {r['method']}{' (kept)' * (r['method'] == tried['chosen'])} | {r['metric']:.2f} |"
+                    for r in tried["results"]
+                ),
+                "",
+            ]
+        lines += [
             f"FP32 {found['fp32']:.2f}, plain INT8 {found['plain_int8']:.2f}, chosen {found['chosen']:.2f}; "
             f"kept in FP32: {kept}.",
             "",

@@ -12,6 +12,7 @@ from resnest_deploy.cli._common import (
     ArchOpt,
     BatchSizesOpt,
     JsonOpt,
+    Method,
     Precision,
     Target,
     WeightsOpt,
@@ -21,8 +22,16 @@ from resnest_deploy.cli._common import (
     print_json,
     progress,
 )
-from resnest_deploy.cli.quantize import CalibCountOpt, CalibDirOpt, CalibNpyOpt, TargetOpt
+from resnest_deploy.cli.quantize import (
+    CalibCountOpt,
+    CalibDirOpt,
+    CalibNpyOpt,
+    MaxDropOpt,
+    MethodOpt,
+    TargetOpt,
+)
 from resnest_deploy.precision import calibration
+from resnest_deploy.precision.search import DEFAULT_MAX_DROP
 
 
 @handle_errors
@@ -36,6 +45,8 @@ def pipeline_cmd(
     calib_dir: CalibDirOpt = None,
     calib_npy: CalibNpyOpt = None,
     calib_count: CalibCountOpt = calibration.DEFAULT_COUNT,
+    method: MethodOpt = Method.auto,
+    max_drop: MaxDropOpt = DEFAULT_MAX_DROP,
     images: Annotated[
         Path | None, typer.Option(help="Real images for the check (default: held-out ones).")
     ] = None,
@@ -48,12 +59,15 @@ def pipeline_cmd(
 ) -> None:
     """Export, convert, build, check and bench in one go; report.md and report.json beside the files.
 
+    INT8 tries every calibration method and keeps the best on held-out images, then keeps the
+    fewest units in FP32 that bring top-1 within --max-drop points of FP32 (the report shows both).
     Stops at the first failure and says why (the report so far is still written).
     With no GPU, the engine is built (TensorRT-RTX builds on a CPU) but not run.
 
     Examples:
       resnest-deploy pipeline --arch resnest14d_digits --precision int8          # offline, bundled data
       resnest-deploy pipeline --arch resnest50 --precision int8 --calib-dir ~/imagenet/calib
+      resnest-deploy pipeline --arch resnest50 -p int8 --calib-dir DIR --calibration max --max-drop 1
     """
     _deps.require("torch")  # the `export` extra: say so instead of failing on an import
     from resnest_deploy.pipeline import pipeline
@@ -67,6 +81,8 @@ def pipeline_cmd(
             calib_dir=calib_dir,
             calib_npy=calib_npy,
             calib_count=calib_count,
+            method=method.value,
+            max_drop=max_drop,
             images=images,
             out_dir=output_dir,
             build=build,

@@ -28,6 +28,8 @@ from resnest_deploy import _deps
 from resnest_deploy.errors import ResnestDeployError
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
 
+#: the budget `pipeline` searches with: points of top-1 (or of agreement with FP32) INT8 may lose
+DEFAULT_MAX_DROP = 0.5
 #: the ops whose inputs carry Q/DQ in both quantizers' graphs
 COMPUTE_OPS = frozenset({"Conv", "Gemm", "MatMul"})
 _BLOCK = re.compile(r"^/(layer\d+)/\1\.(\d+)/(conv1|conv2|conv3|downsample)/(.*)$")
