@@ -360,9 +360,10 @@ def markdown(report: dict[str, Any]) -> str:
                 ),
                 "",
             ]
+        cost = search.latency_summary(found)
         lines += [
             f"FP32 {found['fp32']:.2f}, plain INT8 {found['plain_int8']:.2f}, chosen {found['chosen']:.2f}; "
-            f"kept in FP32: {kept}.",
+            f"kept in FP32: {kept}." + (f" Its cost: {cost}." if cost else ""),
             "",
             "| unit | with only it in FP32 | recovers |",
             "|---|---|---|",

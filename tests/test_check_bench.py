@@ -21,6 +21,7 @@ from resnest_deploy.errors import ArtifactError
 from resnest_deploy.evaluate import evaluate
 from resnest_deploy.inspection import describe
 from resnest_deploy.pipeline import pipeline
+from resnest_deploy.precision import int8
 from resnest_deploy.predict import imagenet_classes, predict
 
 cli = CliRunner()
@@ -197,6 +198,15 @@ def test_pipeline_end_to_end_offline(tmp_path):
     assert ("resnest14d_digits.int8-cpu.onnx", "openvino-cpu-f32") in timed
     assert ("resnest14d_digits.int8-cpu.onnx", "onnxruntime-cpu") in timed
     assert json.loads((tmp_path / "report.json").read_text())["status"] == "ok"
+    # INT8: every method each target's quantizer offers, the best kept, then the search; all reported
+    for step, methods in (("convert", ("max", "entropy", "percentile")), ("convert-cpu", int8.METHODS)):
+        tried = steps[step]["conversion"]["calibration_methods"]
+        assert tuple(r["method"] for r in tried["results"]) == tuple(methods)
+        best = max(r["metric"] for r in tried["results"])
+        assert next(r["metric"] for r in tried["results"] if r["method"] == tried["chosen"]) == best
+        assert steps[step]["conversion"]["search"]["max_drop_points"] == 0.5
+    assert md.count("| calibration | plain INT8 |") == 2 and "| distribution | " in md
+    assert md.count("![INT8 sensitivity](") == 2
 
 
 def test_pipeline_stops_at_the_first_failure_with_a_report(tmp_path):

@@ -26,18 +26,19 @@ from resnest_deploy.runners.onnxruntime import int8_kernels_saturate
 TRANSFORM = Transform.from_pretrained(get_spec("resnest14d_digits").pretrained)
 QEMU = shutil.which("qemu-x86_64-static")
 
-#: run under an emulated Haswell (AVX2, no VNNI): the runner's logits and warnings, and the probe
-EMULATED = """
+#: run here and under an emulated Haswell (AVX2, no VNNI): the probe, and each file's logits (saved
+#: as FILE.TAG.npy) and warnings
+RUN = """
 import json, sys, warnings
 import numpy as np
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner, int8_kernels_saturate
-x = np.load(sys.argv[1])
+tag, x = sys.argv[1], np.load(sys.argv[2])
 out = {"saturates": int8_kernels_saturate()}
-for path in sys.argv[2:]:
+for path in sys.argv[3:]:
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         with OnnxRuntimeRunner(path) as runner:
-            np.save(path + ".logits.npy", runner.infer(x))
+            np.save(f"{path}.{tag}.npy", runner.infer(x))
     out[path] = [str(w.message) for w in seen]
 print(json.dumps(out))
 """
@@ -62,38 +63,28 @@ def test_a_cpu_int8_file_computes_the_same_logits_on_a_cpu_without_vnni_unless_m
 ):
     files = {}
     for isa in ("any", "vnni"):
-        made = quantize(["--onnx", str(digits_onnx), "--target", "cpu", "--cpu-isa", isa])
-        files[isa] = Path(made["path"]).rename(tmp_path / f"{isa}.onnx")
+        files[isa] = tmp_path / f"{isa}.onnx"
+        made = quantize(
+            ["--onnx", str(digits_onnx), "--target", "cpu", "--cpu-isa", isa, "-o", str(files[isa])]
+        )
         assert made["conversion"]["scheme"]["reduce_range"] is (isa == "any")
     images, _ = digits("test")
     x = digits_batch(images[:32], TRANSFORM)
     np.save(tmp_path / "x.npy", x)
-    script = tmp_path / "emulated.py"
-    script.write_text(EMULATED)
-    args = [str(script), str(tmp_path / "x.npy"), *(str(files[i]) for i in ("any", "vnni"))]
-    here = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
-    there = subprocess.run(
-        [QEMU, "-cpu", "Haswell", sys.executable, *args], capture_output=True, text=True, timeout=600
-    )
-    assert here.returncode == 0 and there.returncode == 0, here.stderr + there.stderr
-    native = json.loads(here.stdout)
-    emulated = json.loads(there.stdout.strip().splitlines()[-1])
+    script = tmp_path / "run.py"
+    script.write_text(RUN)
+    args = [str(script), "TAG", str(tmp_path / "x.npy"), *(str(files[i]) for i in ("any", "vnni"))]
+    runs = {}
+    for tag, prefix in (("here", []), ("haswell", [QEMU, "-cpu", "Haswell"])):
+        args[1] = tag
+        done = subprocess.run([*prefix, sys.executable, *args], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        runs[tag] = json.loads(done.stdout.strip().splitlines()[-1])
+    native, emulated = runs["here"], runs["haswell"]
     assert emulated["saturates"] and native["saturates"] == int8_kernels_saturate()
-    # the logits of each run were written beside the file: run them again natively to compare
-    logits = {}
-    for isa, path in files.items():
-        there_logits = np.load(f"{path}.logits.npy")
-        subprocess.run(
-            [sys.executable, str(script), str(tmp_path / "x.npy"), str(path)],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-        logits[isa] = (np.load(f"{path}.logits.npy"), there_logits)
-    here_any, there_any = logits["any"]
-    np.testing.assert_allclose(there_any, here_any, atol=1e-5)  # 7-bit weights: exact everywhere
-    here_vnni, there_vnni = logits["vnni"]
-    assert cosine(here_vnni, there_vnni).min() < 0.99  # 8-bit weights saturate without VNNI
+    logits = {isa: [np.load(f"{path}.{tag}.npy") for tag in runs] for isa, path in files.items()}
+    np.testing.assert_allclose(*logits["any"], atol=1e-5)  # 7-bit weights: exact on both CPUs
+    assert cosine(*logits["vnni"]).min() < 0.99  # 8-bit weights saturate without VNNI
     assert emulated[str(files["any"])] == []
     (warning,) = emulated[str(files["vnni"])]
     assert "--cpu-isa any" in warning and "without VNNI" in warning

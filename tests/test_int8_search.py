@@ -119,8 +119,13 @@ def test_a_budget_is_met_with_the_fewest_units_in_fp32_and_recorded_for_inspect(
     assert found["kept_fp32_layers"] == [PLANTED]
     assert found["layers_fp32"] == {"plain": 0, "chosen": 1, "total": 28}
     assert metadata.of_artifact(out)["conversion"]["search"]["kept_fp32"] == ["stem"]
+    cost = found["latency"]  # what keeping it costs here, both CPU runtimes timed
+    for backend in ("onnxruntime-cpu", "openvino-cpu-f32"):
+        assert cost[backend]["plain_ms"] > 0 and cost[backend]["searched_ms"] > 0, cost
+    assert cost["batch"] == 1 and cost["cpu_flags"] == metadata.cpu_flags()
     shown = CliRunner().invoke(app, ["inspect", str(out)])
     assert f"INT8 search: units kept in FP32: stem (1 layer: {PLANTED})" in shown.output
+    assert "latency at batch 1, plain -> searched: onnxruntime-cpu " in shown.output
 
 
 def test_within_the_kept_unit_only_the_planted_layer_stays_fp32_for_tensorrt_too(hard):

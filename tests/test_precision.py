@@ -196,6 +196,15 @@ def test_int8_without_data_is_refused(onnx_14d, tmp_path):
     assert not out.exists()
 
 
+def test_cpu_isa_outside_a_cpu_int8_conversion_is_refused_not_ignored(onnx_14d, tmp_path):
+    out = tmp_path / "x.onnx"
+    with pytest.raises(ResnestDeployError, match="--cpu-isa is for --target cpu INT8 files"):
+        convert(onnx_14d, out, precision="fp16", cpu_isa="vnni")
+    with pytest.raises(ResnestDeployError, match="unknown --cpu-isa 'avx2'; choose one of any, vnni"):
+        convert(onnx_14d, out, precision="int8", target="cpu", cpu_isa="avx2")
+    assert not out.exists()
+
+
 def test_empty_and_undecodable_calibration_folders(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ArtifactError, match="no images"):

@@ -59,7 +59,7 @@ def inspect_cmd(
         out.print(f"  calibration: {conversion.get('method')}")
     found = conversion.get("search") if isinstance(conversion, dict) else None
     if isinstance(found, dict):
-        from resnest_deploy.precision.search import kept_summary
+        from resnest_deploy.precision.search import kept_summary, latency_summary
 
         kept = kept_summary(found)
         numbers = {k: float(found.get(k) or 0.0) for k in ("chosen", "fp32", "plain_int8")}
@@ -68,5 +68,8 @@ def inspect_cmd(
             f"(FP32 {numbers['fp32']:.2f}, plain INT8 {numbers['plain_int8']:.2f}, "
             f"budget {found.get('max_drop_points')} points)"
         )
+        cost = latency_summary(found)
+        if cost:
+            out.print(f"  {cost}")
     if not info.get("sidecar"):
         out.print("  no sidecar JSON beside it", style="yellow")

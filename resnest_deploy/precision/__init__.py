@@ -11,6 +11,7 @@ so this is where reduced precision is decided for every backend.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import numpy as np
 from resnest_deploy import _deps, metadata
 from resnest_deploy._io import artifact_pair, prepare_outputs, sha256_file
 from resnest_deploy.compare import TOLERANCES, Metrics, Tolerance, assert_close, compare
-from resnest_deploy.errors import ArtifactError
+from resnest_deploy.errors import ArtifactError, ResnestDeployError
 from resnest_deploy.formats import InputForm
 from resnest_deploy.precision import calibration, fp16, int8, search
 from resnest_deploy.precision.calibration import CalibrationData
@@ -129,6 +130,10 @@ def convert(
         raise ConversionError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if target not in TARGETS:
         raise ConversionError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if cpu_isa not in int8.CPU_ISAS:
+        raise ConversionError(f"unknown --cpu-isa {cpu_isa!r}; choose one of {', '.join(int8.CPU_ISAS)}")
+    if cpu_isa != "any" and (target, precision) != ("cpu", "int8"):
+        raise ConversionError("--cpu-isa is for --target cpu INT8 files (their weights); drop it here")
     if precision == "fp16" and target == "cpu":
         raise ConversionError(
             "FP16 is a GPU format (ONNX Runtime's CPU kernels run it slower than FP32); "
@@ -139,8 +144,6 @@ def convert(
             "INT8 needs calibration data; pass --calib-dir DIR (images) or --calib-npy FILE"
         )
     allowed = int8.METHODS if target == "cpu" else int8.TENSORRT_METHODS
-    if cpu_isa not in int8.CPU_ISAS:
-        raise ConversionError(f"unknown --cpu-isa {cpu_isa!r}; choose one of {', '.join(int8.CPU_ISAS)}")
     if precision == "int8" and method not in (*allowed, "auto"):
         raise ConversionError(
             f"calibration method {method!r} is not available for {target}; use {', '.join(allowed)}"
@@ -189,8 +192,12 @@ def convert(
         else:
             model, settings = cached_convert(job, tmp, say, use_cache)
         if max_drop is not None and metric is not None:
+            plain = model
             model, found = search.search(model, metric, max_drop, say)
             settings["search"] = found.as_dict()
+            if target == "cpu" and found.kept_fp32:
+                say("timing the plain and the searched INT8 file")
+                settings["search"]["latency"] = _latency_cost(plain, model, metric.x[:1])
         made = metadata.graph_precision(model)
         if made != precision:
             raise ConversionError(
@@ -228,6 +235,37 @@ def convert(
     return ConversionReport(
         output, sidecar, precision, target, parity, time.perf_counter() - started, ops, out_meta
     )
+
+
+def _latency_cost(plain: Any, chosen: Any, x: np.ndarray) -> dict[str, Any]:
+    """What keeping units in FP32 costs on this CPU, at batch 1, in ONNX Runtime and (when installed)
+    OpenVINO, the two files taking turns in one process. For TensorRT, the layer count is the cost
+    known without a GPU."""
+    from resnest_deploy import bench
+    from resnest_deploy.runners.openvino import OpenVINORunner
+
+    onnx = _deps.require("onnx")
+    cost: dict[str, Any] = {"batch": 1, "cpu_flags": metadata.cpu_flags()}
+    backends: dict[str, Callable[[Path], Any]] = {"onnxruntime-cpu": lambda p: OnnxRuntimeRunner(p)}
+    if _deps.has("openvino"):
+        backends["openvino-cpu-f32"] = lambda p: OpenVINORunner(p)
+    with tempfile.TemporaryDirectory(prefix="resnest-deploy-") as tmp:
+        paths = {"plain": Path(tmp) / "plain.onnx", "searched": Path(tmp) / "searched.onnx"}
+        onnx.save(plain, paths["plain"])
+        onnx.save(chosen, paths["searched"])
+        for backend, make in backends.items():
+            try:
+                with make(paths["plain"]) as a, make(paths["searched"]) as b:
+                    ms = bench.interleaved({"plain": a, "searched": b}, x)
+            except ResnestDeployError as e:  # a backend that cannot run the file: say so, not fail
+                cost[backend] = {"error": str(e)}
+                continue
+            cost[backend] = {
+                "plain_ms": round(ms["plain"], 4),
+                "searched_ms": round(ms["searched"], 4),
+                "ratio": round(ms["searched"] / ms["plain"], 3),
+            }
+    return cost
 
 
 def _held_out_metric(src: Path, job: Job, calib: CalibrationData, target: str) -> search.Metric:

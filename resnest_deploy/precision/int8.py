@@ -16,8 +16,9 @@
   both. ``cpu_isa="vnni"`` keeps 8-bit weights for fleets known to have VNNI (or ARM).
 
 In both, the split-attention gate (``fc1``, ``fc2``, the radix softmax) and the classifier stay
-in FP32: they are a few 1x1 convs on a 1x1 map, quantizing them bought 0-3% speed and cost logit
-accuracy on the digits model, and TensorRT has no INT8 softmax anyway.
+in FP32: they are a few 1x1 convs on a 1x1 map; quantizing them bought no speed beyond run-to-run
+noise on resnest50 (``benchmarks/int8_cpu_choices.py``) and cost logit accuracy on the digits
+model, and TensorRT has no INT8 softmax anyway.
 """
 
 from __future__ import annotations
@@ -161,7 +162,9 @@ _HISTOGRAM_BATCH = 8
 
 def write_calibration_cache(amax: dict[str, float], path: Path) -> set[str]:
     """TensorRT's calibration cache: a header line, then ``tensor: scale`` with the scale
-    (amax / 127) as big-endian float32 hex. Names the format cannot carry keep ModelOpt's range."""
+    (amax / 127) as big-endian float32 hex. ModelOpt quantizes only the tensors a cache names, so a
+    name the format cannot carry (``": "``, a newline) leaves that tensor in FP32; the names written
+    are returned."""
     lines, written = ["TRT-100-EntropyCalibration2"], set()
     for name, a in sorted(amax.items()):
         if ": " in name or "\n" in name or not np.isfinite(a):

@@ -338,6 +338,22 @@ def kept_summary(found: Any) -> str:
     return text
 
 
+def latency_summary(found: Any) -> str | None:
+    """The recorded cost of the units kept in FP32 (metadata: untrusted), for people, if measured."""
+    cost = found.get("latency") if isinstance(found, dict) else None
+    if not isinstance(cost, dict):
+        return None
+    parts = []
+    for backend, t in cost.items():
+        keys = ("plain_ms", "searched_ms")
+        if isinstance(t, dict) and all(isinstance(t.get(k), (int, float)) for k in keys):
+            parts.append(
+                f"{backend} {t['plain_ms']:.3f} -> {t['searched_ms']:.3f} ms "
+                f"({t['searched_ms'] / max(t['plain_ms'], 1e-9):.2f}x)"
+            )
+    return f"latency at batch 1, plain -> searched: {', '.join(parts)}" if parts else None
+
+
 def plot(ranking: Sequence[Sensitivity], path: str | Any, metric_name: str = "top-1") -> Any:
     """The ranking as a bar chart (PNG): points recovered by leaving each unit alone in FP32."""
     from pathlib import Path
