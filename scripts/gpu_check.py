@@ -6,12 +6,14 @@
 What it runs, on the bundled digits model in every input form (float, uint8-nhwc, uint8-nchw,
 deepstream): the TensorRT runner on TensorRT-RTX engines (and on full-TensorRT engines where
 ``tensorrt`` imports), batches inside the profile and above it (pieces), CUDA graphs off and on with
-shape changes between calls, ONNX Runtime's CUDA and TensorRT providers, and PyTorch on CUDA; each is
-checked (``check --reference recorded``: no PyTorch needed) and timed (``bench``: whole call, the
-engine's GPU time, time to first inference). Results: benchmarks/results/gpu_check.{json,md} with
-the device name and date. What cannot run here (no GPU, no TensorRT, an ONNX Runtime without CUDA)
-is reported as skipped, with the reason, never as passed. Needs: the `rtx` extra (or `tensorrt`) and
-cuda-python for engines; `export` (torch) only to make the artifacts.
+shape changes between calls, ONNX Runtime's CUDA and TensorRT providers, the INT8 search for
+TensorRT on the outlier fixture (what its FP32 layer costs, timed through ONNX Runtime's TensorRT
+provider), and PyTorch on CUDA; each is checked (``check --reference recorded``: no PyTorch needed)
+and timed (``bench``: whole call, the engine's GPU time, time to first inference). Results:
+benchmarks/results/gpu_check.{json,md} with the device name and date. What cannot run here (no
+GPU, no TensorRT, an ONNX Runtime without CUDA) is reported as skipped, with the reason, never as
+passed. Needs: the `rtx` extra (or `tensorrt`) and cuda-python for engines; `export` (torch) only
+to make the artifacts, and with `quant` (ModelOpt) the INT8 search.
 """
 
 from __future__ import annotations
@@ -144,7 +146,8 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=RESULTS, help="where gpu_check.{json,md} go (GPU machines)")
     args = ap.parse_args()
-    steps, timings = Steps(), {}
+    steps = Steps()
+    timings: dict[str, Any] = {}
     gpus = gpu_count()
     print(f"GPU: {device_name(0) if gpus else 'none'} ({gpus} visible)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -208,6 +211,20 @@ def main() -> None:
 
             steps.run(f"onnxruntime {provider} provider", ort)
 
+        def search_cost() -> str:
+            need_gpu()
+            for module, extra in (("torch", "export"), ("modelopt", "quant")):
+                if importlib.util.find_spec(module) is None:
+                    raise Skip(f"{module} is not installed (the {extra} extra)")
+            found = int8_search_on_the_fixture(Path(tmp))
+            cost = found.get("latency") or {}
+            if "onnxruntime-tensorrt" not in cost:
+                raise AssertionError(f"no TensorRT timing with a GPU at hand: {cost}")
+            timings["int8_search_tensorrt"] = found
+            return f"kept {found['kept_fp32_layers']}; {json.dumps(cost['onnxruntime-tensorrt'])}"
+
+        steps.run("INT8 search for TensorRT, its FP32 layers timed by ORT's TensorRT provider", search_cost)
+
         def torch_cuda() -> str:
             need_gpu()
             if importlib.util.find_spec("torch") is None:
@@ -240,6 +257,30 @@ def main() -> None:
 
         steps.run("bench engines (whole call, GPU time, first call)", bench_all)
     report(steps.rows, timings, args.out if gpus else None)
+
+
+def int8_search_on_the_fixture(folder: Path) -> dict[str, Any]:
+    """The outlier fixture searched for TensorRT with a 0.25-point budget (its latency cost is timed
+    when a GPU is at hand)."""
+    from resnest_deploy.compare import Tolerance
+    from resnest_deploy.data import Transform
+    from resnest_deploy.models import get_spec
+    from resnest_deploy.precision import calibration, convert
+    from resnest_deploy.precision.fixtures import outlier_digits
+
+    calib = calibration.from_digits(Transform.from_pretrained(get_spec(ARCH).pretrained))
+    report = convert(
+        outlier_digits(folder / "outlier.onnx"),
+        folder / "outlier.searched.onnx",
+        precision="int8",
+        target="tensorrt",
+        calib=calib,
+        keep_fp32_nodes=(),
+        max_drop=0.25,
+        tolerance=Tolerance(rel_max_abs=float("inf"), cosine=-1.0, top1=0.0),  # the budget judges
+        use_cache=False,
+    )
+    return dict(report.metadata["conversion"]["search"])
 
 
 def report(rows: list[dict[str, Any]], timings: dict[str, Any], out: Path | None) -> None:

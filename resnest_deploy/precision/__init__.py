@@ -195,9 +195,10 @@ def convert(
             plain = model
             model, found = search.search(model, metric, max_drop, say)
             settings["search"] = found.as_dict()
-            if target == "cpu" and found.kept_fp32:
-                say("timing the plain and the searched INT8 file")
-                settings["search"]["latency"] = _latency_cost(plain, model, metric.x[:1])
+            if found.kept_fp32:
+                cost = _latency_cost(plain, model, metric.x[:1], target, say)
+                if cost:
+                    settings["search"]["latency"] = cost
         made = metadata.graph_precision(model)
         if made != precision:
             raise ConversionError(
@@ -237,18 +238,28 @@ def convert(
     )
 
 
-def _latency_cost(plain: Any, chosen: Any, x: np.ndarray) -> dict[str, Any]:
-    """What keeping units in FP32 costs on this CPU, at batch 1, in ONNX Runtime and (when installed)
-    OpenVINO, the two files taking turns in one process. For TensorRT, the layer count is the cost
-    known without a GPU."""
+def _latency_cost(
+    plain: Any, chosen: Any, x: np.ndarray, target: str, say: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """What keeping units in FP32 costs at batch 1, the two files taking turns in one process: for
+    the CPU target in ONNX Runtime and (when installed) OpenVINO; for TensorRT through ONNX Runtime's
+    TensorRT provider when a GPU is at hand (else the FP32 layer count is the cost known)."""
     from resnest_deploy import bench
+    from resnest_deploy._cuda import gpu_count
     from resnest_deploy.runners.openvino import OpenVINORunner
 
+    backends: dict[str, Callable[[Path], Any]] = {}
+    if target == "cpu":
+        backends["onnxruntime-cpu"] = lambda p: OnnxRuntimeRunner(p)
+        if _deps.has("openvino"):
+            backends["openvino-cpu-f32"] = lambda p: OpenVINORunner(p)
+    elif gpu_count() > 0:  # ONNX Runtime lists its GPU providers whether or not a GPU is there
+        backends["onnxruntime-tensorrt"] = lambda p: OnnxRuntimeRunner(p, provider="tensorrt")
+    if not backends:
+        return None
+    say(f"timing the plain and the searched INT8 file ({', '.join(backends)})")
     onnx = _deps.require("onnx")
     cost: dict[str, Any] = {"batch": 1, "cpu_flags": metadata.cpu_flags()}
-    backends: dict[str, Callable[[Path], Any]] = {"onnxruntime-cpu": lambda p: OnnxRuntimeRunner(p)}
-    if _deps.has("openvino"):
-        backends["openvino-cpu-f32"] = lambda p: OpenVINORunner(p)
     with tempfile.TemporaryDirectory(prefix="resnest-deploy-") as tmp:
         paths = {"plain": Path(tmp) / "plain.onnx", "searched": Path(tmp) / "searched.onnx"}
         onnx.save(plain, paths["plain"])
