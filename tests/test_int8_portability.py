@@ -68,6 +68,10 @@ def test_a_cpu_int8_file_computes_the_same_logits_on_a_cpu_without_vnni_unless_m
             ["--onnx", str(digits_onnx), "--target", "cpu", "--cpu-isa", isa, "-o", str(files[isa])]
         )
         assert made["conversion"]["scheme"]["reduce_range"] is (isa == "any")
+        shown = CliRunner().invoke(app, ["inspect", str(files[isa])]).output
+        exact = "any x86 or ARM CPU" if isa == "any" else "x86 CPUs with VNNI, and ARM"
+        bits = "7-bit" if isa == "any" else "8-bit"
+        assert f"weights: int8 per-channel, {bits}" in shown and f"; exact on {exact}\n" in shown
     images, _ = digits("test")
     x = digits_batch(images[:32], TRANSFORM)
     np.save(tmp_path / "x.npy", x)

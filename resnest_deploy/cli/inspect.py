@@ -57,6 +57,9 @@ def inspect_cmd(
     conversion = meta.get("conversion") or (info.get("sidecar") or {}).get("conversion") or {}
     if isinstance(conversion, dict) and conversion.get("method"):
         out.print(f"  calibration: {conversion.get('method')}")
+        scheme = conversion.get("scheme")
+        if isinstance(scheme, dict) and scheme.get("runs_exactly_on"):
+            out.print(f"  weights: {scheme.get('weights')}; exact on {scheme.get('runs_exactly_on')}")
     found = conversion.get("search") if isinstance(conversion, dict) else None
     if isinstance(found, dict):
         from resnest_deploy.precision.search import kept_summary, latency_summary
