@@ -368,8 +368,16 @@ def plot(ranking: Sequence[Sensitivity], path: str | Any, metric_name: str = "to
 
     shown = list(ranking)[:20]
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(shown) + 1.2))
-    ax.barh([s.unit for s in shown][::-1], [s.gain for s in shown][::-1], color="#4c72b0")
-    ax.set(xlabel=f"{metric_name} points recovered with only this unit in FP32", title="INT8 sensitivity")
+    gains = [s.gain for s in shown][::-1]
+    colors = ["#4c72b0" if g > 0 else "#b0b0b0" for g in gains]  # grey: FP32 there recovers nothing
+    ax.barh([s.unit for s in shown][::-1], gains, color=colors)
+    ax.axvline(0, color="black", linewidth=0.8)
+    # at least a point either side: a tenth of a point (one image of 899) must not fill the chart
+    ax.set_xlim(min(-1.0, 1.1 * min(gains, default=0.0)), max(1.0, 1.1 * max(gains, default=0.0)))
+    title = "INT8 sensitivity"
+    if not any(g > 0 for g in gains):
+        title += "\nno unit recovers anything: INT8 costs nothing here"
+    ax.set(xlabel=f"{metric_name} points recovered with only this unit in FP32", title=title)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
