@@ -23,17 +23,15 @@ from pathlib import Path
 
 from _timing import interleaved_p50, save
 
-from resnest_deploy.compare import Tolerance
 from resnest_deploy.data import Transform
 from resnest_deploy.export import export_onnx
 from resnest_deploy.metadata import machine
 from resnest_deploy.models import get_spec, load_model
-from resnest_deploy.precision import ConversionReport, calibration, convert
-from resnest_deploy.precision.fixtures import outlier_digits
+from resnest_deploy.precision import ConversionReport, calibration
+from resnest_deploy.precision.fixtures import outlier_digits, quantize_every_conv
 
 BUDGET = 0.25
 ROUNDS = 5  # interleaved bench processes per file and setting; the median is reported
-ANY = Tolerance(rel_max_abs=float("inf"), cosine=-1.0, top1=0.0)
 
 
 def run(name: str, src: Path, folder: Path) -> dict:
@@ -41,17 +39,7 @@ def run(name: str, src: Path, folder: Path) -> dict:
     out: dict = {}
 
     def made(kind: str, target: str, **search: float) -> ConversionReport:
-        return convert(
-            src,
-            folder / f"{name}.{kind}.{target}.onnx",
-            precision="int8",
-            target=target,
-            calib=calib,
-            keep_fp32_nodes=(),
-            tolerance=ANY,
-            use_cache=False,
-            **search,
-        )
+        return quantize_every_conv(src, folder / f"{name}.{kind}.{target}.onnx", target, calib, **search)
 
     for target in ("cpu", "tensorrt"):
         plain = made("plain", target)

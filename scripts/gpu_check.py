@@ -262,24 +262,14 @@ def main() -> None:
 def int8_search_on_the_fixture(folder: Path) -> dict[str, Any]:
     """The outlier fixture searched for TensorRT with a 0.25-point budget (its latency cost is timed
     when a GPU is at hand)."""
-    from resnest_deploy.compare import Tolerance
     from resnest_deploy.data import Transform
     from resnest_deploy.models import get_spec
-    from resnest_deploy.precision import calibration, convert
-    from resnest_deploy.precision.fixtures import outlier_digits
+    from resnest_deploy.precision import calibration
+    from resnest_deploy.precision.fixtures import outlier_digits, quantize_every_conv
 
     calib = calibration.from_digits(Transform.from_pretrained(get_spec(ARCH).pretrained))
-    report = convert(
-        outlier_digits(folder / "outlier.onnx"),
-        folder / "outlier.searched.onnx",
-        precision="int8",
-        target="tensorrt",
-        calib=calib,
-        keep_fp32_nodes=(),
-        max_drop=0.25,
-        tolerance=Tolerance(rel_max_abs=float("inf"), cosine=-1.0, top1=0.0),  # the budget judges
-        use_cache=False,
-    )
+    src = outlier_digits(folder / "outlier.onnx")
+    report = quantize_every_conv(src, folder / "outlier.searched.onnx", "tensorrt", calib, max_drop=0.25)
     return dict(report.metadata["conversion"]["search"])
 
 

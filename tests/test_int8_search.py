@@ -14,15 +14,13 @@ from typer.testing import CliRunner
 
 from resnest_deploy import metadata
 from resnest_deploy.cli.app import app
-from resnest_deploy.compare import Tolerance
 from resnest_deploy.data import Transform, digits, digits_batch
 from resnest_deploy.models import get_spec
 from resnest_deploy.precision import calibration, convert, int8
-from resnest_deploy.precision.fixtures import outlier_digits
+from resnest_deploy.precision.fixtures import outlier_digits, quantize_every_conv
 from resnest_deploy.precision.search import Metric, SearchError, search, sensitivity, units, without_qdq
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
 
-ANY = Tolerance(rel_max_abs=float("inf"), cosine=-1.0, top1=0.0)  # the search, not parity, judges here
 #: the fixture's outlier channel is the stem's first batch norm's output, read by this convolution
 PLANTED = "/conv1/conv1.3/Conv"
 TRANSFORM = Transform.from_pretrained(get_spec("resnest14d_digits").pretrained)
@@ -38,18 +36,7 @@ def hard(tmp_path_factory, digits_onnx):
     with OnnxRuntimeRunner(src) as runner:
         reference = runner.infer_batched(x, 64)
     plain = {
-        target: onnx.load(
-            convert(
-                src,
-                folder / f"plain.{target}.onnx",
-                precision="int8",
-                target=target,
-                calib=calib,
-                keep_fp32_nodes=(),
-                tolerance=ANY,
-                use_cache=False,
-            ).path
-        )
+        target: onnx.load(quantize_every_conv(src, folder / f"plain.{target}.onnx", target, calib).path)
         for target in ("cpu", "tensorrt")
     }
     return {
@@ -183,15 +170,7 @@ def test_a_cpu_conversion_makes_the_same_graph_after_a_tensorrt_one_in_the_same_
     TensorRT and then for the CPU, and its CPU file kept 19 ReLUs and 10 more Q/DQ pairs."""
     from collections import Counter
 
-    after = convert(
-        hard["src"],
-        tmp_path / "after.onnx",
-        precision="int8",
-        target="cpu",
-        calib=hard["calib"],
-        keep_fp32_nodes=(),
-        tolerance=ANY,
-        use_cache=False,
-    )  # the fixture converted for TensorRT (ModelOpt) before this
+    # the fixture converted for TensorRT (ModelOpt) before this
+    after = quantize_every_conv(hard["src"], tmp_path / "after.onnx", "cpu", hard["calib"])
     ops = Counter(n.op_type for n in onnx.load(after.path).graph.node)
     assert ops == Counter(n.op_type for n in hard["plain"]["cpu"].graph.node) and ops["Relu"] == 0

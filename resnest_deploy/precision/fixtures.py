@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from resnest_deploy.precision import CalibrationData, ConversionReport
 
 SCALE = 128.0
 CHANNEL = 0
@@ -33,3 +37,29 @@ def outlier_digits(path: str | os.PathLike[str]) -> Path:
         norm.bias[CHANNEL] *= SCALE  # type: ignore[index,operator]
         conv.weight[:, CHANNEL] /= SCALE  # type: ignore[index,operator]
     return export_onnx(model, path, weights=info).path
+
+
+def quantize_every_conv(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    target: str,
+    calib: CalibrationData,
+    **options: Any,
+) -> ConversionReport:
+    """The INT8 the search starts from: every convolution quantized (nothing kept in FP32 by name),
+    calibrated afresh (no cache), and no parity bar: a search's budget judges it, not parity.
+    ``options`` go to ``precision.convert`` (``max_drop``, ``method``, ``cpu_isa``)."""
+    from resnest_deploy.compare import UNCHECKED
+    from resnest_deploy.precision import convert
+
+    return convert(
+        src,
+        dst,
+        precision="int8",
+        target=target,
+        calib=calib,
+        keep_fp32_nodes=(),
+        tolerance=UNCHECKED,
+        use_cache=False,
+        **options,
+    )
