@@ -61,28 +61,30 @@ def unit_of(node_name: str) -> str | None:
 
 def units(model: Any) -> dict[str, list[str]]:
     """Unit -> the names of its compute nodes that read a Q/DQ'd input (what INT8 touches)."""
-    producers = {o: n for n in model.graph.node for o in n.output}
     found: dict[str, list[str]] = {}
-    for node in model.graph.node:
+    for node in _quantized_compute(model):
         unit = unit_of(node.name)
-        if unit is None or node.op_type not in COMPUTE_OPS:
-            continue
-        if any(getattr(producers.get(i), "op_type", None) == "DequantizeLinear" for i in node.input):
+        if unit is not None:
             found.setdefault(unit, []).append(node.name)
     return found
+
+
+def _quantized_compute(model: Any) -> list[Any]:
+    """The compute nodes (Conv, Gemm, MatMul) that read an input through a DequantizeLinear."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    return [
+        n
+        for n in model.graph.node
+        if n.op_type in COMPUTE_OPS
+        and any(getattr(producers.get(i), "op_type", None) == "DequantizeLinear" for i in n.input)
+    ]
 
 
 def fp32_layers(model: Any) -> tuple[int, int]:
     """How many compute layers (Conv, Gemm, MatMul) run in FP32, of all: what TensorRT will build
     as FP32 kernels, and the cost a CPU-less latency figure stands for."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-    compute = [n for n in model.graph.node if n.op_type in COMPUTE_OPS]
-    fp32 = [
-        n
-        for n in compute
-        if not any(getattr(producers.get(i), "op_type", None) == "DequantizeLinear" for i in n.input)
-    ]
-    return len(fp32), len(compute)
+    compute = sum(n.op_type in COMPUTE_OPS for n in model.graph.node)
+    return compute - len(_quantized_compute(model)), compute
 
 
 def without_qdq(model: Any, keep_fp32: Sequence[str], source: Any = None) -> Any:
@@ -114,8 +116,8 @@ def layers_without_qdq(model: Any, wanted: Collection[str], source: Any = None) 
             dq = producers.get(name)
             if dq is None or dq.op_type != "DequantizeLinear":
                 continue
-            source = dq.input[0]
-            q = producers.get(source)
+            quantized = dq.input[0]
+            q = producers.get(quantized)
             if q is not None and q.op_type == "QuantizeLinear":
                 # the float activation (or weight) before Q/DQ; ONNX Runtime's CPU quantizer drops a
                 # ReLU whose output a uint8 Q with zero point 0 clamps anyway: put the clamp back
@@ -126,17 +128,17 @@ def layers_without_qdq(model: Any, wanted: Collection[str], source: Any = None) 
                         graph.node.append(onnx.helper.make_node("Relu", [q.input[0]], [relu], name=relu))
                         added[relu] = relu
                     node.input[i] = relu
-            elif source in inits:  # int8 weights stored quantized: their float values back, once
-                if source not in added:
-                    original = originals.get(source.removesuffix("_quantized"))
+            elif quantized in inits:  # int8 weights stored quantized: their float values back, once
+                if quantized not in added:
+                    original = originals.get(quantized.removesuffix("_quantized"))
                     if original is not None:
                         restored = copy.deepcopy(original)
-                        restored.name = f"{source}_fp32"
+                        restored.name = f"{quantized}_fp32"
                         graph.initializer.append(restored)
-                        added[source] = restored.name
+                        added[quantized] = restored.name
                     else:
-                        added[source] = _dequantized(onnx, numpy_helper, graph, dq, inits)
-                node.input[i] = added[source]
+                        added[quantized] = _dequantized(onnx, numpy_helper, graph, dq, inits)
+                node.input[i] = added[quantized]
     _drop_unread(graph)
     return model
 
@@ -222,9 +224,9 @@ def sensitivity(
     say = progress or (lambda _m: None)
     plain = metric(model)
     ranked = []
-    for unit in units(model):
+    for unit, layers in units(model).items():
         say(f"sensitivity: {unit} in FP32")
-        alone = metric(without_qdq(model, [unit], metric.source))
+        alone = metric(layers_without_qdq(model, layers, metric.source))
         ranked.append(Sensitivity(unit, round(alone, 3), round(alone - plain, 3)))
     ranked.sort(key=lambda s: (-s.gain, s.unit))
     return plain, ranked
@@ -276,16 +278,19 @@ def search(
     result.layers_fp32 = {"plain": before, "chosen": before, "total": total}
     if fp32 - plain <= max_drop:
         return model, result
+    found = units(model)
     kept: list[str] = []
     for s in ranked[:-1]:  # at least one unit stays INT8
         kept.append(s.unit)
-        candidate = without_qdq(model, kept, metric.source)
+        layers = [name for unit in kept for name in found[unit]]
+        candidate = layers_without_qdq(model, layers, metric.source)
         reached = metric(candidate)
         result.trials.append({"kept_fp32": list(kept), "metric": round(reached, 3)})
         say(f"search: {len(kept)} unit(s) in FP32 -> {reached:.2f} ({metric.name}; FP32 {fp32:.2f})")
         if fp32 - reached <= max_drop:
-            met = (candidate, reached)
-            candidate, reached, layers = _fewest_layers(model, kept, met, metric, result, say)
+            candidate, reached, layers = _fewest_layers(
+                model, layers, (candidate, reached), metric, result, say
+            )
             result.metric, result.kept_fp32, result.kept_fp32_layers = reached, kept, layers
             result.layers_fp32["chosen"] = fp32_layers(candidate)[0]
             return candidate, result
@@ -298,17 +303,15 @@ def search(
 
 def _fewest_layers(
     model: Any,
-    kept: list[str],
+    layers: list[str],
     met: tuple[Any, float],
     metric: Metric,
     result: SearchResult,
     say: Callable[[str], None],
 ) -> tuple[Any, float, list[str]]:
-    """Within the units kept in FP32, put each layer back in INT8 while the budget still holds: a
-    unit is often sensitive through one of its convolutions (the fixture's stem: the one reading the
-    outlier channel), and every FP32 layer costs CPU time."""
-    found = units(model)
-    layers = [name for unit in kept for name in found[unit]]
+    """Of the ``layers`` of the units kept in FP32, put each back in INT8 while the budget still
+    holds: a unit is often sensitive through one of its convolutions (the fixture's stem: the one
+    reading the outlier channel), and every FP32 layer costs CPU time."""
     fp32, (best, reached) = list(layers), met
     for name in layers:
         trial = [n for n in fp32 if n != name]
