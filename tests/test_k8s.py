@@ -80,7 +80,64 @@ def test_engines_get_nvidias_image_a_gpu_and_kserve_when_asked(digits_onnx, tmp_
     served = kubernetes.manifests(tmp_path / "trt", name="r50", image=image, kserve=True)
     kubernetes.validate(served)
     triton = served["inferenceservice.yaml"]["spec"]["predictor"]["triton"]
-    assert triton["storageUri"] == "pvc://r50-models/" and triton["runtimeVersion"] == "24.08-py3"
+    assert triton["storageUri"] == "pvc://r50-models/" and triton["image"] == image
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "registry.local:5000/mirror/tritonserver",  # a mirror, no tag: was dropped, runtimeVersion garbage
+        "nvcr.io/nvidia/tritonserver@sha256:" + "ab" * 32,  # a digest: runtimeVersion was "ab...ab"
+        "nvcr.io/nvidia/tritonserver:24.08-py3",
+    ],
+)
+def test_kserve_keeps_the_image_it_is_given(digits_onnx, tmp_path, image):
+    plan = full_tensorrt_stand_in(digits_onnx, tmp_path)
+    write_repository([plan], tmp_path / "trt")
+    served = kubernetes.manifests(tmp_path / "trt", name="r50", image=image, kserve=True)
+    kubernetes.validate(served)
+    triton = served["inferenceservice.yaml"]["spec"]["predictor"]["triton"]
+    assert triton["image"] == image and "runtimeVersion" not in triton
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--name", "1digits", "not a DNS label"),  # a Service's name starts with a letter
+        ("--name", "digits.v2", "not a DNS label"),
+        ("--namespace", "Prod", "not a DNS label"),
+        ("--image", "", "not an image reference"),
+        ("--image", " ", "not an image reference"),
+        ("--image", "resnest-deploy:serve\nx", "not an image reference"),
+        ("--image", "Resnest:serve", "not an image reference"),
+        ("--storage-class", " ", "not a StorageClass name"),
+        ("--storage-class", "Fast SSD", "not a StorageClass name"),
+        ("--throughput", "inf", "give a measured throughput"),
+        ("--throughput", "nan", "--throughput"),
+    ],
+)
+def test_what_the_api_server_or_kubelet_would_refuse_is_refused_in_one_line(
+    python_repo, tmp_path, option, value, says
+):
+    out = tmp_path / "k8s"
+    r = CliRunner().invoke(app, ["k8s", str(python_repo), "-o", str(out), option, value])
+    assert r.exit_code != 0 and says in " ".join(r.output.split()), r.output
+    assert "Traceback" not in r.output and not out.exists()
+
+
+def test_a_write_that_fails_half_way_leaves_no_file(python_repo, tmp_path):
+    """Files were written one by one: a failure on the fourth left three."""
+    docs = kubernetes.manifests(python_repo, name="digits")
+    docs["zz-broken.yaml"] = {"kind": "Broken", "value": object()}  # the last one cannot be YAML
+    out = tmp_path / "k8s"
+    with pytest.raises(ArtifactError, match="nothing was written"):
+        kubernetes.write(docs, out)
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_the_output_says_the_serve_image_must_be_built_first(python_repo, tmp_path):
+    r = CliRunner().invoke(app, ["k8s", str(python_repo), "-o", str(tmp_path / "k8s")])
+    assert r.exit_code == 0 and kubernetes.SERVE_IMAGE_BUILD in " ".join(r.output.split()), r.output
 
 
 def test_what_the_schemas_refuse_is_refused(python_repo):
@@ -93,7 +150,7 @@ def test_what_the_schemas_refuse_is_refused(python_repo):
     with pytest.raises(ArtifactError, match="Deployment is not valid"):
         kubernetes.validate(docs)
     for bad in ("Digits", "a_b", "x" * 64):
-        with pytest.raises(ArtifactError, match="Kubernetes names"):
+        with pytest.raises(ArtifactError, match="not a DNS label"):
             kubernetes.manifests(python_repo, name=bad)
     with pytest.raises(ArtifactError, match="KServe's Triton runtime"):
         kubernetes.manifests(python_repo, name="digits", kserve=True)

@@ -29,7 +29,7 @@ from resnest_deploy.engine import build_engine
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.serving.guard import RequestRejected, check_infer_header
 from resnest_deploy.serving.repository import model_config, write_repository
-from resnest_deploy.serving.server import ADMIN_HEADER, Ports, ServeError, running, stubs_of
+from resnest_deploy.serving.server import Ports, ServeError, running, stubs_of
 
 HOST = "127.0.0.1"
 CLI = Path(sys.executable).with_name("resnest-deploy")  # the console script of this interpreter
@@ -124,6 +124,33 @@ def test_model_control_logging_and_shared_memory_apis_are_closed_unless_asked_fo
     assert request(f"{base}/v2/models/digits/stats")[0] == 200  # statistics stay open
 
 
+def test_successful_responses_write_nothing_to_tritons_log(served):
+    """Each response wrote about 316 bytes of 'ValueError: PyCapsule_GetPointer' to the log."""
+    srv, base = served
+    assert infer_json(base, "digits", [1, 3, 32, 32], [0.0] * 3072)[0] == 200
+    before = srv.log.stat().st_size
+    for _ in range(20):
+        status, _ = infer_json(base, "digits", [2, 3, 32, 32], [0.5] * 6144)
+        assert status == 200
+    assert srv.log.stat().st_size == before, srv.log.read_text()[-1000:]
+    assert "PyCapsule" not in srv.log.read_text()
+
+
+def test_a_dead_tritonserver_is_reported_with_its_own_signal_not_an_older_runs_log_line(
+    digits_onnx, tmp_path
+):
+    """--log is appended to across runs: the cause came from whatever error line was last in it."""
+    log = tmp_path / "t.log"
+    log.write_text('E1207 00:00:00.000 1 server.cc:1] "an older run: error: out of memory"\n')
+    with running([digits_onnx], Ports.free(HOST), log=log) as (srv, _):
+        os.kill(srv.process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and srv.check_alive() is None:
+            time.sleep(0.1)
+        why = srv.check_alive() or ""
+        assert "tritonserver stopped: killed by SIGKILL" in why and "older run" not in why, why
+
+
 def test_a_dead_python_stub_turns_readiness_off_and_says_why(digits_onnx, tmp_path):
     with running([digits_onnx], Ports.free(HOST), log=tmp_path / "t.log") as (srv, _):
         base = f"http://{srv.ports.url}"
@@ -210,10 +237,35 @@ def test_model_names_are_matched_whole_and_bounded(digits_onnx, name):
 
 def test_a_log_that_is_a_served_file_is_refused(digits_onnx):
     with (
-        pytest.raises(ArtifactError, match="would overwrite the input"),
+        pytest.raises(ServeError, match=r"--log .* is one of the served files"),
         running([digits_onnx], Ports.free(HOST), log=digits_onnx),
     ):
         pass
+
+
+@pytest.mark.parametrize("option", ["--status-file", "--log", "both"])
+def test_a_status_file_or_log_naming_an_input_is_refused_before_anything_starts(
+    digits_onnx, tmp_path, option
+):
+    """The status file overwrote the served model, and removed it on exit."""
+    model = tmp_path / "m.onnx"
+    shutil.copy(digits_onnx, model)
+    shutil.copy(_io.sidecar_path(digits_onnx), _io.sidecar_path(model))
+    before = model.read_bytes()
+    if option == "both":
+        args = ["--log", str(tmp_path / "x.txt"), "--status-file", str(tmp_path / "x.txt")]
+    else:
+        args = [option, str(model)]
+    proc = start_cli([str(model), *ports_args(Ports.free(HOST)), *args], tmp_path)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        stop(proc)
+    said = " ".join(err.split())
+    assert proc.returncode != 0 and said.count("error:") == 1 and "Traceback" not in err, err
+    expected = "give each its own file" if option == "both" else f"{option} {model} is one of the served"
+    assert expected in said and "starting tritonserver" not in said, err
+    assert model.read_bytes() == before and not (tmp_path / "x.txt").exists()
 
 
 def test_a_planted_staging_symlink_cannot_redirect_repository_writes(digits_onnx, tmp_path):
@@ -426,9 +478,45 @@ def test_a_model_that_cannot_load_names_the_cause(digits_onnx, tmp_path):
 
 def test_the_admin_apis_open_with_admin_api(digits_onnx, tmp_path):
     with running([digits_onnx], Ports.free(HOST), admin_api=True, log=tmp_path / "a.log") as (srv, _):
-        assert srv.admin_key is None
+        assert not srv.restricted
         assert request(f"http://{srv.ports.url}/v2/repository/index", b"{}")[0] == 200
-    with running([digits_onnx], Ports.free(HOST), log=tmp_path / "b.log") as (srv, _):
-        url = f"http://{srv.ports.url}/v2/repository/index"
-        assert request(url, b"{}")[0] == 403
-        assert request(url, b"{}", {ADMIN_HEADER: srv.admin_key or ""})[0] == 200
+
+
+def restricted_options(pid: int) -> dict[str, tuple[str, str]]:
+    """What another local user reads of tritonserver's restricted-API options: its command line."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    found = {}
+    for arg in argv:
+        for option in ("--http-restricted-api=", "--grpc-restricted-protocol="):
+            if arg.startswith(option):
+                key, _, value = arg[len(option) :].split(":", 1)[1].partition("=")
+                found[option] = (key, value)
+    return found
+
+
+def test_a_local_user_who_reads_tritons_command_line_still_cannot_open_the_restricted_apis(served):
+    """The admin key sat on tritonserver's command line, which every local user can read; with it,
+    model control (unload, load) opened on the internal and the public ports."""
+    srv, base = served
+    options = restricted_options(srv.process.pid)
+    assert set(options) == {"--http-restricted-api=", "--grpc-restricted-protocol="}
+    key, value = options["--http-restricted-api="]
+    for port in (srv.internal_http, srv.ports.http):  # Triton's own port, on loopback, and the front
+        with socket.create_connection((HOST, port), timeout=20) as s:
+            s.sendall(
+                b"POST /v2/repository/index HTTP/1.1\r\nHost: x\r\n"
+                + f"{key}: {value}\r\n".encode()
+                + b"Content-Length: 2\r\nConnection: close\r\n\r\n{}"
+            )
+            answer = s.recv(4096)
+        assert not answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    key, value = options["--grpc-restricted-protocol="]
+    client = grpcclient.InferenceServerClient(f"{HOST}:{srv.ports.grpc}")
+    for header in (f"triton-grpc-protocol-{key}", f"triton-grpc-protocol-{key.lower()}"):
+        with pytest.raises((InferenceServerException, ValueError)):
+            client.get_model_repository_index(headers={header: value})
+    client.close()
+    assert request(f"{base}/v2/health/ready")[0] == 200

@@ -80,3 +80,6 @@ def k8s_cmd(
     for line in checked:
         out.print(f"valid: {line}")
     out.print(f"wrote {len(written)} files to {output}; the repository goes into PVC {name}-models first")
+    note = kubernetes.image_note(docs)
+    if note:
+        out.print(note)

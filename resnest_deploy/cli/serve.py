@@ -67,7 +67,6 @@ def serve_cmd(
         )
         err.print("Ctrl-C stops the server")
 
-    err.print(f"starting tritonserver for {len(artifacts)} model(s)")
     serve_forever(
         artifacts,
         ports,
@@ -81,4 +80,5 @@ def serve_cmd(
         drain_timeout=drain_timeout,
         admin_api=admin_api,
         status_file=status_file,
+        say=err.print,
     )

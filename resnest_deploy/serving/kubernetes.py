@@ -39,7 +39,22 @@ KUBERNETES_VERSION = "1.31.0"
 HTTP, GRPC, METRICS = 8000, 8001, 8002
 SERVE_IMAGE = "resnest-deploy:serve"
 PENDING_METRIC = "triton_pending_requests"
-_DNS = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # RFC 1123 label: namespaces
+_DNS_1035 = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")  # RFC 1035 label: a Service's name
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+#: an image reference as the container runtimes parse it (distribution/reference's grammar)
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST_PART = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_DOMAIN = rf"(?:{_HOST_PART}(?:\.{_HOST_PART})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_IMAGE = re.compile(
+    rf"(?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*(?::[\w][\w.-]{{0,127}})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?",
+    re.ASCII,
+)
+#: the serve image's build command, printed with manifests that need it
+SERVE_IMAGE_BUILD = f"docker build --target serve -t {SERVE_IMAGE} ."
+#: the most images/s one pod is taken to serve (a figure beyond it is a typo or an overflow)
+MAX_THROUGHPUT = 1_000_000.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,21 @@ def read_repository(repo: str | os.PathLike[str]) -> list[RepoModel]:
     return models
 
 
+def image_note(docs: dict[str, dict[str, Any]]) -> str | None:
+    """What must happen before the manifests can run: the serve image is built, not pulled."""
+    deployment = docs.get("deployment.yaml")
+    if deployment is None:
+        return None
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    if container["image"] != SERVE_IMAGE:
+        return None
+    return (
+        f"the pods run the image {SERVE_IMAGE}, which no registry holds: build it first from this "
+        f"project's checkout with `{SERVE_IMAGE_BUILD}`, push it where the cluster pulls from, and "
+        "pass that name with --image"
+    )
+
+
 def _require(module: str) -> Any:
     try:
         return _deps.require(module)
@@ -100,11 +130,38 @@ def _require(module: str) -> Any:
         raise MissingDependencyError(f"{e}; the k8s command needs: pip install 'resnest-deploy[k8s]'") from e
 
 
+def check_names(name: str, namespace: str, image: str | None, storage_class: str | None) -> None:
+    """What the API server or the kubelet would refuse, refused here in one line each."""
+    if not _DNS_1035.fullmatch(name):
+        raise ArtifactError(
+            f"--name {name!r} is not a DNS label (RFC 1035, as a Service's name must be): up to 63 "
+            "lowercase letters, digits and '-', starting with a letter and ending with a letter or digit"
+        )
+    if not _DNS.fullmatch(namespace):
+        raise ArtifactError(
+            f"--namespace {namespace!r} is not a DNS label: up to 63 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit"
+        )
+    if image is not None and (len(image) > 4096 or not _IMAGE.fullmatch(image)):
+        raise ArtifactError(
+            f"--image {image!r} is not an image reference: [registry[:port]/]path[:tag][@digest], "
+            "e.g. nvcr.io/nvidia/tritonserver:24.08-py3 (no spaces, line breaks or upper-case path)"
+        )
+    if storage_class and (len(storage_class) > 253 or not _SUBDOMAIN.fullmatch(storage_class)):
+        raise ArtifactError(
+            f"--storage-class {storage_class!r} is not a StorageClass name (a DNS subdomain: lowercase "
+            "letters, digits, '-' and '.', up to 253); `kubectl get storageclass` lists yours"
+        )
+
+
 def hpa_target(throughput: float, p99_ms: float) -> int:
     """Pending requests per pod to scale at: half of what keeps a pod's requests within the p99
     budget at its measured throughput (Little's law: in flight = throughput x latency)."""
-    if throughput <= 0 or p99_ms <= 0:
-        raise ArtifactError("--throughput and --p99-ms must be positive")
+    if not (0 < throughput <= MAX_THROUGHPUT and math.isfinite(p99_ms) and 0 < p99_ms <= 600_000):
+        raise ArtifactError(
+            f"--throughput {throughput} / --p99-ms {p99_ms}: give a measured throughput in "
+            f"(0, {MAX_THROUGHPUT:g}] images/s and a p99 budget in (0, 600000] ms"
+        )
     return max(1, math.floor(0.5 * throughput * p99_ms / 1000.0))
 
 
@@ -133,8 +190,9 @@ def manifests(
     kserve: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """The manifests, by file name (one object each)."""
-    if not _DNS.fullmatch(name) or not _DNS.fullmatch(namespace):
-        raise ArtifactError(f"{name!r}/{namespace!r}: Kubernetes names are lowercase letters, digits and '-'")
+    check_names(name, namespace, image, storage_class)
+    if throughput is not None:
+        hpa_target(throughput, p99_ms)  # refused before anything else is read
     if not 1 <= min_replicas <= max_replicas <= 1000:
         raise ArtifactError(
             f"replicas must satisfy 1 <= min ({min_replicas}) <= max ({max_replicas}) <= 1000"
@@ -163,7 +221,7 @@ def manifests(
         "metadata": {**meta, "name": claim},
         "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": f"{size_gib}Gi"}}},
     }
-    if storage_class:
+    if storage_class is not None:  # "" is Kubernetes' "no class": bind a volume made beforehand
         pvc["spec"]["storageClassName"] = storage_class
     out: dict[str, dict[str, Any]] = {"pvc.yaml": pvc}
     if kserve:
@@ -357,16 +415,14 @@ def _deployment(
 def _inference_service(
     meta: dict[str, Any], claim: str, image: str, memory: int, gpu: bool, lo: int, hi: int
 ) -> dict[str, Any]:
-    version = image.rsplit(":", 1)[-1].removesuffix("-py3") if ":" in image else None
-    triton: dict[str, Any] = {
+    triton: dict[str, Any] = {  # the image as given (a mirror's, a digest): it names the version
         "storageUri": f"pvc://{claim}/",
+        "image": image,
         "resources": {
             "requests": {"cpu": "1", "memory": f"{memory}Mi"},
             "limits": {"memory": f"{2 * memory}Mi"},
         },
     }
-    if version:
-        triton["runtimeVersion"] = f"{version}-py3"
     if gpu:
         triton["resources"]["limits"]["nvidia.com/gpu"] = 1
     return {
@@ -419,8 +475,12 @@ def validate(docs: dict[str, dict[str, Any]], version: str = KUBERNETES_VERSION)
 
 
 def write(docs: dict[str, dict[str, Any]], out: str | os.PathLike[str]) -> list[Path]:
-    """YAML files in ``out`` (created; existing files are not overwritten)."""
-    from resnest_deploy._io import atomic_path
+    """YAML files in ``out`` (created; existing files are not overwritten): all of them or none.
+
+    Every file is rendered and written to a temp file first; each is then linked into place (a link
+    never replaces a file that appeared meanwhile); if any step fails, the files placed so far are
+    removed, so a failed write never leaves half a set of manifests."""
+    from resnest_deploy._io import _new_temp, check_destination
 
     yaml = _require("yaml")
 
@@ -432,10 +492,30 @@ def write(docs: dict[str, dict[str, Any]], out: str | os.PathLike[str]) -> list[
     taken = [out / file for file in docs if (out / file).exists() or (out / file).is_symlink()]
     if taken:  # refused before anything is written: never half a set of manifests
         raise ArtifactError(f"{taken[0]} exists; choose another -o or remove it")
-    written = []
-    for file, doc in docs.items():
-        path = out / file
-        with atomic_path(path) as tmp:
-            tmp.write_text(yaml.dump(doc, Dumper=Plain, sort_keys=False))
-        written.append(path)
-    return written
+    temps: list[tuple[Path, Path]] = []
+    placed: list[Path] = []
+    try:
+        for file, doc in docs.items():
+            dest = check_destination(out / file)
+            temps.append((_new_temp(dest), dest))
+            try:
+                text = yaml.dump(doc, Dumper=Plain, sort_keys=False)
+            except yaml.YAMLError as e:
+                raise ArtifactError(f"{file} cannot be written as YAML ({e}); nothing was written") from e
+            temps[-1][0].write_text(text)
+        for tmp, dest in temps:
+            try:
+                os.link(tmp, dest)
+            except OSError as e:
+                raise ArtifactError(
+                    f"cannot write {dest}: {e.strerror}; nothing was written (choose another -o)"
+                ) from e
+            placed.append(dest)
+    except BaseException:
+        for dest in placed:
+            dest.unlink(missing_ok=True)
+        raise
+    finally:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+    return placed

@@ -12,6 +12,7 @@ adopted before anything outside the standard library is imported.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import site
@@ -51,6 +52,27 @@ import triton_python_backend_utils as pb_utils  # noqa: E402  # provided by Trit
 
 from resnest_deploy.runners import open_runner  # noqa: E402
 
+#: DLPack's name for a consumed capsule, which numpy's capsule deleter leaves alone; kept alive
+#: here because a capsule keeps a pointer to its name
+_USED_DLTENSOR = ctypes.c_char_p(b"used_dltensor")
+_set_capsule_name = ctypes.pythonapi.PyCapsule_SetName
+_set_capsule_name.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_set_capsule_name.restype = ctypes.c_int
+
+
+def _tensor_from_numpy(name: str, array: np.ndarray) -> Any:
+    """A Triton tensor of ``array`` through DLPack, its capsule then marked consumed.
+
+    The stub (python backend 2.51) renames the capsule it consumes to a name other than DLPack's
+    ``used_dltensor``; numpy's capsule deleter then takes it for unconsumed, fails to get its
+    pointer and prints a ``ValueError: PyCapsule_GetPointer`` traceback per response into
+    tritonserver's log. ``pb_utils.Tensor(name, array)`` is no way round: the stub's pybind11 reads
+    numpy 2 arrays' item size wrongly ("output tensor shape does not match size")."""
+    capsule = array.__dlpack__()
+    tensor = pb_utils.Tensor.from_dlpack(name, capsule)
+    _set_capsule_name(capsule, _USED_DLTENSOR)
+    return tensor
+
 
 def _client_error(message: str) -> Any:
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
@@ -77,6 +99,7 @@ class TritonPythonModel:
         arrays: list[np.ndarray | None] = []
         errors: list[str | None] = []
         for request in requests:
+            # through DLPack: the stub's pybind11 misreads numpy 2 arrays (as_numpy gives wrong data)
             x = np.from_dlpack(pb_utils.get_input_tensor_by_name(request, self.input_name))
             problem = None
             if x.shape[0] == 0:
@@ -104,7 +127,7 @@ class TritonPythonModel:
                 continue
             if not y.flags.owndata:
                 y = y.copy()  # owns its memory for DLPack
-            logits = pb_utils.Tensor.from_dlpack(self.output_name, y)
+            logits = _tensor_from_numpy(self.output_name, y)
             responses.append(pb_utils.InferenceResponse(output_tensors=[logits]))
         return responses
 
