@@ -16,6 +16,7 @@ import numpy as np
 from resnest_deploy._io import atomic_path
 from resnest_deploy.artifacts import Lineup
 from resnest_deploy.data import random_inputs
+from resnest_deploy.errors import ArtifactError
 from resnest_deploy.limits import LimitError, check_batch, check_positive
 from resnest_deploy.runners import Runner
 
@@ -143,6 +144,22 @@ def to_csv(results: Sequence[BenchResult]) -> str:
     writer.writeheader()
     writer.writerows(r.as_dict() for r in results)
     return buf.getvalue()
+
+
+def check_plot_path(path: str | os.PathLike[str]) -> None:
+    """Refuse, before any timing, a plot file whose extension matplotlib cannot write."""
+    from resnest_deploy import _deps
+
+    _deps.require("matplotlib")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        raise ArtifactError(
+            f"--plot {path}: cannot draw a {suffix or 'suffix-less'} file; end the name with one of "
+            f"{', '.join('.' + f for f in sorted(formats))} (e.g. latency.png)"
+        )
 
 
 def plot(results: Sequence[BenchResult], path: str | os.PathLike[str]) -> Path:

@@ -11,6 +11,7 @@ import numpy as np
 
 from resnest_deploy import data
 from resnest_deploy.artifacts import Lineup
+from resnest_deploy.errors import ArtifactError
 from resnest_deploy.models import get_spec
 from resnest_deploy.predict import imagenet_classes
 
@@ -44,12 +45,18 @@ def evaluate(
     classes = {int(i.meta["num_classes"]) for i in lineup.infos if i.meta.get("num_classes")}
     classes.add(get_spec(lineup.arch).arch.num_classes)
     skipped_folders: list[str] = []
-    items = data.labelled_folder(
-        images, [s for s, _ in imagenet_classes()], min(classes), skipped=skipped_folders
-    )
+    # synset ids name classes only for ImageNet-1k models: for a 10-class model 'n01440764' is no label
+    synsets = [s for s, _ in imagenet_classes()] if min(classes) == len(imagenet_classes()) else None
+    items = data.labelled_folder(images, synsets, min(classes), skipped=skipped_folders)
     if on_total:
         on_total(len(items))
     loaded = data.load_images([p for p, _ in items], lineup.transform, advance)
+    if not loaded.paths:
+        first = loaded.skipped[0] if loaded.skipped else (images, "no image")
+        raise ArtifactError(
+            f"none of the {len(items)} images under {images} decoded (first: {first[0]}: {first[1]}); "
+            f"give a folder of {'/'.join(data.IMAGE_FORMATS)} images"
+        )
     label_of = dict(items)
     labels = np.array([label_of[p] for p in loaded.paths])
     results = []

@@ -280,3 +280,63 @@ def test_a_reference_kept_apart_catches_a_file_whose_weights_and_record_were_bot
     (tmp_path / "pickle.npz").write_bytes(b"\x80\x04K\x01.")
     bad = invoke("check", tmp_path / "m.onnx", "--reference", tmp_path / "pickle.npz")
     assert bad.exit_code == 1 and "is not a reference file" in bad.output
+
+
+# --- image folders and eval -----------------------------------------------------------------------
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\nnewpath 0 0 moveto 32 32 lineto stroke\n%%EOF\n"
+
+
+def test_image_folders_decode_only_the_formats_the_docs_name_and_list_dangling_links(digits_onnx, tmp_path):
+    """Pillow opened any format it knows, by content: a GIF named .png was evaluated, an EPS ran
+    Ghostscript; a link to nothing was dropped without a word."""
+    from helpers import digit_folder
+
+    folder = digit_folder(tmp_path / "lab", classes=range(2), per_class=2)
+    Image.open(folder / "0" / "0.png").save(folder / "0" / "gif.png", format="GIF")
+    (folder / "1" / "vector.jpg").write_bytes(EPS)
+    (folder / "1" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    r = invoke("eval", "--images", folder, digits_onnx, "--json")
+    assert r.exit_code == 0, r.output
+    described = json.loads(r.stdout)["images"]
+    assert described["images"] == 4
+    skipped = "\n".join(described["skipped"])
+    assert "gif.png: not a JPEG/PNG/WEBP/BMP/TIFF image" in skipped
+    assert "vector.jpg: not a JPEG/PNG/WEBP/BMP/TIFF image" in skipped
+    assert "gone.png: a link to nothing" in skipped
+
+
+@pytest.mark.parametrize(
+    ("folder_name", "says"),
+    [
+        ("n01440764", "neither a class index nor a known synset id"),  # ImageNet's class 0, not digits'
+        ("²", "neither a class index nor a known synset id"),  # str.isdigit, but int() refuses it
+        ("٣", "neither a class index nor a known synset id"),
+    ],
+)
+def test_eval_refuses_class_folders_a_10_class_model_cannot_have_in_one_line(
+    digits_onnx, tmp_path, folder_name, says
+):
+    from helpers import digit_folder
+
+    folder = digit_folder(tmp_path / "lab", classes=range(1), per_class=2)
+    (folder / folder_name).mkdir()
+    shutil.copy(folder / "0" / "0.png", folder / folder_name)
+    r = invoke("eval", "--images", folder, digits_onnx)
+    assert r.exit_code == 1 and says in " ".join(r.output.split()), r.output
+    assert "Traceback" not in r.output
+
+
+def test_eval_on_a_folder_where_nothing_decodes_says_so_in_one_line(digits_onnx, tmp_path):
+    (tmp_path / "lab" / "3").mkdir(parents=True)
+    (tmp_path / "lab" / "3" / "a.png").write_bytes(b"garbage")
+    (tmp_path / "lab" / "3" / "b.jpg").write_bytes(EPS)
+    r = invoke("eval", "--images", tmp_path / "lab", digits_onnx)
+    assert r.exit_code == 1 and "none of the 2 images under" in " ".join(r.output.split()), r.output
+    assert "Traceback" not in r.output
+
+
+def test_bench_refuses_a_plot_it_cannot_draw_before_timing(digits_onnx, tmp_path):
+    r = invoke("bench", digits_onnx, "--batch-sizes", "1", "-n", "2", "--plot", tmp_path / "latency.xyz")
+    assert r.exit_code == 1 and "cannot draw a xyz file" in " ".join(r.output.split()), r.output
+    assert "p50" not in r.output and not (tmp_path / "latency.xyz").exists()

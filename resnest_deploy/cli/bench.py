@@ -87,9 +87,9 @@ def bench_cmd(
     batches = parse_batches(batch_sizes)
     prepare_outputs([csv, plot], [c for c in chosen if c not in TORCH_NAMES], with_sidecar=False)
     if plot:
-        from resnest_deploy import _deps
+        from resnest_deploy.bench import check_plot_path
 
-        _deps.require("matplotlib")  # fail before timing, not after
+        check_plot_path(plot)  # fail before timing, not after
     with counting_bar("timing", not json_out) as (on_total, advance):
         results = bench(
             chosen,

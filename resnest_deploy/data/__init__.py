@@ -23,6 +23,9 @@ from resnest_deploy.errors import ArtifactError
 from resnest_deploy.models.registry import PretrainedCfg
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+#: the formats Pillow may decode (what the suffixes above name): a file is opened by its content, and
+#: Pillow knows formats that run other programs (EPS runs Ghostscript) or are rarely fuzzed
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
 _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -134,7 +137,11 @@ def find_images(root: str | os.PathLike[str]) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise ArtifactError(f"image folder not found: {root}; pass a directory of jpg/png/webp files")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or (p.is_symlink() and not p.exists()))
+    )  # a dangling link is kept, so that loading lists it as skipped
 
 
 def sample(paths: Sequence[Path], count: int | None, seed: int = 0) -> list[Path]:
@@ -157,15 +164,22 @@ def load_images(
     """Decode and preprocess; files that do not decode are skipped and reported, not fatal."""
     arrays, kept, skipped = [], [], []
     for path in paths:
+        if path.is_symlink() and not path.exists():
+            skipped.append((path, "a link to nothing (dangling symlink)"))
+            if advance:
+                advance(1)
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as im:
+                with Image.open(path, formats=IMAGE_FORMATS) as im:
                     arrays.append(transform(im))
             kept.append(path)
         except ImageError as e:
             skipped.append((path, str(e)))
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        except UnidentifiedImageError:
+            skipped.append((path, f"not a {'/'.join(IMAGE_FORMATS)} image"))
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
             skipped.append((path, type(e).__name__))
         except Image.DecompressionBombWarning:
             skipped.append((path, "DecompressionBombError"))
@@ -196,7 +210,7 @@ def labelled_folder(
             continue
         if sub.name in lookup:
             label = lookup[sub.name]
-        elif sub.name.isdigit():
+        elif sub.name.isascii() and sub.name.isdigit():  # not '²' or '٣', which int() refuses
             label = int(sub.name)
         else:
             raise ArtifactError(
