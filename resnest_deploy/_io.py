@@ -224,12 +224,58 @@ def read_json_object(path: str | os.PathLike[str], what: str, fix: str) -> dict[
     return data
 
 
+def all_tensors(model: Any) -> Iterator[Any]:
+    """Every ``TensorProto`` of an ``onnx.ModelProto``: initializers, the values and indices of sparse
+    initializers, tensors in node attributes (dense and sparse), in subgraphs and in functions.
+    ``onnx.external_data_helper`` skips sparse tensors, which ONNX Runtime reads all the same."""
+
+    def of_sparse(sparse: Any) -> Iterator[Any]:
+        yield sparse.values
+        yield sparse.indices
+
+    def of_attributes(attributes: Any) -> Iterator[Any]:
+        for a in attributes:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            if a.HasField("sparse_tensor"):
+                yield from of_sparse(a.sparse_tensor)
+            for sparse in a.sparse_tensors:
+                yield from of_sparse(sparse)
+            if a.HasField("g"):
+                yield from of_graph(a.g)
+            for g in a.graphs:
+                yield from of_graph(g)
+
+    def of_graph(graph: Any) -> Iterator[Any]:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from of_sparse(sparse)
+        for node in graph.node:
+            yield from of_attributes(node.attribute)
+
+    yield from of_graph(model.graph)
+    for function in model.functions:
+        for node in function.node:
+            yield from of_attributes(node.attribute)
+
+
 def external_tensors(model: Any) -> Iterator[Any]:
     """The tensors of an ``onnx.ModelProto`` whose bytes live in external-data files."""
     onnx = _deps.require("onnx")
-    for tensor in onnx.external_data_helper._get_all_tensors(model):
+    for tensor in all_tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             yield tensor
+
+
+def external_files(model: Any) -> list[str]:
+    """The external-data file names a model uses (relative to its folder), each once."""
+    names = []
+    for tensor in external_tensors(model):
+        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+        if location not in names:
+            names.append(location)
+    return names
 
 
 def check_external_data(model: Any, path: Path) -> None:

@@ -501,3 +501,23 @@ def test_a_checkpoint_with_nan_is_named_as_the_problem(tmp_path, refdata_checkpo
     torch.save(sd, tmp_path / "nan.pth")
     with pytest.raises(WeightsError, match=r"nan\.pth holds NaN or Inf in layer1\.0\.conv1\.weight"):
         create_model("resnest14d", tmp_path / "nan.pth")
+
+
+def test_a_sparse_initializers_external_data_is_checked_like_every_other(digits_onnx, tmp_path):
+    """The check walked dense tensors only: a sparse initializer's values came from any file."""
+    model = onnx.load(digits_onnx)
+    (bias,) = [t for t in model.graph.initializer if t.name == "fc.bias"]
+    model.graph.initializer.remove(bias)
+    values = onnx.TensorProto(name="fc.bias", data_type=onnx.TensorProto.FLOAT, dims=[10])
+    values.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", "../secret.data"), ("offset", "0"), ("length", "40")):
+        values.external_data.add(key=key, value=value)
+    indices = onnx.numpy_helper.from_array(np.arange(10, dtype=np.int64), "fc.bias.indices")
+    model.graph.sparse_initializer.append(onnx.helper.make_sparse_tensor(values, indices, [10]))
+    (tmp_path / "model").mkdir()
+    path = tmp_path / "model" / "m.onnx"
+    onnx.save(model, path)
+    (tmp_path / "secret.data").write_bytes(np.full(10, 1e6, np.float32).tobytes())
+    with pytest.raises(ArtifactError, match=r"'fc\.bias', which is not a plain file name beside it"):
+        _io.load_onnx(path)
+    assert "refusing to read it" in refused(["inspect", str(path)])

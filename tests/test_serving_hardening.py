@@ -520,3 +520,36 @@ def test_a_local_user_who_reads_tritons_command_line_still_cannot_open_the_restr
             client.get_model_repository_index(headers={header: value})
     client.close()
     assert request(f"{base}/v2/health/ready")[0] == 200
+
+
+def test_an_onnx_file_with_external_weights_is_served_with_them(digits_onnx, tmp_path):
+    """`triton` copied model.onnx alone: the repository could not load (its weights were elsewhere)."""
+    import numpy as np
+    import onnx
+
+    from resnest_deploy.runners import open_runner
+
+    (tmp_path / "src").mkdir()
+    path = tmp_path / "src" / "ext.onnx"
+    onnx.save(onnx.load(digits_onnx), path, save_as_external_data=True, location="ext.data")
+    repo = tmp_path / "repo"
+    write_repository([path], repo, python_backend=True)
+    assert (repo / "ext/1/ext.data").read_bytes() == (tmp_path / "src/ext.data").read_bytes()
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with open_runner(digits_onnx) as runner:
+        expected = runner.infer(x)
+    with running([path], Ports.free(HOST), log=tmp_path / "t.log") as (srv, _):
+        status, body = infer_json(f"http://{srv.ports.url}", "ext", [2, 3, 32, 32], x.ravel().tolist())
+        assert status == 200, body
+        got = np.array(body["outputs"][0]["data"], np.float32).reshape(2, 10)
+        assert np.abs(got - expected).max() < 1e-4
+
+
+def test_external_weights_named_like_the_models_own_files_are_refused(digits_onnx, tmp_path):
+    import onnx
+
+    path = tmp_path / "x.onnx"
+    onnx.save(onnx.load(digits_onnx), path, save_as_external_data=True, location="model.py", size_threshold=0)
+    with pytest.raises(ArtifactError, match="a name Triton's model folder needs for itself"):
+        write_repository([path], tmp_path / "repo", python_backend=True)
+    assert not (tmp_path / "repo" / "x").exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from resnest_deploy import metadata
-from resnest_deploy._io import atomic_path
+from resnest_deploy._io import atomic_path, external_files, load_onnx
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.serving.config import ModelEntry, model_config
 
@@ -100,6 +100,23 @@ def _locked(repo: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _copy_external_data(artifact: Path, version: Path, suffix: str) -> None:
+    """An ONNX file's external-data files, copied beside ``model.onnx`` under the names it gives
+    them (checked by ``load_onnx``: plain files inside the artifact's folder); a repository without
+    them cannot load. A name that would land on one of the model's own files is refused."""
+    files = external_files(load_onnx(artifact))
+    ours = {f"model.{suffix}", f"model.{suffix}.json", "model.py"}
+    for location in files:
+        if Path(location).parts[0] in ours:
+            raise ArtifactError(
+                f"{artifact} keeps weights in {location!r}, a name Triton's model folder needs for "
+                "itself; re-save the ONNX file with another external-data name (onnx.save(..., location=))"
+            )
+        dest = version / location
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(artifact.parent / location, dest)
+
+
 def _write_model(repo: Path, e: ModelEntry) -> None:
     folder = repo / e.name
     staging = Path(tempfile.mkdtemp(prefix=f".{e.name}.", suffix=".staging", dir=repo))  # private, 0700
@@ -107,6 +124,8 @@ def _write_model(repo: Path, e: ModelEntry) -> None:
         (staging / "1").mkdir()
         suffix = "plan" if e.artifact.suffix.lower() != ".onnx" else "onnx"
         shutil.copyfile(e.artifact, staging / "1" / f"model.{suffix}")
+        if suffix == "onnx":
+            _copy_external_data(e.artifact, staging / "1", suffix)
         if metadata.read_sidecar(e.artifact) is not None:  # verified: it describes these very bytes
             shutil.copyfile(metadata.sidecar_path(e.artifact), staging / "1" / f"model.{suffix}.json")
         if e.platform == "python":
