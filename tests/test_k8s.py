@@ -201,3 +201,24 @@ def test_an_output_folder_holding_one_of_the_files_is_refused_before_anything_is
     assert r.exit_code == 1 and "service.yaml exists" in r.output
     assert sorted(p.name for p in out.iterdir()) == ["service.yaml"]
     assert (out / "service.yaml").read_text() == "mine\n"
+
+
+def test_the_memory_request_grows_with_the_repository_from_a_measured_base(python_repo, tmp_path):
+    """832 Mi was asked for a 0.8 MB and a 105 MB repository alike."""
+    measured = json.loads((ROOT / "benchmarks" / "results" / "serve_memory.json").read_text())["fit"]
+    assert measured["base_mib"] == kubernetes.SERVE_BASE_MIB
+    assert measured["per_instance_mib"] == kubernetes.STUB_MIB
+    assert measured["per_model_mib_per_file_mib"] == kubernetes.PER_FILE_MIB
+
+    def repo_of(megabytes: float, instances: int = 1) -> list[kubernetes.RepoModel]:
+        size = int(megabytes * 1e6)
+        return [kubernetes.RepoModel("m", "python", False, 8, instances, tmp_path / "m.onnx", size)]
+
+    small, large = kubernetes.memory_request_mib(repo_of(0.8)), kubernetes.memory_request_mib(repo_of(105))
+    expected_gap = kubernetes.HEADROOM * kubernetes.PER_FILE_MIB * 104.2e6 / 2**20
+    assert large - small >= expected_gap - 64 and large - small <= expected_gap + 64
+    assert kubernetes.memory_request_mib(repo_of(105, instances=2)) > large
+    docs = kubernetes.manifests(python_repo, name="digits")
+    (container,) = docs["deployment.yaml"]["spec"]["template"]["spec"]["containers"]
+    models = kubernetes.read_repository(python_repo)
+    assert container["resources"]["requests"]["memory"] == f"{kubernetes.memory_request_mib(models)}Mi"

@@ -165,14 +165,31 @@ def hpa_target(throughput: float, p99_ms: float) -> int:
     return max(1, math.floor(0.5 * throughput * p99_ms / 1000.0))
 
 
+#: Measured by benchmarks/serve_memory.py (results/serve_memory.md): PSS, which counts shared pages
+#: once as the pod's cgroup does, of serve, tritonserver and the python stubs after requests at batch 8.
+SERVE_BASE_MIB = 99.1  # serve and tritonserver
+STUB_MIB = 75.4  # one python-backend instance (a stub, its Python and runtime) besides its model
+PER_FILE_MIB = 4.12  # per MiB of model file, per instance (weights, runtime copies, activations)
+HEADROOM = 1.25  # larger batches than the measurement's and allocator growth
+
+
 def memory_request_mib(models: list[RepoModel]) -> int:
-    """An estimate from the files (Triton ~512 MiB; each model ~3x its file, plus ~256 MiB per
-    python-backend instance for the stub and its runtime); pass a measured figure instead when
-    you have one."""
-    total = 512 + sum(
-        3 * m.bytes / 2**20 + (256 * m.instances if m.platform == "python" else 0) for m in models
-    )
-    return int(math.ceil(total / 64.0) * 64)
+    """The memory request, from the repository's files, rounded up to 64 MiB:
+
+    python backend (measured): ``1.25 * (SERVE_BASE_MIB + sum of instances * (STUB_MIB +
+    PER_FILE_MIB * file MiB))``; NVIDIA's image (not measured here: no such image on this machine):
+    ``1.25 * (512 + sum of instances * 3 * file MiB)``. Pass ``--memory-mib`` with a figure measured on
+    your own load where you have one."""
+    total = 0.0
+    python = [m for m in models if m.platform == "python"]
+    native = [m for m in models if m.platform != "python"]
+    if python:
+        total += SERVE_BASE_MIB + sum(
+            m.instances * (STUB_MIB + PER_FILE_MIB * m.bytes / 2**20) for m in python
+        )
+    if native:
+        total += 512 + sum(m.instances * 3 * m.bytes / 2**20 for m in native)
+    return int(math.ceil(HEADROOM * total / 64.0) * 64)
 
 
 def manifests(
