@@ -24,6 +24,8 @@ _EXTRAS = {
     "tritonclient": ("serve", "reads Triton's model config schema"),
     "kubernetes_validate": ("k8s", "validates Kubernetes manifests offline"),
     "yaml": ("k8s", "writes Kubernetes manifests"),
+    "ray": ("ray", "runs eval and predict on a Ray cluster"),
+    "pyarrow": ("ray", "writes Parquet prediction files"),
 }
 
 

@@ -1,0 +1,256 @@
+"""eval and predict on a real two-node Ray cluster on 127.0.0.1 (no mock of Ray): the same answers
+as on this machine, image for image, also when a worker node is killed mid-job.
+
+One cluster per module (a head without CPUs and two workers of one CPU each), torn down with its
+processes stopped by their own ids, also when a test fails; every test bounded in time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import digit_folder
+
+pytest.importorskip("ray", reason="the [ray] extra is not installed")
+
+from resnest_deploy.data import digits  # noqa: E402
+from resnest_deploy.errors import ArtifactError  # noqa: E402
+from resnest_deploy.evaluate import evaluate  # noqa: E402
+from resnest_deploy.executors import ClusterError, LocalExecutor  # noqa: E402
+from resnest_deploy.executors import rows as rowfile  # noqa: E402
+from resnest_deploy.executors.work import ArtifactRef  # noqa: E402
+from resnest_deploy.predict import _job, image_list, predict_to_file  # noqa: E402
+
+#: seconds any one test may take, cluster start included
+LIMIT_S = 240
+
+
+@contextlib.contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Fail a test that runs past ``seconds`` instead of hanging CI."""
+
+    def expired(*_: object) -> None:
+        raise TimeoutError(f"ran past {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _children(pids: set[int]) -> set[int]:
+    """Processes whose parent is one of ``pids`` (Ray's workers under a raylet), from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid in pids:
+                found.add(int(entry.name))
+    return found
+
+
+def _cluster_pids(cluster: object) -> set[int]:
+    pids = set()
+    for node in cluster.list_all_nodes():  # type: ignore[attr-defined]
+        pids |= {p.pid for _, p in node.live_processes()}
+    return pids | _children(pids)
+
+
+def _kill(pids: set[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[object]:
+    """A head (no CPUs: it only coordinates) and two worker nodes of one CPU, all on 127.0.0.1."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every node, driver and port on 127.0.0.1
+    from ray.cluster_utils import Cluster
+
+    with deadline(120):
+        c = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0})
+    pids: set[int] = set()
+    try:
+        with deadline(120):
+            c.add_node(num_cpus=1)
+            c.add_node(num_cpus=1)
+            c.wait_for_nodes(timeout=60)
+        yield c
+    finally:
+        import ray
+
+        pids = _cluster_pids(c)
+        if ray.is_initialized():
+            ray.shutdown()
+        c.shutdown()
+        _kill(pids | _children(pids))  # whatever outlived the shutdown, by its own id
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All 899 bundled test digits as PNG files, one sub-folder per class."""
+    _, labels = digits("test")
+    return digit_folder(
+        tmp_path_factory.mktemp("digits") / "val",
+        per_class=int(max(labels.tolist().count(c) for c in range(10))),
+    )
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "resnest_deploy.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=LIMIT_S,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_eval_on_ray_gives_the_local_answer_image_for_image(cluster, folder, digits_onnx):
+    from resnest_deploy.executors.ray_cluster import RayExecutor
+
+    with deadline(LIMIT_S):
+        local, described = evaluate([digits_onnx], folder)
+        lines: list[str] = []
+        ex = RayExecutor(cluster.address, report=lines.append)  # type: ignore[attr-defined]
+        try:
+            remote, remote_described = evaluate([digits_onnx], folder, executor=ex)
+            paths, _ = image_list([folder])
+            items = [(i, str(p)) for i, p in enumerate(paths)]
+            job = _job(str(digits_onnx), None, None, 5, "cpu")
+            here = LocalExecutor().classify(job, items).outcomes
+            there = ex.classify(job, items).outcomes
+        finally:
+            ex.close()
+    assert described["images"] == remote_described["images"] == 899
+    assert [(r.top1, r.top5, r.images, r.backend) for r in remote] == [
+        (r.top1, r.top5, r.images, r.backend) for r in local
+    ]
+    assert there == here  # same classes, same probabilities, same order, every image once
+    assert lines and lines[-1].startswith("899/899 images")
+
+
+def test_cli_on_ray_prints_one_json_document_and_writes_the_local_rows(
+    cluster, folder, digits_onnx, tmp_path
+):
+    address = cluster.address  # type: ignore[attr-defined]
+    local = _cli("eval", "--images", str(folder), str(digits_onnx), "--json")
+    remote = _cli("eval", "--images", str(folder), str(digits_onnx), "--json", "--ray", address)
+    assert remote.returncode == 0, remote.stderr[-2000:]
+    assert json.loads(remote.stdout) == json.loads(
+        local.stdout
+    )  # stdout is one document, Ray's logs elsewhere
+    assert "899/899 images" in remote.stderr
+
+    for suffix in (".parquet", ".jsonl"):
+        here = predict_to_file([folder], tmp_path / f"here{suffix}", str(digits_onnx), topk=3)
+        r = _cli(
+            "predict",
+            str(digits_onnx),
+            str(folder),
+            "-o",
+            str(tmp_path / f"there{suffix}"),
+            "--topk",
+            "3",
+            "--json",
+            env={"RAY_ADDRESS": address},
+        )  # RAY_ADDRESS alone sends it to the cluster, as Ray does
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert json.loads(r.stdout)["rows"] == here.rows == 899
+        assert (tmp_path / f"there{suffix}").is_dir()  # Ray's writers: a folder of part files
+        there_rows = rowfile.read(tmp_path / f"there{suffix}")
+        assert sorted(there_rows, key=lambda x: x["path"]) == sorted(
+            rowfile.read(tmp_path / f"here{suffix}"), key=lambda x: x["path"]
+        )
+        assert set(there_rows[0]) == {"path", "classes", "labels", "probabilities"}
+        assert len(there_rows[0]["classes"]) == 3
+
+
+def test_a_node_checks_the_artifact_it_was_sent(tmp_path, digits_onnx):
+    from resnest_deploy.executors.ray_cluster import node_copy
+
+    ref = ArtifactRef.of(digits_onnx)
+    blob = digits_onnx.read_bytes()
+    copy = node_copy(blob, ref, tmp_path)
+    assert copy.read_bytes() == blob
+    copy.write_bytes(blob[:-1] + b"\0")  # a cached copy changed on the node: replaced, not trusted
+    assert node_copy(blob, ref, tmp_path).read_bytes() == blob
+    with pytest.raises(ArtifactError, match=r"^node \S+ received digits.onnx with sha256 .* refusing it"):
+        node_copy(blob[:-1], ref, tmp_path)
+
+
+def test_without_a_cluster_one_line_names_the_fix(digits_onnx, folder):
+    r = _cli("eval", "--images", str(folder), str(digits_onnx), "--ray", "127.0.0.1:1")
+    assert r.returncode != 0 and r.stdout == ""
+    assert r.stderr.count("error:") == 1 and "cannot reach a Ray cluster at '127.0.0.1:1'" in r.stderr
+
+
+def test_a_worker_node_killed_mid_job_costs_no_image_and_counts_none_twice(cluster, folder, digits_onnx):
+    """SIGKILL of a worker node's raylet (and its workers) once the first results are in: the job
+    ends with every image counted once and the local answer, or stops with one clear line."""
+    import ray
+    from ray.util.state import list_actors
+
+    from resnest_deploy.executors.ray_cluster import RayExecutor
+
+    paths, _ = image_list([folder])
+    items = [(i, str(p)) for i, p in enumerate(paths)]
+    job = _job(str(digits_onnx), None, None, 5, "cpu")
+    here = LocalExecutor().classify(job, items).outcomes
+    killed: dict[str, object] = {}
+
+    def kill_a_busy_node() -> None:
+        busy = {
+            a.node_id
+            for a in list_actors(filters=[("state", "=", "ALIVE")])
+            if "ClassifyActor" in a.class_name
+        }
+        workers = [n for n in cluster.list_all_nodes() if not n.head]  # type: ignore[attr-defined]
+        victim = next(n for n in workers if n.node_id in busy)
+        killed["at"] = done[0]
+        cluster.remove_node(victim, allow_graceful=False)  # type: ignore[attr-defined]
+
+    done = [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        if done[0] and "thread" not in killed:
+            killed["thread"] = threading.Thread(target=kill_a_busy_node, daemon=True)
+            killed["thread"].start()  # type: ignore[attr-defined]
+
+    with deadline(LIMIT_S):
+        ex = RayExecutor(cluster.address, stall_timeout_s=90)  # type: ignore[attr-defined]
+        start = time.monotonic()
+        try:
+            there = ex.classify(job, items, advance).outcomes
+            outcome = "finished"
+        except ClusterError as e:  # the other allowed end: one clear line
+            outcome = str(e)
+        finally:
+            ex.close()
+            killed["thread"].join(30)  # type: ignore[attr-defined]
+    assert "at" in killed and 0 < killed["at"] < len(items), killed  # the kill landed mid-job
+    if outcome == "finished":
+        assert there == here  # every image once, the same answers
+    else:
+        assert "\n" not in outcome and "run" in outcome, outcome
+    assert not ray.is_initialized()
+    print(f"after the kill: {outcome} in {time.monotonic() - start:.1f} s")
