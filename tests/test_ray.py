@@ -21,15 +21,13 @@ from pathlib import Path
 import pytest
 from helpers import digit_folder
 
-pytest.importorskip("ray", reason="the [ray] extra is not installed")
-
-from resnest_deploy.data import digits  # noqa: E402
-from resnest_deploy.errors import ArtifactError  # noqa: E402
-from resnest_deploy.evaluate import evaluate  # noqa: E402
-from resnest_deploy.executors import ClusterError, LocalExecutor  # noqa: E402
-from resnest_deploy.executors import rows as rowfile  # noqa: E402
-from resnest_deploy.executors.work import ArtifactRef  # noqa: E402
-from resnest_deploy.predict import _job, image_list, predict_to_file  # noqa: E402
+from resnest_deploy.data import digits
+from resnest_deploy.errors import ArtifactError
+from resnest_deploy.evaluate import evaluate
+from resnest_deploy.executors import ClusterError, LocalExecutor
+from resnest_deploy.executors import rows as rowfile
+from resnest_deploy.executors.work import ArtifactRef
+from resnest_deploy.predict import _job, image_list, predict_to_file
 
 #: seconds any one test may take, cluster start included
 LIMIT_S = 240
@@ -76,6 +74,16 @@ def _kill(pids: set[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
+
+
+def _hosts_an_actor(node: object) -> bool:
+    """Whether one of the node's Ray workers is a classifying actor (its process title says so)."""
+    raylets = {p.pid for kind, p in node.live_processes() if kind == "raylet"}  # type: ignore[attr-defined]
+    for pid in _children(raylets):
+        with contextlib.suppress(OSError):
+            if b"ClassifyActor" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+    return False
 
 
 @pytest.fixture(scope="module")
@@ -152,12 +160,11 @@ def test_cli_on_ray_prints_one_json_document_and_writes_the_local_rows(
     cluster, folder, digits_onnx, tmp_path
 ):
     address = cluster.address  # type: ignore[attr-defined]
-    local = _cli("eval", "--images", str(folder), str(digits_onnx), "--json")
+    results, described = evaluate([digits_onnx], folder)
     remote = _cli("eval", "--images", str(folder), str(digits_onnx), "--json", "--ray", address)
     assert remote.returncode == 0, remote.stderr[-2000:]
-    assert json.loads(remote.stdout) == json.loads(
-        local.stdout
-    )  # stdout is one document, Ray's logs elsewhere
+    # stdout is one JSON document (Ray's logs went elsewhere) and it is the local answer
+    assert json.loads(remote.stdout) == {"images": described, "results": [r.as_dict() for r in results]}
     assert "899/899 images" in remote.stderr
 
     for suffix in (".parquet", ".jsonl"):
@@ -203,11 +210,22 @@ def test_without_a_cluster_one_line_names_the_fix(digits_onnx, folder):
     assert r.stderr.count("error:") == 1 and "cannot reach a Ray cluster at '127.0.0.1:1'" in r.stderr
 
 
+def test_without_the_extra_the_error_names_it(digits_onnx, folder):
+    """``ray`` made unimportable in a fresh process: --ray names the pip extra in one line."""
+    code = (
+        "import sys; sys.modules['ray'] = None; from resnest_deploy.cli.app import main; "
+        f"sys.argv = ['resnest-deploy', 'eval', '--images', {str(folder)!r}, {str(digits_onnx)!r}, "
+        "'--ray', 'auto']; main()"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode != 0 and r.stderr.count("error:") == 1
+    assert "pip install 'resnest-deploy[ray]'" in r.stderr
+
+
 def test_a_worker_node_killed_mid_job_costs_no_image_and_counts_none_twice(cluster, folder, digits_onnx):
     """SIGKILL of a worker node's raylet (and its workers) once the first results are in: the job
     ends with every image counted once and the local answer, or stops with one clear line."""
     import ray
-    from ray.util.state import list_actors
 
     from resnest_deploy.executors.ray_cluster import RayExecutor
 
@@ -218,13 +236,8 @@ def test_a_worker_node_killed_mid_job_costs_no_image_and_counts_none_twice(clust
     killed: dict[str, object] = {}
 
     def kill_a_busy_node() -> None:
-        busy = {
-            a.node_id
-            for a in list_actors(filters=[("state", "=", "ALIVE")])
-            if "ClassifyActor" in a.class_name
-        }
         workers = [n for n in cluster.list_all_nodes() if not n.head]  # type: ignore[attr-defined]
-        victim = next(n for n in workers if n.node_id in busy)
+        victim = next(n for n in workers if _hosts_an_actor(n))
         killed["at"] = done[0]
         cluster.remove_node(victim, allow_graceful=False)  # type: ignore[attr-defined]
 

@@ -367,7 +367,7 @@ def _jsonl_sink(path: str) -> Any:
 
     from resnest_deploy.executors.rows import json_line
 
-    class JsonLinesDatasink(BlockBasedFileDatasink):  # type: ignore[misc]
+    class JsonLinesDatasink(BlockBasedFileDatasink):
         def write_block_to_file(self, block: Any, file: Any) -> None:
             text = "".join(json_line(row) for row in block.to_arrow().to_pylist())
             file.write(text.encode("utf-8"))
