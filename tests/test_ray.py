@@ -222,6 +222,42 @@ def test_without_the_extra_the_error_names_it(digits_onnx, folder):
     assert "pip install 'resnest-deploy[ray]'" in r.stderr
 
 
+def test_the_int8_sensitivity_pass_on_ray_ranks_the_units_as_here(cluster, tmp_path):
+    """Every unit's trial of the search's sensitivity pass as a Ray task: the same ranking and the
+    same numbers as one after another here (the planted outlier unit first)."""
+    import onnx
+
+    from resnest_deploy.data import Transform, digits_batch
+    from resnest_deploy.executors.ray_cluster import RayExecutor
+    from resnest_deploy.models import get_spec
+    from resnest_deploy.precision import calibration
+    from resnest_deploy.precision.fixtures import outlier_digits, quantize_every_conv
+    from resnest_deploy.precision.search import Metric, sensitivity
+    from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
+
+    transform = Transform.from_pretrained(get_spec("resnest14d_digits").pretrained)
+    src = outlier_digits(tmp_path / "outlier.onnx")
+    plain = onnx.load(
+        quantize_every_conv(src, tmp_path / "plain.onnx", "cpu", calibration.from_digits(transform)).path
+    )
+    images, labels = digits("test")
+    x = digits_batch(images[:300], transform)
+    with OnnxRuntimeRunner(src) as runner:
+        reference = runner.infer_batched(x, 64)
+    metric = Metric(x, labels[:300], reference, False, onnx.load(src))
+    here = sensitivity(plain, metric)
+    assert sensitivity(plain, metric, executor=LocalExecutor()) == here  # the trial as a plain function
+    lines: list[str] = []
+    with deadline(LIMIT_S):
+        ex = RayExecutor(cluster.address, report=lines.append)  # type: ignore[attr-defined]
+        try:
+            there = sensitivity(plain, metric, executor=ex)
+        finally:
+            ex.close()
+    assert there == here and here[1][0].unit == "stem"
+    assert lines[-1].startswith(f"{len(here[1])}/{len(here[1])} trials")
+
+
 def test_a_worker_node_killed_mid_job_costs_no_image_and_counts_none_twice(cluster, folder, digits_onnx):
     """SIGKILL of a worker node's raylet (and its workers) once the first results are in: the job
     ends with every image counted once and the local answer, or stops with one clear line."""

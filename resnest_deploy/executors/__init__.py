@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from resnest_deploy.errors import ResnestDeployError
 from resnest_deploy.executors.work import Classifier, ClassifyJob, ImageOutcome, decode
@@ -26,6 +26,10 @@ __all__ = [
     "exactly_once",
     "executor_for",
 ]
+
+S = TypeVar("S")
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: the CLI's progress: called with the number of images just finished
 Progress = Callable[[int], None]
@@ -52,6 +56,11 @@ class Executor(Protocol):
         output: Path,
         advance: Progress | None = None,
     ) -> WriteReport: ...
+
+    def map(self, fn: Callable[[S, T], R], shared: S, items: Sequence[T]) -> list[R]:
+        """``[fn(shared, item) for item in items]``, in order: independent work (one INT8 search
+        trial per item) wherever the executor runs it; ``shared`` travels once."""
+        ...
 
     def close(self) -> None: ...
 
@@ -123,6 +132,9 @@ class LocalExecutor:
         got = self.classify(job, items, advance).outcomes
         written = rows.write_file(output, got, job.topk)
         return WriteReport(written, [f"{o.path}: {o.error}" for o in got if o.error], str(output))
+
+    def map(self, fn: Callable[[S, T], R], shared: S, items: Sequence[T]) -> list[R]:
+        return [fn(shared, item) for item in items]
 
     def close(self) -> None:
         self._decoded = None

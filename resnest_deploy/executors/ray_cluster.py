@@ -32,6 +32,9 @@ from resnest_deploy.executors import (
     Classified,
     ClusterError,
     Progress,
+    R,
+    S,
+    T,
     WriteReport,
     exactly_once,
 )
@@ -341,6 +344,21 @@ class RayExecutor:
             advance(len(items))
         return WriteReport(len(items) - len(errors), errors, str(output))
 
+    def map(self, fn: Callable[[S, T], R], shared: S, items: Sequence[T]) -> list[R]:
+        """One Ray task per item (one CPU each), ``shared`` put in the object store once; results
+        by position, so a retried task (Ray retries those of a lost node) is never counted twice."""
+        remote = self.ray.remote(num_cpus=self.cpus_per_actor, max_retries=3)(fn)
+        with self._errors():
+            ref = self.ray.put(shared)
+            futures = [remote.remote(ref, item) for item in items]
+            results: list[R] = []
+            meter = _Meter(len(items), self.report, "trials")
+            for i in range(len(futures)):
+                results.append(self.ray.get(futures[i]))
+                meter.add(1)
+            meter.done()
+        return results
+
     def close(self) -> None:
         if self._owns and self.ray.is_initialized():
             self.ray.shutdown()
@@ -378,8 +396,8 @@ def _jsonl_sink(path: str) -> Any:
 class _Meter:
     """Images done and images/s, at most every two seconds, to the report callback."""
 
-    def __init__(self, total: int, report: Callable[[str], None] | None) -> None:
-        self.total, self.report = total, report
+    def __init__(self, total: int, report: Callable[[str], None] | None, what: str = "images") -> None:
+        self.total, self.report, self.what = total, report, what
         self.done_count, self.start, self.last = 0, time.monotonic(), 0.0
 
     def add(self, n: int) -> None:
@@ -391,7 +409,7 @@ class _Meter:
 
     def _line(self, now: float) -> str:
         rate = self.done_count / max(now - self.start, 1e-9)
-        return f"{self.done_count}/{self.total} images, {rate:.1f} images/s"
+        return f"{self.done_count}/{self.total} {self.what}, {rate:.1f} {self.what}/s"
 
     def done(self) -> None:
         if self.report:
