@@ -9,7 +9,9 @@ counts, so it includes what a real job pays: actor start, the artifact shipped a
 read and decoded on the workers. Clusters are `ray.cluster_utils.Cluster` on 127.0.0.1 (a head
 without CPUs and worker nodes):
 
-- local: `evaluate` on this machine (ONNX Runtime with its default threads: every core);
+- local: `evaluate` on this machine (ONNX Runtime with its default threads: every core), measured
+  again right before each cluster setup, which is compared with the local run just before it (a
+  shared machine's load drifts over the minutes a run takes);
 - ray 1x2: one worker node of 2 CPUs (two actors of one thread): the overhead of the engine;
 - ray 1x1 and ray 2x1: one, then two worker nodes of one CPU each: what a second node adds.
 
@@ -118,18 +120,20 @@ def main() -> None:
                 figures[name][setup] = best | {"images_per_s": best["images"] / best["seconds"]}
                 print(setup, name, figures[name][setup], flush=True)
 
-        record("local", None)
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
         try:
             node = cluster.add_node(num_cpus=2)
             cluster.wait_for_nodes()
+            record("local before 1x2", None)
             record("ray 1x2", cluster.address)
             cluster.remove_node(node)
             cluster.add_node(num_cpus=1)
             cluster.wait_for_nodes()
+            record("local before 1x1", None)
             record("ray 1x1", cluster.address)
             cluster.add_node(num_cpus=1)
             cluster.wait_for_nodes()
+            record("local before 2x1", None)
             record("ray 2x1", cluster.address)
         finally:
             cluster.shutdown()
@@ -144,18 +148,20 @@ def report(figures: dict[str, dict[str, dict[str, float]]], args: argparse.Names
         f"{m['cpu']}, {m['cores']} cores; CPU flags: {' '.join(m['cpu_flags'])}",
         f"load average at the end: {os.getloadavg()[0]:.1f} (other work shared the machine)",
         "",
-        "| model | setup | images | seconds | images/s | vs local | 2x1 / 1x1 |",
+        "| model | setup | images | seconds | images/s | vs the local run before | 2x1 / 1x1 |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for name, by_setup in figures.items():
-        local = by_setup["local"]["images_per_s"]
         for setup, f in by_setup.items():
-            scale = ""
+            scale, versus = "", ""
+            if setup.startswith("ray"):
+                local = by_setup[f"local before {setup.split()[1]}"]["images_per_s"]
+                versus = f"{f['images_per_s'] / local:.0%}"
             if setup == "ray 2x1":
                 scale = f"{f['images_per_s'] / by_setup['ray 1x1']['images_per_s']:.2f}x"
             lines.append(
                 f"| {name} | {setup} | {int(f['images'])} | {f['seconds']:.1f} | {f['images_per_s']:.1f} | "
-                f"{f['images_per_s'] / local:.0%} | {scale} |"
+                f"{versus} | {scale} |"
             )
     results = {"machine": m, "rounds": args.rounds, "load_average": os.getloadavg(), "figures": figures}
     save("ray_eval", results, "\n".join(lines))

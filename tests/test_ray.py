@@ -204,6 +204,18 @@ def test_a_node_checks_the_artifact_it_was_sent(tmp_path, digits_onnx):
         node_copy(blob[:-1], ref, tmp_path)
 
 
+def test_results_are_kept_once_per_image_and_a_missing_one_stops_the_job():
+    from resnest_deploy.executors import exactly_once
+    from resnest_deploy.executors.work import ImageOutcome
+
+    items = [(0, "a.png"), (1, "b.png"), (2, "c.png")]
+    got = [ImageOutcome(i, p, (i,), (str(i),), (1.0,)) for i, p in items]
+    retried = [got[2], got[0], got[1], got[0]]  # a batch that ran twice, arriving out of order
+    assert exactly_once(items, retried) == got
+    with pytest.raises(ClusterError, match=r"^1 of 3 images came back without a result \(first: b.png\)"):
+        exactly_once(items, [got[0], got[2], got[2]])  # as many arrivals as images, one image short
+
+
 def test_without_a_cluster_one_line_names_the_fix(digits_onnx, folder):
     r = _cli("eval", "--images", str(folder), str(digits_onnx), "--ray", "127.0.0.1:1")
     assert r.returncode != 0 and r.stdout == ""

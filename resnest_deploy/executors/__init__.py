@@ -8,7 +8,6 @@ that for any executor: retried work is deduplicated by image, never counted by a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,8 +167,3 @@ def executor_for(ray_address: str | None, progress_to: Callable[[str], None] | N
     from resnest_deploy.executors.ray_cluster import RayExecutor
 
     return RayExecutor(ray_address, report=progress_to)
-
-
-def env_address() -> str | None:
-    """``RAY_ADDRESS``, as Ray itself reads it."""
-    return os.environ.get("RAY_ADDRESS") or None
