@@ -47,6 +47,7 @@ def test_a_python_backend_repository_gets_valid_manifests_that_serve_its_files(p
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert deployment["securityContext"]["runAsNonRoot"] is True
+    assert deployment["automountServiceAccountToken"] is False  # no API token in a serving pod
     volumes = {v["name"]: v for v in deployment["volumes"]}
     assert volumes["models"]["persistentVolumeClaim"]["readOnly"] is True
     assert volumes["shm"]["emptyDir"]["medium"] == "Memory"
