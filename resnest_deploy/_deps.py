@@ -24,6 +24,9 @@ _EXTRAS = {
     "tritonclient": ("serve", "reads Triton's model config schema"),
     "kubernetes_validate": ("k8s", "validates Kubernetes manifests offline"),
     "yaml": ("k8s", "writes Kubernetes manifests"),
+    "jsonschema": ("k8s", "checks a RayJob against KubeRay's CRD schema"),
+    "ray": ("ray", "runs eval and predict on a Ray cluster"),
+    "pyarrow": ("ray", "writes Parquet prediction files"),
 }
 
 

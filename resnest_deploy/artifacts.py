@@ -104,6 +104,13 @@ def input_size(arch: str, infos: Sequence[ArtifactInfo]) -> tuple[int, int]:
     return sizes.pop() if sizes else (get_spec(arch).pretrained.input_size,) * 2
 
 
+def runner_for(info: ArtifactInfo, model: Any = None, provider: str = "cpu", **kwargs: Any) -> Runner:
+    """A runner for ``info`` that takes normalised NCHW inputs, whatever form the file takes."""
+    runner = open_runner(info.name, model=model, provider=provider, **kwargs)
+    form = formats.InputForm.of(info.meta)
+    return runner if form.name == "float" else InputFormatAdapter(runner, form.from_normalised)
+
+
 @dataclass
 class Lineup:
     """Artifacts run side by side: what each is, their common arch and input size, and the PyTorch
@@ -123,13 +130,15 @@ class Lineup:
         weights: str | None = None,
         *,
         reference: bool = False,
+        build_model: bool = True,
     ) -> Lineup:
         """``weights`` defaults to what the artifacts record, so the reference is the checkpoint
-        they were made from."""
+        they were made from. ``build_model=False`` leaves the PyTorch model to whoever runs it (an
+        executor's worker builds its own: a module does not travel)."""
         infos = [ArtifactInfo.of(a) for a in artifacts]
         arch = resolve_arch(arch, infos)
         chosen = weights or recorded_weights(infos)
-        needed = reference or any(i.kind == "torch" for i in infos)
+        needed = reference or (build_model and any(i.kind == "torch" for i in infos))
         model = load_model(arch, chosen)[0] if needed else None
         label = chosen if isinstance(chosen, str) else chosen.location or chosen.kind
         if isinstance(chosen, WeightsInfo) and chosen.kind in ("random", "pretrained"):
@@ -147,9 +156,7 @@ class Lineup:
 
     def runner(self, info: ArtifactInfo, provider: str = "cpu", **kwargs: Any) -> Runner:
         """A runner for ``info`` that takes normalised NCHW inputs, whatever form the file takes."""
-        runner = open_runner(info.name, model=self.model, provider=provider, **kwargs)
-        form = formats.InputForm.of(info.meta)
-        return runner if form.name == "float" else InputFormatAdapter(runner, form.from_normalised)
+        return runner_for(info, self.model, provider, **kwargs)
 
     def inputs(
         self,

@@ -1,4 +1,8 @@
-"""Top-1 / top-5 accuracy of artifacts on a labelled folder: verify an INT8 engine on your data."""
+"""Top-1 / top-5 accuracy of artifacts on a labelled folder: verify an INT8 engine on your data.
+
+The images are classified by an executor (this machine by default, a Ray cluster if given): this
+module lists the labelled images, describes the job and scores the outcomes, wherever they ran.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,12 @@ from typing import Any
 import numpy as np
 
 from resnest_deploy import data
-from resnest_deploy.artifacts import Lineup
+from resnest_deploy.artifacts import Lineup, recorded_weights
 from resnest_deploy.errors import ArtifactError
+from resnest_deploy.executors import Executor, LocalExecutor
+from resnest_deploy.executors.work import ArtifactRef, ClassifyJob, ImageOutcome, RunnerOptions
+from resnest_deploy.labels import imagenet_classes
 from resnest_deploy.models import get_spec
-from resnest_deploy.predict import imagenet_classes
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,13 @@ class Accuracy:
         return asdict(self)
 
 
+def topk_hits(outcomes: Sequence[ImageOutcome], labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: whether the best class is the label, and whether the label is among the best five."""
+    top1 = np.array([o.classes[0] == y for o, y in zip(outcomes, labels, strict=True)], dtype=bool)
+    top5 = np.array([y in o.classes[:5] for o, y in zip(outcomes, labels, strict=True)], dtype=bool)
+    return top1, top5
+
+
 def evaluate(
     artifacts: Sequence[str | os.PathLike[str]],
     images: str | os.PathLike[str],
@@ -39,40 +52,47 @@ def evaluate(
     provider: str = "cpu",
     advance: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    executor: Executor | None = None,
 ) -> tuple[list[Accuracy], dict[str, Any]]:
     """Accuracy per artifact; sub-folders are class indices (0, 1, ...) or ImageNet synset ids."""
-    lineup = Lineup.of(artifacts, arch, weights)
+    lineup = Lineup.of(artifacts, arch, weights, build_model=False)
     classes = {int(i.meta["num_classes"]) for i in lineup.infos if i.meta.get("num_classes")}
     classes.add(get_spec(lineup.arch).arch.num_classes)
     skipped_folders: list[str] = []
     # synset ids name classes only for ImageNet-1k models: for a 10-class model 'n01440764' is no label
     synsets = [s for s, _ in imagenet_classes()] if min(classes) == len(imagenet_classes()) else None
-    items = data.labelled_folder(images, synsets, min(classes), skipped=skipped_folders)
+    labelled = data.labelled_folder(images, synsets, min(classes), skipped=skipped_folders)
     if on_total:
-        on_total(len(items))
-    loaded = data.load_images([p for p, _ in items], lineup.transform, advance)
-    if not loaded.paths:
-        first = loaded.skipped[0] if loaded.skipped else (images, "no image")
-        raise ArtifactError(
-            f"none of the {len(items)} images under {images} decoded (first: {first[0]}: {first[1]}); "
-            f"give a folder of {'/'.join(data.IMAGE_FORMATS)} images"
-        )
-    label_of = dict(items)
-    labels = np.array([label_of[p] for p in loaded.paths])
+        on_total(len(labelled))
+    items = [(i, str(p)) for i, (p, _) in enumerate(labelled)]
+    runner_weights = weights or recorded_weights(lineup.infos)
+    executor = executor or LocalExecutor()
     results = []
-    for info in lineup.infos:
-        with lineup.runner(info, provider) as runner:
-            logits = runner.infer_batched(loaded.array, batch)
-            top5 = np.argsort(-logits, axis=1)[:, :5]
-            results.append(
-                Accuracy(
-                    info.name,
-                    runner.backend,
-                    info.precision,
-                    float((top5[:, 0] == labels).mean()),
-                    float((top5 == labels[:, None]).any(axis=1).mean()),
-                    len(labels),
-                )
+    skipped: list[str] = []
+    for n, info in enumerate(lineup.infos):
+        job = ClassifyJob(
+            ArtifactRef.of(info.name),
+            lineup.transform,
+            RunnerOptions(provider, None, batch),
+            arch=lineup.arch,
+            weights=runner_weights,
+        )
+        done = executor.classify(job, items, advance if n == 0 else None)
+        kept = [o for o in done.outcomes if o.error is None]
+        if n == 0:
+            skipped = [f"{o.path}: {o.error}" for o in done.outcomes if o.error is not None]
+        if not kept:
+            first = done.outcomes[0] if done.outcomes else None
+            why = f" (first: {first.path}: {first.error})" if first is not None else ""
+            raise ArtifactError(
+                f"none of the {len(items)} images under {images} decoded{why}; "
+                f"give a folder of {'/'.join(data.IMAGE_FORMATS)} images"
             )
-    skipped = skipped_folders + [f"{p}: {why}" for p, why in loaded.skipped]
-    return results, {"path": str(images), "images": len(labels), "skipped": skipped}
+        top1, top5 = topk_hits(kept, [labelled[o.index][1] for o in kept])
+        results.append(
+            Accuracy(
+                info.name, done.backend, info.precision, float(top1.mean()), float(top5.mean()), len(kept)
+            )
+        )
+    images_seen = results[0].images if results else 0
+    return results, {"path": str(images), "images": images_seen, "skipped": skipped_folders + skipped}

@@ -1,45 +1,62 @@
-"""Class names and top-k predictions for image files, through any artifact."""
+"""Class names and top-k predictions for image files and folders, through any artifact.
+
+Images are classified by an executor (this machine by default, a Ray cluster if given); a folder's
+predictions can stream to a JSON Lines or Parquet file instead of coming back whole.
+"""
 
 from __future__ import annotations
 
-import functools
-import importlib.resources
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from resnest_deploy import data
-from resnest_deploy.artifacts import Lineup
+from resnest_deploy.artifacts import Lineup, recorded_weights
 from resnest_deploy.errors import ArtifactError
+from resnest_deploy.executors import Executor, LocalExecutor, Progress, WriteReport
+from resnest_deploy.executors.work import ArtifactRef, ClassifyJob, RunnerOptions, softmax
+from resnest_deploy.labels import class_names, imagenet_classes
 
+__all__ = ["Prediction", "class_names", "imagenet_classes", "predict", "predict_to_file", "softmax"]
 
-@functools.cache
-def imagenet_classes() -> tuple[tuple[str, str], ...]:
-    """(synset id, name) for the 1,000 ImageNet-1k classes in index order."""
-    text = (importlib.resources.files("resnest_deploy") / "data" / "imagenet_classes.txt").read_text()
-    rows = [line.split("\t", 1) for line in text.splitlines() if line and not line.startswith("#")]
-    return tuple((synset, names.split(",")[0]) for synset, names in rows)
-
-
-def class_names(num_classes: int) -> list[str]:
-    if num_classes == 1000:
-        return [name for _, name in imagenet_classes()]
-    return [str(i) for i in range(num_classes)]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+#: the inference batch predict has always used
+PREDICT_BATCH = 8
 
 
 @dataclass(frozen=True)
 class Prediction:
     image: str
     top: list[tuple[int, str, float]]  # (class index, name, probability)
+
+
+def image_list(inputs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], bool]:
+    """Files as given and every image under a folder (sorted); whether any folder was given."""
+    paths: list[Path] = []
+    folders = False
+    for item in map(Path, inputs):
+        if item.is_dir():
+            folders = True
+            paths += data.find_images(item)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise ArtifactError(f"image not found: {item}; check the path")
+    if not paths:
+        raise ArtifactError("no images found in the folders given; give jpg/png/webp files")
+    return paths, folders
+
+
+def _job(artifact: str, arch: str | None, weights: str | None, topk: int, provider: str) -> ClassifyJob:
+    lineup = Lineup.of([artifact], arch, weights, build_model=False)
+    return ClassifyJob(
+        ArtifactRef.of(artifact),
+        lineup.transform,
+        RunnerOptions(provider, None, PREDICT_BATCH),
+        topk=topk,
+        arch=lineup.arch,
+        weights=weights or recorded_weights(lineup.infos),
+    )
 
 
 def predict(
@@ -50,21 +67,47 @@ def predict(
     weights: str | None = None,
     topk: int = 5,
     provider: str = "cpu",
+    executor: Executor | None = None,
+    advance: Progress | None = None,
 ) -> list[Prediction]:
-    paths = [Path(p) for p in images]
-    for p in paths:
-        if not p.is_file():
-            raise ArtifactError(f"image not found: {p}; check the path")
-    lineup = Lineup.of([artifact], arch, weights)
-    loaded = data.load_images(paths, lineup.transform)
-    if loaded.skipped:
-        path, why = loaded.skipped[0]
-        raise ArtifactError(f"{path} is not an image Pillow can read ({why}); pass jpg/png/webp files")
-    with lineup.runner(lineup.infos[0], provider) as runner:
-        probs = softmax(runner.infer_batched(loaded.array, 8).astype(np.float64))
-    names = class_names(probs.shape[1])
-    out = []
-    for path, p in zip(paths, probs, strict=True):
-        idx = np.argsort(-p)[:topk]
-        out.append(Prediction(str(path), [(int(i), names[i], float(p[i])) for i in idx]))
-    return out
+    """Top-k per image. A file given by name that does not decode is refused; inside a folder it is
+    left out (and ``predict_to_file`` reports it)."""
+    paths, folders = image_list(images)
+    job = _job(artifact, arch, weights, topk, provider)
+    done = (executor or LocalExecutor()).classify(job, [(i, str(p)) for i, p in enumerate(paths)], advance)
+    bad = [o for o in done.outcomes if o.error is not None]
+    if bad and not folders:
+        raise ArtifactError(
+            f"{bad[0].path} is not an image Pillow can read ({bad[0].error}); pass jpg/png/webp files"
+        )
+    return [
+        Prediction(o.path, list(zip(o.classes[:topk], o.labels[:topk], o.probabilities[:topk], strict=True)))
+        for o in done.outcomes
+        if o.error is None
+    ]
+
+
+def predict_to_file(
+    images: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    artifact: str = "torch",
+    *,
+    arch: str | None = None,
+    weights: str | None = None,
+    topk: int = 5,
+    provider: str = "cpu",
+    executor: Executor | None = None,
+    advance: Progress | None = None,
+) -> WriteReport:
+    """One row per image (path, classes, labels, probabilities) into ``output`` (.jsonl or .parquet);
+    never over one of the inputs."""
+    from resnest_deploy.executors.rows import format_of
+
+    out = Path(output)
+    format_of(out)
+    paths, _ = image_list(images)
+    resolved = out.resolve()
+    if resolved == Path(artifact).resolve() or any(resolved == p.resolve() for p in paths):
+        raise ArtifactError(f"{output} is one of the inputs; write the predictions elsewhere")
+    job = _job(artifact, arch, weights, topk, provider)
+    return (executor or LocalExecutor()).write(job, [(i, str(p)) for i, p in enumerate(paths)], out, advance)

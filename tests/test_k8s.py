@@ -47,6 +47,7 @@ def test_a_python_backend_repository_gets_valid_manifests_that_serve_its_files(p
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert deployment["securityContext"]["runAsNonRoot"] is True
+    assert deployment["automountServiceAccountToken"] is False  # no API token in a serving pod
     volumes = {v["name"]: v for v in deployment["volumes"]}
     assert volumes["models"]["persistentVolumeClaim"]["readOnly"] is True
     assert volumes["shm"]["emptyDir"]["medium"] == "Memory"
@@ -222,3 +223,77 @@ def test_the_memory_request_grows_with_the_repository_from_a_measured_base(pytho
     (container,) = docs["deployment.yaml"]["spec"]["template"]["spec"]["containers"]
     models = kubernetes.read_repository(python_repo)
     assert container["resources"]["requests"]["memory"] == f"{kubernetes.memory_request_mib(models)}Mi"
+
+
+def test_a_ray_job_is_valid_against_kuberays_own_crd_and_refuses_what_it_does_not_define(
+    python_repo, tmp_path
+):
+    """The RayJob of `k8s --ray-job`, against KubeRay v1.7.0's CRD schema (vendored), strict; its pod
+    templates also as Kubernetes 1.31 Pods."""
+    import copy
+
+    from resnest_deploy.serving import rayjob
+
+    job = rayjob.ray_job(
+        str(python_repo),
+        name="digits",
+        namespace="ml",
+        image="reg/resnest-ray@sha256:" + "a" * 64,
+        images_claim="val",
+        workers=3,
+        worker_cpus=4,
+        worker_gpus=1,
+    )
+    assert rayjob.validate(job) == "RayJob (KubeRay v1.7.0 CRD schema)"
+    spec = job["spec"]
+    assert spec["entrypoint"] == (
+        "resnest-deploy eval --images /images /models/digits/1/model.onnx --ray auto --json"
+    )
+    cluster = spec["rayClusterSpec"]
+    (workers,) = cluster["workerGroupSpecs"]
+    assert workers["replicas"] == 3 and cluster["headGroupSpec"]["rayStartParams"] == {"num-cpus": "0"}
+    for template in (cluster["headGroupSpec"]["template"], workers["template"]):
+        assert template["spec"]["automountServiceAccountToken"] is False
+        claims = {v["name"]: v.get("persistentVolumeClaim") for v in template["spec"]["volumes"]}
+        assert claims["models"] == {"claimName": "digits-models", "readOnly": True}  # Triton's PVC
+        assert claims["images"] == {"claimName": "val", "readOnly": True}
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": template["spec"]}
+        kubernetes.validate({"pod.yaml": pod})
+    assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    for path, value, why in (
+        (("spec", "shutdownAfterJobFinish"), True, "Additional properties"),  # misspelt
+        (("spec", "backoffLimit"), "none", "is not of type 'integer'"),
+        (("spec", "rayClusterSpec", "headGroupSpec", "rayStartParams"), {"num-cpus": 0}, "is not of type"),
+    ):
+        bad = copy.deepcopy(job)
+        parent = bad
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = value
+        with pytest.raises(ArtifactError, match=why):
+            rayjob.validate(bad)
+    r = CliRunner().invoke(
+        app,
+        [
+            "k8s",
+            str(python_repo),
+            "-o",
+            str(tmp_path / "rj"),
+            "--ray-job",
+            "--image",
+            "reg/r:1",
+            "--images-claim",
+            "val",
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "rj").iterdir()) == ["pvc.yaml", "rayjob.yaml"]
+    written = yaml.safe_load((tmp_path / "rj" / "rayjob.yaml").read_text())
+    assert (
+        written["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["image"]
+        == "reg/r:1"
+    )
+    rayjob.validate(written)  # what was written is what was validated
+    r = CliRunner().invoke(app, ["k8s", str(python_repo), "-o", str(tmp_path / "x"), "--ray-job"])
+    assert r.exit_code != 0 and "--ray-job needs --image and --images-claim" in r.output

@@ -87,6 +87,18 @@ OutputOpt = Annotated[
     Path | None, typer.Option("--output", "-o", help="Where to write; default under models/<arch>/.")
 ]
 
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        envvar="RAY_ADDRESS",
+        show_envvar=True,
+        metavar="ADDRESS|auto",
+        help="Run on a Ray cluster (pip install 'resnest-deploy[ray]'): its address (HOST:6379) or "
+        "'auto' for the one `ray start` runs here. Images are read and classified on the workers.",
+    ),
+]
+
 ArtifactsArg = Annotated[
     list[str], typer.Argument(help="ONNX files (any precision), engines (.plan), or 'torch' / 'torch:cuda'.")
 ]
@@ -261,6 +273,21 @@ def progress(enabled: bool = True) -> Iterator[Callable[[str], None]]:
         return
     with err.status("starting") as status:
         yield lambda msg: status.update(msg)
+
+
+@contextmanager
+def executor(ray_address: str | None, show_progress: bool = True) -> Iterator[Any]:
+    """The executor the user chose (local, or the Ray cluster at ``ray_address``), closed after."""
+    from resnest_deploy.executors import executor_for
+
+    def report(line: str) -> None:
+        err.print(line, style="dim", highlight=False)
+
+    chosen = executor_for(ray_address, report if show_progress else None)
+    try:
+        yield chosen
+    finally:
+        chosen.close()
 
 
 @contextmanager

@@ -14,9 +14,11 @@ from resnest_deploy.cli._common import (
     JsonOpt,
     Provider,
     ProviderOpt,
+    RayOpt,
     WeightsOptional,
     counting_bar,
     err,
+    executor,
     handle_errors,
     out,
     print_json,
@@ -35,15 +37,23 @@ def eval_cmd(
     chunk_size: ChunkOpt = 16,
     provider: ProviderOpt = Provider.cpu,
     json_out: JsonOpt = False,
+    ray_address: RayOpt = None,
 ) -> None:
     """Top-1 / top-5 accuracy of each artifact on your labelled images.
 
+    With --ray the images are read, decoded and classified on a Ray cluster's workers; the counts
+    are the same as here.
+
     Examples:
       resnest-deploy eval --images ~/imagenet/val torch m.onnx m.int8.onnx --arch resnest50
+      resnest-deploy eval --images ~/imagenet/val m.int8.onnx --ray auto --json
     """
     from resnest_deploy.evaluate import evaluate
 
-    with counting_bar("reading images", not json_out) as (on_total, advance):
+    with (
+        executor(ray_address) as chosen,
+        counting_bar("reading images", not json_out and not ray_address) as (on_total, advance),
+    ):
         results, described = evaluate(
             artifacts or ["torch"],
             images,
@@ -53,6 +63,7 @@ def eval_cmd(
             provider=provider.value,
             advance=advance,
             on_total=on_total,
+            executor=chosen,
         )
     if json_out:
         print_json({"images": described, "results": [r.as_dict() for r in results]})

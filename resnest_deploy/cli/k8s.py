@@ -43,6 +43,22 @@ def k8s_cmd(
     ] = None,
     storage_class: Annotated[str | None, typer.Option(help="StorageClass of the repository's PVC.")] = None,
     kserve: Annotated[bool, typer.Option(help="A KServe InferenceService (Triton runtime) instead.")] = False,
+    ray_job: Annotated[
+        bool,
+        typer.Option(
+            "--ray-job",
+            help="A KubeRay RayJob that runs `eval` of the repository's ONNX models on a Ray cluster "
+            "instead (checked against KubeRay v1.7.0's CRD); --image must hold resnest-deploy[ray] "
+            "and ray[default].",
+        ),
+    ] = False,
+    images_claim: Annotated[
+        str | None,
+        typer.Option(help="With --ray-job: the PVC holding the labelled images (mounted read-only)."),
+    ] = None,
+    ray_workers: Annotated[int, typer.Option(min=1, max=1000, help="With --ray-job: worker pods.")] = 2,
+    worker_cpus: Annotated[int, typer.Option(min=1, max=512, help="With --ray-job: CPUs per worker.")] = 2,
+    worker_gpus: Annotated[int, typer.Option(min=0, max=16, help="With --ray-job: GPUs per worker.")] = 0,
     json_out: JsonOpt = False,
 ) -> None:
     """Write Kubernetes manifests that serve a Triton model repository, validated offline.
@@ -56,8 +72,41 @@ def k8s_cmd(
     Examples:
       resnest-deploy k8s triton_repo -o k8s/ --throughput 1200 --p99-ms 50 --max-replicas 8
       resnest-deploy k8s triton_repo -o k8s/ --image nvcr.io/nvidia/tritonserver:24.08-py3 --kserve
+      resnest-deploy k8s triton_repo -o k8s-eval/ --ray-job --image my/resnest-ray:1 --images-claim val
     """
     from resnest_deploy.serving import kubernetes
+
+    if ray_job:
+        from resnest_deploy.serving import rayjob
+
+        if image is None or images_claim is None:
+            raise typer.BadParameter("--ray-job needs --image and --images-claim", param_hint="--ray-job")
+        job = rayjob.ray_job(
+            str(repo),
+            name=name,
+            namespace=namespace,
+            image=image,
+            images_claim=images_claim,
+            workers=ray_workers,
+            worker_cpus=worker_cpus,
+            worker_gpus=worker_gpus,
+        )
+        pvc = kubernetes.manifests(
+            repo, name=name, namespace=namespace, image=image, storage_class=storage_class
+        )
+        docs = {"pvc.yaml": pvc["pvc.yaml"], "rayjob.yaml": job}
+        checked = [
+            *kubernetes.validate({"pvc.yaml": docs["pvc.yaml"]}),
+            f"rayjob.yaml: {rayjob.validate(job)}",
+        ]
+        written = kubernetes.write(docs, output)
+        if json_out:
+            print_json({"written": [str(p) for p in written], "validated": checked})
+            return
+        for line in checked:
+            out.print(f"valid: {line}")
+        out.print(f"wrote {len(written)} files to {output}; the images go into PVC {images_claim} first")
+        return
 
     docs = kubernetes.manifests(
         repo,

@@ -12,8 +12,11 @@ from resnest_deploy.cli._common import (
     JsonOpt,
     Provider,
     ProviderOpt,
+    RayOpt,
     WeightsOptional,
     deprecated,
+    err,
+    executor,
     handle_errors,
     out,
     print_json,
@@ -32,8 +35,8 @@ def predict_cmd(
     inputs: Annotated[
         list[str],
         typer.Argument(
-            help="The artifact (an ONNX file, an engine, or 'torch') and then the image files; "
-            "like check, eval and bench, the artifact comes first."
+            help="The artifact (an ONNX file, an engine, or 'torch') and then image files or folders "
+            "(every image under them); like check, eval and bench, the artifact comes first."
         ),
     ],
     artifact: Annotated[
@@ -44,12 +47,23 @@ def predict_cmd(
     topk: Annotated[int, typer.Option(min=1, max=1000, help="Classes to show per image.")] = 5,
     provider: ProviderOpt = Provider.cpu,
     json_out: JsonOpt = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write one row per image (path, classes, labels, probabilities) to a .jsonl or "
+            ".parquet file instead of printing; with --ray, a folder of part files by that name.",
+        ),
+    ] = None,
+    ray_address: RayOpt = None,
 ) -> None:
     """Classify images with any artifact; ImageNet class names for 1000-class models.
 
     Examples:
       resnest-deploy predict torch cat.jpg --arch resnest50
       resnest-deploy predict models/resnest50/resnest50.int8-cpu.onnx a.jpg b.png --topk 3
+      resnest-deploy predict m.int8-cpu.onnx photos/ -o tags.parquet --ray auto
     """
     if artifact is not None:
         deprecated("predict IMAGES --artifact A", "predict A IMAGES")
@@ -61,11 +75,42 @@ def predict_cmd(
         chosen, images = "torch", inputs
     if not images:
         raise typer.BadParameter("give at least one image after the artifact", param_hint="INPUTS")
-    from resnest_deploy.predict import predict
+    from resnest_deploy.predict import predict, predict_to_file
 
-    preds = predict(
-        [Path(i) for i in images], chosen, arch=arch, weights=weights, topk=topk, provider=provider.value
-    )
+    if output is not None:
+        with executor(ray_address) as ex:
+            report = predict_to_file(
+                [Path(i) for i in images],
+                output,
+                chosen,
+                arch=arch,
+                weights=weights,
+                topk=topk,
+                provider=provider.value,
+                executor=ex,
+            )
+        if json_out:
+            print_json({"output": report.output, "rows": report.rows, "skipped": report.skipped})
+            return
+        out.print(f"{report.rows} predictions written to {report.output}")
+        if report.skipped:
+            err.print(
+                styled(
+                    (f"skipped {len(report.skipped)} unreadable file(s)", "yellow"),
+                    f", e.g. {report.skipped[0]}",
+                )
+            )
+        return
+    with executor(ray_address) as ex:
+        preds = predict(
+            [Path(i) for i in images],
+            chosen,
+            arch=arch,
+            weights=weights,
+            topk=topk,
+            provider=provider.value,
+            executor=ex,
+        )
     if json_out:
         print_json(
             [

@@ -217,17 +217,58 @@ class Sensitivity:
     gain: float  # points over plain INT8
 
 
+@dataclass(frozen=True)
+class TrialInputs:
+    """What every trial of a pass shares, as bytes and arrays (no ModelProto, no session): an
+    executor can send it to another process or node once and run many trials against it."""
+
+    model: bytes  # the plain INT8 model
+    x: np.ndarray
+    labels: np.ndarray | None
+    reference: np.ndarray
+    fake_quant: bool
+    source: bytes | None = None  # the FP32 model
+
+    @classmethod
+    def of(cls, model: Any, metric: Metric) -> TrialInputs:
+        source = metric.source.SerializeToString() if metric.source is not None else None
+        return cls(
+            model.SerializeToString(), metric.x, metric.labels, metric.reference, metric.fake_quant, source
+        )
+
+
+def trial(inputs: TrialInputs, layers: tuple[str, ...]) -> float:
+    """One search trial as a plain function of picklable inputs: the metric with ``layers`` (compute
+    node names) back in FP32; the same number wherever it runs."""
+    onnx = _deps.require("onnx")
+    model = onnx.load_from_string(inputs.model)
+    source = onnx.load_from_string(inputs.source) if inputs.source is not None else None
+    metric = Metric(inputs.x, inputs.labels, inputs.reference, inputs.fake_quant, source)
+    return metric(layers_without_qdq(model, list(layers), source))
+
+
 def sensitivity(
-    model: Any, metric: Metric, progress: Callable[[str], None] | None = None
+    model: Any, metric: Metric, progress: Callable[[str], None] | None = None, executor: Any = None
 ) -> tuple[float, list[Sensitivity]]:
-    """Plain INT8's metric, and every unit ranked by what leaving it alone in FP32 recovers."""
+    """Plain INT8's metric, and every unit ranked by what leaving it alone in FP32 recovers.
+
+    The units' trials are independent: given an executor (``resnest_deploy.executors``), they run
+    through its ``map``, e.g. spread over a Ray cluster; without one, here, one after another."""
     say = progress or (lambda _m: None)
     plain = metric(model)
-    ranked = []
-    for unit, layers in units(model).items():
-        say(f"sensitivity: {unit} in FP32")
-        alone = metric(layers_without_qdq(model, layers, metric.source))
-        ranked.append(Sensitivity(unit, round(alone, 3), round(alone - plain, 3)))
+    found = units(model)
+    if executor is None:
+        values = []
+        for unit, layers in found.items():
+            say(f"sensitivity: {unit} in FP32")
+            values.append(metric(layers_without_qdq(model, layers, metric.source)))
+    else:
+        say(f"sensitivity: {len(found)} units in FP32, one trial each ({executor.name})")
+        values = executor.map(trial, TrialInputs.of(model, metric), [tuple(v) for v in found.values()])
+    ranked = [
+        Sensitivity(unit, round(alone, 3), round(alone - plain, 3))
+        for unit, alone in zip(found, values, strict=True)
+    ]
     ranked.sort(key=lambda s: (-s.gain, s.unit))
     return plain, ranked
 
@@ -263,16 +304,23 @@ class SearchResult:
 
 
 def search(
-    model: Any, metric: Metric, max_drop: float, progress: Callable[[str], None] | None = None
+    model: Any,
+    metric: Metric,
+    max_drop: float,
+    progress: Callable[[str], None] | None = None,
+    executor: Any = None,
 ) -> tuple[Any, SearchResult]:
     """Keep the most sensitive units in FP32, one at a time, until the metric is within
     ``max_drop`` points of FP32; the model that meets it, and what it cost. Refused when even every
-    unit but one in FP32 cannot meet the budget (then INT8 is not the tool for this model)."""
+    unit but one in FP32 cannot meet the budget (then INT8 is not the tool for this model).
+
+    The sensitivity pass goes through ``executor`` when given; the steps after it stay here, one
+    after another: each keeps what the step before chose."""
     if not 0 <= max_drop <= 100:
         raise SearchError(f"--max-drop is in points of top-1, 0..100; got {max_drop}")
     say = progress or (lambda _m: None)
     fp32 = metric.fp32
-    plain, ranked = sensitivity(model, metric, say)
+    plain, ranked = sensitivity(model, metric, say, executor)
     result = SearchResult(fp32, plain, plain, [], max_drop, metric.name, ranked)
     before, total = fp32_layers(model)
     result.layers_fp32 = {"plain": before, "chosen": before, "total": total}

@@ -409,6 +409,7 @@ def _deployment(
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
+                    "automountServiceAccountToken": False,  # Triton never calls the Kubernetes API
                     "terminationGracePeriodSeconds": 30,  # serve drains in-flight requests within 10 s
                     "securityContext": {
                         "runAsNonRoot": True,
