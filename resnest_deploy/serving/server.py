@@ -14,7 +14,7 @@ What this module takes care of, each learnt the hard way:
   starts with this interpreter's own folder, and ``model.py`` adopts this interpreter's ``sys.path``
   and site folders (``.pth`` files, editable installs) from a file we write: ``serve`` started by path,
   from cron or systemd, sees exactly the packages of the interpreter that runs it.
-* Triton's HTTP port sits behind :mod:`.guard` (a request declaring a huge shape aborts tritonserver).
+* Triton's HTTP port sits behind :mod:`.front` (a request declaring a huge shape aborts tritonserver).
 * Triton's life is tied to ours (``PR_SET_PDEATHSIG``): a SIGKILLed ``serve`` leaves no server
   holding the ports; temp repositories of dead runs are removed at the next start.
 * A python stub that dies is not restarted by Triton, which keeps answering ready: we watch the stubs
@@ -49,7 +49,7 @@ from typing import Any
 
 from resnest_deploy._io import _alive, refuse_overwrite, write_json
 from resnest_deploy.errors import MissingDependencyError, ResnestDeployError
-from resnest_deploy.serving.guard import Guard
+from resnest_deploy.serving.front import Front
 from resnest_deploy.serving.repository import ModelEntry, write_repository
 
 INSTALL_HINT = "pip install --no-deps 'nvidia-pytriton>=0.7'"
@@ -266,7 +266,7 @@ class TritonServer:
         self.internal_http = free_ports(1)[0]
         self.drain_timeout = drain_timeout
         self.admin_key = None if admin_api else secrets.token_hex(16)
-        self.guard: Guard | None = None
+        self.guard: Front | None = None
         self.stubs: dict[str, int] = {}  # model name -> stub pid, once ready
         self.failure: str | None = None  # why the server can no longer answer
 
@@ -464,7 +464,7 @@ def running(
             drain_timeout=drain_timeout,
             admin_api=admin_api,
         )
-        guard = Guard(ports.host, ports.http, server.internal_http, _model_limits(entries))
+        guard = Front(ports.host, ports.http, server.internal_http, _model_limits(entries))
         try:
             guard.bind()
         except OSError as e:
