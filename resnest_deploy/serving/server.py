@@ -50,6 +50,7 @@ from typing import Any
 from resnest_deploy._io import _alive, refuse_overwrite, write_json
 from resnest_deploy.errors import MissingDependencyError, ResnestDeployError
 from resnest_deploy.serving.front import Front
+from resnest_deploy.serving.grpc_front import GrpcFront
 from resnest_deploy.serving.repository import ModelEntry, write_repository
 
 INSTALL_HINT = "pip install --no-deps 'nvidia-pytriton>=0.7'"
@@ -263,10 +264,11 @@ class TritonServer:
         self.repo, self.ports, self.log = repo, ports, log
         self.install = install or TritonInstall.find()
         self.process: subprocess.Popen[bytes] | None = None
-        self.internal_http = free_ports(1)[0]
+        self.internal_http, self.internal_grpc = free_ports(2)  # the fronts own the public ports
         self.drain_timeout = drain_timeout
         self.admin_key = None if admin_api else secrets.token_hex(16)
         self.guard: Front | None = None
+        self.grpc_front: GrpcFront | None = None
         self.stubs: dict[str, int] = {}  # model name -> stub pid, once ready
         self.failure: str | None = None  # why the server can no longer answer
 
@@ -278,9 +280,9 @@ class TritonServer:
             f"--backend-directory={backends}",
             f"--http-port={self.internal_http}",
             "--http-address=127.0.0.1",  # the guard is the public HTTP port
-            f"--grpc-port={p.grpc}",
+            f"--grpc-port={self.internal_grpc}",
             f"--metrics-port={p.metrics}",
-            f"--grpc-address={p.host}",
+            "--grpc-address=127.0.0.1",
             f"--metrics-address={p.host}",
             f"--exit-timeout-secs={max(1, round(self.drain_timeout))}",
             "--exit-on-error=true",
@@ -371,6 +373,8 @@ class TritonServer:
         SIGKILL after the drain timeout; then whatever is left of its process group, by its pid."""
         if self.guard is not None:
             self.guard.drain(self.drain_timeout)
+        if self.grpc_front is not None:
+            self.grpc_front.close(self.drain_timeout)
         if self.process is not None:
             if self.process.poll() is None:
                 seen = self.log.stat().st_size if self.log.exists() else 0
@@ -473,6 +477,13 @@ def running(
         guard.start()  # answers not-ready until Triton is
         say(f"starting tritonserver with {', '.join(e.name for e in entries)}")
         try:
+            server.grpc_front = GrpcFront(
+                ports.host, ports.grpc, server.internal_grpc, _model_limits(entries)
+            )
+            try:
+                server.grpc_front.start()
+            except OSError as e:
+                raise ServeError(f"{e}; choose another --grpc-port") from None
             server.start(install.backend_dir(run_dir / "backends"), run_dir)
             server.wait_ready(ready_timeout, should_stop)
             guard.set_ready(True)
