@@ -204,8 +204,9 @@ def check_infer(header_doc: Any, binary: memoryview, max_elements: int) -> Infer
         elif "data" in item:
             n = _count(item["data"], datatype, elements)
             if n != elements:
+                held = f"more than {elements}" if n > elements else str(n)
                 raise RequestRejected(
-                    400, f"input {name!r} holds {n} elements; its shape {shape} says {elements}"
+                    400, f"input {name!r} holds {held} elements; its shape {shape} says {elements}"
                 )
             out["data"] = item["data"]
         elif not any(k.startswith("shared_memory") for k in params):

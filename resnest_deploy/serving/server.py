@@ -49,7 +49,7 @@ from typing import Any
 
 from resnest_deploy._io import _alive, refuse_overwrite, write_json
 from resnest_deploy.errors import MissingDependencyError, ResnestDeployError
-from resnest_deploy.serving.front import Front
+from resnest_deploy.serving.front import Front, FrontLimits
 from resnest_deploy.serving.grpc_front import GrpcFront
 from resnest_deploy.serving.repository import ModelEntry, write_repository
 
@@ -439,6 +439,7 @@ def running(
     drain_timeout: float = DRAIN_TIMEOUT_S,
     admin_api: bool = False,
     log: Path | None = None,
+    front: FrontLimits | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     say: Callable[[str], None] = lambda _m: None,
 ) -> Iterator[tuple[TritonServer, list[ModelEntry]]]:
@@ -468,7 +469,8 @@ def running(
             drain_timeout=drain_timeout,
             admin_api=admin_api,
         )
-        guard = Front(ports.host, ports.http, server.internal_http, _model_limits(entries))
+        bounds = front or FrontLimits()
+        guard = Front(ports.host, ports.http, server.internal_http, _model_limits(entries), bounds=bounds)
         try:
             guard.bind()
         except OSError as e:
@@ -478,7 +480,11 @@ def running(
         say(f"starting tritonserver with {', '.join(e.name for e in entries)}")
         try:
             server.grpc_front = GrpcFront(
-                ports.host, ports.grpc, server.internal_grpc, _model_limits(entries)
+                ports.host,
+                ports.grpc,
+                server.internal_grpc,
+                _model_limits(entries),
+                max_message=bounds.max_body,
             )
             try:
                 server.grpc_front.start()
