@@ -40,9 +40,9 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from resnest_deploy._deps import require
 from resnest_deploy.serving.requests import (
@@ -71,6 +71,7 @@ _ADMIN_GET = re.compile(r"/(?:status|logging|setting)$")
 _READY = "/v2/health/ready"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _READ = 1 << 16
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,7 @@ class Front:
     _thread: threading.Thread | None = None
     _server: asyncio.AbstractServer | None = None
     _conns: set[_Conn] = field(default_factory=set)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _decoder: concurrent.futures.ProcessPoolExecutor | None = None
     _decoding: int = 0
 
@@ -274,10 +276,12 @@ class Front:
         loop = self._loop
 
         async def shutdown() -> None:
-            for conn in list(self._conns):
-                conn.writer.close()
             if self._server is not None:
                 self._server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=2)
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(shutdown(), loop).result(5)
@@ -359,6 +363,10 @@ class Front:
             writer.close()
             return
         self._conns_by_client[client] = count + 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         conn = _Conn(writer)
         self._conns.add(conn)
         _no_delay(writer)
@@ -378,11 +386,12 @@ class Front:
                     self.inflight -= 1
                     conn.busy = False
                     self._release(m, client)
-                await asyncio.wait_for(writer.drain(), self.bounds.body_timeout_s)
+                if writer.transport.get_write_buffer_size():  # a client that does not read its answers
+                    await _within(writer.drain(), self.bounds.body_timeout_s)
                 if not keep:
                     return
-        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
-            return
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            return  # cancelled: close() ends every connection
         finally:
             if parsed.current is not None:
                 self._release(parsed.current, client)
@@ -417,7 +426,7 @@ class Front:
                 writer.write(_CONTINUE)
             timeout = self.bounds.idle_timeout_s if cur is None else cur.deadline - time.monotonic()
             try:
-                data = await asyncio.wait_for(reader.read(_READ), max(timeout, 0.0))
+                data = await _within(reader.read(_READ), max(timeout, 0.0))
             except TimeoutError:
                 if parsed.current is not None:
                     writer.write(_answer(408, _error("the request was not sent in time"), close=True))
@@ -454,7 +463,7 @@ class Front:
         try:
             if up is None:
                 up = await _Upstream.open(self.upstream_host, self.upstream_port, self._httptools)
-            status, headers, answer, up_keep = await asyncio.wait_for(
+            status, headers, answer, up_keep = await _within(
                 up.exchange(method, path, body, extra, self.bounds.max_response),
                 self.bounds.upstream_timeout_s,
             )
@@ -538,6 +547,11 @@ class _Answer:
         self.body: list[bytes] = []
         self.size = 0
         self.complete = False
+        self.keep_alive = False
+        self.parser: Any = None
+
+    def on_headers_complete(self) -> None:  # llhttp forgets it once the message is complete
+        self.keep_alive = bool(self.parser.should_keep_alive())
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if name.lower() in (b"content-type", b"inference-header-content-length"):
@@ -572,10 +586,10 @@ class _Upstream:
         head = [f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {n}\r\n".encode()]
         head += [k + b": " + v + b"\r\n" for k, v in extra]
         head.append(b"\r\n")
-        self.writer.writelines([*head, *body])
+        self.writer.write(b"".join([*head, *body]))  # one send: uvloop's writelines costs more than the copy
         await self.writer.drain()
         answer = _Answer(limit)
-        parser = self.httptools.HttpResponseParser(answer)
+        answer.parser = parser = self.httptools.HttpResponseParser(answer)
         while not answer.complete:
             data = await self.reader.read(_READ)
             if not data:
@@ -588,7 +602,7 @@ class _Upstream:
             parser.get_status_code(),
             answer.headers,
             b"".join(answer.body),
-            bool(parser.should_keep_alive()),
+            answer.keep_alive,
         )
 
     def close(self) -> None:
@@ -642,6 +656,15 @@ def _answer(
     if not (head_only or bodiless):
         lines.append(body)
     return b"".join(lines)
+
+
+async def _within(awaitable: Awaitable[T], seconds: float) -> T:
+    """``awaitable`` or TimeoutError after ``seconds``; asyncio.timeout where there is one (3.11+):
+    wait_for starts a task per call, which costs more than the rest of a request's relaying."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:

@@ -56,20 +56,25 @@ def _no_constant(name: str) -> Any:
     raise RequestRejected(400, f"the JSON holds {name}, which is not JSON; send finite numbers")
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
 def decode_json(raw: bytes | bytearray | memoryview) -> Any:
-    """One strict reading of a JSON document: duplicate keys, NaN/Infinity and deep nesting refused."""
+    """One strict reading of a JSON document (UTF-8, as RFC 8259 requires): duplicate keys,
+    NaN/Infinity and deep nesting refused."""
     try:
-        return json.loads(bytes(raw), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        return _DECODER.decode(bytes(raw).decode("utf-8"))
     except RecursionError:
         raise RequestRejected(400, "the JSON is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
         if isinstance(e, RequestRejected):
             raise
-        raise RequestRejected(400, "the request body is not valid JSON") from None
+        raise RequestRejected(400, "the request body is not valid UTF-8 JSON") from None
 
 
 def encode_json(doc: Any) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+    return _ENCODER.encode(doc).encode()
 
 
 @dataclass(frozen=True)
