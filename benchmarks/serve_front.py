@@ -282,8 +282,8 @@ def table(results: dict, s: dict, m: dict, args: argparse.Namespace) -> list[str
         )
     lines += [
         "",
-        "| front | stalled bodies (64 MiB declared, 1 MiB sent) | refused 503 | RSS before MiB | RSS stalled MiB "
-        "| probe meanwhile |",
+        "| front | stalled bodies (64 MiB declared, 1 MiB sent) | refused 503 | RSS before MiB "
+        "| RSS stalled MiB | probe meanwhile |",
         "|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
