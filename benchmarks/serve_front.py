@@ -59,18 +59,20 @@ class Served:
 
     def __init__(self, tree: Path, model: Path, folder: Path) -> None:
         self.ports = Ports.free()
-        status = folder / f"status-{os.getpid()}-{time.monotonic_ns()}.json"
+        run = f"{os.getpid()}-{time.monotonic_ns()}"
+        status, log = folder / f"status-{run}.json", folder / f"tritonserver-{run}.log"
         env = dict(os.environ, PYTHONPATH=str(tree))
         args = [sys.executable, "-m", "resnest_deploy.cli", "serve", str(model)]
         args += ["--http-port", str(self.ports.http), "--grpc-port", str(self.ports.grpc)]
         args += ["--metrics-port", str(self.ports.metrics), "--max-batch-size", str(MAX_BATCH)]
-        args += ["--queue-delay-us", "2000", "--status-file", str(status), "--log", str(folder / "t.log")]
+        args += ["--queue-delay-us", "2000", "--status-file", str(status), "--log", str(log)]
         self.proc = subprocess.Popen(args, env=env, cwd=folder, start_new_session=True)
         deadline = time.monotonic() + 180
         while not status.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"serve from {tree} did not start")
+                tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+                raise RuntimeError(f"serve from {tree} did not start; tritonserver's log ends:\n{tail}")
             time.sleep(0.2)
         self.direct = self._triton_port()
 
@@ -102,6 +104,16 @@ class Served:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+
+
+def start(tree: Path, model: Path, folder: Path) -> Served:
+    """A serve that started; one more try when the first did not (ports taken meanwhile by other
+    work on this machine), its cause printed."""
+    try:
+        return Served(tree, model, folder)
+    except RuntimeError as e:
+        print(f"retrying once: {e}", file=sys.stderr)
+        return Served(tree, model, folder)
 
 
 def read_answer(sock: socket.socket) -> int:
@@ -207,7 +219,7 @@ def main() -> None:
         body, header = request_body(model, folder)
         for _ in range(args.rounds):
             for name, tree in trees.items():
-                served = Served(tree, model, folder)
+                served = start(tree, model, folder)
                 try:
                     wrk(served.ports.http, "digits", body, header, 1, 2)  # warm up
                     results[name]["rounds"].append(
@@ -220,7 +232,7 @@ def main() -> None:
                 finally:
                     served.stop()
         for name, tree in trees.items():
-            served = Served(tree, model, folder)
+            served = start(tree, model, folder)
             try:
                 results[name]["big_body"] = probes_during_big_body(served.ports.http)
                 results[name]["stalled"] = stalled_bodies(served, args.stalled)
