@@ -81,8 +81,11 @@ class FrontLimits:
     max_body: int = 64 * 2**20  # Triton's own default for --http-max-input-size
     max_admin_body: int = 2**20
     max_head: int = 32 * 2**10
-    max_buffered: int = 256 * 2**20  # body bytes held across every connection
+    max_buffered: int = 256 * 2**20  # bodies over small_body held across every connection
     max_buffered_per_client: int = 128 * 2**20  # ... and by one client address
+    small_body: int = 2**20  # bodies up to this come from a pool of their own, so that clients
+    max_buffered_small: int = 64 * 2**20  # holding large bodies never starve ordinary requests
+    max_buffered_small_per_client: int = 16 * 2**20
     max_connections: int = 4096
     max_connections_per_client: int = 1024
     head_timeout_s: float = 10.0  # from a request's first byte to the end of its head
@@ -110,6 +113,7 @@ class _Message:
     body: list[bytes] = field(default_factory=list)
     size: int = 0
     reserved: int = 0
+    pool: int = 0  # which of the front's pools holds ``reserved``
     head_done: bool = False
     keep_alive: bool = False
     expect_continue: bool = False
@@ -174,6 +178,32 @@ class _Parsed:
         self.current = None
 
 
+@dataclass
+class _Pool:
+    """Body bytes held, in total and by client address, under two caps."""
+
+    cap: int
+    per_client: int
+    used: int = 0
+    by_client: dict[str, int] = field(default_factory=dict)
+
+    def take(self, client: str, n: int, *, force: bool = False) -> bool:
+        mine = self.by_client.get(client, 0)
+        if not force and (self.used + n > self.cap or mine + n > self.per_client):
+            return False
+        self.used += n
+        self.by_client[client] = mine + n
+        return True
+
+    def give(self, client: str, n: int) -> None:
+        self.used -= n
+        left = self.by_client.get(client, 0) - n
+        if left > 0:
+            self.by_client[client] = left
+        else:
+            self.by_client.pop(client, None)
+
+
 @dataclass(eq=False)
 class _Conn:
     writer: asyncio.StreamWriter
@@ -194,8 +224,7 @@ class Front:
     reason: str = "starting"
     inflight: int = 0
     draining: bool = False
-    buffered: int = 0
-    _by_client: dict[str, int] = field(default_factory=dict)
+    _pools: tuple[_Pool, _Pool] = field(init=False)
     _conns_by_client: dict[str, int] = field(default_factory=dict)
     _sock: socket.socket | None = None
     _loop: asyncio.AbstractEventLoop | None = None
@@ -208,6 +237,16 @@ class Front:
 
     def __post_init__(self) -> None:
         self._httptools = require("httptools")
+        b = self.bounds
+        self._pools = (
+            _Pool(b.max_buffered_small, b.max_buffered_small_per_client),
+            _Pool(b.max_buffered, b.max_buffered_per_client),
+        )
+
+    @property
+    def buffered(self) -> int:
+        """Body bytes held now, across every connection."""
+        return sum(p.used for p in self._pools)
 
     # -- life -----------------------------------------------------------------------------------
 
@@ -325,30 +364,25 @@ class Front:
         return 0
 
     def _reserve(self, m: _Message, client: str, total: int) -> None:
-        """Hold ``total`` body bytes for ``m``, within every bound, or refuse."""
-        more = total - m.reserved
+        """Hold ``total`` body bytes for ``m`` from its pool (small or large body), within every
+        bound, or refuse."""
         if total > self._body_limit(m):
             raise _Reject(
                 413, f"the body of this request may hold at most {self._body_limit(m)} bytes", close=True
             )
-        mine = self._by_client.get(client, 0)
-        if (
-            self.buffered + more > self.bounds.max_buffered
-            or mine + more > self.bounds.max_buffered_per_client
-        ):
+        pool = self._pools[total > self.bounds.small_body]
+        held = self._pools[m.pool] if m.reserved else None
+        if held is not None:  # a chunked body growing, perhaps into the large pool
+            held.give(client, m.reserved)
+        if not pool.take(client, total):
+            if held is not None:
+                held.take(client, m.reserved, force=True)
             raise _Reject(503, "the server holds too many request bodies now; retry", close=True, retry=True)
-        self.buffered += more
-        self._by_client[client] = mine + more
-        m.reserved = total
+        m.reserved, m.pool = total, int(total > self.bounds.small_body)
 
     def _release(self, m: _Message, client: str) -> None:
         if m.reserved:
-            self.buffered -= m.reserved
-            left = self._by_client.get(client, 0) - m.reserved
-            if left > 0:
-                self._by_client[client] = left
-            else:
-                self._by_client.pop(client, None)
+            self._pools[m.pool].give(client, m.reserved)
             m.reserved = 0
         m.body.clear()
 
