@@ -259,7 +259,9 @@ def limit_for(limits: Mapping[str, int], model: str) -> int:
     return limits.get(model, DEFAULT_MAX_ELEMENTS)
 
 
-def worker_infer(body: bytes, header_length: int | None, max_elements: int) -> tuple[int, str] | Infer:
+def worker_infer(
+    body: bytes | bytearray, header_length: int | None, max_elements: int
+) -> tuple[int, str] | Infer:
     """:func:`infer_from_body` for a worker process: a rejection comes back as a value."""
     try:
         return infer_from_body(body, header_length, max_elements)
