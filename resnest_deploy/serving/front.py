@@ -111,7 +111,7 @@ class _Message:
     url: bytes = b""
     headers: dict[bytes, bytes] = field(default_factory=dict)
     body: list[bytes] = field(default_factory=list)  # a chunked body, as it comes
-    buf: bytearray | None = None  # a Content-Length body: one buffer, filled in place
+    buf: bytearray | None = None  # a Content-Length body: one buffer
     size: int = 0
     reserved: int = 0
     pool: int = 0  # which of the front's pools holds ``reserved``
@@ -172,7 +172,7 @@ class _Parsed:
                 m.reject = e
                 return
         if m.buf is not None:
-            m.buf[m.size - len(data) : m.size] = data
+            m.buf += data
         else:
             m.body.append(data)
 
@@ -361,9 +361,9 @@ class Front:
             raise _Reject(413, f"the body of this request may hold at most {limit} bytes", close=True)
         if length:
             self._reserve(m, client, length)
-            # one allocation this large is its own mapping, returned to the system once freed (a list of
-            # 64 KiB reads, then their join, held twice the bytes and stayed in the heap)
-            m.buf = bytearray(length)
+            # one buffer grown as the body comes (a list of 64 KiB reads and then their join held twice
+            # the bytes); grown, not made at its declared size: a stalled body holds only what it sent
+            m.buf = bytearray()
 
     def _body_limit(self, m: _Message) -> int:
         if m.method == "POST":
@@ -710,7 +710,10 @@ async def _within(awaitable: Awaitable[T], seconds: float) -> T:
     if hasattr(asyncio, "timeout"):
         async with asyncio.timeout(seconds):
             return await awaitable
-    return await asyncio.wait_for(awaitable, seconds)
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
+        raise TimeoutError from None
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
