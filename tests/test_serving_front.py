@@ -279,3 +279,28 @@ def test_an_oversized_grpc_message_is_refused_before_tritonserver_sees_it(served
     finally:
         client.close()
     still_serving(served)
+
+
+def test_a_grpc_stream_is_relayed_and_a_hostile_message_in_it_ends_it_with_invalid_argument(served):
+    import queue
+
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(f"{HOST}:{served.ports.grpc}")
+    answers: queue.Queue = queue.Queue()
+    try:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        ok = grpcclient.InferInput("input", SAMPLE, "FP32")
+        ok.set_data_from_numpy(np.zeros(SAMPLE, np.float32))
+        client.async_stream_infer("digits", [ok])
+        result, error = answers.get(timeout=30)
+        assert error is None and result.as_numpy("logits").shape == (1, 10)
+        bad = grpcclient.InferInput("input", [1, 3, 32, 2**40], "FP32")
+        bad._raw_content = b"\0" * 16
+        client.async_stream_infer("digits", [bad])
+        result, error = answers.get(timeout=30)
+        assert result is None and "declares shape [1, 3, 32, 1099511627776]" in str(error)
+        client.stop_stream()
+    finally:
+        client.close()
+    still_serving(served)
