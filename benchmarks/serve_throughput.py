@@ -5,14 +5,14 @@
 
 For the digits model (FP32) and resnest50 (CPU INT8, random weights): `resnest-deploy bench` in its
 own process at batch 1 and at the batcher's largest batch; then `serve` (tritonserver from
-nvidia-pytriton behind the HTTP guard, dynamic batching, python backend over the same runner) under
+nvidia-pytriton behind the HTTP front, dynamic batching, python backend over the same runner) under
 wrk with 1, 4 and 16 connections on 127.0.0.1, each sending one-image KServe v2 binary-tensor
 requests (benchmarks/wrk_infer.lua). wrk's own CPU use is measured and reported next to each figure,
 so a reader can tell whether the client was the bottleneck.
 
 The floor of this server: the same tritonserver, config and request serving a python model that
 returns zeros without running anything (model.py swapped for one that does nothing). Our per-request
-overhead is the served p50 at concurrency 1 minus the offline p50 at batch 1. The guard's own cost is
+overhead is the served p50 at concurrency 1 minus the offline p50 at batch 1. The front's own cost is
 measured by sending the same load straight to Triton's private HTTP port.
 
 Goals: served throughput at concurrency 16 >= 85% of offline throughput at the batcher's largest batch
@@ -158,7 +158,7 @@ def served(path: Path, seconds: int, folder: Path, *, direct: bool = False) -> d
         wrk(srv.ports.http, model, body, header, 1, 1)  # warm up the connection and the model
         for c in CONCURRENCY:
             out[str(c)] = wrk(srv.ports.http, model, body, header, c, seconds)
-        if direct:  # the same load straight to Triton's private HTTP port: what the guard costs
+        if direct:  # the same load straight to Triton's private HTTP port: what the front costs
             out["direct"] = {str(c): wrk(srv.internal_http, model, body, header, c, seconds) for c in (1, 16)}
     return out
 
@@ -229,7 +229,7 @@ def report(results: dict) -> dict:
 def table(results: dict, m: dict, seconds: int) -> list[str]:
     s = report(results)["summary"]
     lines = [
-        f"# Served through `serve` (guard + Triton, dynamic batching, max batch {MAX_BATCH}) "
+        f"# Served through `serve` (front + Triton, dynamic batching, max batch {MAX_BATCH}) "
         "vs offline `bench`",
         "",
         f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}, {m['date'][:10]}. "
@@ -251,7 +251,7 @@ def table(results: dict, m: dict, seconds: int) -> list[str]:
         f"Digits at concurrency 1: our per-request overhead (served p50 - offline p50) "
         f"{s['digits_overhead_c1_ms']:.2f} ms; the floor (no-op model, same server and request) "
         f"{s['floor_c1_ms']:.2f} ms: {s['overhead_vs_floor']:.2f}x (goal <= 1.5x).",
-        f"The guard: +{s['guard_cost_c1_ms']:.2f} ms at c=1; at c=16 it passes {s['guard_share_c16']:.0%} of "
+        f"The front: +{s['guard_cost_c1_ms']:.2f} ms at c=1; at c=16 it passes {s['guard_share_c16']:.0%} of "
         f"the img/s sent straight to Triton ({s['direct_c16_images_per_s']:.0f}): its Python shares the "
         "2 cores with Triton, the stub and wrk.",
     ]

@@ -22,6 +22,8 @@ _EXTRAS = {
     "openvino": ("openvino", "runs ONNX files on CPUs with OpenVINO"),
     "safetensors": ("export", "reads .safetensors checkpoints"),
     "tritonclient": ("serve", "reads Triton's model config schema"),
+    "httptools": ("serve", "parses HTTP (llhttp) for serve's front"),
+    "grpc": ("serve", "runs serve's gRPC front"),
     "kubernetes_validate": ("k8s", "validates Kubernetes manifests offline"),
     "yaml": ("k8s", "writes Kubernetes manifests"),
     "jsonschema": ("k8s", "checks a RayJob against KubeRay's CRD schema"),

@@ -45,10 +45,10 @@ def serve_cmd(
 
     Uses the tritonserver that nvidia-pytriton bundles (pip install --no-deps nvidia-pytriton),
     which runs on a CPU-only machine; each artifact is a python-backend model running this
-    package's runners. The HTTP port is a guard that bounds what a request may declare before
-    Triton reads it. On Ctrl-C or SIGTERM it answers not-ready, finishes the requests in flight
-    (--drain-timeout) and stops within seconds; if a model stops answering it exits non-zero,
-    so a supervisor can restart it.
+    package's runners. The HTTP and gRPC ports are fronts that parse, bound and rebuild every
+    request before Triton reads it (Triton's own ports are private). On Ctrl-C or SIGTERM it
+    answers not-ready, finishes the requests in flight (--drain-timeout) and stops within
+    seconds; if a model stops answering it exits non-zero, so a supervisor can restart it.
 
     Examples:
       resnest-deploy serve models/resnest14d_digits/resnest14d_digits.onnx

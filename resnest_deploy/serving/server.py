@@ -3,8 +3,9 @@
 Every artifact becomes a python-backend model that runs it through this package's runners, with
 Triton's dynamic batching, classification extension, metadata, health and statistics endpoints.
 Where the server comes from is :mod:`.triton_install`; its process life, stubs and stale runs are
-:mod:`.supervisor`; this module writes the repository, puts the front (:mod:`.guard`: a request
-declaring a huge shape aborts tritonserver) before Triton's HTTP port, and runs the serve loop.
+:mod:`.supervisor`; this module writes the repository, puts the fronts (:mod:`.front` for HTTP,
+:mod:`.grpc_front` for gRPC: a request declaring a huge shape aborts tritonserver) before Triton's
+private ports, and runs the serve loop.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 
 from resnest_deploy._io import refuse_overwrite, write_json
 from resnest_deploy.errors import ArtifactError
-from resnest_deploy.serving.guard import Guard
+from resnest_deploy.serving.front import Front, FrontLimits
+from resnest_deploy.serving.grpc_front import GrpcFront
 from resnest_deploy.serving.repository import ModelEntry, write_repository
 from resnest_deploy.serving.supervisor import (
     ADMIN_HEADER,
@@ -91,6 +93,7 @@ def running(
     drain_timeout: float = DRAIN_TIMEOUT_S,
     admin_api: bool = False,
     log: Path | None = None,
+    front: FrontLimits | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     say: Callable[[str], None] = lambda _m: None,
 ) -> Iterator[tuple[TritonServer, list[ModelEntry]]]:
@@ -119,7 +122,8 @@ def running(
             drain_timeout=drain_timeout,
             admin_api=admin_api,
         )
-        guard = Guard(ports.host, ports.http, server.internal_http, _model_limits(entries))
+        bounds = front or FrontLimits()
+        guard = Front(ports.host, ports.http, server.internal_http, _model_limits(entries), bounds=bounds)
         try:
             guard.bind()
         except OSError as e:
@@ -128,6 +132,17 @@ def running(
         guard.start()  # answers not-ready until Triton is
         say(f"starting tritonserver with {', '.join(e.name for e in entries)}")
         try:
+            server.grpc_front = GrpcFront(
+                ports.host,
+                ports.grpc,
+                server.internal_grpc,
+                _model_limits(entries),
+                max_message=bounds.max_body,
+            )
+            try:
+                server.grpc_front.start()
+            except OSError as e:
+                raise ServeError(f"{e}; choose another --grpc-port") from None
             server.start(install.backend_dir(run_dir / "backends"), run_dir)
             server.wait_ready(ready_timeout, should_stop)
             guard.set_ready(True)

@@ -53,11 +53,17 @@ _NOISE = ("CudaDriverHelper", "NVML", "DCGM", "pinned memory", "GPU metrics", "C
 
 
 class Front(Protocol):
-    """What the supervisor needs of the public front (today :class:`~.guard.Guard`)."""
+    """What the supervisor needs of the public HTTP front (:class:`~.front.Front`)."""
 
     def set_ready(self, ready: bool, reason: str = "") -> None: ...
     def drain(self, timeout: float) -> object: ...
     def close(self) -> None: ...
+
+
+class GrpcFront(Protocol):
+    """What the supervisor needs of the public gRPC front (:class:`~.grpc_front.GrpcFront`)."""
+
+    def close(self, grace: float = 0.0) -> None: ...
 
 
 _PR_SET_PDEATHSIG = 1
@@ -109,7 +115,7 @@ def clean_stale_runs(root: Path | None = None) -> list[Path]:
 
 
 class TritonServer:
-    """A ``tritonserver`` process over a model repository, its HTTP behind a :class:`Guard`;
+    """A ``tritonserver`` process over a model repository, its HTTP and gRPC behind fronts;
     stopped (by its own pid) on exit, and killed by the kernel if this process dies first."""
 
     def __init__(
@@ -125,11 +131,12 @@ class TritonServer:
         self.repo, self.ports, self.log = repo, ports, log
         self.install = install or TritonInstall.find()
         self.process: subprocess.Popen[bytes] | None = None
-        self.internal_http = free_ports(1)[0]
+        self.internal_http, self.internal_grpc = free_ports(2)  # the fronts own the public ports
         self.drain_timeout = drain_timeout
         self.restricted = not admin_api  # Triton's restricted APIs locked for every client
         self.log_start = 0  # the log's size when this run started: what it wrote is after that
         self.guard: Front | None = None
+        self.grpc_front: GrpcFront | None = None
         self.stubs: dict[str, int] = {}  # model name -> stub pid, once ready
         self.failure: str | None = None  # why the server can no longer answer
 
@@ -140,10 +147,10 @@ class TritonServer:
             f"--model-repository={self.repo}",
             f"--backend-directory={backends}",
             f"--http-port={self.internal_http}",
-            "--http-address=127.0.0.1",  # the guard is the public HTTP port
-            f"--grpc-port={p.grpc}",
+            "--http-address=127.0.0.1",  # the fronts own the public ports
+            f"--grpc-port={self.internal_grpc}",
             f"--metrics-port={p.metrics}",
-            f"--grpc-address={p.host}",
+            "--grpc-address=127.0.0.1",
             f"--metrics-address={p.host}",
             f"--exit-timeout-secs={max(1, round(self.drain_timeout))}",
             "--exit-on-error=true",
@@ -251,6 +258,8 @@ class TritonServer:
         SIGKILL after the drain timeout; then whatever is left of its process group, by its pid."""
         if self.guard is not None:
             self.guard.drain(self.drain_timeout)
+        if self.grpc_front is not None:
+            self.grpc_front.close(self.drain_timeout)
         if self.process is not None:
             if self.process.poll() is None:
                 seen = self.log.stat().st_size if self.log.exists() else 0

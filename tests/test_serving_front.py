@@ -1,0 +1,306 @@
+"""The fronts of `serve` under the attacks of issue 29, on a real tritonserver on 127.0.0.1.
+
+Each test sends one class of hostile request and then checks what matters: tritonserver is still
+running and ready, and an ordinary client is answered. Each failed on the hand-written relay this
+front replaced (it checked one reading of a request and forwarded the client's bytes). Every client
+socket has a timeout, every loop a count, and the server is stopped by its own pid.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from resnest_deploy.serving.front import FrontLimits
+from resnest_deploy.serving.server import Ports, running
+
+HOST = "127.0.0.1"
+SAMPLE = [1, 3, 32, 32]
+LIMITS = FrontLimits(
+    max_body=4 * 2**20,
+    max_buffered=6 * 2**20,  # two stalled 3 MiB bodies fill it
+    max_buffered_per_client=6 * 2**20,
+    head_timeout_s=1.5,
+    body_timeout_s=1.5,
+    inline_decode=64 * 2**10,
+)
+
+
+@pytest.fixture(scope="module")
+def served(digits_onnx, tmp_path_factory):
+    log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
+    with running([digits_onnx], Ports.free(HOST), max_batch_size=8, log=log, front=LIMITS) as (srv, _):
+        yield srv
+
+
+def infer_body(shape: list[int] = SAMPLE) -> bytes:
+    """A JSON infer request; a shape over the bound carries one value (the shape is what is checked)."""
+    n = int(np.prod(shape)) if np.prod(shape) <= 8 * 3072 else 1
+    return json.dumps(
+        {"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": [0.0] * n}]}
+    ).encode()
+
+
+def connect(srv) -> socket.socket:
+    return socket.create_connection((HOST, srv.ports.http), timeout=20)
+
+
+def read_answer(sock: socket.socket, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    """One response off a kept-alive socket, read by the standard library (not the front's parser)."""
+    r = http.client.HTTPResponse(sock, method=method)
+    r.begin()
+    body = r.read()
+    return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+
+
+def raw(srv, payload: bytes, wait: float = 20) -> bytes:
+    """Send ``payload``, read until the front closes the connection or ``wait`` seconds pass."""
+    out = b""
+    with connect(srv) as s:
+        s.sendall(payload)
+        s.settimeout(wait)
+        for _ in range(10_000):
+            try:
+                chunk = s.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+def post(path: str, body: bytes, *extra: bytes) -> bytes:
+    head = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % (path.encode(), len(body))
+    return head + b"".join(h + b"\r\n" for h in extra) + b"\r\n" + body
+
+
+def still_serving(srv) -> None:
+    """tritonserver alive and ready, and an ordinary client answered through the front."""
+    assert srv.process.poll() is None, "tritonserver stopped"
+    with connect(srv) as s:
+        s.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_answer(s)[0] == 200
+        s.sendall(post("/v2/models/digits/infer", infer_body()))
+        status, _, body = read_answer(s)
+        assert status == 200, body[:300]
+        assert json.loads(body)["outputs"][0]["shape"] == [1, 10]
+
+
+def test_a_key_named_twice_is_refused_not_read_two_ways(served):
+    # Python's json keeps the last "shape", tritonserver's rapidjson the first: the old relay checked
+    # [1,3,32,32] and tritonserver allocated [1,3,32,2**40] (std::bad_alloc, SIGABRT)
+    body = (
+        b'{"inputs":[{"name":"input","shape":[1,3,32,1099511627776],"datatype":"FP32",'
+        b'"data":[0],"shape":[1,3,32,32]}]}'
+    )
+    got = raw(served, post("/v2/models/digits/infer", body, b"Connection: close"))
+    assert got.startswith(b"HTTP/1.1 400") and b"names key 'shape' twice" in got
+    still_serving(served)
+
+
+def test_an_absolute_form_target_is_checked_like_an_origin_form_one(served):
+    with connect(served) as s:
+        s.sendall(post("http://127.0.0.1/v2/models/digits/infer", infer_body([1, 3, 32, 2**40])))
+        status, _, body = read_answer(s)
+        assert status == 400 and b"declares shape [1, 3, 32, 1099511627776]" in body
+        s.sendall(post(f"http://localhost:{served.ports.http}/v2/models/digits/infer", infer_body()))
+        status, _, body = read_answer(s)
+        assert status == 200 and json.loads(body)["outputs"][0]["shape"] == [1, 10]
+    still_serving(served)
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [b"Content-Length : %d", b"X-Pad: a\r\n Content-Length: %d", b"X-Pad: a\r\n\tContent-Length: %d"],
+    ids=["whitespace before the colon", "folded line (space)", "folded line (tab)"],
+)
+def test_headers_that_frame_a_body_two_ways_are_refused_and_nothing_is_smuggled(served, framing):
+    smuggled = post("/v2/models/digits/infer", infer_body([1, 3, 32, 2**40]))
+    # the old relay read these as Content-Length; tritonserver did not, and ran `smuggled` unchecked
+    head = b"POST /v2/models/digits/stats HTTP/1.1\r\nHost: x\r\n" + framing % len(smuggled) + b"\r\n\r\n"
+    got = raw(served, head + smuggled)
+    assert got.startswith(b"HTTP/1.1 400") and got.count(b"HTTP/1.1") == 1, got[:300]
+    assert b"Connection: close" in got
+    still_serving(served)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/models/digits/generate",
+        "/v2/models/digits/generate_stream",
+        "/v2/models/digits/versions/1/generate",
+        "/v2/unknown",
+        "/v2/models/digits/infer/../generate",
+    ],
+)
+def test_endpoints_the_front_does_not_check_are_answered_here_not_forwarded(served, path):
+    # bodies that broke tritonserver's generate JSON parser when the relay forwarded them
+    for body in (b'{"text_input": [[[[[', b'{"a":' * 2000, b"\xff\xfe"):
+        with connect(served) as s:
+            s.sendall(post(path, body))
+            status, headers, answer = read_answer(s)
+            assert status == 404 and headers["content-type"] == "application/json"
+            assert "is not served here" in json.loads(answer)["error"]
+    still_serving(served)
+
+
+def test_expect_100_continue_is_answered_and_keep_alive_stays_in_step(served):
+    body = infer_body()
+    with connect(served) as s:
+        for _ in range(3):
+            s.sendall(
+                b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body)
+            )
+            assert s.recv(64) == b"HTTP/1.1 100 Continue\r\n\r\n"  # curl waits for this on bodies > 1 MiB
+            s.sendall(body)
+            status, _, answer = read_answer(s)
+            assert status == 200 and json.loads(answer)["outputs"][0]["shape"] == [1, 10]
+            s.sendall(
+                b"GET /v2/models/digits/ready HTTP/1.1\r\nHost: x\r\n\r\n"
+            )  # this answer, not a late one
+            assert read_answer(s)[:1] == (200,)
+        # refused from its head alone: the body is never read, so the connection closes
+        s.sendall(
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % (LIMITS.max_body + 1)
+        )
+        status, headers, _ = read_answer(s)
+        assert status == 413 and headers["connection"] == "close"
+    still_serving(served)
+
+
+def test_head_is_answered_without_a_body_and_keep_alive_stays_in_step(served):
+    with connect(served) as s:
+        for path in ("/v2/health/ready", "/v2/models/digits", "/v2/models/digits/config", "/v2"):
+            s.sendall(b"HEAD %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+            status, headers, body = read_answer(s, "HEAD")
+            assert status == 200 and body == b""
+            length = int(headers["content-length"])  # what a GET would carry
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+            status, headers, body = read_answer(s)
+            assert status == 200 and len(body) == int(headers["content-length"]) == length
+    still_serving(served)
+
+
+def test_a_health_probe_is_answered_while_a_client_sends_the_largest_body(served):
+    # the largest JSON body allowed: decoded in the front's worker process, not on its event loop
+    filler = b'{"inputs":[{"name":"input","shape":[8,3,32,32],"datatype":"FP32","data":['
+    n = (LIMITS.max_body - len(filler) - 8) // 4
+    big = filler + b"0.0," * n + b"0.0]}]}"
+    assert len(big) <= LIMITS.max_body
+    answer: dict[str, object] = {}
+
+    def send_big() -> None:
+        with connect(served) as s:
+            s.sendall(post("/v2/models/digits/infer", big))
+            answer["status"], _, answer["body"] = read_answer(s)
+            answer["at"] = time.monotonic()
+
+    sender = threading.Thread(target=send_big)
+    sender.start()
+    probes: list[tuple[float, float]] = []
+    with connect(served) as probe:
+        deadline = time.monotonic() + 60
+        while sender.is_alive() and time.monotonic() < deadline and len(probes) < 2000:
+            started = time.monotonic()
+            probe.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_answer(probe)[0] == 200
+            probes.append((started, time.monotonic() - started))
+            time.sleep(0.02)
+    sender.join(60)
+    assert answer["status"] == 400 and b"elements; its shape [8, 3, 32, 32] says 24576" in answer["body"], (
+        answer
+    )
+    during = [took for at, took in probes if at < answer["at"]]
+    assert len(during) >= 3, "the probe was not answered while the large body was read and decoded"
+    assert max(during) < 1.0, f"a probe took {max(during):.2f} s (a Kubernetes probe gives up after 1 s)"
+    still_serving(served)
+
+
+def test_stalled_heads_and_bodies_time_out_and_their_bytes_are_bounded(served):
+    stalled = [connect(served) for _ in range(3)]
+    try:
+        stalled[0].sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Le")  # slowloris
+        for s in stalled[1:]:  # each holds 3 of the 6 MiB all large bodies may hold
+            s.sendall(
+                b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n{"
+                % (3 * 2**20)
+            )
+        time.sleep(0.3)
+        with connect(served) as third:  # no room left for another large body: 503, not a wait
+            third.sendall(post("/v2/models/digits/infer", b"{" + b" " * (3 * 2**19)))
+            status, headers, _ = read_answer(third)
+            assert status == 503 and headers["retry-after"] == "1"
+        still_serving(served)  # small requests have a pool of their own: they and a probe still get through
+        started = time.monotonic()
+        for s in stalled:
+            s.settimeout(LIMITS.body_timeout_s + 10)
+            status, headers, _ = read_answer(s)
+            assert status == 408 and headers["connection"] == "close"
+        assert time.monotonic() - started < LIMITS.body_timeout_s + 5
+        assert served.guard.buffered == 0
+    finally:
+        for s in stalled:
+            s.close()
+    still_serving(served)
+
+
+def test_an_oversized_grpc_message_is_refused_before_tritonserver_sees_it(served):
+    import grpc
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(f"{HOST}:{served.ports.grpc}")
+    try:
+        x = np.zeros(SAMPLE, np.float32)
+        inp = grpcclient.InferInput("input", SAMPLE, "FP32")
+        inp.set_data_from_numpy(x)
+        assert client.infer("digits", [inp]).as_numpy("logits").shape == (1, 10)
+        huge = grpcclient.InferInput("input", SAMPLE, "FP32")
+        huge._raw_content = b"\0" * (LIMITS.max_body + 1024)  # far more bytes than the shape needs
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("digits", [huge], client_timeout=30)
+        assert refused.value.status() == str(grpc.StatusCode.RESOURCE_EXHAUSTED), refused.value.message()
+        big_shape = grpcclient.InferInput("input", [1, 3, 32, 2**40], "FP32")
+        big_shape._raw_content = b"\0" * 16
+        with pytest.raises(InferenceServerException, match="declares shape"):
+            client.infer("digits", [big_shape], client_timeout=30)
+        assert client.is_server_ready()
+        assert client.infer("digits", [inp]).as_numpy("logits").shape == (1, 10)
+    finally:
+        client.close()
+    still_serving(served)
+
+
+def test_a_grpc_stream_is_relayed_and_a_hostile_message_in_it_ends_it_with_invalid_argument(served):
+    import queue
+
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(f"{HOST}:{served.ports.grpc}")
+    answers: queue.Queue = queue.Queue()
+    try:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        ok = grpcclient.InferInput("input", SAMPLE, "FP32")
+        ok.set_data_from_numpy(np.zeros(SAMPLE, np.float32))
+        client.async_stream_infer("digits", [ok])
+        result, error = answers.get(timeout=30)
+        assert error is None and result.as_numpy("logits").shape == (1, 10)
+        bad = grpcclient.InferInput("input", [1, 3, 32, 2**40], "FP32")
+        bad._raw_content = b"\0" * 16
+        client.async_stream_infer("digits", [bad])
+        result, error = answers.get(timeout=30)
+        assert result is None and "declares shape [1, 3, 32, 1099511627776]" in str(error)
+        client.stop_stream()
+    finally:
+        client.close()
+    still_serving(served)

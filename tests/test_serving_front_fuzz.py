@@ -1,0 +1,221 @@
+"""Fuzzing serve's HTTP front against a plain echo backend (the standard library's HTTP server).
+
+Seeded and bounded (a fixed number of cases, each connection with a timeout, the whole run with a
+deadline). Requests are built valid, then their framing is mutated the ways smuggling attempts do
+(whitespace before a colon, folded lines, Content-Length twice or next to Transfer-Encoding, chunk
+sizes and extensions, bare LF, absolute-form targets, pipelining, truncated or padded bodies,
+flipped bytes, duplicate JSON keys, binary sizes that disagree). The property: every request the
+backend sees is one the front checked and wrote itself. It is on an endpoint the front serves, it
+carries only the headers the front writes, an infer body is exactly the canonical form of a request
+that passes the checks (decoding it again gives the same bytes), and the client got one answer per
+request the backend saw: nothing reached the backend that the client was not answered for.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import random
+import re
+import socket
+import threading
+import time
+from typing import ClassVar
+
+import pytest
+
+from resnest_deploy.serving.front import Front, FrontLimits
+from resnest_deploy.serving.requests import DEFAULT_MAX_ELEMENTS, RequestRejected, infer_from_body
+
+HOST = "127.0.0.1"
+SEED = 29
+CASES = 1500
+DEADLINE_S = 120.0
+LIMIT = 64  # elements one input of model "m" may hold
+SERVED = re.compile(
+    r"^/v2(/health/(live|ready)|/models/(m|other)(/versions/1)?(/ready|/config|/stats|/infer)?)?$"
+)
+FRONT_HEADERS = {"host", "content-length", "content-type", "inference-header-content-length"}
+
+
+class Echo(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    seen: ClassVar[list[tuple[str, str, dict[str, str], bytes]]] = []
+    lock = threading.Lock()
+
+    def _answer(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with self.lock:
+            self.seen.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            n = len(self.seen)
+        out = json.dumps({"echo": n}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    do_GET = do_POST = do_HEAD = do_PUT = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def front():
+    backend = http.server.ThreadingHTTPServer((HOST, 0), Echo)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    bounds = FrontLimits(max_body=2**16, head_timeout_s=0.5, body_timeout_s=0.5, inline_decode=2**12)
+    f = Front(HOST, 0, backend.server_address[1], {"m": LIMIT}, bounds=bounds)
+    f.bind()
+    f.start()
+    f.set_ready(True)
+    try:
+        yield f
+    finally:
+        f.close()
+        backend.shutdown()
+        backend.server_close()
+
+
+def base_request(rng: random.Random) -> tuple[str, str, dict[str, str], bytes]:
+    """(method, target, headers, body): valid, or valid-looking with a checked field out of bounds."""
+    kind = rng.choice(["json", "json", "binary", "binary", "get", "other"])
+    shape = rng.choice([[2, 3], [4, 16], [8, 8], [1, 2]] * 3 + [[8, 9], [1, 65], [0], [2, -1]])
+    n = max(0, 1 if -1 in shape else shape[0] * (shape[1] if len(shape) > 1 else 1))
+    target = rng.choice(["/v2/models/m/infer", "/v2/models/m/versions/1/infer", "/v2/models/other/infer"])
+    if kind == "json":
+        data = [rng.choice([0, 1.5, -2]) for _ in range(n + rng.choice([0] * 8 + [1, -1]))]
+        doc = {"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": data}]}
+        body = json.dumps(doc).encode()
+        if rng.random() < 0.15:  # a key named twice
+            body = body.replace(b'"shape": ', b'"shape": [1, 3, 2, 999999], "shape": ', 1)
+        return "POST", target, {"Content-Type": "application/json"}, body
+    if kind == "binary":
+        size = 4 * n + rng.choice([0] * 8 + [4, -4])
+        doc = {
+            "inputs": [
+                {"name": "x", "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": size}}
+            ]
+        }
+        header = json.dumps(doc).encode()
+        tensor = bytes(rng.getrandbits(8) for _ in range(max(0, size)))
+        length = len(header) + rng.choice([0] * 8 + [1, -1])
+        return "POST", target, {"Inference-Header-Content-Length": str(length)}, header + tensor
+    if kind == "get":
+        return "GET", rng.choice(["/v2/health/ready", "/v2/models/m", "/v2/models/m/config", "/v2"]), {}, b""
+    return "POST", rng.choice(["/v2/models/m/generate", "/v2/models/m/generate_stream", "/x"]), {}, b"{}"
+
+
+def frame(rng: random.Random, method: str, target: str, headers: dict[str, str], body: bytes) -> bytes:
+    """The request's bytes, with some of its framing mutated."""
+    lines = [(k, v) for k, v in headers.items()] + [("Host", "x")]
+    chunked = rng.random() < 0.25
+    if chunked:
+        lines.append(
+            ("Transfer-Encoding", rng.choice(["chunked", "chunked", "Chunked", " chunked", "gzip, chunked"]))
+        )
+        if rng.random() < 0.3:
+            lines.append(("Content-Length", str(len(body))))
+    else:
+        lines.append(("Content-Length", str(len(body) + rng.choice([0] * 10 + [3, -3]))))
+        if rng.random() < 0.15:
+            lines.append(("Content-Length", str(len(body) + rng.choice([0, 7]))))  # twice
+    if rng.random() < 0.1:
+        lines.append(("Expect", rng.choice(["100-continue", "100-continue", "nothing"])))
+    rng.shuffle(lines)
+    if rng.random() < 0.2:
+        target = rng.choice(
+            [f"http://h{target}", f"HTTP://h:1{target}", "*", "h:80", target + "?q=1", "//" + target]
+        )
+    if rng.random() < 0.05:
+        method = method.lower()
+    version = rng.choice(["HTTP/1.1"] * 16 + ["HTTP/1.0", "HTTP/2.0"])
+    head = [f"{method} {target} {version}"]
+    for name, value in lines:
+        sep = rng.choice([": "] * 40 + [" : ", ":", "\t: ", ":\t"])
+        line = f"{name}{sep}{value}"
+        if rng.random() < 0.05:  # a folded line
+            head.append("X-Fold: a")
+            line = rng.choice([" ", "\t"]) + line
+        head.append(line)
+    eol = "\r\n" if rng.random() < 0.95 else "\n"
+    raw = (eol.join(head) + eol + eol).encode("latin-1")
+    if chunked:
+        pieces, at = [], 0
+        while at < len(body):
+            step = rng.randint(1, max(1, len(body) // 2))
+            ext = rng.choice(["", "", ";a=b", ";x"])
+            pieces.append(
+                b"%x%s\r\n%s\r\n"
+                % (step if at + step <= len(body) else len(body) - at, ext.encode(), body[at : at + step])
+            )
+            at += step
+        raw += b"".join(pieces) + rng.choice([b"0\r\n\r\n"] * 5 + [b"0\r\nX: y\r\n\r\n", b"0\r\n"])
+    else:
+        raw += body
+    if rng.random() < 0.05:
+        i = rng.randrange(len(raw))
+        raw = raw[:i] + bytes([rng.getrandbits(8)]) + raw[i + 1 :]
+    return raw
+
+
+def exchange(port: int, payload: bytes) -> bytes:
+    out = b""
+    with socket.create_connection((HOST, port), timeout=5) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        for _ in range(1000):
+            try:
+                chunk = s.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+def check_seen(method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+    """What the backend got: written by the front, and exactly what a check of it passes."""
+    assert SERVED.match(path), path
+    assert set(headers) <= FRONT_HEADERS, headers
+    assert int(headers.get("content-length", "0")) == len(body)
+    if not path.endswith("/infer"):
+        assert method == "GET" and body == b""
+        return
+    assert method == "POST"
+    length = headers.get("inference-header-content-length")
+    try:
+        limit = LIMIT if path.startswith("/v2/models/m/") else DEFAULT_MAX_ELEMENTS
+        again = infer_from_body(body, int(length) if length else None, limit)
+    except RequestRejected as e:
+        pytest.fail(f"the backend got a request the checks refuse: {e}: {body[:200]!r}")
+    assert again.header + again.binary == body  # canonical: the front's own bytes, not the client's
+    doc = json.loads(again.header)
+    assert all(len(i["shape"]) <= 8 and all(d >= 0 for d in i["shape"]) for i in doc["inputs"])
+
+
+def test_framing_mutations_never_reach_the_backend_unchecked(front):
+    rng = random.Random(SEED)
+    port = front._sock.getsockname()[1]
+    forwarded = refused = 0
+    started = time.monotonic()
+    for case in range(CASES):
+        if time.monotonic() - started > DEADLINE_S:
+            break
+        payload = frame(rng, *base_request(rng))
+        if rng.random() < 0.2:  # pipelined: a second request right behind the first
+            payload += frame(rng, *base_request(rng))
+        before = len(Echo.seen)
+        answer = exchange(port, payload)
+        seen = Echo.seen[before:]
+        for request in seen:
+            check_seen(*request)
+        echoed = answer.count(b'{"echo": ')
+        assert echoed == len(seen), (case, payload[:300], answer[:300])
+        forwarded += len(seen)
+        refused += answer.count(b'{"error": ')
+    assert front.buffered == 0 and not any(p.by_client for p in front._pools)
+    print(f"{case + 1} cases: {forwarded} requests forwarded, {refused} refused")
+    assert forwarded > CASES // 8 and refused > CASES // 5, (forwarded, refused)
