@@ -42,6 +42,36 @@ class Prediction:
     top: list[tuple[int, str, float]]  # (class index, name, probability)
 
 
+def image_paths(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Image files, and every image under a folder (sorted, as ``eval`` finds them)."""
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = data.find_images(item)
+            if not found:
+                raise ArtifactError(
+                    f"{item} is a folder with no images in it ({', '.join(sorted(data.IMAGE_SUFFIXES))}); "
+                    "give image files or a folder that holds some"
+                )
+            paths += found
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise ArtifactError(f"image not found: {item}; check the path")
+    return paths
+
+
+def top_predictions(paths: Sequence[Path], logits: np.ndarray, topk: int) -> list[Prediction]:
+    """Softmax and the ``topk`` classes of each row, named (ImageNet names for 1000 classes)."""
+    probs = softmax(logits.astype(np.float64))
+    names = class_names(probs.shape[1])
+    out = []
+    for path, p in zip(paths, probs, strict=True):
+        idx = np.argsort(-p, kind="stable")[:topk]
+        out.append(Prediction(str(path), [(int(i), names[i], float(p[i])) for i in idx]))
+    return out
+
+
 def predict(
     images: Sequence[str | os.PathLike[str]],
     artifact: str = "torch",
@@ -51,20 +81,12 @@ def predict(
     topk: int = 5,
     provider: str = "cpu",
 ) -> list[Prediction]:
-    paths = [Path(p) for p in images]
-    for p in paths:
-        if not p.is_file():
-            raise ArtifactError(f"image not found: {p}; check the path")
+    paths = image_paths(images)
     lineup = Lineup.of([artifact], arch, weights)
     loaded = data.load_images(paths, lineup.transform)
     if loaded.skipped:
         path, why = loaded.skipped[0]
         raise ArtifactError(f"{path} is not an image Pillow can read ({why}); pass jpg/png/webp files")
     with lineup.runner(lineup.infos[0], provider) as runner:
-        probs = softmax(runner.infer_batched(loaded.array, 8).astype(np.float64))
-    names = class_names(probs.shape[1])
-    out = []
-    for path, p in zip(paths, probs, strict=True):
-        idx = np.argsort(-p)[:topk]
-        out.append(Prediction(str(path), [(int(i), names[i], float(p[i])) for i in idx]))
-    return out
+        logits = runner.infer_batched(loaded.array, 8)
+    return top_predictions(paths, logits, topk)

@@ -14,6 +14,7 @@ from resnest_deploy.cli._common import (
     ProviderOpt,
     WeightsOptional,
     deprecated,
+    err,
     handle_errors,
     out,
     print_json,
@@ -43,14 +44,37 @@ def predict_cmd(
     weights: WeightsOptional = None,
     topk: Annotated[int, typer.Option(min=1, max=1000, help="Classes to show per image.")] = 5,
     provider: ProviderOpt = Provider.cpu,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            help="Ask a served model instead (`serve`, or any Triton serving a resnest-deploy "
+            "repository): http://HOST:PORT or grpc://HOST:PORT. Then every argument is an image.",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="The served model's name (with --server; default: the only one).")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Classify images with any artifact; ImageNet class names for 1000-class models.
+    """Classify images (files, or folders of them) with any artifact, or with a served model;
+    ImageNet class names for 1000-class models.
+
+    With --server, images are preprocessed as the served model's config records (resize, crop,
+    normalise, input form), sent over HTTP or gRPC (Triton's protocol), and the answer printed as a
+    local predict prints it.
 
     Examples:
       resnest-deploy predict torch cat.jpg --arch resnest50
       resnest-deploy predict models/resnest50/resnest50.int8-cpu.onnx a.jpg b.png --topk 3
+      resnest-deploy predict models/resnest50/resnest50.onnx photos/
+      resnest-deploy predict --server http://127.0.0.1:8000 --model resnest50 cat.jpg
+      resnest-deploy predict --server grpc://127.0.0.1:8001 --model resnest50 photos/ --json
     """
+    if server is not None:
+        _predict_served(inputs, server, model, arch, topk, json_out, weights, provider, artifact)
+        return
+    if model is not None:
+        raise typer.BadParameter("--model names a served model; give --server too", param_hint="--model")
     if artifact is not None:
         deprecated("predict IMAGES --artifact A", "predict A IMAGES")
         chosen, images = artifact, inputs
@@ -66,6 +90,42 @@ def predict_cmd(
     preds = predict(
         [Path(i) for i in images], chosen, arch=arch, weights=weights, topk=topk, provider=provider.value
     )
+    show(preds, json_out)
+
+
+def _predict_served(
+    inputs: list[str],
+    server: str,
+    model: str | None,
+    arch: str | None,
+    topk: int,
+    json_out: bool,
+    weights: str | None,
+    provider: Provider,
+    artifact: str | None,
+) -> None:
+    if artifact is not None or weights is not None or provider is not Provider.cpu:
+        raise typer.BadParameter(
+            "--artifact, --weights and --provider choose what runs locally; the server runs its own model",
+            param_hint="--server",
+        )
+    if _is_artifact(inputs[0]):
+        raise typer.BadParameter(
+            f"with --server every argument is an image; {inputs[0]!r} is a model: serve it, or drop --server",
+            param_hint="INPUTS",
+        )
+    from resnest_deploy.serving.client import predict_served
+
+    preds, served = predict_served(inputs, server, model=model, arch=arch, topk=topk)
+    err.print(
+        f"{served.name} at {server}: {served.form.name} input, preprocessing from {served.transform_source}",
+        style="dim",
+    )
+    show(preds, json_out)
+
+
+def show(preds: list, json_out: bool) -> None:
+    """The table (or JSON) of local and served predictions alike."""
     if json_out:
         print_json(
             [

@@ -29,6 +29,7 @@ _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "lanczos": Image.Resampling.LANCZOS,
 }
+RESAMPLE_NAMES = frozenset(_RESAMPLE)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ answers with names; warm-up at the smallest and largest batch. Nothing is writte
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import re
@@ -21,9 +23,11 @@ from typing import Any
 from resnest_deploy import formats, interface
 from resnest_deploy._io import sha256_file
 from resnest_deploy.artifacts import deployable
+from resnest_deploy.data import Transform
 from resnest_deploy.engine.flavour import engine_flavour
-from resnest_deploy.errors import ArtifactError
+from resnest_deploy.errors import ArtifactError, UnknownArchError
 from resnest_deploy.limits import MAX_BATCH, check_positive
+from resnest_deploy.models import ModelSpec, get_spec
 from resnest_deploy.serving.pbtxt import Enum, to_text
 
 TRITON_TYPES = {"float32": Enum("TYPE_FP32"), "float16": Enum("TYPE_FP16"), "uint8": Enum("TYPE_UINT8")}
@@ -33,6 +37,19 @@ MAX_NAME = 100
 #: the warm-up batches, zero-filled, may take at most this much memory
 MAX_WARMUP_BYTES = 2**30
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def transform_record(spec: ModelSpec, hw: tuple[int, int]) -> dict[str, Any]:
+    """The eval transform of ``spec`` at ``hw`` as plain numbers (``serving.client`` reads it back):
+    resize the shorter side, centre-crop, RGB in [0, 1], normalise; then the input form."""
+    t = Transform.from_pretrained(spec.pretrained, *hw)
+    return {
+        "crop": list(t.hw),
+        "resize": t.resize,
+        "interpolation": t.interpolation,
+        "mean": list(t.mean),
+        "std": list(t.std),
+    }
 
 
 @dataclass
@@ -174,6 +191,11 @@ def model_config(
         "sha256": sha256_file(path),
         "input_format": formats.InputForm.of(meta).name,
     }
+    hw = formats.InputForm.of(meta).hw([0, *io.input_dims])
+    if all(isinstance(v, int) for v in hw):
+        # what a client must do to an image before sending it: the transform local `predict` uses
+        with contextlib.suppress(UnknownArchError):  # an arch this version does not know: none
+            provenance["preprocessing"] = json.dumps(transform_record(get_spec(str(meta["arch"])), hw))
     if python_backend:  # what runs the file inside the python model (see --provider)
         if provider not in ("cpu", "openvino", "openvino-bf16", "cuda", "tensorrt"):
             raise ArtifactError(f"unknown provider {provider!r} for a python-backend model")
