@@ -39,6 +39,31 @@ MAX_WARMUP_BYTES = 2**30
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
+def check_servable(paths: list[Path]) -> None:
+    """``serve`` takes artifacts and writes its own repository: a folder is refused first, before
+    anything starts, and a Triton model repository with the files inside it to serve instead."""
+    for path in paths:
+        if not path.is_dir():
+            continue
+        models = sorted(path.glob("*/config.pbtxt"))
+        if not models:
+            raise ArtifactError(
+                f"{path} is a folder; serve takes artifacts: .onnx files or engines (.plan), e.g. "
+                "resnest-deploy serve models/resnest50/resnest50.onnx"
+            )
+        files = [
+            f for m in models for f in sorted(m.parent.glob("*/model.*")) if f.suffix in (".onnx", ".plan")
+        ]
+        example = " ".join(str(f) for f in files[:3]) or f"{path}/<model>/1/model.onnx"
+        example += "".join(f" --name {f.parent.parent.name}" for f in files[:3])
+        count = f"{len(models)} model{'s' if len(models) != 1 else ''}"
+        raise ArtifactError(
+            f"{path} is a Triton model repository ({count}); serve takes artifacts and writes "
+            f"its own repository: serve the files in it (resnest-deploy serve {example}), or run "
+            f"tritonserver --model-repository {path} yourself"
+        )
+
+
 def transform_record(spec: ModelSpec, hw: tuple[int, int]) -> dict[str, Any]:
     """The eval transform of ``spec`` at ``hw`` as plain numbers (``serving.client`` reads it back):
     resize the shorter side, centre-crop, RGB in [0, 1], normalise; then the input form."""
