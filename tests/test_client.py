@@ -7,6 +7,8 @@ fails); every client call has a timeout.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +192,48 @@ def test_server_urls():
     for bad in ("ftp://h:1", "http://h:1/v2/models", "http://h:99999", "http://"):
         with pytest.raises(ClientError, match="--server"):
             Endpoint.parse(bad)
+
+
+def documented_blocks() -> tuple[dict[str, str], list[str]]:
+    """serving.md's client files (python blocks named by their first line) and its curl lines."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "serving.md").read_text()
+    files, curl, lang, block = {}, [], None, []
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if lang == "python" and block and block[0].startswith("# ") and ".py" in block[0]:
+                files[block[0].split()[1].rstrip(":")] = "\n".join(block) + "\n"
+            lang, block = (line[3:].strip() or None) if lang is None else None, []
+            continue
+        block.append(line)
+        if lang == "bash" and ("curl " in line or "make_request.py" in line):
+            curl.append(line)
+    return files, curl
+
+
+def test_the_documented_curl_and_tritonclient_requests_work_on_a_real_image(
+    served, digits_onnx, photos, tmp_path
+):
+    files, lines = documented_blocks()
+    assert set(files) == {"preprocess.py", "make_request.py", "client.py"} and len(lines) == 3
+    image = photos / "d3.jpg"
+    expected = predict([image], str(digits_onnx), topk=5)[0].top
+
+    def here(text: str) -> str:
+        return (
+            text.replace("127.0.0.1:8000", served.ports.url)
+            .replace("resnest50", "digits")
+            .replace("cat.jpg", str(image))
+        )
+
+    for name, code in files.items():
+        (tmp_path / name).write_text(here(code))
+    script = "set -e\n" + "\n".join(here(ln).replace("python ", f"{sys.executable} ") for ln in lines)
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)["outputs"][0]["data"]  # curl: score:index:label, best first
+    assert [int(a.split(":")[1]) for a in answer] == [i for i, *_ in expected]
+    client = subprocess.run(
+        [sys.executable, "client.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert client.returncode == 0, client.stderr
+    assert f":{expected[0][0]}:" in client.stdout.split("\n")[0]
