@@ -28,6 +28,10 @@ TAIL_MAX = 3.0
 #: or, on a CPU, a larger batch takes less time per call than a smaller one (more work in less time)
 #: or this many times more time per image (cache effects cost some, not this much)
 PER_IMAGE_GROWTH_MAX = 2.0
+#: or, where a call is long enough to be compute-bound (not per-call overhead), less than this
+#: fraction of the time per image: batching on a CPU saves overhead, not most of the arithmetic
+PER_IMAGE_GAIN_MIN = 0.25
+COMPUTE_BOUND_MS = 20.0
 #: another process using this share of the CPUs makes every row on them suspect
 OTHERS_SHARE_MAX = 0.15
 #: warm-up ends when the median of the last WINDOW calls is within this of the WINDOW before
@@ -231,6 +235,11 @@ def scaling_flags(rows: Sequence[BenchResult]) -> dict[int, list[str]]:
                     f"scaling: batch {large.batch} took less time per call than batch {small.batch} "
                     f"({per_large:.3g} vs {per_small:.3g} ms per image): impossible on a CPU"
                 )
+            elif small.p50_ms >= COMPUTE_BOUND_MS and per_large < PER_IMAGE_GAIN_MIN * per_small:
+                message = (
+                    f"scaling: batch {large.batch} took {per_large / per_small:.2f}x the time per image of "
+                    f"batch {small.batch}, far below what batching saves on a CPU"
+                )
             elif per_large > PER_IMAGE_GROWTH_MAX * per_small:
                 message = (
                     f"scaling: batch {large.batch} took {per_large / per_small:.1f}x the time per image "
@@ -307,7 +316,6 @@ def bench(
     each row judged (:func:`judge`). ``options`` are :class:`BenchPlan` fields, when no plan is given.
 
     Every timed call holds exactly its batch of distinct inputs; impossible sizes are refused first.
-    The provider applies to .onnx files; PyTorch and engines run as they always do.
     """
     plan = plan or BenchPlan(**options)
     lineup = Lineup.of(artifacts, arch, weights)
@@ -317,9 +325,8 @@ def bench(
     loads: list[LoadReport | None] = []
     for info in lineup.infos:
         started = time.perf_counter()
-        provider = plan.provider if info.kind == "onnx" else "cpu"
         with lineup.runner(
-            info, provider, threads=plan.threads, cuda_graphs=plan.cuda_graphs, ov_hint=plan.ov_hint
+            info, plan.provider, threads=plan.threads, cuda_graphs=plan.cuda_graphs, ov_hint=plan.ov_hint
         ) as runner:
             first = None
             for b in plan.batches:
@@ -370,8 +377,8 @@ def bench_providers(
     on_cell: Callable[[BenchResult], None] | None = None,
 ) -> list[BenchResult]:
     """Several providers in one table, each timed in a process of its own (two runtimes in one
-    process share its threads and memory): the first runs every artifact, the others the .onnx
-    files again. Each process sends a line per cell as it is timed, so progress shows as it goes."""
+    process share its threads and memory): the first runs every artifact (a provider that does not
+    apply to PyTorch or an engine is refused, as always), the others the .onnx files again. Each process sends a line per cell as it is timed, so progress shows as it goes."""
     import json
     import subprocess
     import sys

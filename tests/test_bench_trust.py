@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,7 +39,8 @@ def implausible(rows: list[dict]) -> set[int]:
             same = (s["artifact"], s["backend"]) == (r["artifact"], r["backend"])
             if same and s["batch"] > r["batch"]:
                 per_r, per_s = r["p50_ms"] / r["batch"], s["p50_ms"] / s["batch"]
-                if s["p50_ms"] < r["p50_ms"] or per_s > 2 * per_r:
+                far_below = r["p50_ms"] >= 20 and per_s < per_r / 4  # compute-bound at batch 1
+                if s["p50_ms"] < r["p50_ms"] or per_s > 2 * per_r or far_below:
                     bad |= {i, j}
     return bad
 
@@ -89,11 +91,14 @@ class Sleeper(Runner):
 
 
 class Drifting(Sleeper):
+    """Each call 30% slower than the one before: two windows of 3 calls differ by 2.2x, far beyond
+    what scheduling noise of a few ms can hide."""
+
     def __init__(self) -> None:
-        super().__init__(1, 0)
+        super().__init__(5, 0)
 
     def infer_impl(self, x):
-        self.base *= 1.2
+        self.base *= 1.3
         return super().infer_impl(x)
 
 
@@ -125,6 +130,9 @@ def test_a_steady_runner_is_not_flagged_and_stalls_or_impossible_scaling_are():
     with Sleeper(1, 10) as growing:  # 11 ms per image at batch 1, 3x that at batch 8
         rows = [measured(growing, 1), replace_batch(measured(growing, 1, 5), 8, 8 * 33.0)]
     assert all(any("time per image" in f for f in r.flags) for r in judge(rows, plan, [None, None]))
+    with Sleeper(40, 0) as compute_bound:  # 40 ms at batch 1, 5 ms per image at batch 8 (total 40)
+        rows = [measured(compute_bound, 1), replace_batch(measured(compute_bound, 1, 5), 8, 41.0)]
+    assert all(any("far below" in f for f in r.flags) for r in judge(rows, plan, [None, None]))
 
 
 def replace_batch(row, batch: int, p50: float):
@@ -138,10 +146,10 @@ def test_runs_on_time_or_on_count_and_warm_up_is_bounded(digits_onnx):
     assert rows[0].iterations >= 10 and 0.5 <= rows[0].timed_s < 10
     (counted,) = bench([digits_onnx], batches=(2,), iterations=7, warmup=2)
     assert counted.iterations == 7 and counted.warmup_calls == 2
-    with Drifting() as drifting:  # each call 20% slower than the one before: never stable
+    with Drifting() as drifting:  # never stable: the warm-up ends at its bound, and says so
         started = time.monotonic()
-        warm, settled = warm_up(drifting, np.zeros((1, 3, 4, 4), np.float32), max_s=0.5)
-    assert not settled and warm >= 6 and time.monotonic() - started < 2
+        warm, settled = warm_up(drifting, np.zeros((1, 3, 4, 4), np.float32), max_s=1.0)
+    assert not settled and warm >= 6 and time.monotonic() - started < 5
     for bad in ({"seconds": 0}, {"iterations": 0}, {"warmup": -1}):
         with pytest.raises(LimitError):
             BenchPlan(**bad)
@@ -161,17 +169,28 @@ def test_several_providers_in_one_table_each_in_its_own_process(digits_onnx):
     assert bad.exit_code == 2 and "gpu: choose from" in bad.output
 
 
-def test_the_load_watch_sees_a_busy_process():
+def cpu_ticks(pid: int) -> int:
+    after = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(after[11]) + int(after[12])
+
+
+def test_the_load_watch_sees_a_busy_process_as_it_really_ran():
+    """What the watch says the busy process used is what its own /proc entry says, measured here
+    around the same second (how much it gets depends on what else shares the machine)."""
     spin = f"import time\nend = time.monotonic() + {BUSY_S}\nwhile time.monotonic() < end:\n    pass\n"
     busy = subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.DEVNULL)
     try:
         time.sleep(0.2)
+        before, started = cpu_ticks(busy.pid), time.monotonic()
         with LoadWatch() as watch:
-            time.sleep(1.0)
+            time.sleep(2.0)
+        used = (cpu_ticks(busy.pid) - before) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - started)
     finally:
         busy.kill()
         busy.wait(10)
     report = watch.report
-    assert report is not None and report.own_cores < 0.2
-    assert any(b.pid == busy.pid and b.cores > 0.3 for b in report.busiest)
-    assert report.others_cores >= 0.3
+    assert report is not None and report.own_cores < 0.2 and used > 0.02
+    seen = {b.pid: b.cores for b in report.busiest}
+    if used >= 0.15:  # busy enough to be listed (from 0.1 core)
+        assert abs(seen[busy.pid] - used) < 0.1, (seen, used)
+    assert report.others_cores >= used - 0.1

@@ -38,7 +38,7 @@ ProvidersOpt = Annotated[
         "--provider",
         help="What runs .onnx files, comma-separated to time several in one table, each in a process of "
         "its own: ONNX Runtime on cpu, cuda or tensorrt; or OpenVINO on the CPU in f32 ('openvino') or "
-        "bf16 ('openvino-bf16'). PyTorch and engines run once, as always.",
+        "bf16 ('openvino-bf16'). PyTorch and engines run once, with the first.",
     ),
 ]
 

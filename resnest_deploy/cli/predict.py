@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,6 +20,9 @@ from resnest_deploy.cli._common import (
     print_json,
     styled,
 )
+
+if TYPE_CHECKING:
+    from resnest_deploy.predict import Prediction
 
 
 def _is_artifact(name: str) -> bool:
@@ -71,7 +74,13 @@ def predict_cmd(
       resnest-deploy predict --server grpc://127.0.0.1:8001 --model resnest50 photos/ --json
     """
     if server is not None:
-        _predict_served(inputs, server, model, arch, topk, json_out, weights, provider, artifact)
+        if artifact is not None or weights is not None or provider is not Provider.cpu:
+            raise typer.BadParameter(
+                "--artifact, --weights and --provider choose what runs locally; the server runs its own "
+                "model",
+                param_hint="--server",
+            )
+        _predict_served(inputs, server, model, arch, topk, json_out)
         return
     if model is not None:
         raise typer.BadParameter("--model names a served model; give --server too", param_hint="--model")
@@ -100,15 +109,7 @@ def _predict_served(
     arch: str | None,
     topk: int,
     json_out: bool,
-    weights: str | None,
-    provider: Provider,
-    artifact: str | None,
 ) -> None:
-    if artifact is not None or weights is not None or provider is not Provider.cpu:
-        raise typer.BadParameter(
-            "--artifact, --weights and --provider choose what runs locally; the server runs its own model",
-            param_hint="--server",
-        )
     if _is_artifact(inputs[0]):
         raise typer.BadParameter(
             f"with --server every argument is an image; {inputs[0]!r} is a model: serve it, or drop --server",
@@ -124,7 +125,7 @@ def _predict_served(
     show(preds, json_out)
 
 
-def show(preds: list, json_out: bool) -> None:
+def show(preds: list[Prediction], json_out: bool) -> None:
     """The table (or JSON) of local and served predictions alike."""
     if json_out:
         print_json(
