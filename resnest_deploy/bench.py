@@ -378,7 +378,8 @@ def bench_providers(
 ) -> list[BenchResult]:
     """Several providers in one table, each timed in a process of its own (two runtimes in one
     process share its threads and memory): the first runs every artifact (a provider that does not
-    apply to PyTorch or an engine is refused, as always), the others the .onnx files again. Each process sends a line per cell as it is timed, so progress shows as it goes."""
+    apply to PyTorch or an engine is refused, as always), the others the .onnx files again. Each
+    process sends a line per cell as it is timed, so progress shows as it goes."""
     import json
     import subprocess
     import sys
