@@ -49,7 +49,8 @@ def parse_providers(text: str) -> list[str]:
     unknown = [p for p in names if p not in known]
     if not names or unknown:
         raise typer.BadParameter(
-            f"{', '.join(unknown) or repr(text)}: choose from {', '.join(known)}, comma-separated",
+            f"{', '.join(map(repr, unknown)) or repr(text)} is not one of {', '.join(known)} "
+            "(several: comma-separated, e.g. cpu,openvino)",
             param_hint="--provider",
         )
     if len(set(names)) != len(names):
