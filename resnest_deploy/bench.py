@@ -38,6 +38,8 @@ OTHERS_SHARE_MAX = 0.15
 SETTLED = 0.10
 WINDOW = 3
 WARMUP_MAX_S = 10.0
+#: a slow cell still gets two windows to compare, up to this long
+WARMUP_HARD_S = 60.0
 WARMUP_MAX_CALLS = 500
 #: timed calls per cell when running on time, at least; and at most (every loop is bounded)
 MIN_CALLS = 10
@@ -148,12 +150,16 @@ def time_runner(
     return times, device
 
 
-def warm_up(runner: Runner, x: np.ndarray, max_s: float = WARMUP_MAX_S) -> tuple[int, bool]:
+def warm_up(
+    runner: Runner, x: np.ndarray, max_s: float = WARMUP_MAX_S, hard_s: float = WARMUP_HARD_S
+) -> tuple[int, bool]:
     """Untimed calls until the call time is stable: the median of the last ``WINDOW`` calls within
-    ``SETTLED`` of the ``WINDOW`` before. Bounded by ``max_s`` and ``WARMUP_MAX_CALLS``; returns the
-    calls made and whether they settled."""
+    ``SETTLED`` of the ``WINDOW`` before. Bounded by ``max_s`` once two windows were compared (a slow
+    cell gets them, up to ``hard_s``) and by ``WARMUP_MAX_CALLS``; returns the calls made and whether
+    they settled."""
     times: list[float] = []
-    deadline = time.perf_counter() + max_s
+    started = time.perf_counter()
+    deadline, hard = started + max_s, started + hard_s
     while len(times) < WARMUP_MAX_CALLS:
         runner.infer(x)
         times.append(runner.last_inference_ms())
@@ -162,7 +168,7 @@ def warm_up(runner: Runner, x: np.ndarray, max_s: float = WARMUP_MAX_S) -> tuple
             before = float(np.median(times[-2 * WINDOW : -WINDOW]))
             if abs(now - before) <= SETTLED * before:
                 return len(times), True
-        if time.perf_counter() >= deadline:
+        if time.perf_counter() >= (deadline if len(times) >= 2 * WINDOW else hard):
             break
     return len(times), False
 

@@ -215,7 +215,8 @@ def bench_cmd(
     for i, r in enumerate(notes, 1):
         out.print(
             styled(
-                (f"!{i} ", "bold yellow"), f"{Path(r.artifact).name} batch {r.batch}: {'; '.join(r.flags)}"
+                (f"!{i} ", "bold yellow"),
+                f"{Path(r.artifact).name} {r.backend} batch {r.batch}: {'; '.join(r.flags)}",
             )
         )
         if r.cause:
