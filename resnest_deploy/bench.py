@@ -263,12 +263,15 @@ def likely_cause(r: BenchResult, plan: BenchPlan, report: LoadReport | None) -> 
     cores = os.cpu_count() or 1
     if report is not None and report.others_share >= OTHERS_SHARE_MAX:
         threads = plan.threads or cores
-        contention = (
-            f"; with {threads} threads on {cores} cores, they contend for them (oversubscription): "
-            "stop it, or bench with fewer --threads"
-            if on_cpu(r.backend)
-            else ""
-        )
+        if not on_cpu(r.backend):
+            contention = "; they delay the host side of each call: stop them"
+        elif threads >= cores:
+            contention = (
+                f"; with {threads} threads on {cores} cores, this process and they contend for the cores "
+                "(oversubscription): stop them, or bench with fewer --threads"
+            )
+        else:
+            contention = "; they take the CPU time this process waits for: stop them"
         return f"other processes: {report.who()}{contention}"
     if plan.threads and plan.threads > cores and on_cpu(r.backend):
         return f"thread oversubscription: --threads {plan.threads} on {cores} cores"
