@@ -10,6 +10,28 @@ from typing import Any
 from resnest_deploy.errors import ArtifactError, MissingDependencyError
 
 
+def driver_problem() -> str | None:
+    """Why no CUDA GPU can run anything here, asked of the driver itself (``libcuda``, through
+    ctypes: no cuda-python, TensorRT or torch needed), or None when a GPU is visible. Said before
+    any install hint: installing packages does not give a machine a GPU."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "no NVIDIA driver here (libcuda.so.1 is not installed): this machine has no usable NVIDIA GPU"
+    status = int(lib.cuInit(0))
+    if status != 0:
+        return (
+            f"the NVIDIA driver found no usable GPU (cuInit error {status}: no GPU, a driver/kernel "
+            "mismatch, or CUDA_VISIBLE_DEVICES hides it)"
+        )
+    count = ctypes.c_int(0)
+    if int(lib.cuDeviceGetCount(ctypes.byref(count))) != 0 or count.value < 1:
+        return "the NVIDIA driver sees no GPU (CUDA_VISIBLE_DEVICES may hide it)"
+    return None
+
+
 def cudart() -> Any:
     """cuda-python's runtime API (``cuda.bindings.runtime``, or ``cuda.cudart`` before 12.6)."""
     try:

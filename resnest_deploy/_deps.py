@@ -21,7 +21,7 @@ _EXTRAS = {
     "matplotlib": ("plot", "draws the latency plot"),
     "openvino": ("openvino", "runs ONNX files on CPUs with OpenVINO"),
     "safetensors": ("export", "reads .safetensors checkpoints"),
-    "tritonclient": ("serve", "reads Triton's model config schema"),
+    "tritonclient": ("serve", "talks to Triton servers (predict --server) and reads their config schema"),
     "httptools": ("serve", "parses HTTP (llhttp) for serve's front"),
     "grpc": ("serve", "runs serve's gRPC front"),
     "kubernetes_validate": ("k8s", "validates Kubernetes manifests offline"),

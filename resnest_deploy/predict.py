@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from resnest_deploy import data
 from resnest_deploy.artifacts import Lineup, recorded_weights
 from resnest_deploy.errors import ArtifactError
@@ -31,13 +33,20 @@ class Prediction:
 
 
 def image_list(inputs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], bool]:
-    """Files as given and every image under a folder (sorted); whether any folder was given."""
+    """Files as given and every image under a folder (sorted, as ``eval`` finds them); whether any
+    folder was given."""
     paths: list[Path] = []
     folders = False
     for item in map(Path, inputs):
         if item.is_dir():
             folders = True
-            paths += data.find_images(item)
+            found = data.find_images(item)
+            if not found:
+                raise ArtifactError(
+                    f"{item} is a folder with no images in it ({', '.join(sorted(data.IMAGE_SUFFIXES))}); "
+                    "give image files or a folder that holds some"
+                )
+            paths += found
         elif item.is_file():
             paths.append(item)
         else:
@@ -57,6 +66,22 @@ def _job(artifact: str, arch: str | None, weights: str | None, topk: int, provid
         arch=lineup.arch,
         weights=weights or recorded_weights(lineup.infos),
     )
+
+
+def image_paths(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Image files, and every image under a folder."""
+    return image_list(inputs)[0]
+
+
+def top_predictions(paths: Sequence[Path], logits: np.ndarray, topk: int) -> list[Prediction]:
+    """Softmax and the ``topk`` classes of each row, named (ImageNet names for 1000 classes)."""
+    probs = softmax(logits.astype(np.float64))
+    names = class_names(probs.shape[1])
+    out = []
+    for path, p in zip(paths, probs, strict=True):
+        idx = np.argsort(-p, kind="stable")[:topk]
+        out.append(Prediction(str(path), [(int(i), names[i], float(p[i])) for i in idx]))
+    return out
 
 
 def predict(

@@ -340,10 +340,15 @@ def test_every_timed_batch_holds_its_images(digits_onnx, monkeypatch):
 
 @pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason="a GPU is present: the provider would load")
 def test_a_gpu_provider_that_does_not_load_is_refused_and_stdout_stays_clean(digits_onnx):
+    from resnest_deploy._cuda import driver_problem
+
     for provider in ("cuda", "tensorrt"):
         result = cli.invoke(app, ["bench", str(digits_onnx), "--provider", provider, "--json", "-n", "1"])
         assert result.exit_code == 1 and result.stdout == ""
-        assert "could not start" in result.stderr and "would run on CPUExecutionProvider" in result.stderr
+        if driver_problem():  # no GPU: said first, before ONNX Runtime is even asked
+            assert f"--provider {provider} needs an NVIDIA GPU" in result.stderr
+        else:
+            assert "could not start" in result.stderr and "would run on CPUExecutionProvider" in result.stderr
 
 
 # --- clean refusals --------------------------------------------------------------------------------

@@ -46,8 +46,17 @@ def root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", help="Let ONNX Runtime and ModelOpt print their own log lines (off by default)."
+        ),
+    ] = False,
 ) -> None:
-    pass
+    from resnest_deploy._verbosity import set_verbose
+
+    if verbose:
+        set_verbose(True)
 
 
 COMMANDS: dict[str, Callable[..., None]] = {

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from resnest_deploy._io import prepare_outputs
 from resnest_deploy.cli._common import (
@@ -15,17 +16,46 @@ from resnest_deploy.cli._common import (
     JsonOpt,
     OvHint,
     Provider,
-    ProviderOpt,
     WeightsOptional,
-    counting_bar,
     deprecated,
+    err,
     handle_errors,
     out,
     parse_batches,
     print_json,
+    styled,
 )
 from resnest_deploy.limits import MAX_THREADS
 from resnest_deploy.runners import TORCH_NAMES
+
+#: what a cell is timed for when neither -t nor -n is given
+DEFAULT_SECONDS = 2.0
+
+
+ProvidersOpt = Annotated[
+    str,
+    typer.Option(
+        "--provider",
+        help="What runs .onnx files, comma-separated to time several in one table, each in a process of "
+        "its own: ONNX Runtime on cpu, cuda or tensorrt; or OpenVINO on the CPU in f32 ('openvino') or "
+        "bf16 ('openvino-bf16'). PyTorch and engines run once, with the first.",
+    ),
+]
+
+
+def parse_providers(text: str) -> list[str]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    known = [p.value for p in Provider]
+    unknown = [p for p in names if p not in known]
+    if not names or unknown:
+        raise typer.BadParameter(
+            f"{', '.join(map(repr, unknown)) or repr(text)} is not one of {', '.join(known)} "
+            "(several: comma-separated, e.g. cpu,openvino)",
+            param_hint="--provider",
+        )
+    if len(set(names)) != len(names):
+        raise typer.BadParameter("a provider is named twice", param_hint="--provider")
+    return names
 
 
 @handle_errors
@@ -42,10 +72,27 @@ def bench_cmd(
     arch: ArchOptional = None,
     weights: WeightsOptional = None,
     batch_sizes: BatchSizesOpt = "1,8",
-    warmup: Annotated[int, typer.Option(min=0, help="Untimed calls first.")] = 5,
+    seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--time",
+            "-t",
+            min=0.01,
+            max=3600,
+            help="Time each cell (artifact x batch) for this many seconds, at least 10 calls (or -n), as "
+            "benchmark_app -t. Default: 2 s unless -n is given.",
+        ),
+    ] = None,
     iterations: Annotated[
-        int, typer.Option("--iterations", "-n", min=1, help="Timed calls per batch size.")
-    ] = 20,
+        int | None,
+        typer.Option(
+            "--iterations", "-n", min=1, help="Timed calls per cell: exactly this many (with -t: at least)."
+        ),
+    ] = None,
+    warmup: Annotated[
+        int | None,
+        typer.Option(min=0, help="Untimed calls first (default: until the call time is stable)."),
+    ] = None,
     threads: Annotated[
         int | None, typer.Option(min=1, max=MAX_THREADS, help="Intra-op threads (default: all cores).")
     ] = None,
@@ -53,25 +100,32 @@ def bench_cmd(
     ov_hint: Annotated[
         OvHint, typer.Option(help="OpenVINO performance hint (--provider openvino*).")
     ] = OvHint.latency,
-    provider: ProviderOpt = Provider.cpu,
+    provider: ProvidersOpt = "cpu",
     csv: Annotated[Path | None, typer.Option(help="Also write the results as CSV.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Also draw p50 latency against batch size (PNG).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Latency percentiles and throughput per artifact and batch size, side by side.
+    """Latency percentiles and throughput per artifact and batch size, side by side, each row
+    checked for figures that cannot be trusted.
 
     Every backend is timed the same way: the whole call, host staging and copies included; engines
     add their GPU time (CUDA events) as a second column, and every artifact its first call (load
-    plus one inference: a cold start). Timing never depends on input values, so seeded random
-    inputs are used. 'torch' times PyTorch eager (--arch names the model when no file does).
+    plus one inference: a cold start). Each cell warms up until its call time is stable, then runs
+    on time (-t) or a count (-n). Rows whose calls disagree (p90 far above p10, p99 far above p50),
+    whose batch scaling is impossible on a CPU, or that ran while other processes used the CPUs are
+    flagged (!) with the likely cause. Timing never depends on input values, so seeded random inputs
+    are used. 'torch' times PyTorch eager (--arch names the model when no file does). A line per
+    cell goes to stderr as it is timed.
 
     Examples:
+      resnest-deploy bench m.onnx m.int8-cpu.onnx -t 10
+      resnest-deploy bench m.int8-cpu.onnx --provider cpu,openvino --batch-sizes 1,8
       resnest-deploy bench m.plan --batch-sizes 1,8,32 --cuda-graphs
       resnest-deploy bench torch m.onnx m.int8-cpu.onnx --plot latency.png
-      resnest-deploy bench torch --arch resnest50 --batch-sizes 1,8
+      resnest-deploy bench torch --arch resnest50 --batch-sizes 1,8 -n 50
       resnest-deploy bench torch:cuda m.onnx --provider cuda --batch-sizes 1,8,32
     """
-    from resnest_deploy.bench import bench, to_csv
+    from resnest_deploy.bench import BenchPlan, bench_providers, describe_cell, to_csv
     from resnest_deploy.bench import plot as draw
 
     if onnx or engine:
@@ -85,26 +139,31 @@ def bench_cmd(
             "name something to time: files, or 'torch' with --arch", param_hint="ARTIFACTS"
         )
     batches = parse_batches(batch_sizes)
+    providers = parse_providers(provider)
     prepare_outputs([csv, plot], [c for c in chosen if c not in TORCH_NAMES], with_sidecar=False)
     if plot:
         from resnest_deploy.bench import check_plot_path
 
         check_plot_path(plot)  # fail before timing, not after
-    with counting_bar("timing", not json_out) as (on_total, advance):
-        results = bench(
-            chosen,
-            arch=arch,
-            weights=weights,
-            batches=batches,
-            warmup=warmup,
-            iterations=iterations,
-            provider=provider.value,
-            threads=threads,
-            cuda_graphs=cuda_graphs,
-            ov_hint=ov_hint.value,
-            advance=advance,
-            on_total=on_total,
-        )
+    plan = BenchPlan(
+        tuple(batches),
+        iterations=iterations,
+        seconds=seconds if seconds is not None or iterations is not None else DEFAULT_SECONDS,
+        warmup=warmup,
+        threads=threads,
+        cuda_graphs=cuda_graphs,
+        ov_hint=ov_hint.value,
+    )
+    results = bench_providers(
+        chosen,
+        plan,
+        providers,
+        arch=arch,
+        weights=weights,
+        on_cell=lambda r: err.print(
+            ("! " if r.flags else "  ") + describe_cell(r), style="dim", highlight=False
+        ),
+    )
     if csv:
         from resnest_deploy._io import atomic_path
 
@@ -120,26 +179,45 @@ def bench_cmd(
         title="latency (ms, whole call) and throughput" + ("; GPU: the engine alone" if gpu else ""),
         title_justify="left",
     )
-    columns = ["artifact", "backend", "prec", "batch", "p50", "p99", "img/s", "first"] + (
-        ["GPU p50"] if gpu else []
-    )
+    columns = ["", "artifact", "backend", "prec", "batch", "p50", "p10-p90", "p99", "img/s", "calls", "first"]
+    columns += ["GPU p50"] if gpu else []
     for col in columns:
         table.add_column(
-            col, justify="left" if col in ("artifact", "backend", "prec") else "right", overflow="fold"
+            col, justify="left" if col in ("artifact", "backend", "prec", "") else "right", overflow="fold"
         )
+    notes = []
     for r in results:
-        row = [
+        mark = ""
+        if r.flags:
+            notes.append(r)
+            mark = f"!{len(notes)}"
+        row: list[str | Text] = [
+            styled((mark, "bold yellow")) if mark else "",
             Path(r.artifact).name,
             r.backend.replace("onnxruntime-", "ort-").replace("openvino-cpu-", "ov-"),
             r.precision,
             str(r.batch),
             f"{r.p50_ms:.2f}",
+            f"{r.p10_ms:.2f}-{r.p90_ms:.2f}",
             f"{r.p99_ms:.2f}",
             f"{r.images_per_s:.1f}",
+            str(r.iterations),
             f"{r.first_call_ms:.0f}",
         ]
         if gpu:
             row.append("-" if r.device_p50_ms is None else f"{r.device_p50_ms:.2f}")
         table.add_row(*row)
     out.print(table)
-    out.print("first: ms to load the artifact and answer its first call (a cold start)", style="dim")
+    out.print(
+        "first: ms to load the artifact and answer its first call (a cold start); calls: timed calls",
+        style="dim",
+    )
+    for i, r in enumerate(notes, 1):
+        out.print(
+            styled(
+                (f"!{i} ", "bold yellow"),
+                f"{Path(r.artifact).name} {r.backend} batch {r.batch}: {'; '.join(r.flags)}",
+            )
+        )
+        if r.cause:
+            out.print(f"   likely cause: {r.cause}", style="yellow")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,6 +23,9 @@ from resnest_deploy.cli._common import (
     print_json,
     styled,
 )
+
+if TYPE_CHECKING:
+    from resnest_deploy.predict import Prediction
 
 
 def _is_artifact(name: str) -> bool:
@@ -46,6 +50,16 @@ def predict_cmd(
     weights: WeightsOptional = None,
     topk: Annotated[int, typer.Option(min=1, max=1000, help="Classes to show per image.")] = 5,
     provider: ProviderOpt = Provider.cpu,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            help="Ask a served model instead (`serve`, or any Triton serving a resnest-deploy "
+            "repository): http://HOST:PORT or grpc://HOST:PORT. Then every argument is an image.",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="The served model's name (with --server; default: the only one).")
+    ] = None,
     json_out: JsonOpt = False,
     output: Annotated[
         Path | None,
@@ -58,13 +72,39 @@ def predict_cmd(
     ] = None,
     ray_address: RayOpt = None,
 ) -> None:
-    """Classify images with any artifact; ImageNet class names for 1000-class models.
+    """Classify images (files, or folders of them) with any artifact, or with a served model;
+    ImageNet class names for 1000-class models.
+
+    With --server, images are preprocessed as the served model's config records (resize, crop,
+    normalise, input form), sent over HTTP or gRPC (Triton's protocol), and the answer printed as a
+    local predict prints it.
 
     Examples:
       resnest-deploy predict torch cat.jpg --arch resnest50
       resnest-deploy predict models/resnest50/resnest50.int8-cpu.onnx a.jpg b.png --topk 3
       resnest-deploy predict m.int8-cpu.onnx photos/ -o tags.parquet --ray auto
+      resnest-deploy predict --server http://127.0.0.1:8000 --model resnest50 cat.jpg
+      resnest-deploy predict --server grpc://127.0.0.1:8001 --model resnest50 photos/ --json
+      resnest-deploy predict models/resnest50/resnest50.onnx photos/
     """
+    if server is not None:
+        # RAY_ADDRESS in the environment is no request to use Ray for this command
+        typed_ray = ray_address is not None and ray_address != os.environ.get("RAY_ADDRESS")
+        if output is not None or typed_ray:
+            raise typer.BadParameter(
+                "-o and --ray run the model here or on a cluster; with --server the server runs it",
+                param_hint="--server",
+            )
+        if artifact is not None or weights is not None or provider is not Provider.cpu:
+            raise typer.BadParameter(
+                "--artifact, --weights and --provider choose what runs locally; the server runs its own "
+                "model",
+                param_hint="--server",
+            )
+        _predict_served(inputs, server, model, arch, topk, json_out)
+        return
+    if model is not None:
+        raise typer.BadParameter("--model names a served model; give --server too", param_hint="--model")
     if artifact is not None:
         deprecated("predict IMAGES --artifact A", "predict A IMAGES")
         chosen, images = artifact, inputs
@@ -111,6 +151,34 @@ def predict_cmd(
             provider=provider.value,
             executor=ex,
         )
+    show(preds, json_out)
+
+
+def _predict_served(
+    inputs: list[str],
+    server: str,
+    model: str | None,
+    arch: str | None,
+    topk: int,
+    json_out: bool,
+) -> None:
+    if _is_artifact(inputs[0]):
+        raise typer.BadParameter(
+            f"with --server every argument is an image; {inputs[0]!r} is a model: serve it, or drop --server",
+            param_hint="INPUTS",
+        )
+    from resnest_deploy.serving.client import predict_served
+
+    preds, served = predict_served(inputs, server, model=model, arch=arch, topk=topk)
+    err.print(
+        f"{served.name} at {server}: {served.form.name} input, preprocessing from {served.transform_source}",
+        style="dim",
+    )
+    show(preds, json_out)
+
+
+def show(preds: list[Prediction], json_out: bool) -> None:
+    """The table (or JSON) of local and served predictions alike."""
     if json_out:
         print_json(
             [

@@ -55,7 +55,10 @@ def serve_cmd(
       resnest-deploy serve m.int8-cpu.onnx --host 0.0.0.0 --instances 2
       curl localhost:8000/v2/models/resnest14d_digits/config
     """
+    from resnest_deploy.serving.config import check_servable
     from resnest_deploy.serving.server import Ports, serve_forever
+
+    check_servable(artifacts)
 
     ports = Ports(http_port, grpc_port, metrics_port, host)
 

@@ -32,6 +32,7 @@ _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "lanczos": Image.Resampling.LANCZOS,
 }
+RESAMPLE_NAMES = frozenset(_RESAMPLE)
 
 
 @dataclass(frozen=True)

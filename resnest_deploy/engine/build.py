@@ -164,6 +164,8 @@ def build_engine(
     shapes = {k: [b, *per_image] for k, b in zip(("min", "opt", "max"), batch, strict=True)}
 
     flavour = detect(backend)
+    if flavour.is_rtx:
+        refuse_jetson(compute_capabilities or (), onnx_path, batch)
     timing_note = str(timing_cache) if timing_cache else None
     if timing_cache and flavour.is_rtx:  # its builder ignores timing caches (a no-op since RTX 1.2)
         timing_cache, timing_note = None, f"{timing_cache} not used: TensorRT-RTX has no timing cache"
@@ -250,6 +252,27 @@ def _target(flavour: Flavour, compute_capabilities: Sequence[tuple[int, int]] | 
         return [f"{props.major}.{props.minor}"]
     except ResnestDeployError:
         return "this machine's GPU"
+
+
+#: the GPUs of NVIDIA's Jetson modules, which TensorRT-RTX does not build for (it targets RTX and
+#: data-centre GPUs); JetPack ships full TensorRT on the device instead
+JETSON = {(5, 3): "Jetson Nano", (6, 2): "Jetson TX2", (7, 2): "Jetson Xavier", (8, 7): "Jetson Orin"}
+
+
+def refuse_jetson(
+    compute_capabilities: Sequence[tuple[int, int]], onnx_path: Path, batch: tuple[int, int, int]
+) -> None:
+    """A Jetson target on TensorRT-RTX: refused with the way that works (build on the device)."""
+    for major, minor in compute_capabilities:
+        cc = (int(major), int(minor))
+        if cc in JETSON:
+            profile = ",".join(map(str, batch))
+            raise BuildError(
+                f"compute capability {major}.{minor} is {JETSON[cc]}, which TensorRT-RTX does not "
+                "build for; build on the device itself with the full TensorRT that JetPack ships: copy "
+                f"{onnx_path.name} there and run `resnest-deploy build --onnx {onnx_path.name} --backend "
+                f"tensorrt --batch-profile {profile}` (docs/engines.md, 'Jetson')"
+            )
 
 
 def _create_config(

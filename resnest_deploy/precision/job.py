@@ -32,7 +32,12 @@ class ConversionError(ResnestDeployError):
 @contextlib.contextmanager
 def quiet_modelopt() -> Iterator[None]:
     """ModelOpt logs every node it touches, and an NVML error on machines without a GPU; its child
-    loggers set their own levels, so only the global switch silences them."""
+    loggers set their own levels, so only the global switch silences them (not with --verbose)."""
+    from resnest_deploy._verbosity import verbose
+
+    if verbose():
+        yield
+        return
     logging.disable(logging.ERROR)
     try:
         yield

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from resnest_deploy import _deps
+from resnest_deploy._cuda import driver_problem
+from resnest_deploy._verbosity import ort_severity
 from resnest_deploy.errors import ArtifactError, first_line
 from resnest_deploy.runners.base import Runner
 
@@ -138,13 +140,20 @@ class OnnxRuntimeRunner(Runner):
     def activate_impl(self) -> None:
         ort = _deps.require("onnxruntime")
         available = ort.get_available_providers()
+        gpu = self.provider in ("cuda", "tensorrt")
+        problem = driver_problem() if gpu else None
+        if problem:  # said first: no package makes a GPU appear
+            raise ArtifactError(
+                f"--provider {self.provider} needs an NVIDIA GPU, and {problem}; use --provider cpu"
+            )
         if PROVIDERS[self.provider][0] not in available:
             raise ArtifactError(
                 f"onnxruntime has no {PROVIDERS[self.provider][0]} here (available: {', '.join(available)}); "
                 "use --provider cpu or install onnxruntime-gpu with CUDA"
             )
+        ort.set_default_logger_severity(ort_severity())  # the provider bridge logs through it
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts.log_severity_level = ort_severity()
         if self.threads:
             opts.intra_op_num_threads = self.threads
         if self.fake_quant:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from resnest_deploy import metadata
-from resnest_deploy._cuda import Cuda
+from resnest_deploy._cuda import Cuda, driver_problem
 from resnest_deploy.engine.flavour import detect, engine_flavour
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.runners.base import Runner
@@ -149,6 +149,14 @@ class TensorRTRunner(Runner):
     # -- set-up -------------------------------------------------------------------------------------
 
     def activate_impl(self) -> None:
+        problem = driver_problem()  # before anything asks for cuda-python or TensorRT to be installed
+        if problem:
+            source = ((self.sidecar or {}).get("source_onnx") or {}).get("path")
+            onnx = Path(str(source)).name if source else "the ONNX file it was built from"
+            raise ArtifactError(
+                f"{self.path.name} is a TensorRT engine, which runs only on an NVIDIA GPU, and {problem}; "
+                f"run {onnx} here instead, or the engine on the GPU machine it was built for"
+            )
         cuda = self.cuda = Cuda()
         self._held: list[tuple[str, Any]] = []  # (free function, handle): everything to release
         try:

@@ -11,6 +11,8 @@ answers with names; warm-up at the smallest and largest batch. Nothing is writte
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import re
@@ -21,9 +23,11 @@ from typing import Any
 from resnest_deploy import formats, interface
 from resnest_deploy._io import sha256_file
 from resnest_deploy.artifacts import deployable
+from resnest_deploy.data import Transform
 from resnest_deploy.engine.flavour import engine_flavour
-from resnest_deploy.errors import ArtifactError
+from resnest_deploy.errors import ArtifactError, UnknownArchError
 from resnest_deploy.limits import MAX_BATCH, check_positive
+from resnest_deploy.models import ModelSpec, get_spec
 from resnest_deploy.serving.pbtxt import Enum, to_text
 
 TRITON_TYPES = {"float32": Enum("TYPE_FP32"), "float16": Enum("TYPE_FP16"), "uint8": Enum("TYPE_UINT8")}
@@ -33,6 +37,44 @@ MAX_NAME = 100
 #: the warm-up batches, zero-filled, may take at most this much memory
 MAX_WARMUP_BYTES = 2**30
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_servable(paths: list[Path]) -> None:
+    """``serve`` takes artifacts and writes its own repository: a folder is refused first, before
+    anything starts, and a Triton model repository with the files inside it to serve instead."""
+    for path in paths:
+        if not path.is_dir():
+            continue
+        models = sorted(path.glob("*/config.pbtxt"))
+        if not models:
+            raise ArtifactError(
+                f"{path} is a folder; serve takes artifacts: .onnx files or engines (.plan), e.g. "
+                "resnest-deploy serve models/resnest50/resnest50.onnx"
+            )
+        files = [
+            f for m in models for f in sorted(m.parent.glob("*/model.*")) if f.suffix in (".onnx", ".plan")
+        ]
+        example = " ".join(str(f) for f in files[:3]) or f"{path}/<model>/1/model.onnx"
+        example += "".join(f" --name {f.parent.parent.name}" for f in files[:3])
+        count = f"{len(models)} model{'s' if len(models) != 1 else ''}"
+        raise ArtifactError(
+            f"{path} is a Triton model repository ({count}); serve takes artifacts and writes "
+            f"its own repository: serve the files in it (resnest-deploy serve {example}), or run "
+            f"tritonserver --model-repository {path} yourself"
+        )
+
+
+def transform_record(spec: ModelSpec, hw: tuple[int, int]) -> dict[str, Any]:
+    """The eval transform of ``spec`` at ``hw`` as plain numbers (``serving.client`` reads it back):
+    resize the shorter side, centre-crop, RGB in [0, 1], normalise; then the input form."""
+    t = Transform.from_pretrained(spec.pretrained, *hw)
+    return {
+        "crop": list(t.hw),
+        "resize": t.resize,
+        "interpolation": t.interpolation,
+        "mean": list(t.mean),
+        "std": list(t.std),
+    }
 
 
 @dataclass
@@ -174,6 +216,11 @@ def model_config(
         "sha256": sha256_file(path),
         "input_format": formats.InputForm.of(meta).name,
     }
+    hw = formats.InputForm.of(meta).hw([0, *io.input_dims])
+    if all(isinstance(v, int) for v in hw):
+        # what a client must do to an image before sending it: the transform local `predict` uses
+        with contextlib.suppress(UnknownArchError):  # an arch this version does not know: none
+            provenance["preprocessing"] = json.dumps(transform_record(get_spec(str(meta["arch"])), hw))
     if python_backend:  # what runs the file inside the python model (see --provider)
         if provider not in ("cpu", "openvino", "openvino-bf16", "cuda", "tensorrt"):
             raise ArtifactError(f"unknown provider {provider!r} for a python-backend model")
