@@ -448,8 +448,14 @@ def test_serve_killed_with_sigkill_leaves_no_server_and_its_temp_repository_is_c
 def test_sigterm_during_start_up_stops_at_once_and_leaves_no_stub(digits_onnx, tmp_path):
     proc = start_cli([str(digits_onnx), *ports_args(Ports.free(HOST))], tmp_path)
     try:
-        time.sleep(1.5)  # importing, writing the repository, starting tritonserver
-        runs = list(Path(os.environ.get("TMPDIR", "/tmp")).glob(f"resnest-deploy-serve-{proc.pid}-*"))
+        # the run's folder is made once the signal handlers are in place (importing takes 1.5-2.5 s
+        # on a loaded machine: a fixed sleep sent SIGTERM before serve could handle it)
+        tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+        deadline = time.monotonic() + 60
+        while not (runs := list(tmp.glob(f"resnest-deploy-serve-{proc.pid}-*"))):
+            assert proc.poll() is None and time.monotonic() < deadline, "serve never started its run"
+            time.sleep(0.05)
+        time.sleep(0.5)  # writing the repository, starting tritonserver
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
