@@ -377,3 +377,11 @@ def test_a_node_keeps_only_its_most_recently_used_artifacts(tmp_path, digits_onn
     assert prune(cache, keep=1) == []  # the others beyond one were used within KEEP_RECENT_S
     assert sorted(prune(cache, keep=1, recent_s=0)) == sorted(folders[4:])  # without that grace: gone
     assert sorted(p.name for p in cache.iterdir()) == sorted([ref.sha256, "not-ours", "f" * 64])
+
+
+def test_pipeline_refuses_ray_where_no_search_runs(tmp_path):
+    r = _cli(
+        "pipeline", "--arch", "resnest14d_digits", "-p", "fp16", "-o", str(tmp_path / "m"), "--ray", "auto"
+    )
+    assert r.returncode != 0 and r.stderr.count("error:") == 1 and "--ray runs the INT8 search" in r.stderr
+    assert not (tmp_path / "m").exists()  # refused before the export
