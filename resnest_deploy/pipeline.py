@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resnest_deploy import _deps, metadata
 from resnest_deploy import bench as _bench
@@ -23,6 +23,9 @@ from resnest_deploy.limits import MAX_BATCH, check_positive
 from resnest_deploy.models import get_spec, load_model
 from resnest_deploy.precision import PRECISIONS, ConversionError, calibration, convert, search
 from resnest_deploy.precision.calibration import check_count
+
+if TYPE_CHECKING:
+    from resnest_deploy.executors import Executor
 
 
 def _gpu() -> bool:
@@ -79,8 +82,10 @@ def pipeline(
     batches: Sequence[int] = (1, 8),
     iterations: int = 20,
     progress: Callable[[str], None] | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Everything lands in ``out_dir`` (default ``models/<arch>/``), with report.json and report.md.
+    ``executor`` runs the INT8 search's per-unit trials (``precision.convert``).
 
     INT8 calibrates with ``method`` (``auto``: every method the target offers, the best kept) and
     searches for the units to keep in FP32 within ``max_drop`` points (default
@@ -120,7 +125,7 @@ def pipeline(
 
         def convert_step() -> dict[str, Any]:
             made["calib"] = calibration.resolve(arch, (h, w), calib_dir, calib_npy, calib_count)
-            return _conversion(fp32, precision, target, made["calib"], method, max_drop, run.say)
+            return _conversion(fp32, precision, target, made["calib"], method, max_drop, run.say, executor)
 
         result = run.step("convert", convert_step)
         calib = made["calib"]
@@ -132,7 +137,8 @@ def pipeline(
     if precision == "int8" and target == "tensorrt" and not _gpu():
         # The TensorRT-target file is slower than FP32 on a CPU: also make what runs fast here.
         cpu = run.step(
-            "convert-cpu", lambda: _conversion(fp32, "int8", "cpu", calib, method, max_drop, run.say)
+            "convert-cpu",
+            lambda: _conversion(fp32, "int8", "cpu", calib, method, max_drop, run.say, executor),
         )
         cpu_file = Path(cpu["path"])
         artifacts.append(cpu_file)
@@ -182,6 +188,7 @@ def _conversion(
     method: str,
     max_drop: float,
     say: Callable[[str], None],
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """INT8 goes through the calibration methods and the search: what is sensitive, and what (if
     anything) stays in FP32."""
@@ -194,6 +201,7 @@ def _conversion(
         method=method if int8 else "max",
         max_drop=max_drop if int8 else None,
         progress=say,
+        executor=executor,
     )
     meta = report.metadata
     made = {

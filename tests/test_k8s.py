@@ -115,6 +115,10 @@ def test_kserve_keeps_the_image_it_is_given(digits_onnx, tmp_path, image):
         ("--storage-class", "Fast SSD", "not a StorageClass name"),
         ("--throughput", "inf", "give a measured throughput"),
         ("--throughput", "nan", "--throughput"),
+        ("--image", "reg/r@sha256:" + "ab" * 31 + "a", "not one a runtime verifies"),  # 63 hex
+        ("--image", "reg/r@sha256:" + "AB" * 32, "not one a runtime verifies"),  # runtimes: lowercase
+        ("--image", "reg/r@md5:" + "ab" * 16, "not one a runtime verifies"),
+        ("--metrics-namespace", "Monitoring", "not a DNS label"),
     ],
 )
 def test_what_the_api_server_or_kubelet_would_refuse_is_refused_in_one_line(
@@ -297,3 +301,44 @@ def test_a_ray_job_is_valid_against_kuberays_own_crd_and_refuses_what_it_does_no
     rayjob.validate(written)  # what was written is what was validated
     r = CliRunner().invoke(app, ["k8s", str(python_repo), "-o", str(tmp_path / "x"), "--ray-job"])
     assert r.exit_code != 0 and "--ray-job needs --image and --images-claim" in r.output
+
+
+def test_a_network_policy_admits_only_the_services_ports_and_metrics_from_one_namespace(
+    python_repo, tmp_path
+):
+    docs = kubernetes.manifests(python_repo, name="digits", metrics_namespace="obs")
+    kubernetes.validate(docs)  # the policy too, against the Kubernetes 1.31 schema, strictly
+    policy = docs["networkpolicy.yaml"]["spec"]
+    assert policy["podSelector"]["matchLabels"] == docs["deployment.yaml"]["spec"]["selector"]["matchLabels"]
+    assert policy["policyTypes"] == ["Ingress"]
+    admitted = {p["port"] for rule in policy["ingress"] for p in rule["ports"]}
+    service = {p["port"] for p in docs["service.yaml"]["spec"]["ports"]}
+    assert admitted == service == {kubernetes.HTTP, kubernetes.GRPC, kubernetes.METRICS}
+    clients, metrics = policy["ingress"]
+    assert "from" not in clients  # any client
+    assert {p["port"] for p in clients["ports"]} == {kubernetes.HTTP, kubernetes.GRPC}
+    assert [p["port"] for p in metrics["ports"]] == [kubernetes.METRICS]
+    assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "obs"}}}]
+    assert kubernetes.manifests(python_repo, name="digits")["networkpolicy.yaml"]["spec"]["ingress"][1][
+        "from"
+    ][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    docs["networkpolicy.yaml"]["spec"]["ingress"][0]["port"] = 8000  # not a field of a rule
+    with pytest.raises(ArtifactError, match="NetworkPolicy is not valid Kubernetes"):
+        kubernetes.validate(docs)
+    r = CliRunner().invoke(
+        app, ["k8s", str(python_repo), "-o", str(tmp_path / "k"), "--kserve", "--metrics-namespace", "obs"]
+    )
+    assert r.exit_code != 0 and "--metrics-namespace" in r.output and not (tmp_path / "k").exists()
+
+
+def test_an_image_pinned_by_digest_is_kept_as_given(python_repo, tmp_path):
+    """A digest is the way to pin: the manifests run exactly those bytes."""
+    image = "registry.local:5000/team/resnest-serve@sha256:" + "0123456789abcdef" * 4
+    tagged = "registry.local:5000/team/resnest-serve:1.2@sha256:" + "0123456789abcdef" * 4
+    for i, given in enumerate((image, tagged)):
+        out = tmp_path / f"k8s{i}"
+        r = CliRunner().invoke(app, ["k8s", str(python_repo), "-o", str(out), "--image", given])
+        assert r.exit_code == 0, r.output
+        written = yaml.safe_load((out / "deployment.yaml").read_text())
+        assert written["spec"]["template"]["spec"]["containers"][0]["image"] == given
+        assert kubernetes.SERVE_IMAGE_BUILD not in r.output  # a built and pushed image: no note

@@ -315,3 +315,73 @@ def test_a_worker_node_killed_mid_job_costs_no_image_and_counts_none_twice(clust
         assert "\n" not in outcome and "run" in outcome, outcome
     assert not ray.is_initialized()
     print(f"after the kill: {outcome} in {time.monotonic() - start:.1f} s")
+
+
+def test_quantize_searches_on_ray_to_the_local_result(cluster, tmp_path):
+    """`quantize --max-drop --ray`: the per-unit trials of the search as Ray tasks on the two-node
+    cluster, and the same search (ranking, steps, units and layers kept in FP32) as without Ray on
+    the outlier model; `--ray` where no search runs is refused, RAY_ADDRESS there ignored."""
+    from resnest_deploy.precision.fixtures import outlier_digits
+
+    src = outlier_digits(tmp_path / "outlier.onnx")
+    common = ["quantize", "--onnx", str(src), "-p", "int8", "--target", "cpu", "--max-drop", "0.3", "--json"]
+    with deadline(2 * LIMIT_S):
+        here = _cli(*common, "-o", str(tmp_path / "here.onnx"), env={"RAY_ADDRESS": ""})
+        assert here.returncode == 0, here.stderr[-2000:]
+        there = _cli(*common, "-o", str(tmp_path / "there.onnx"), "--ray", cluster.address)  # type: ignore[attr-defined]
+        assert there.returncode == 0, there.stderr[-2000:]
+    found_here = json.loads(here.stdout)["conversion"]["search"]
+    found_there = json.loads(there.stdout)["conversion"]["search"]
+    for found in (found_here, found_there):
+        found.pop("latency", None)  # timed: differs run to run wherever the trials ran
+    assert found_there == found_here and found_here["sensitivity"][0]["unit"] == "stem"
+    assert found_here["kept_fp32"]  # the budget made the search keep something in FP32
+    units = len(found_here["sensitivity"])
+    assert (
+        f"{units}/{units} trials" in there.stderr
+        and f"{units} units in FP32, one trial each (ray)" in there.stderr
+    )
+    assert "sensitivity: stem in FP32" in here.stderr and "trials" not in here.stderr  # one after another
+
+    refused = _cli("quantize", "--onnx", str(src), "-p", "int8", "--target", "cpu", "--ray", "127.0.0.1:1")
+    assert refused.returncode != 0 and "add --max-drop" in refused.stderr and refused.stdout == ""
+    assert not (tmp_path / "outlier.int8-cpu.onnx").exists()
+
+
+def test_a_node_keeps_only_its_most_recently_used_artifacts(tmp_path, digits_onnx):
+    """Node-local copies were never removed: every model a cluster evaluated stayed in /tmp."""
+    from resnest_deploy.executors.ray_cluster import KEEP_RECENT_S, node_copy, prune
+
+    cache = tmp_path / "cache"
+    old = time.time() - 10 * KEEP_RECENT_S
+    folders = []
+    for i in range(6):  # six earlier artifacts, the first the most recently used
+        folder = cache / f"{i:064x}"
+        folder.mkdir(parents=True)
+        (folder / "m.onnx").write_bytes(b"x" * 10)
+        os.utime(folder, (old - i, old - i))
+        folders.append(folder)
+    (cache / "not-ours").mkdir()  # anything not named by a sha256 is left alone
+    (cache / ("f" * 64)).symlink_to(tmp_path)  # and so is a link
+    for recent in folders[4:]:  # used a moment ago by jobs beside this one: kept whatever their rank
+        os.utime(recent, None)
+    ref = ArtifactRef.of(digits_onnx)
+    copy = node_copy(digits_onnx.read_bytes(), ref, cache, keep=2)
+    assert copy.read_bytes() == digits_onnx.read_bytes()
+    kept = sorted(p.name for p in cache.iterdir())
+    assert kept == sorted([ref.sha256, folders[4].name, folders[5].name, "not-ours", "f" * 64])
+    assert tmp_path.is_dir() and (cache / ("f" * 64)).is_symlink()  # the link and its target untouched
+    os.utime(cache / ref.sha256, (old - 100, old - 100))  # long unused...
+    node_copy(digits_onnx.read_bytes(), ref, cache, keep=1)  # ...then used again: the newest
+    assert (cache / ref.sha256 / copy.name).is_file()
+    assert prune(cache, keep=1) == []  # the others beyond one were used within KEEP_RECENT_S
+    assert sorted(prune(cache, keep=1, recent_s=0)) == sorted(folders[4:])  # without that grace: gone
+    assert sorted(p.name for p in cache.iterdir()) == sorted([ref.sha256, "not-ours", "f" * 64])
+
+
+def test_pipeline_refuses_ray_where_no_search_runs(tmp_path):
+    r = _cli(
+        "pipeline", "--arch", "resnest14d_digits", "-p", "fp16", "-o", str(tmp_path / "m"), "--ray", "auto"
+    )
+    assert r.returncode != 0 and r.stderr.count("error:") == 1 and "--ray runs the INT8 search" in r.stderr
+    assert not (tmp_path / "m").exists()  # refused before the export

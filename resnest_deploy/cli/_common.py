@@ -98,6 +98,19 @@ RayOpt = Annotated[
         "'auto' for the one `ray start` runs here. Images are read and classified on the workers.",
     ),
 ]
+#: ``--ray`` of the INT8 search (quantize --max-drop, pipeline -p int8): only its trials go there
+RaySearchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        envvar="RAY_ADDRESS",
+        show_envvar=True,
+        metavar="ADDRESS|auto",
+        help="INT8 search: run its per-unit sensitivity trials on a Ray cluster (pip install "
+        "'resnest-deploy[ray]'), its address (HOST:6379) or 'auto'; calibration and the search's later, "
+        "sequential steps stay here. Without a search, RAY_ADDRESS is ignored and --ray refused.",
+    ),
+]
 
 ArtifactsArg = Annotated[
     list[str], typer.Argument(help="ONNX files (any precision), engines (.plan), or 'torch' / 'torch:cuda'.")
@@ -288,6 +301,24 @@ def executor(ray_address: str | None, show_progress: bool = True) -> Iterator[An
         yield chosen
     finally:
         chosen.close()
+
+
+@contextmanager
+def search_executor(ray_address: str | None, searching: bool, show_progress: bool = True) -> Iterator[Any]:
+    """The executor for the INT8 search's trials: the Ray cluster's when one is named and a search
+    runs, else None (here, one trial after another). ``--ray`` given where no search runs is
+    refused; ``RAY_ADDRESS`` from the environment is then ignored, as for any command without Ray."""
+    if ray_address and not searching and ray_address != os.environ.get("RAY_ADDRESS"):
+        raise typer.BadParameter(
+            "--ray runs the INT8 search's trials: add --max-drop with -p int8 (pipeline: -p int8), "
+            "or drop --ray",
+            param_hint="--ray",
+        )
+    if not (ray_address and searching):
+        yield None
+        return
+    with executor(ray_address, show_progress) as chosen:
+        yield chosen
 
 
 @contextmanager

@@ -43,13 +43,21 @@ def k8s_cmd(
     ] = None,
     storage_class: Annotated[str | None, typer.Option(help="StorageClass of the repository's PVC.")] = None,
     kserve: Annotated[bool, typer.Option(help="A KServe InferenceService (Triton runtime) instead.")] = False,
+    metrics_namespace: Annotated[
+        str | None,
+        typer.Option(
+            help="Namespace of the Prometheus that scrapes Triton's metrics port; the NetworkPolicy "
+            "admits that port from there only (http and grpc from any client). Default: monitoring."
+        ),
+    ] = None,
     ray_job: Annotated[
         bool,
         typer.Option(
             "--ray-job",
             help="A KubeRay RayJob that runs `eval` of the repository's ONNX models on a Ray cluster "
-            "instead (checked against KubeRay v1.7.0's CRD); --image must hold resnest-deploy[ray] "
-            "and ray[default].",
+            "instead (checked against KubeRay v1.7.0's CRD); --image must hold resnest-deploy[ray-cluster] "
+            "(ray[default]: the head's job server): docker build --target runtime --build-arg "
+            "EXTRAS=ray-cluster.",
         ),
     ] = False,
     images_claim: Annotated[
@@ -66,16 +74,23 @@ def k8s_cmd(
     A Deployment (probes, non-root, read-only root, GPU requests for GPU models, /dev/shm for the
     python backend, the repository read-only from a ReadOnlyMany PVC), a Service, a ServiceMonitor, a
     HorizontalPodAutoscaler on Triton's pending requests per pod with the Prometheus adapter rule it
-    needs; or a KServe InferenceService. Every manifest is checked against the Kubernetes 1.31
-    schemas before anything is written.
+    needs, a NetworkPolicy admitting only the Service's ports; or a KServe InferenceService. Pin the
+    image by digest (--image repo@sha256:<64 hex>): a tag can be moved, a digest cannot.
+    Every manifest is checked against the Kubernetes 1.31 schemas before anything is written.
 
     Examples:
       resnest-deploy k8s triton_repo -o k8s/ --throughput 1200 --p99-ms 50 --max-replicas 8
       resnest-deploy k8s triton_repo -o k8s/ --image nvcr.io/nvidia/tritonserver:24.08-py3 --kserve
+      resnest-deploy k8s triton_repo -o k8s/ --image reg.example/resnest@sha256:DIGEST --metrics-namespace obs
       resnest-deploy k8s triton_repo -o k8s-eval/ --ray-job --image my/resnest-ray:1 --images-claim val
     """
     from resnest_deploy.serving import kubernetes
 
+    if metrics_namespace is not None and (ray_job or kserve):
+        raise typer.BadParameter(
+            "the NetworkPolicy comes with the plain Triton manifests only: drop it with --kserve/--ray-job",
+            param_hint="--metrics-namespace",
+        )
     if ray_job:
         from resnest_deploy.serving import rayjob
 
@@ -120,6 +135,7 @@ def k8s_cmd(
         memory_mib=memory_mib,
         storage_class=storage_class,
         kserve=kserve,
+        metrics_namespace=metrics_namespace or "monitoring",
     )
     checked = kubernetes.validate(docs)
     written = kubernetes.write(docs, output)

@@ -14,6 +14,7 @@ from resnest_deploy.cli._common import (
     JsonOpt,
     Method,
     Precision,
+    RaySearchOpt,
     Target,
     WeightsOpt,
     handle_errors,
@@ -21,6 +22,7 @@ from resnest_deploy.cli._common import (
     parse_batches,
     print_json,
     progress,
+    search_executor,
 )
 from resnest_deploy.cli.quantize import (
     CalibCountOpt,
@@ -56,6 +58,7 @@ def pipeline_cmd(
     build: Annotated[bool, typer.Option(help="Build a TensorRT engine when a TensorRT is installed.")] = True,
     batch_sizes: BatchSizesOpt = "1,8",
     json_out: JsonOpt = False,
+    ray_address: RaySearchOpt = None,
 ) -> None:
     """Export, convert, build, check and bench in one go; report.md and report.json beside the files.
 
@@ -68,11 +71,13 @@ def pipeline_cmd(
       resnest-deploy pipeline --arch resnest14d_digits --precision int8          # offline, bundled data
       resnest-deploy pipeline --arch resnest50 --precision int8 --calib-dir ~/imagenet/calib
       resnest-deploy pipeline --arch resnest50 -p int8 --calib-dir DIR --calibration max --max-drop 1
+      resnest-deploy pipeline --arch resnest50 -p int8 --calib-dir DIR --ray HEAD:6379
     """
     _deps.require("torch")  # the `export` extra: say so instead of failing on an import
     from resnest_deploy.pipeline import pipeline
 
-    with progress(not json_out) as say:
+    searching = precision.value == "int8"
+    with search_executor(ray_address, searching) as ex, progress(not json_out) as say:
         report = pipeline(
             arch,
             weights=weights,
@@ -88,6 +93,7 @@ def pipeline_cmd(
             build=build,
             batches=parse_batches(batch_sizes),
             progress=say,
+            executor=ex,
         )
     if json_out:
         print_json(report)

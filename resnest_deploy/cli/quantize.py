@@ -13,6 +13,7 @@ from resnest_deploy.cli._common import (
     JsonOpt,
     Method,
     Precision,
+    RaySearchOpt,
     Target,
     counting_bar,
     handle_errors,
@@ -20,6 +21,7 @@ from resnest_deploy.cli._common import (
     out,
     print_json,
     progress,
+    search_executor,
     styled,
 )
 from resnest_deploy.precision import calibration, calibration_for, convert, default_output, search
@@ -112,6 +114,7 @@ def quantize_cmd(
         typer.Option("--output", "-o", help="Default: m.fp16.onnx, m.int8.onnx, m.int8-cpu.onnx."),
     ] = None,
     json_out: JsonOpt = False,
+    ray_address: RaySearchOpt = None,
 ) -> None:
     """Convert an FP32 export to FP16 or INT8 and measure it against the FP32 file.
 
@@ -127,6 +130,7 @@ def quantize_cmd(
       resnest-deploy quantize --onnx m.onnx -p int8 --target cpu --calib-npy calib.npy
       resnest-deploy quantize --onnx m.onnx -p int8 --target cpu --cpu-isa vnni
       resnest-deploy quantize --onnx m.onnx -p int8 --calibration auto --max-drop 0.25
+      resnest-deploy quantize --onnx m.onnx -p int8 --max-drop 0.25 --ray auto
     """
     if plot is not None and max_drop is None:
         raise typer.BadParameter(
@@ -136,7 +140,8 @@ def quantize_cmd(
     if plot is not None:
         prepare_outputs([plot], [onnx, calib_npy], with_sidecar=False)
     calib = calibration_with_bar(onnx, calib_dir, calib_npy, calib_count, cache, json_out)
-    with progress(not json_out) as say:
+    searching = precision.value == "int8" and max_drop is not None
+    with search_executor(ray_address, searching) as ex, progress(not json_out) as say:
         report = convert(
             onnx,
             output,
@@ -149,6 +154,7 @@ def quantize_cmd(
             max_drop=max_drop,
             cpu_isa=cpu_isa.value,
             progress=say,
+            executor=ex,
         )
     found = report.metadata["conversion"].get("search")
     if plot and found:

@@ -17,8 +17,10 @@ import hashlib
 import logging
 import math
 import os
+import re
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -42,10 +44,17 @@ from resnest_deploy.executors.work import ArtifactRef, Classifier, ClassifyJob, 
 
 #: where a node keeps the artifacts it was sent, by sha256 (checked again on every use)
 NODE_CACHE = Path(tempfile.gettempdir()) / "resnest-deploy-ray"
+#: artifacts a node keeps (the most recently used); older copies are removed when a job starts
+KEEP_ARTIFACTS = 4
+#: a copy used this recently is kept whatever its rank: a job running beside this one may still open it
+KEEP_RECENT_S = 600.0
 #: images per block handed to the pool: a few batches, so a lost actor loses little work
 BATCHES_PER_BLOCK = 4
 #: a job with no progress this long stops with one line instead of waiting for lost nodes
 STALL_TIMEOUT_S = 600.0
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _sha256(blob: bytes) -> str:
@@ -60,9 +69,11 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def node_copy(blob: bytes, ref: ArtifactRef, cache: Path = NODE_CACHE) -> Path:
+def node_copy(blob: bytes, ref: ArtifactRef, cache: Path = NODE_CACHE, keep: int = KEEP_ARTIFACTS) -> Path:
     """The artifact as a file on this node, its content checked: the bytes received must hash to
-    the sha256 the driver measured, and a copy already on the node is used only if it still does."""
+    the sha256 the driver measured, and a copy already on the node is used only if it still does.
+    The node keeps the ``keep`` most recently used artifacts (``prune``): without a bound, every
+    model a cluster ever evaluated stayed in its nodes' /tmp."""
     node = socket.gethostname()
     got = _sha256(blob)
     if got != ref.sha256:
@@ -71,18 +82,47 @@ def node_copy(blob: bytes, ref: ArtifactRef, cache: Path = NODE_CACHE) -> Path:
             "as the driver measured; the file changed during the job: refusing it, run it again"
         )
     dest = cache / ref.sha256 / Path(ref.path).name
-    if dest.is_file() and _file_sha256(dest) == ref.sha256:
-        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
-    try:
-        tmp.write_bytes(blob)
-        if _file_sha256(tmp) != ref.sha256:
-            raise ArtifactError(f"node {node} could not write an intact copy of {dest.name}; check its disk")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    os.utime(dest.parent)  # used now: the newest, whatever prune removes
+    if not (dest.is_file() and _file_sha256(dest) == ref.sha256):
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+        try:
+            tmp.write_bytes(blob)
+            if _file_sha256(tmp) != ref.sha256:
+                raise ArtifactError(
+                    f"node {node} could not write an intact copy of {dest.name}; check its disk"
+                )
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+    prune(cache, keep)
     return dest
+
+
+def prune(cache: Path, keep: int = KEEP_ARTIFACTS, recent_s: float = KEEP_RECENT_S) -> list[Path]:
+    """Remove the node's artifact copies beyond the ``keep`` most recently used, except those used
+    within ``recent_s`` (another job may be opening one). Only folders named by a sha256 are
+    touched, never a link or anything else in ``cache``; returns what was removed."""
+    try:
+        entries = [p for p in cache.iterdir() if _SHA256.fullmatch(p.name)]
+    except OSError:
+        return []
+    folders = []
+    for p in entries:
+        try:
+            st = p.lstat()
+        except OSError:
+            continue  # removed meanwhile by another actor's prune
+        if stat.S_ISDIR(st.st_mode):
+            folders.append((st.st_mtime, p))
+    folders.sort(reverse=True)
+    now = time.time()
+    removed = []
+    for mtime, p in folders[keep:]:
+        if now - mtime >= recent_s:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
 
 
 class ClassifyActor:

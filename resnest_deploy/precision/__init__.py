@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from resnest_deploy.precision.job import (
 )
 from resnest_deploy.precision.source import default_output, input_hw, read_source
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
+
+if TYPE_CHECKING:
+    from resnest_deploy.executors import Executor
 
 __all__ = [
     "CONVERSION_VERSION",
@@ -110,6 +113,7 @@ def convert(
     max_drop: float | None = None,
     cpu_isa: str = "any",
     progress: Callable[[str], None] | None = None,
+    executor: Executor | None = None,
 ) -> ConversionReport:
     """Convert ``src`` and check the result against it; raise (writing nothing) if it drifted.
 
@@ -124,6 +128,9 @@ def convert(
 
     CPU target only: ``cpu_isa`` is the CPUs the file will run on, ``"any"`` (7-bit weights, exact on
     every CPU) or ``"vnni"`` (8-bit weights, slightly more accurate, saturating on x86 without VNNI).
+
+    ``executor`` (``resnest_deploy.executors``, e.g. a Ray cluster's) runs the search's independent
+    per-unit trials; calibration, the search's sequential steps and the checks stay here.
     """
     say = progress or (lambda _msg: None)
     if precision not in PRECISIONS:
@@ -193,7 +200,7 @@ def convert(
             model, settings = cached_convert(job, tmp, say, use_cache)
         if max_drop is not None and metric is not None:
             plain = model
-            model, found = search.search(model, metric, max_drop, say)
+            model, found = search.search(model, metric, max_drop, say, executor)
             settings["search"] = found.as_dict()
             if found.kept_fp32:
                 cost = _latency_cost(plain, model, metric.x[:1], target, say)

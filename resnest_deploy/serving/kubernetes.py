@@ -12,6 +12,9 @@ What is generated, and why (docs/serving.md says more):
   changes apart from the server, every replica reads the same copy, and nothing in a pod can alter it.
 * a **Service** with named ``http``, ``grpc`` and ``metrics`` ports, and a **ServiceMonitor** for the
   Prometheus operator on ``metrics``;
+* a **NetworkPolicy** that admits only those ports to Triton's pods: ``http`` and ``grpc`` from any
+  client, ``metrics`` only from the namespace Prometheus runs in (``metrics_namespace``); Triton also
+  listens on nothing else, but a policy keeps it so whatever the image does;
 * a **HorizontalPodAutoscaler** on Triton's own ``nv_inference_pending_request_count`` per pod, served
   through the Prometheus adapter (its rule is written beside the manifests). By Little's law a pod
   that serves ``throughput`` images/s keeps ``throughput * latency`` requests in flight; the target is
@@ -48,9 +51,12 @@ _HOST_PART = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
 _DOMAIN = rf"(?:{_HOST_PART}(?:\.{_HOST_PART})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
 _IMAGE = re.compile(
     rf"(?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*(?::[\w][\w.-]{{0,127}})?"
-    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?",
+    r"(?:@(?P<algorithm>[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*):(?P<hex>[0-9a-fA-F]{32,}))?",
     re.ASCII,
 )
+#: the digests the runtimes verify (opencontainers/go-digest): lowercase hex of exactly this length;
+#: ``sha256:`` + 63 characters parses in the grammar above but no runtime pulls it
+_DIGEST_HEX = {"sha256": 64, "sha384": 96, "sha512": 128}
 #: the serve image's build command, printed with manifests that need it
 SERVE_IMAGE_BUILD = f"docker build --target serve -t {SERVE_IMAGE} ."
 #: the most images/s one pod is taken to serve (a figure beyond it is a typo or an overflow)
@@ -142,15 +148,31 @@ def check_names(name: str, namespace: str, image: str | None, storage_class: str
             f"--namespace {namespace!r} is not a DNS label: up to 63 lowercase letters, digits and '-', "
             "starting and ending with a letter or digit"
         )
-    if image is not None and (len(image) > 4096 or not _IMAGE.fullmatch(image)):
-        raise ArtifactError(
-            f"--image {image!r} is not an image reference: [registry[:port]/]path[:tag][@digest], "
-            "e.g. nvcr.io/nvidia/tritonserver:24.08-py3 (no spaces, line breaks or upper-case path)"
-        )
+    if image is not None:
+        check_image(image)
     if storage_class and (len(storage_class) > 253 or not _SUBDOMAIN.fullmatch(storage_class)):
         raise ArtifactError(
             f"--storage-class {storage_class!r} is not a StorageClass name (a DNS subdomain: lowercase "
             "letters, digits, '-' and '.', up to 253); `kubectl get storageclass` lists yours"
+        )
+
+
+def check_image(image: str) -> None:
+    """An image reference as the runtimes parse it; a digest (``repo@sha256:<64 hex>``, the way to
+    pin: a tag can be moved, a digest names the bytes) as they verify it."""
+    m = _IMAGE.fullmatch(image) if len(image) <= 4096 else None
+    if m is None:
+        raise ArtifactError(
+            f"--image {image!r} is not an image reference: [registry[:port]/]path[:tag][@digest], "
+            "e.g. nvcr.io/nvidia/tritonserver:24.08-py3 (no spaces, line breaks or upper-case path)"
+        )
+    algorithm, hex_ = m.group("algorithm"), m.group("hex")
+    if algorithm is not None and (
+        algorithm not in _DIGEST_HEX or len(hex_) != _DIGEST_HEX[algorithm] or hex_ != hex_.lower()
+    ):
+        raise ArtifactError(
+            f"--image {image!r}: the digest is not one a runtime verifies: give "
+            "repo@sha256:<64 lowercase hex> (`docker buildx imagetools inspect IMAGE` prints it)"
         )
 
 
@@ -205,9 +227,16 @@ def manifests(
     memory_mib: int | None = None,
     storage_class: str | None = None,
     kserve: bool = False,
+    metrics_namespace: str = "monitoring",
 ) -> dict[str, dict[str, Any]]:
-    """The manifests, by file name (one object each)."""
+    """The manifests, by file name (one object each). ``metrics_namespace``: where the Prometheus
+    that scrapes ``metrics`` runs (the NetworkPolicy admits that port from there only)."""
     check_names(name, namespace, image, storage_class)
+    if not _DNS.fullmatch(metrics_namespace):
+        raise ArtifactError(
+            f"--metrics-namespace {metrics_namespace!r} is not a DNS label: the namespace Prometheus "
+            "runs in (`kubectl get pods -A | grep prometheus`), e.g. monitoring"
+        )
     if throughput is not None:
         hpa_target(throughput, p99_ms)  # refused before anything else is read
     if not 1 <= min_replicas <= max_replicas <= 1000:
@@ -273,6 +302,7 @@ def manifests(
             ],
         },
     }
+    out["networkpolicy.yaml"] = network_policy(meta, labels, metrics_namespace)
     out["servicemonitor.yaml"] = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",
@@ -330,6 +360,35 @@ def manifests(
         ]
     }
     return out
+
+
+def network_policy(meta: dict[str, Any], labels: dict[str, str], metrics_namespace: str) -> dict[str, Any]:
+    """Ingress to Triton's pods on the Service's ports only: ``http`` and ``grpc`` from anywhere (the
+    clients), ``metrics`` from ``metrics_namespace`` only (the label every namespace carries since
+    Kubernetes 1.22). Egress is left alone: Triton makes no connection, and a policy denying egress
+    would also deny DNS to anything added to the pod later."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta,
+        "spec": {
+            "podSelector": {"matchLabels": labels},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"ports": [{"protocol": "TCP", "port": HTTP}, {"protocol": "TCP", "port": GRPC}]},
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": metrics_namespace}
+                            }
+                        }
+                    ],
+                    "ports": [{"protocol": "TCP", "port": METRICS}],
+                },
+            ],
+        },
+    }
 
 
 def _deployment(

@@ -15,7 +15,7 @@ import shlex
 from typing import Any
 
 from resnest_deploy.errors import ArtifactError
-from resnest_deploy.serving.kubernetes import _DNS, _require, read_repository
+from resnest_deploy.serving.kubernetes import _DNS, _require, check_image, read_repository
 
 KUBERAY_VERSION = "v1.7.0"
 RAY_VERSION = "2.60.0"
@@ -41,6 +41,7 @@ def ray_job(
         raise ArtifactError(
             f"{name!r}/{namespace!r}/{images_claim!r}: Kubernetes names are lowercase letters, digits and '-'"
         )
+    check_image(image)
     models = [m for m in read_repository(repo) if m.file.suffix == ".onnx"]
     if not models:
         raise ArtifactError(f"{repo} holds no .onnx model; a RayJob runs ONNX files, not engines")
