@@ -55,7 +55,7 @@ def serve_cmd(
       resnest-deploy serve m.int8-cpu.onnx --host 0.0.0.0 --instances 2
       curl localhost:8000/v2/models/resnest14d_digits/config
     """
-    from resnest_deploy.serving.server import Ports, serve_forever
+    from resnest_deploy.serving.server import Ports, serve_forever, start_to_ready_s
 
     ports = Ports(http_port, grpc_port, metrics_port, host)
 
@@ -65,6 +65,9 @@ def serve_cmd(
         out.print(
             f"ready: http://{ports.url}/v2/health/ready, gRPC {host}:{grpc_port}, metrics :{metrics_port}"
         )
+        took = start_to_ready_s()
+        if took is not None:
+            err.print(f"start to ready: {took:.2f} s (process start, models loaded and warmed up)")
         err.print("Ctrl-C stops the server")
 
     err.print(f"starting tritonserver for {len(artifacts)} model(s)")

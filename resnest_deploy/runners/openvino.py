@@ -9,13 +9,16 @@ the compiled model is asked what it will execute in, and a mismatch is an error.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from resnest_deploy import _deps
 from resnest_deploy.errors import ArtifactError, first_line
 from resnest_deploy.runners.base import Runner
+
+if TYPE_CHECKING:
+    from resnest_deploy.cache import CacheFolder
 
 PRECISIONS = {"f32": "fp32", "bf16": "bf16"}
 HINTS = ("latency", "throughput")
@@ -46,6 +49,7 @@ class OpenVINORunner(Runner):
         hint: str = "latency",
         threads: int | None = None,
         name: str | None = None,
+        cache: CacheFolder | None = None,
     ) -> None:
         super().__init__(name or f"openvino:{os.fspath(model)}")
         if precision not in PRECISIONS:
@@ -57,6 +61,8 @@ class OpenVINORunner(Runner):
         #: what the backend computes in when it differs from the file (BF16 for an FP32 file)
         self.computes_in = PRECISIONS[precision] if precision != "f32" else None
         self._compiled: dict[tuple[int, ...], tuple[Any, Any]] = {}
+        #: the compiled-model cache folder this runner was handed (OpenVINO's CACHE_DIR), or None
+        self.cache = cache
 
     def activate_impl(self) -> None:
         ov = _deps.require("openvino")
@@ -83,6 +89,8 @@ class OpenVINORunner(Runner):
             }
             if self.threads:
                 config["INFERENCE_NUM_THREADS"] = self.threads
+            if self.cache is not None:  # OpenVINO keys its blobs by model, config and device itself
+                config["CACHE_DIR"] = os.fspath(self.cache.path)
             try:
                 compiled = self.core.compile_model(self.model, "CPU", config)
             except Exception as e:
@@ -95,6 +103,8 @@ class OpenVINORunner(Runner):
                     f"OpenVINO compiled {self.path} for {executes}, not the {self.ov_precision} asked for"
                 )
             self._compiled[shape] = (compiled, compiled.create_infer_request())
+            if self.cache is not None:
+                self.cache.seal()
         return self._compiled[shape]
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
