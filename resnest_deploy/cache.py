@@ -217,6 +217,8 @@ class CacheFolder:
     key: CacheKey
     path: Path
     hit: bool  # the folder held a verified entry when opened
+    #: the files verified when the folder was opened: the only ones a runner may read back
+    verified: frozenset[str] = frozenset()
 
     @classmethod
     def open(cls, kind: str, key: CacheKey, root: Path | None = None) -> CacheFolder | None:
@@ -228,13 +230,13 @@ class CacheFolder:
         folder = root / KINDS[kind].folder / key.digest()
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            hit = _verify(folder, kind, key)
-            if not hit:
+            verified = _verify(folder, kind, key)
+            if not verified:
                 _empty(folder)
         except OSError as e:
             _say_once(f"cannot use the {kind} cache in {folder} ({e.strerror}); running without it")
             return None
-        return cls(kind, key, folder, hit)
+        return cls(kind, key, folder, bool(verified), frozenset(verified))
 
     def seal(self) -> None:
         """Record what the runtime wrote: every file's sha256, then the manifest, atomically. A
@@ -265,22 +267,23 @@ def _manifest(folder: Path) -> dict[str, Any] | None:
     return m if isinstance(m.get("files"), dict) else None
 
 
-def _verify(folder: Path, kind: str, key: CacheKey) -> bool:
-    """Whether ``folder`` holds an intact entry for ``key``; files it does not list are removed."""
+def _verify(folder: Path, kind: str, key: CacheKey) -> set[str]:
+    """The files of an intact entry for ``key`` in ``folder`` (none: not one); files the manifest
+    does not list are removed."""
     m = _manifest(folder)
     if m is None or m.get("kind") != kind or m.get("key") != key.fields():
-        return False
+        return set()
     listed: dict[str, Any] = m["files"]
     for name, f in listed.items():
         p = folder / str(name)
         if not isinstance(f, dict) or p.parent != folder or p.is_symlink() or not p.is_file():
-            return False
+            return set()
         if p.stat().st_size != f.get("size") or sha256_file(p) != f.get("sha256"):
-            return False
+            return set()
     for p in folder.iterdir():  # written by an interrupted run, or by someone else: not ours
         if p.name != MANIFEST and p.name not in listed:
             _remove(p)
-    return bool(listed)
+    return set(listed)
 
 
 def _remove(p: Path) -> None:

@@ -24,6 +24,7 @@ from resnest_deploy.cli.predict import predict_cmd
 from resnest_deploy.cli.quantize import quantize_cmd
 from resnest_deploy.cli.serve import serve_cmd
 from resnest_deploy.cli.triton import triton_cmd
+from resnest_deploy.cli.zoo import zoo_cmd
 
 app = typer.Typer(
     name="resnest-deploy",
@@ -67,6 +68,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "serve": serve_cmd,
     "k8s": k8s_cmd,
     "cache": cache_cmd,
+    "zoo": zoo_cmd,
 }
 for _name, _fn in COMMANDS.items():
     app.command(_name, help=reflow(_fn.__doc__ or ""))(_fn)

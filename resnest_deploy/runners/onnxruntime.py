@@ -193,7 +193,7 @@ class OnnxRuntimeRunner(Runner):
         if self.cache is None:
             return None
         target = self.cache.path / OPTIMIZED
-        if self.cache.hit and target.is_file():
+        if OPTIMIZED in self.cache.verified:
             cached = ort.SessionOptions()
             cached.log_severity_level = opts.log_severity_level
             cached.intra_op_num_threads = opts.intra_op_num_threads
