@@ -21,8 +21,13 @@ CACHE_ENV = "RESNEST_DEPLOY_CACHE"
 
 
 def cache_root() -> Path:
+    """$RESNEST_DEPLOY_CACHE, else the XDG cache folder (also when the variable says ``off``, which
+    turns only the runtime caches off)."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(os.environ.get(CACHE_ENV) or Path(base) / "resnest_deploy")
+    chosen = os.environ.get(CACHE_ENV, "")
+    if chosen.lower() in ("off", "none", "0", "no"):
+        chosen = ""
+    return Path(chosen or Path(base) / "resnest_deploy")
 
 
 @dataclass(frozen=True)

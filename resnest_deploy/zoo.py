@@ -403,7 +403,7 @@ def markdown(result: dict[str, Any]) -> str:
         "Params and GMACs are counted from the exported FP32 graph (float initializers; Conv and "
         "Gemm/MatMul multiply-accumulates at batch 1), beside the published figure in brackets "
         "('-': none found). Published top-1 is ImageNet-1k at the arch's eval size. Sources: "
-        + "; ".join(sources)
+        + ("; ".join(sources) or "none for these archs")
         + ".",
         "",
         f"Fraction of peak = GMACs per image x images/s (batch {result['config']['batches'][-1]}) / "
@@ -458,7 +458,10 @@ def chart(result: dict[str, Any], path: Path) -> Path | None:
         xlabel="p50 latency at batch 1 (ms, this CPU)", ylabel="published ImageNet top-1 (%)", xscale="log"
     )
     ax.set_title(f"ResNeSt variants on {result['machine']['cpu']}", fontsize=9)
-    ax.legend(fontsize="small")
+    if rows:
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no arch here has a published top-1", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

@@ -113,6 +113,7 @@ def test_unwritable_root_caches_elsewhere_said_once(
 def test_off_switch(monkeypatch: pytest.MonkeyPatch, digits_onnx: Path) -> None:
     monkeypatch.setenv(CACHE_ENV, "off")
     assert open_runner(digits_onnx).cache is None  # type: ignore[attr-defined]
+    assert cache.cache_root().name == "resnest_deploy"  # calibration data still has its folder
 
 
 def _logits(
