@@ -410,7 +410,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"(cores x clock x MACs per cycle per core): {peak['cores']} cores x {peak['clock_mhz']:.0f} MHz "
         f"({peak['clock_source']}) x {peak['fp32_macs_per_cycle']} FP32 or "
         f"{peak['int8_macs_per_cycle']} INT8 MACs per cycle for flags {' '.join(peak['flags'])} "
-        "(see docs/zoo.md). The INT8 files keep the "
+        "(see docs/startup-and-zoo.md). The INT8 files keep the "
         "attention gate and classifier in FP32, so their fraction is against a peak they cannot fully use.",
         "",
         "Parity: cosine similarity and top-1 agreement of the logits against the FP32 file in ONNX Runtime, "
