@@ -298,6 +298,8 @@ def _result(rows: list[ArchRow], cfg: ZooConfig, peak: Peak, m: dict[str, Any]) 
             "iterations": cfg.iterations,
         },
         "rows": [asdict(r) for r in rows],
+        #: 1-minute load average when written: above the core count, other work ran beside the timings
+        "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -373,6 +375,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}, {m['date'][:10]}; "
         f"weights {result['config']['weights']}, {result['config']['iterations']} timed calls per batch, "
         "each backend in its own process.",
+        *_load_note(result),
         "",
         "| arch | prec | backend | params M (pub.) | GMACs (pub.) | nodes | cosine / top-1 vs FP32 ORT "
         "| p50 b1 ms | p50 b8 ms | img/s | of peak | top-1 pub. |",
@@ -418,6 +421,17 @@ def markdown(result: dict[str, Any]) -> str:
         "The FP32 export itself is checked against PyTorch when it is written.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _load_note(result: dict[str, Any]) -> list[str]:
+    load, cores = result.get("load_average"), result["machine"].get("cores") or 1
+    if load is None or load <= cores:
+        return []
+    return [
+        "",
+        f"Other work ran beside these timings: the 1-minute load average was {load} on {cores} cores "
+        "when they were written; compare figures within one run only.",
+    ]
 
 
 def to_csv(result: dict[str, Any]) -> str:
