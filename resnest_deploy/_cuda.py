@@ -81,3 +81,12 @@ def device_name(index: int = 0) -> str | None:
         return None
     name = props.name
     return (name.decode(errors="replace") if isinstance(name, bytes) else str(name)).rstrip("\0")
+
+
+def compute_capability(index: int = 0) -> str | None:
+    """``sm_XY`` of a GPU (what TensorRT's timing caches and engines are specific to), or None."""
+    try:
+        err, props = cudart().cudaGetDeviceProperties(index)
+    except Exception:
+        return None
+    return f"sm_{props.major}{props.minor}" if int(err) == 0 else None

@@ -21,8 +21,13 @@ CACHE_ENV = "RESNEST_DEPLOY_CACHE"
 
 
 def cache_root() -> Path:
+    """$RESNEST_DEPLOY_CACHE, else the XDG cache folder (also when the variable says ``off``, which
+    turns only the runtime caches off)."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(os.environ.get(CACHE_ENV) or Path(base) / "resnest_deploy")
+    chosen = os.environ.get(CACHE_ENV, "")
+    if chosen.lower() in ("off", "none", "0", "no"):
+        chosen = ""
+    return Path(chosen or Path(base) / "resnest_deploy")
 
 
 @dataclass(frozen=True)
@@ -74,3 +79,332 @@ class Cache:
                     tmp.write_bytes(content)
                 digest = sha256_file(tmp)
             write_json(manifest, {"key": key, "sha256": digest, "info": info})
+
+
+# --- the registry: every cache the tool keeps, one kind of entry each ------------------------------
+#
+# Runtime caches (OpenVINO's compiled models, ONNX Runtime's optimized graphs, TensorRT's timing
+# caches) are folders the runtime itself writes into. Such a folder is trusted only through its
+# manifest: the key it was made for (runtime and version, CPU flags or GPU, the artifact's sha256)
+# and the sha256 of every file in it. Opening a folder whose manifest is missing, foreign, stale or
+# contradicted by a file empties it (a miss); a file the manifest does not list is removed before
+# the runtime can read it. The manifest is written atomically after the runtime has written.
+
+MANIFEST = "manifest.json"
+OFF_WORDS = ("off", "none", "0", "no")
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    folder: str
+    what: str
+    layout: str  # "folders": one folder per key with a MANIFEST; "files": Cache's file + manifest
+
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind("openvino", "openvino", "OpenVINO compiled models (CACHE_DIR), per ONNX file", "folders"),
+        Kind("onnxruntime", "onnxruntime", "ONNX Runtime optimized graphs, per ONNX file", "folders"),
+        Kind("tensorrt-timing", "tensorrt-timing", "TensorRT builder timing caches, per GPU", "folders"),
+        Kind(
+            "ort-tensorrt", "ort-tensorrt", "ONNX Runtime TensorRT-provider engines (its own checks)", "raw"
+        ),
+        Kind("calibration", "calib", "INT8 calibration images and models", "files"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What makes a runtime cache entry valid; any difference is another entry."""
+
+    runtime: str  # e.g. "openvino 2026.4.1"
+    device: str  # "cpu:avx,avx2,fma" or "gpu:sm_89"
+    artifact_sha256: str  # "" where the cache is not per file (timing caches)
+    options: tuple[tuple[str, str], ...] = ()
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime,
+            "device": self.device,
+            "artifact_sha256": self.artifact_sha256,
+            "options": dict(self.options),
+        }
+
+    def digest(self) -> str:
+        import hashlib
+        import json
+
+        return hashlib.sha256(json.dumps(self.fields(), sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cpu_device() -> str:
+    from resnest_deploy.metadata import cpu_flags
+
+    return "cpu:" + ",".join(cpu_flags())
+
+
+def runtime_version(*distributions: str) -> str:
+    """The installed version of the first of ``distributions`` present (no import of the runtime)."""
+    from importlib import metadata as im
+
+    for dist in distributions:
+        with contextlib.suppress(im.PackageNotFoundError):
+            return f"{dist} {im.version(dist)}"
+    return f"{distributions[0]} unknown"
+
+
+def _say_once(message: str) -> None:
+    if message not in _SAID:
+        _SAID.add(message)
+        import sys
+
+        print(f"warning: {message}", file=sys.stderr)
+
+
+_SAID: set[str] = set()
+
+
+def _writable(folder: Path) -> str | None:
+    """None if ``folder`` can be created and written, else why not."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            pass
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
+
+
+def fallback_root() -> Path:
+    """Where runtime caches go when the cache root cannot be written: per user, under $TMPDIR."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"resnest_deploy-cache-{os.getuid()}"
+
+
+def runtime_root() -> Path | None:
+    """Where runtime caches go: the cache root, or when it cannot be written (a read-only root
+    filesystem, a device's store) a folder under the temp directory, or nowhere; said once.
+    ``RESNEST_DEPLOY_CACHE=off`` turns runtime caches off."""
+    if os.environ.get(CACHE_ENV, "").lower() in OFF_WORDS:
+        return None
+    root = cache_root()
+    why = _writable(root)
+    if why is None:
+        return root
+    fallback = fallback_root()
+    if _writable(fallback) is None:
+        _say_once(f"cache root {root} is not writable ({why}); caching in {fallback} instead")
+        return fallback
+    _say_once(f"cache root {root} is not writable ({why}) nor is {fallback}; running without a cache")
+    return None
+
+
+def _files(folder: Path) -> dict[str, int]:
+    """Regular files of ``folder`` (not the manifest, not symlinks, not partial writes) and sizes."""
+    out = {}
+    for p in folder.iterdir():
+        if p.name != MANIFEST and not p.name.endswith(".partial") and p.is_file() and not p.is_symlink():
+            out[p.name] = p.stat().st_size
+    return out
+
+
+@dataclass
+class CacheFolder:
+    """One runtime cache entry, handed to a runner: it reads and writes ``path``, then ``seal``s."""
+
+    kind: str
+    key: CacheKey
+    path: Path
+    hit: bool  # the folder held a verified entry when opened
+    #: the files verified when the folder was opened: the only ones a runner may read back
+    verified: frozenset[str] = frozenset()
+
+    @classmethod
+    def open(cls, kind: str, key: CacheKey, root: Path | None = None) -> CacheFolder | None:
+        """The entry for ``key``, verified (a hit) or emptied (a miss); ``None`` when there is no
+        usable cache at all (said once)."""
+        root = root or runtime_root()
+        if root is None:
+            return None
+        folder = root / KINDS[kind].folder / key.digest()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            verified = _verify(folder, kind, key)
+            if not verified:
+                _empty(folder)
+        except OSError as e:
+            _say_once(f"cannot use the {kind} cache in {folder} ({e.strerror}); running without it")
+            return None
+        return cls(kind, key, folder, bool(verified), frozenset(verified))
+
+    def seal(self) -> None:
+        """Record what the runtime wrote: every file's sha256, then the manifest, atomically. A
+        cache that cannot be written is skipped: caching never fails a run."""
+        import json
+
+        with contextlib.suppress(OSError, ArtifactError):
+            sizes = _files(self.path)
+            old = _manifest(self.path)
+            if old and {n: f.get("size") for n, f in old.get("files", {}).items()} == sizes:
+                return  # nothing new since the last seal
+            from resnest_deploy.metadata import now
+
+            files = {n: {"sha256": sha256_file(self.path / n), "size": s} for n, s in sizes.items()}
+            with atomic_path(self.path / MANIFEST) as tmp:
+                tmp.write_text(
+                    json.dumps(
+                        {"kind": self.kind, "key": self.key.fields(), "files": files, "created": now()}
+                    )
+                )
+
+
+def _manifest(folder: Path) -> dict[str, Any] | None:
+    try:
+        m = read_json_object(folder / MANIFEST, "cache manifest", "")
+    except ArtifactError:
+        return None
+    return m if isinstance(m.get("files"), dict) else None
+
+
+def _verify(folder: Path, kind: str, key: CacheKey) -> set[str]:
+    """The files of an intact entry for ``key`` in ``folder`` (none: not one); files the manifest
+    does not list are removed."""
+    m = _manifest(folder)
+    if m is None or m.get("kind") != kind or m.get("key") != key.fields():
+        return set()
+    listed: dict[str, Any] = m["files"]
+    for name, f in listed.items():
+        p = folder / str(name)
+        if not isinstance(f, dict) or p.parent != folder or p.is_symlink() or not p.is_file():
+            return set()
+        if p.stat().st_size != f.get("size") or sha256_file(p) != f.get("sha256"):
+            return set()
+    for p in folder.iterdir():  # written by an interrupted run, or by someone else: not ours
+        if p.name != MANIFEST and p.name not in listed:
+            _remove(p)
+    return set(listed)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink()
+
+
+def _empty(folder: Path) -> None:
+    for p in folder.iterdir():
+        _remove(p)
+
+
+def for_artifact(
+    kind: str, artifact: str | os.PathLike[str], runtime: str, options: dict[str, str] | None = None
+) -> CacheFolder | None:
+    """The ``kind`` cache folder for a file on this CPU with ``runtime``: what a runner is handed."""
+    try:
+        digest = sha256_file(artifact)
+    except OSError:
+        return None
+    key = CacheKey(runtime, cpu_device(), digest, tuple(sorted((options or {}).items())))
+    return CacheFolder.open(kind, key)
+
+
+# --- what `resnest-deploy cache list|clear` shows and removes -------------------------------------
+
+
+@dataclass(frozen=True)
+class Listed:
+    kind: str
+    entry: str  # the folder or file name under the kind's folder
+    size_bytes: int
+    files: int
+    modified: str  # UTC, ISO 8601
+    valid: bool | None  # manifest intact (None where the runtime keeps its own checks)
+    key: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _size(p: Path) -> tuple[int, int]:
+    if p.is_file() or p.is_symlink():
+        return p.lstat().st_size, 1
+    total = count = 0
+    for q in p.rglob("*"):
+        if q.is_file() and not q.is_symlink():
+            total, count = total + q.stat().st_size, count + 1
+    return total, count
+
+
+def _mtime(p: Path) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(p.lstat().st_mtime, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _listed_file(kind: Kind, p: Path) -> Listed | None:
+    """A calibration entry: a file and its manifest (``Cache``'s layout)."""
+    suffix = "".join(p.suffixes)
+    if p.name.endswith((".manifest.json", ".partial")) or suffix not in (".npz", ".onnx"):
+        return None
+    manifest = p.with_name(p.name + ".manifest.json")
+    size, n = _size(p)
+    if manifest.is_file():
+        size, n = size + manifest.stat().st_size, n + 1
+    stem = p.name.split(".")[0]
+    valid = stem.isalnum() and Cache(kind.folder, suffix).get(stem) is not None
+    return Listed(kind.name, p.name, size, n, _mtime(p), valid, {})
+
+
+def _listed_folder(kind: Kind, p: Path) -> Listed | None:
+    """A runtime cache folder; its manifest is read (not re-hashed: opening it does that)."""
+    if not p.is_dir() or p.is_symlink():
+        return None
+    size, n = _size(p)
+    m = _manifest(p) if kind.layout == "folders" else None
+    valid = None if kind.layout == "raw" else m is not None
+    key = m.get("key") if m else None
+    return Listed(kind.name, p.name, size, n, _mtime(p), valid, key if isinstance(key, dict) else {})
+
+
+def list_entries(kinds: list[str] | None = None, root: Path | None = None) -> list[Listed]:
+    """Every entry the tool keeps under ``root`` (the cache root), by kind."""
+    root = root or cache_root()
+    out: list[Listed] = []
+    for name in kinds or list(KINDS):
+        kind = KINDS[name]
+        base = root / kind.folder
+        if not base.is_dir():
+            continue
+        lister = _listed_file if kind.layout == "files" else _listed_folder
+        out += [e for e in (lister(kind, p) for p in sorted(base.iterdir())) if e is not None]
+    return out
+
+
+def clear(
+    kinds: list[str] | None = None, older_than_days: float | None = None, root: Path | None = None
+) -> list[Listed]:
+    """Remove the entries of ``kinds`` (all by default), or only those older than a number of days;
+    returns what was removed."""
+    import time
+
+    removed = []
+    root = root or cache_root()
+    for e in list_entries(kinds, root):
+        p = root / KINDS[e.kind].folder / e.entry
+        if older_than_days is not None and time.time() - p.lstat().st_mtime < older_than_days * 86400:
+            continue
+        with contextlib.suppress(OSError):
+            _remove(p)
+            if KINDS[e.kind].layout == "files":
+                p.with_name(p.name + ".manifest.json").unlink(missing_ok=True)
+            removed.append(e)
+    return removed

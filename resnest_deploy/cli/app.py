@@ -11,6 +11,7 @@ from resnest_deploy import __version__
 from resnest_deploy.cli._common import OneLineErrors, reflow, run_app
 from resnest_deploy.cli.bench import bench_cmd
 from resnest_deploy.cli.build import build_cmd
+from resnest_deploy.cli.cache import cache_cmd
 from resnest_deploy.cli.check import check_cmd
 from resnest_deploy.cli.deepstream import deepstream_cmd
 from resnest_deploy.cli.eval import eval_cmd
@@ -23,6 +24,7 @@ from resnest_deploy.cli.predict import predict_cmd
 from resnest_deploy.cli.quantize import quantize_cmd
 from resnest_deploy.cli.serve import serve_cmd
 from resnest_deploy.cli.triton import triton_cmd
+from resnest_deploy.cli.zoo import zoo_cmd
 
 app = typer.Typer(
     name="resnest-deploy",
@@ -74,6 +76,8 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "triton": triton_cmd,
     "serve": serve_cmd,
     "k8s": k8s_cmd,
+    "cache": cache_cmd,
+    "zoo": zoo_cmd,
 }
 for _name, _fn in COMMANDS.items():
     app.command(_name, help=reflow(_fn.__doc__ or ""))(_fn)

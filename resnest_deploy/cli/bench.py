@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -103,6 +103,13 @@ def bench_cmd(
     provider: ProvidersOpt = "cpu",
     csv: Annotated[Path | None, typer.Option(help="Also write the results as CSV.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Also draw p50 latency against batch size (PNG).")] = None,
+    first_inference: Annotated[
+        bool,
+        typer.Option(
+            help="Also time each file's first answer from a fresh process, cold (empty runtime cache) "
+            "and warm (the cache the cold run filled): two more processes per file."
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Latency percentiles and throughput per artifact and batch size, side by side, each row
@@ -124,6 +131,7 @@ def bench_cmd(
       resnest-deploy bench torch m.onnx m.int8-cpu.onnx --plot latency.png
       resnest-deploy bench torch --arch resnest50 --batch-sizes 1,8 -n 50
       resnest-deploy bench torch:cuda m.onnx --provider cuda --batch-sizes 1,8,32
+      resnest-deploy bench m.int8-cpu.onnx --provider openvino --first-inference
     """
     from resnest_deploy.bench import BenchPlan, bench_providers, describe_cell, to_csv
     from resnest_deploy.bench import plot as draw
@@ -164,6 +172,7 @@ def bench_cmd(
             ("! " if r.flags else "  ") + describe_cell(r), style="dim", highlight=False
         ),
     )
+    starts = _first_inferences(chosen, providers[0], not json_out) if first_inference else {}
     if csv:
         from resnest_deploy._io import atomic_path
 
@@ -172,7 +181,7 @@ def bench_cmd(
     if plot:
         draw(results, plot)
     if json_out:
-        print_json([r.as_dict() for r in results])
+        print_json([r.as_dict() | _start_fields(starts.get(r.artifact)) for r in results])
         return
     gpu = any(r.device_p50_ms is not None for r in results)
     table = Table(
@@ -221,3 +230,54 @@ def bench_cmd(
         )
         if r.cause:
             out.print(f"   likely cause: {r.cause}", style="yellow")
+    if starts:
+        _print_starts(list(starts.values()))
+
+
+def _first_inferences(chosen: list[str], provider: str, progress: bool) -> dict[str, Any]:
+    from resnest_deploy.startup import measure
+
+    files = [c for c in chosen if c not in TORCH_NAMES]
+    found = {}
+    for i, name in enumerate(files, 1):
+        if progress:
+            err.print(f"first inference {i}/{len(files)}: {Path(name).name}, cold then warm")
+        found[name] = measure(name, provider)
+    return found
+
+
+def _start_fields(found: Any) -> dict[str, Any]:
+    if found is None:
+        return {}
+    return {
+        "first_cold_ms": found.cold.process_ms,
+        "first_warm_ms": found.warm.process_ms,
+        "first_cold_open_ms": found.cold.open_ms,
+        "first_warm_open_ms": found.warm.open_ms,
+        "first_cache": found.warm.cache,
+        "first_warm_hit": found.warm.hit,
+    }
+
+
+def _print_starts(found: list[Any]) -> None:
+    table = Table(title="first inference from a fresh process (ms, batch 1)", title_justify="left")
+    for col in ("artifact", "backend", "cache", "cold", "warm", "cold open", "warm open", "speedup"):
+        table.add_column(col, justify="left" if col in ("artifact", "backend", "cache") else "right")
+    for f in found:
+        cache = "-" if f.warm.cache is None else f"{f.warm.cache} ({'hit' if f.warm.hit else 'miss'})"
+        table.add_row(
+            Path(f.artifact).name,
+            f.backend.replace("onnxruntime-", "ort-").replace("openvino-cpu-", "ov-"),
+            cache,
+            f"{f.cold.process_ms:.0f}",
+            f"{f.warm.process_ms:.0f}",
+            f"{f.cold.open_ms:.0f}",
+            f"{f.warm.open_ms:.0f}",
+            f"{f.speedup:.1f}x",
+        )
+    out.print(table)
+    out.print(
+        "cold: empty runtime cache; warm: the cache the cold process filled; each its own process. "
+        "cold/warm: process start to first answer; open: opening the file to first answer.",
+        style="dim",
+    )

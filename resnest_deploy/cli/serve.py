@@ -56,7 +56,7 @@ def serve_cmd(
       curl localhost:8000/v2/models/resnest14d_digits/config
     """
     from resnest_deploy.serving.config import check_servable
-    from resnest_deploy.serving.server import Ports, serve_forever
+    from resnest_deploy.serving.server import Ports, serve_forever, start_to_ready_s
 
     check_servable(artifacts)
 
@@ -68,6 +68,9 @@ def serve_cmd(
         out.print(
             f"ready: http://{ports.url}/v2/health/ready, gRPC {host}:{grpc_port}, metrics :{metrics_port}"
         )
+        took = start_to_ready_s()
+        if took is not None:
+            err.print(f"start to ready: {took:.2f} s (process start, models loaded and warmed up)")
         err.print("Ctrl-C stops the server")
 
     serve_forever(

@@ -133,8 +133,13 @@ def build_engine(
     compute_capabilities: Sequence[tuple[int, int]] | None = None,
     tf32: bool = False,
     progress: Progress | None = None,
+    cache_timing: bool = True,
 ) -> BuildReport:
-    """Build an engine for ``onnx_path``'s dynamic batch; write it and its sidecar atomically."""
+    """Build an engine for ``onnx_path``'s dynamic batch; write it and its sidecar atomically.
+
+    Without ``timing_cache``, TensorRT 10/11 keep their layer timings in the cache registry's
+    ``tensorrt-timing`` folder for this GPU and version (``cache_timing``), so a rebuild skips the
+    kernel measurements; TensorRT-RTX has no timing cache."""
     say = progress or (lambda _msg: None)
     onnx_path = require_file(onnx_path, "ONNX file")
     output = Path(output) if output else onnx_path.with_suffix(".plan")
@@ -169,6 +174,12 @@ def build_engine(
     timing_note = str(timing_cache) if timing_cache else None
     if timing_cache and flavour.is_rtx:  # its builder ignores timing caches (a no-op since RTX 1.2)
         timing_cache, timing_note = None, f"{timing_cache} not used: TensorRT-RTX has no timing cache"
+    registry = None
+    if timing_cache is None and cache_timing and not flavour.is_rtx:
+        registry = timing_cache_folder(f"{flavour.backend} {flavour.version}")
+        if registry is not None:
+            timing_cache = registry.path / TIMING_CACHE_FILE
+            timing_note = f"{timing_cache} ({'reused' if registry.hit else 'new'}, cache registry)"
     say(f"building with {flavour.backend} {flavour.version}, batch {batch[0]}..{batch[2]} (opt {batch[1]})")
     pg = polygraphy_trt(flavour)
     logger = _deps.require("polygraphy.logger").G_LOGGER
@@ -192,6 +203,8 @@ def build_engine(
     finally:
         restore()
     seconds = time.perf_counter() - started
+    if registry is not None:
+        registry.seal()
 
     precision = meta["precision"]
     sidecar_data: dict[str, Any] = {
@@ -237,6 +250,21 @@ def build_engine(
         sidecar_data["builder_log"],
         sidecar_data,
     )
+
+
+TIMING_CACHE_FILE = "timing.cache"
+
+
+def timing_cache_folder(runtime: str) -> Any:
+    """The registry's timing-cache folder for ``runtime`` on GPU 0 (not per network: TensorRT
+    shares layer timings between builds), or None without a usable cache or a visible GPU."""
+    from resnest_deploy import _cuda
+    from resnest_deploy.cache import CacheFolder, CacheKey
+
+    capability = _cuda.compute_capability(0)
+    if capability is None:
+        return None
+    return CacheFolder.open("tensorrt-timing", CacheKey(runtime, f"gpu:{capability}", ""))
 
 
 def _target(flavour: Flavour, compute_capabilities: Sequence[tuple[int, int]] | None) -> list[str] | str:

@@ -8,7 +8,8 @@ import json
 import os
 import sys
 import warnings
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +18,12 @@ from resnest_deploy._cuda import driver_problem
 from resnest_deploy._verbosity import ort_severity
 from resnest_deploy.errors import ArtifactError, first_line
 from resnest_deploy.runners.base import Runner
+
+if TYPE_CHECKING:
+    from resnest_deploy.cache import CacheFolder
+
+#: the graph ONNX Runtime optimized for this CPU, kept in the runner's cache folder
+OPTIMIZED = "optimized.onnx"
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -123,6 +130,7 @@ class OnnxRuntimeRunner(Runner):
         name: str | None = None,
         device: int = 0,
         fake_quant: bool = False,
+        cache: CacheFolder | None = None,
     ) -> None:
         label = "<in-memory>" if isinstance(model, bytes) else os.fspath(model)
         super().__init__(name or f"onnxruntime-{provider}:{label}")
@@ -136,6 +144,9 @@ class OnnxRuntimeRunner(Runner):
         #: run Q/DQ pairs as separate float ops instead of fusing them into the CPU's int8 kernels:
         #: TensorRT's fake-quant arithmetic, the same on every CPU (AVX2 without VNNI can saturate)
         self.fake_quant = fake_quant
+        #: where the optimized graph is kept between processes (CPU provider, files only), or None
+        self.cache = cache if provider == "cpu" and not isinstance(model, bytes) else None
+        self._partial: Path | None = None
 
     def activate_impl(self) -> None:
         ort = _deps.require("onnxruntime")
@@ -161,7 +172,9 @@ class OnnxRuntimeRunner(Runner):
         model = self.model if isinstance(self.model, bytes) else _loadable(os.fspath(self.model))
         try:  # onnxruntime print()s an "EP Error" banner: keep stdout clean for --json, report it below
             with contextlib.redirect_stdout(sys.stderr):
-                self.session = ort.InferenceSession(model, opts, providers=self._providers())
+                self.session = self._cached_session(ort, opts) or ort.InferenceSession(
+                    model, opts, providers=self._providers()
+                )
         except Exception as e:
             first = first_line(e)
             raise ArtifactError(f"onnxruntime cannot load {self.name.split(':', 1)[-1]}: {first}") from e
@@ -172,11 +185,45 @@ class OnnxRuntimeRunner(Runner):
                 f"onnxruntime could not start {PROVIDERS[self.provider][0]} (no usable GPU, or its CUDA "
                 f"libraries are missing) and would run on {active[0]}; use --provider cpu"
             )
+        self._keep_optimized()
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_dtype = _INPUT_DTYPES.get(inp.type, np.float32)
         if self.provider == "cpu" and not self.fake_quant:
             self._warn_if_saturating()
+
+    def _cached_session(self, ort: Any, opts: Any) -> Any:
+        """A session from the optimized graph in the cache folder, or ``None`` (then ``opts`` asks
+        ONNX Runtime to write that graph while it optimizes, and it is kept once the session works).
+
+        The graph is read back only from a verified entry, and with every optimization off: it was
+        optimized for this CPU and this version (both in the entry's key; NCHWc layouts and fused
+        kernels do not carry over), and optimizing it again is what the cache saves."""
+        if self.cache is None:
+            return None
+        target = self.cache.path / OPTIMIZED
+        if OPTIMIZED in self.cache.verified:
+            cached = ort.SessionOptions()
+            cached.log_severity_level = opts.log_severity_level
+            cached.intra_op_num_threads = opts.intra_op_num_threads
+            cached.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            with contextlib.suppress(Exception):  # a graph it cannot load again: optimize afresh
+                return ort.InferenceSession(str(target), cached, providers=self._providers())
+        partial = target.with_name(f".{OPTIMIZED}.{os.getpid()}.partial")
+        opts.optimized_model_filepath = str(partial)
+        self._partial = partial
+        return None
+
+    def _keep_optimized(self) -> None:
+        partial = self._partial
+        if self.cache is None or partial is None:
+            return
+        self._partial = None
+        with contextlib.suppress(OSError):
+            if partial.is_file():
+                os.replace(partial, self.cache.path / OPTIMIZED)
+                self.cache.seal()
+            partial.unlink(missing_ok=True)
 
     def _warn_if_saturating(self) -> None:
         from resnest_deploy.metadata import METADATA_KEY

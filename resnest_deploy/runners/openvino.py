@@ -9,13 +9,16 @@ the compiled model is asked what it will execute in, and a mismatch is an error.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from resnest_deploy import _deps
 from resnest_deploy.errors import ArtifactError, first_line
 from resnest_deploy.runners.base import Runner
+
+if TYPE_CHECKING:
+    from resnest_deploy.cache import CacheFolder
 
 PRECISIONS = {"f32": "fp32", "bf16": "bf16"}
 HINTS = ("latency", "throughput")
@@ -46,6 +49,7 @@ class OpenVINORunner(Runner):
         hint: str = "latency",
         threads: int | None = None,
         name: str | None = None,
+        cache: CacheFolder | None = None,
     ) -> None:
         super().__init__(name or f"openvino:{os.fspath(model)}")
         if precision not in PRECISIONS:
@@ -57,6 +61,11 @@ class OpenVINORunner(Runner):
         #: what the backend computes in when it differs from the file (BF16 for an FP32 file)
         self.computes_in = PRECISIONS[precision] if precision != "f32" else None
         self._compiled: dict[tuple[int, ...], tuple[Any, Any]] = {}
+        #: the compiled-model cache folder this runner was handed, or None
+        self.cache = cache
+        self.model: Any = None
+        #: shapes whose compiled model came from the cache in this process (tests and bench ask)
+        self.loaded_from_cache: set[tuple[int, ...]] = set()
 
     def activate_impl(self) -> None:
         ov = _deps.require("openvino")
@@ -67,28 +76,70 @@ class OpenVINORunner(Runner):
                 "this CPU has no BF16 support (AVX-512-BF16 or AMX), so OpenVINO would emulate or refuse it; "
                 "use --provider openvino (f32)"
             )
+        if self.cache is None or not self.cache.verified:
+            self._read()  # read now, so that a bad file fails here; a cache hit may never need it
+
+    def _read(self) -> Any:
+        if self.model is None:
+            try:
+                self.model = self.core.read_model(self.path)
+            except Exception as e:
+                raise ArtifactError(f"OpenVINO cannot read {self.path}: {_cause(e)}") from e
+        return self.model
+
+    def _config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": self.ov_precision,
+            "PERFORMANCE_HINT": self.hint.upper(),
+        }
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        return config
+
+    def _blob(self, shape: tuple[int, ...]) -> str:
+        """The cache file of one compiled model: what it was compiled for is in its name (the file,
+        the runtime and the CPU are in the cache folder's key)."""
+        return f"{self.ov_precision}-{self.hint}-t{self.threads or 0}-{'x'.join(map(str, shape))}.blob"
+
+    def _from_cache(self, shape: tuple[int, ...], config: dict[str, Any]) -> Any:
+        """The compiled model from a blob the cache verified when it was opened, or None. OpenVINO's
+        own CACHE_DIR would read and hash the whole model first; importing our blob skips both."""
+        if self.cache is None or self._blob(shape) not in self.cache.verified:
+            return None
         try:
-            self.model = self.core.read_model(self.path)
+            compiled = self.core.import_model(
+                (self.cache.path / self._blob(shape)).read_bytes(), "CPU", config
+            )
+        except Exception:  # a blob this OpenVINO cannot import after all: compile afresh
+            return None
+        self.loaded_from_cache.add(shape)
+        return compiled
+
+    def _compile(self, shape: tuple[int, ...], config: dict[str, Any]) -> Any:
+        model = self._read()
+        model.reshape({model.inputs[0].get_any_name(): list(shape)})
+        try:
+            compiled = self.core.compile_model(model, "CPU", config)
         except Exception as e:
-            raise ArtifactError(f"OpenVINO cannot read {self.path}: {_cause(e)}") from e
-        self.input_name = self.model.inputs[0].get_any_name()
+            raise ArtifactError(
+                f"OpenVINO cannot compile {self.path} for the CPU: {_cause(e)}; use --provider cpu"
+            ) from e
+        if self.cache is not None:
+            import contextlib
+
+            from resnest_deploy._io import atomic_path
+
+            with contextlib.suppress(Exception):  # caching never fails a run
+                with atomic_path(self.cache.path / self._blob(shape)) as tmp:
+                    tmp.write_bytes(compiled.export_model().getvalue())
+                self.cache.seal()
+        return compiled
 
     def _compiled_for(self, shape: tuple[int, ...]) -> tuple[Any, Any]:
         """One compiled model and infer request per input shape (OpenVINO specialises on it)."""
         if shape not in self._compiled:
-            self.model.reshape({self.input_name: list(shape)})
-            config: dict[str, Any] = {
-                "INFERENCE_PRECISION_HINT": self.ov_precision,
-                "PERFORMANCE_HINT": self.hint.upper(),
-            }
-            if self.threads:
-                config["INFERENCE_NUM_THREADS"] = self.threads
-            try:
-                compiled = self.core.compile_model(self.model, "CPU", config)
-            except Exception as e:
-                raise ArtifactError(
-                    f"OpenVINO cannot compile {self.path} for the CPU: {_cause(e)}; use --provider cpu"
-                ) from e
+            config = self._config()
+            compiled = self._from_cache(shape, config) or self._compile(shape, config)
             executes = str(compiled.get_property("INFERENCE_PRECISION_HINT"))  # <Type: 'float32'>
             if _OV_TYPE_NAMES[self.ov_precision] not in executes:
                 raise ArtifactError(
@@ -104,4 +155,5 @@ class OpenVINORunner(Runner):
 
     def deactivate_impl(self) -> None:
         self._compiled.clear()
-        del self.model, self.core
+        self.model = None
+        del self.core

@@ -154,6 +154,14 @@ def running(
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def start_to_ready_s() -> float | None:
+    """Seconds from this process's start (interpreter and imports included) until now."""
+    from resnest_deploy.startup import process_age_s
+
+    age = process_age_s()
+    return None if age is None else round(age, 3)
+
+
 def serve_forever(
     artifacts: Sequence[str | os.PathLike[str]],
     ports: Ports,
@@ -185,6 +193,7 @@ def serve_forever(
                         "grpc": ports.grpc,
                         "metrics": ports.metrics,
                         "models": [e.name for e in entries],
+                        "start_to_ready_s": start_to_ready_s(),
                     },
                 )
             on_ready(entries)

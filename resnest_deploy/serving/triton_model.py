@@ -78,6 +78,19 @@ def _client_error(message: str) -> Any:
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
 
 
+_WARM_DTYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_UINT8": np.uint8}
+
+
+def _warm_up(runner: Any, spec: dict[str, Any]) -> None:
+    """One batch-1 inference before the model reports ready, so that ready means answering at full
+    speed: OpenVINO compiles on the first call of a shape (from its cache folder when it has one)."""
+    dims = [int(d) for d in spec.get("dims", [])]
+    dtype = _WARM_DTYPES.get(spec.get("data_type", ""))
+    if dtype is None or not dims or min(dims) < 1:  # a free height or width: no one shape to warm
+        return
+    runner.infer(np.zeros((1, *dims), dtype=dtype))
+
+
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
@@ -92,6 +105,8 @@ class TritonPythonModel:
         try:
             self.runner = open_runner(artifact, provider=provider, threads=threads, device=device)
             self.runner.activate()
+            if artifact.suffix == ".onnx":
+                _warm_up(self.runner, config["input"][0])
         except Exception as e:  # Triton logs this message as the cause of the failed load
             raise pb_utils.TritonModelException(f"{type(e).__name__}: {e}") from e
 
