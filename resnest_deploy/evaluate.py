@@ -68,4 +68,5 @@ def evaluate(
                 )
             )
     skipped = skipped_folders + [f"{p}: {why}" for p, why in loaded.skipped]
-    return results, {"path": str(images), "images": len(labels), "skipped": skipped}
+    described = {"path": str(images), "images": len(labels), "skipped": skipped, "weights": lineup.weights}
+    return results, described | ({"note": lineup.note} if lineup.note else {})

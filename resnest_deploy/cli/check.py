@@ -21,6 +21,7 @@ from resnest_deploy.cli._common import (
     out,
     print_json,
     progress,
+    styled,
 )
 
 
@@ -92,6 +93,9 @@ def check_cmd(
         rows = {r.artifact: r.metrics for r in report.results}
         failures = {r.artifact: r.problems for r in report.results}
         title = f"{report.arch} ({report.weights} weights) vs PyTorch FP32, {report.inputs['kind']} inputs"
-        out.print(metrics_table(title, rows, failures))
+        unjudged = [r.artifact for r in report.results if not r.judged]
+        out.print(metrics_table(title, rows, failures, unjudged))
+        if report.note:
+            out.print(styled(("note:", "yellow"), f" {report.note}"))
     if not report.passed:
         raise typer.Exit(1)

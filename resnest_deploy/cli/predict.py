@@ -14,6 +14,7 @@ from resnest_deploy.cli._common import (
     ProviderOpt,
     WeightsOptional,
     deprecated,
+    err,
     handle_errors,
     out,
     print_json,
@@ -66,6 +67,9 @@ def predict_cmd(
     preds = predict(
         [Path(i) for i in images], chosen, arch=arch, weights=weights, topk=topk, provider=provider.value
     )
+    from resnest_deploy.artifacts import weights_note
+
+    note = weights_note([chosen], weights)
     if json_out:
         print_json(
             [
@@ -73,8 +77,12 @@ def predict_cmd(
                 for p in preds
             ]
         )
+        if note:  # the JSON stays a list of predictions; the note goes where a person reads it
+            err.print(styled(("note:", "yellow"), f" {note}"))
         return
     for p in preds:
         out.print(p.image, style="bold")
         for i, name, prob in p.top:
             out.print(styled(f"  {prob:7.2%}  {name} ", (f"({i})", "dim")))
+    if note:
+        out.print(styled(("note:", "yellow"), f" {note}"))
