@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -84,7 +83,8 @@ MinTop1Opt = Annotated[
         min=0.0,
         max=1.0,
         help="Accept a converted file whose top-1 agreement with FP32 is at least this (0..1), in place "
-        "of the default bar (int8 0.7, fp16 0.9); recorded and said as --min-cosine.",
+        "of the default bar (int8 0.7, fp16 0.9; a lower top-1 bar lowers int8's top-5 bar of 0.85 to it); "
+        "recorded and said as --min-cosine.",
     ),
 ]
 CpuIsaOpt = Annotated[
@@ -119,12 +119,7 @@ def user_tolerance(precision: str, min_cosine: float | None, min_top1: float | N
     """The precision's default bar with what --min-cosine / --min-top1 replace; None: the default."""
     if min_cosine is None and min_top1 is None:
         return None
-    default = TOLERANCES[precision]
-    return dataclasses.replace(
-        default,
-        cosine=default.cosine if min_cosine is None else min_cosine,
-        top1=default.top1 if min_top1 is None else min_top1,
-    )
+    return TOLERANCES[precision].with_bars(min_cosine, min_top1)
 
 
 def gate_lines(gate: dict[str, Any], inputs: str) -> list[str]:

@@ -92,18 +92,26 @@ def _ort_quantization_restored() -> Iterator[None]:
 
 
 def quantize_tensorrt(
-    src: Path, dst: Path, calib: np.ndarray, method: str, keep_fp32_nodes: Sequence[str]
+    src: Path,
+    dst: Path,
+    calib: np.ndarray,
+    method: str,
+    keep_fp32_nodes: Sequence[str],
+    int8_weights: bool = True,
 ) -> dict[str, Any]:
     """ModelOpt's Q/DQ placement and ranges; ``percentile``, which ModelOpt's INT8 does not offer,
     is given to it as ranges: ONNX Runtime's percentile calibrator measures them and ModelOpt reads
-    them as a TensorRT calibration cache (the format TensorRT's own calibrators write)."""
+    them as a TensorRT calibration cache (the format TensorRT's own calibrators write).
+    ``int8_weights=False`` keeps ModelOpt's default FP32 weights behind Q/DQ (for the benchmark that
+    compares the two: ``benchmarks/int8_weights.py``)."""
     mq = _deps.require("modelopt.onnx.quantization")
     onnx = _deps.require("onnx")
     model = onnx.load(src, load_external_data=False)
     excluded = matching_nodes(model, keep_fp32_nodes)
+    stored = "int8 (DequantizeLinear only)" if int8_weights else "float32 behind QuantizeLinear"
     scheme: dict[str, Any] = {
         "activations": "int8 symmetric",
-        "weights": "int8 per-channel, stored as int8 (DequantizeLinear only)",
+        "weights": f"int8 per-channel, stored as {stored}",
     }
     with _ort_quantization_restored(), _private_copy(src, model) as copy:
         cache = None
@@ -124,7 +132,7 @@ def quantize_tensorrt(
             calibration_eps=["cpu"],
             nodes_to_exclude=[f"^{re.escape(n)}$" for n in excluded] or None,
             high_precision_dtype="fp32",
-            dq_only=True,  # weights stored as INT8: a quarter of the bytes, the same values
+            dq_only=int8_weights,  # weights stored as INT8: a quarter of the bytes, the same values
             output_path=os.fspath(dst),
             log_level="ERROR",
         )
