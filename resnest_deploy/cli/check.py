@@ -37,7 +37,10 @@ def check_cmd(
     chunk_size: ChunkOpt = 8,
     min_cosine: Annotated[float | None, typer.Option(help="Override every precision's cosine bar.")] = None,
     min_top1: Annotated[
-        float | None, typer.Option(help="Override every precision's top-1 agreement bar (0..1); a lower one lowers the top-5 bar to it.")
+        float | None,
+        typer.Option(
+            help="Override every precision's top-1 agreement bar (0..1); a lower one lowers top-5's to it."
+        ),
     ] = None,
     provider: ProviderOpt = Provider.cpu,
     reference: Annotated[
