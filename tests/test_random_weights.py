@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,6 @@ def test_check_eval_predict_and_inspect_say_random_weights(random_14d, digits_on
     for args in (["predict", int8, photo], ["eval", "--images", str(images), int8], ["inspect", int8]):
         r = cli.invoke(app, args)
         assert r.exit_code == 0 and SAID in r.output, (args, r.output)
-    assert "weights stored: int8" in r.output  # inspect: the bytes by precision
+    assert re.search(r"weights stored: .*int8 [\d.]+ MiB", r.output)  # inspect: the bytes by precision
     trained = cli.invoke(app, ["predict", str(digits_onnx), photo])
     assert trained.exit_code == 0 and SAID not in trained.output
