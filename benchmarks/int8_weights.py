@@ -62,18 +62,32 @@ def main() -> None:
             reference = ref.infer_batched(held_out, 8)
         rows: dict[str, dict] = {"fp32": {"bytes": src.stat().st_size, "stored": stored_bytes(src)}}
         logits = {}
-        for name, int8_weights in (
-            ("before: fp32 weights behind Q/DQ", False),
-            ("after: int8 weights", True),
-        ):
-            dst = folder / f"{'after' if int8_weights else 'before'}.int8.onnx"
+        forms = (
+            ("before: fp32 weights behind Q/DQ", False, int8.KEEP_FP32_NODES),
+            ("after: int8 weights", True, int8.KEEP_FP32_NODES),
+            ("int8 weights, gate and classifier quantized too", True, ()),
+        )
+        float_left: dict[str, int] = {}
+        for i, (name, int8_weights, keep) in enumerate(forms):
+            dst = folder / f"{i}.int8.onnx"
             started = time.perf_counter()
-            int8.quantize_tensorrt(src, dst, calib, "max", int8.KEEP_FP32_NODES, int8_weights=int8_weights)
+            int8.quantize_tensorrt(src, dst, calib, "max", keep, int8_weights=int8_weights)
             seconds = time.perf_counter() - started
             quantized = onnx.load(dst)
             parity, how = measure_parity(src, quantized, held_out, "int8", "tensorrt", reference)
             with OnnxRuntimeRunner(quantized.SerializeToString(), fake_quant=True) as runner:
                 logits[name] = runner.infer_batched(held_out, 8)
+            if i == 1:  # where the float32 bytes left are: read by the nodes kept in FP32, or not
+                kept = set(int8.matching_nodes(quantized, int8.KEEP_FP32_NODES))
+                floats = {
+                    t.name: t for t in quantized.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
+                }
+                read = {x for n in quantized.graph.node if n.name in kept for x in n.input}
+                kept_bytes = sum(int(np.prod(floats[k].dims)) * 4 for k in read if k in floats)
+                float_left = {
+                    "kept_fp32_nodes": kept_bytes,
+                    "other": stored_bytes(dst)["float32"] - kept_bytes,
+                }
             ops = {
                 op: sum(n.op_type == op for n in quantized.graph.node)
                 for op in ("QuantizeLinear", "DequantizeLinear")
@@ -87,13 +101,14 @@ def main() -> None:
                 "quantize_seconds": round(seconds, 1),
                 "path": dst,
             }
-        before, after = (logits[k] for k in logits)
+        before, after = (logits[forms[0][0]], logits[forms[1][0]])
         between = compare(before, after).as_dict()
         engine = None
         if args.build:
             from resnest_deploy.engine import build_engine
 
-            dst = rows["after: int8 weights"]["path"]
+            dst = rows[forms[1][0]]["path"]
+            quantized = onnx.load(dst)
             meta = metadata.of_artifact(src)
             meta |= {"precision": "int8"}
             metadata.embed(quantized, meta)
@@ -113,6 +128,7 @@ def main() -> None:
         "calibration": f"max, {CALIB} seeded random inputs; parity on {HELD_OUT} more",
         "files": rows,
         "before_vs_after_logits": between,
+        "after_float32_bytes": float_left,
         "engine_from_int8_weights": engine,
         "machine": metadata.machine(),
     }
@@ -140,6 +156,11 @@ def main() -> None:
         f"cosine {between['cosine']:.6f}, top-1 agreement {between['top1']:.0%} on {HELD_OUT} inputs "
         "(Q/DQ as float ops, as TensorRT computes them).",
     ]
+    lines.append(
+        f"What stays float32 after: {float_left['kept_fp32_nodes'] / 2**20:.1f} MiB read by the nodes kept "
+        "in FP32 by default (attention gates, classifier; `--keep-fp32` replaces the list), "
+        f"{float_left['other'] / 2**20:.1f} MiB of biases and scales."
+    )
     if engine:
         lines.append(
             f"TensorRT-RTX engine from the INT8-weights file: built on the CPU in {engine['seconds']} s."
