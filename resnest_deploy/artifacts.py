@@ -111,6 +111,14 @@ def runner_for(info: ArtifactInfo, model: Any = None, provider: str = "cpu", **k
     return runner if form.name == "float" else InputFormatAdapter(runner, form.from_normalised)
 
 
+def weights_note(artifacts: Sequence[str | os.PathLike[str]], weights: str | None = None) -> str | None:
+    """``metadata.RANDOM_WEIGHTS_NOTE`` when the artifacts were made from random weights (or
+    ``--weights random`` is given): every figure or prediction shown for them must say so."""
+    chosen = weights or recorded_weights([ArtifactInfo.of(a) for a in artifacts])
+    kind = chosen.kind if isinstance(chosen, WeightsInfo) else chosen
+    return metadata.RANDOM_WEIGHTS_NOTE if kind == "random" else None
+
+
 @dataclass
 class Lineup:
     """Artifacts run side by side: what each is, their common arch and input size, and the PyTorch
@@ -144,6 +152,11 @@ class Lineup:
         if isinstance(chosen, WeightsInfo) and chosen.kind in ("random", "pretrained"):
             label = chosen.kind
         return cls(infos, arch, input_size(arch, infos), label, model)
+
+    @property
+    def note(self) -> str | None:
+        """What every figure of this line-up must say: made from random weights."""
+        return metadata.RANDOM_WEIGHTS_NOTE if self.weights == "random" else None
 
     @property
     def takes_frames(self) -> bool:

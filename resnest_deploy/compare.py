@@ -32,6 +32,17 @@ class Tolerance:
     top1: float
     top5: float = 0.0
 
+    def with_bars(self, cosine: float | None = None, top1: float | None = None) -> Tolerance:
+        """This bar with a user's cosine and top-1 agreement bars (``--min-cosine``, ``--min-top1``).
+        A top-1 bar below the top-5 bar lowers that one too: top-5 agreement is never below top-1,
+        so the user's bar is the one that decides."""
+        return Tolerance(
+            self.rel_max_abs,
+            self.cosine if cosine is None else cosine,
+            self.top1 if top1 is None else top1,
+            self.top5 if top1 is None else min(self.top5, top1),
+        )
+
     def violations(self, m: Metrics) -> list[str]:
         out = [f"{m.nonfinite} NaN/Inf output value(s)"] if m.nonfinite else []
         if not m.rel_max_abs <= self.rel_max_abs:

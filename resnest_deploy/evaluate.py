@@ -94,5 +94,10 @@ def evaluate(
                 info.name, done.backend, info.precision, float(top1.mean()), float(top5.mean()), len(kept)
             )
         )
-    images_seen = results[0].images if results else 0
-    return results, {"path": str(images), "images": images_seen, "skipped": skipped_folders + skipped}
+    described = {
+        "path": str(images),
+        "images": results[0].images if results else 0,
+        "skipped": skipped_folders + skipped,
+        "weights": lineup.weights,
+    }
+    return results, described | ({"note": lineup.note} if lineup.note else {})

@@ -136,6 +136,18 @@ def _trace(
     return buf.getvalue()
 
 
+def _named_as_traced(optimized: Any, traced: Any) -> Any:
+    """Node names carry the module path (``/layer1/layer1.0/conv2/fc1/Conv``), which INT8's default
+    FP32 nodes and its search go by. The optimizer rebuilds a node whose weight came through an
+    ``Identity`` (the tracer shares equal constants that way: random weights' zero biases) as
+    ``node_Conv_N``; give each node back the name of the traced node that made the same output."""
+    names = {o: n.name for n in traced.graph.node for o in n.output if n.name}
+    for node in optimized.graph.node:
+        if node.name.startswith("node_") and node.output and node.output[0] in names:
+            node.name = names[node.output[0]]
+    return optimized
+
+
 def export_onnx(
     model: torch.nn.Module,
     path: str | os.PathLike[str],
@@ -191,7 +203,7 @@ def export_onnx(
         raise ExportError(f"torch.onnx.export failed: {first_line(e)}") from e
     if simplify:
         say("folding batch norms and constants")
-        proto = _deps.require("onnxscript.optimizer").optimize(proto)
+        proto = _named_as_traced(_deps.require("onnxscript.optimizer").optimize(proto), proto)
     proto.producer_name, proto.producer_version = (
         "resnest-deploy",
         metadata.tool_versions().get("resnest-deploy", ""),

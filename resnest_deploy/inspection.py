@@ -41,6 +41,12 @@ def _onnx(path: Path) -> dict[str, Any]:
     dtype = onnx.helper.tensor_dtype_to_np_dtype
     ops = collections.Counter(n.op_type for n in model.graph.node)
     weights = collections.Counter(str(dtype(t.data_type)) for t in model.graph.initializer)
+    stored: collections.Counter[str] = collections.Counter()
+    for t in model.graph.initializer:
+        numel = 1
+        for d in t.dims:
+            numel *= d
+        stored[str(dtype(t.data_type))] += numel * dtype(t.data_type).itemsize
     return {
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
@@ -55,6 +61,8 @@ def _onnx(path: Path) -> dict[str, Any]:
         "nodes": len(model.graph.node),
         "op_counts": dict(ops.most_common()),
         "initializer_dtypes": dict(weights),
+        #: what the weights take by precision: an INT8 file with FP32 weights behind Q/DQ is FP32-sized
+        "initializer_bytes": dict(stored.most_common()),
         "metadata": metadata.from_onnx(model),
         "sidecar": metadata.read_sidecar(path),
     }
@@ -65,7 +73,8 @@ def _engine(path: Path, layers: bool) -> dict[str, Any]:
     sidecar = metadata.read_sidecar(path)
     out: dict[str, Any] = {"sidecar": sidecar, "flavour": flavour}
     if sidecar:
-        out["metadata"] = {k: sidecar.get(k) for k in ("arch", "precision", "tensorrt", "target", "input")}
+        keys = ("arch", "precision", "weights", "tensorrt", "target", "input")
+        out["metadata"] = {k: sidecar.get(k) for k in keys}
     if layers:
         out["layers"] = _engine_layers(path, sidecar)
     return out

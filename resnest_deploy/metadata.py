@@ -33,6 +33,20 @@ _TOOLS = (
 )
 
 
+#: said wherever an artifact made from random weights shows a figure or a prediction
+RANDOM_WEIGHTS_NOTE = (
+    "made from random weights: for speed and structure only (accuracy figures are recorded, not judged; "
+    "predictions mean nothing)"
+)
+
+
+def random_weights(meta: dict[str, Any]) -> bool:
+    """Whether an artifact's metadata records random weights: a network never trained has near-uniform
+    logits, so how closely a reduced-precision copy follows them measures noise, not the conversion."""
+    weights = meta.get("weights")
+    return isinstance(weights, dict) and weights.get("kind") == "random"
+
+
 def tool_versions() -> dict[str, str]:
     versions = {"python": sys.version.split()[0]}
     for dist in _TOOLS:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from resnest_deploy import _deps, metadata
 from resnest_deploy import bench as _bench
 from resnest_deploy import check as _check
 from resnest_deploy._io import atomic_path, prepare_outputs, write_json
+from resnest_deploy.compare import Tolerance
 from resnest_deploy.engine import build_engine, detect
 from resnest_deploy.errors import ParityError, ResnestDeployError, first_line
 from resnest_deploy.export import export_onnx
@@ -83,13 +85,17 @@ def pipeline(
     iterations: int = 20,
     progress: Callable[[str], None] | None = None,
     executor: Executor | None = None,
+    tolerance: Tolerance | None = None,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """Everything lands in ``out_dir`` (default ``models/<arch>/``), with report.json and report.md.
     ``executor`` runs the INT8 search's per-unit trials (``precision.convert``).
 
     INT8 calibrates with ``method`` (``auto``: every method the target offers, the best kept) and
     searches for the units to keep in FP32 within ``max_drop`` points (default
-    ``search.DEFAULT_MAX_DROP``)."""
+    ``search.DEFAULT_MAX_DROP``). ``tolerance`` replaces the reduced precision's default bar in the
+    conversions and the check (recorded, and said in the report). Random weights are measured, not
+    judged, and the report says the files are for speed and structure only."""
     out = Path(out_dir or Path("models") / arch)
     max_drop = search.DEFAULT_MAX_DROP if max_drop is None else max_drop
     get_spec(arch)
@@ -110,11 +116,13 @@ def pipeline(
             "target": target,
             "started": metadata.now(),
             "status": "running",
+            **({"note": metadata.RANDOM_WEIGHTS_NOTE} if weights == "random" else {}),
             "steps": {},
         },
         progress or (lambda _m: None),
     )
 
+    settings = _Conversion(method, max_drop, tolerance, verbose, run.say, executor)
     fp32 = out / f"{arch}.onnx"
     exported = run.step("export", lambda: _export(arch, weights, fp32))
     artifacts = [fp32]
@@ -125,7 +133,7 @@ def pipeline(
 
         def convert_step() -> dict[str, Any]:
             made["calib"] = calibration.resolve(arch, (h, w), calib_dir, calib_npy, calib_count)
-            return _conversion(fp32, precision, target, made["calib"], method, max_drop, run.say, executor)
+            return _conversion(fp32, precision, target, made["calib"], settings)
 
         result = run.step("convert", convert_step)
         calib = made["calib"]
@@ -136,17 +144,18 @@ def pipeline(
     cpu_file = None
     if precision == "int8" and target == "tensorrt" and not _gpu():
         # The TensorRT-target file is slower than FP32 on a CPU: also make what runs fast here.
-        cpu = run.step(
-            "convert-cpu",
-            lambda: _conversion(fp32, "int8", "cpu", calib, method, max_drop, run.say, executor),
-        )
+        cpu = run.step("convert-cpu", lambda: _conversion(fp32, "int8", "cpu", calib, settings))
         cpu_file = Path(cpu["path"])
         artifacts.append(cpu_file)
     runnable = [*map(str, artifacts), *([str(engine)] if engine_runs else [])]
     held_out = None
     if calib is not None:
-        held_out = (calib.holdout, {**calib.source, "kind": f"held-out {calib.source['kind']}"})
-    run.step("check", lambda: _checked(runnable, arch, weights, images, None if images else held_out))
+        kind = f"held-out {calib.source['kind']}"
+        held_out = (calib.holdout, {**calib.source, "kind": kind, "count": len(calib.holdout)})
+    bars = {precision: tolerance} if tolerance is not None and precision != "fp32" else {}
+    run.step(
+        "check", lambda: _checked(runnable, arch, weights, images, None if images else held_out, bars=bars)
+    )
     if not _gpu() and _cpu_has_bf16():  # the CPU's other fast path: FP32 computed in BF16, own bar
         run.step(
             "check-bf16",
@@ -180,15 +189,24 @@ def _export(arch: str, weights: str, path: Path) -> dict[str, Any]:
     return {"path": str(path), "input": meta["input"], "parity": meta.get("parity"), "file": meta.get("file")}
 
 
+@dataclass(frozen=True)
+class _Conversion:
+    """The settings every conversion of one run shares."""
+
+    method: str
+    max_drop: float
+    tolerance: Tolerance | None
+    verbose: bool
+    say: Callable[[str], None]
+    executor: Executor | None = None  # runs the INT8 search's per-unit trials
+
+
 def _conversion(
     src: Path,
     precision: str,
     target: str,
     calib: calibration.CalibrationData | None,
-    method: str,
-    max_drop: float,
-    say: Callable[[str], None],
-    executor: Executor | None = None,
+    settings: _Conversion,
 ) -> dict[str, Any]:
     """INT8 goes through the calibration methods and the search: what is sensitive, and what (if
     anything) stays in FP32."""
@@ -198,10 +216,12 @@ def _conversion(
         precision=precision,
         target=target,
         calib=calib,
-        method=method if int8 else "max",
-        max_drop=max_drop if int8 else None,
-        progress=say,
-        executor=executor,
+        method=settings.method if int8 else "max",
+        max_drop=settings.max_drop if int8 else None,
+        tolerance=settings.tolerance,
+        progress=settings.say,
+        verbose=settings.verbose,
+        executor=settings.executor,
     )
     meta = report.metadata
     made = {
@@ -244,10 +264,22 @@ def _cpu_has_bf16() -> bool:
 
 
 def _checked(
-    artifacts: list[str], arch: str, weights: str, images: Any, inputs: Any, provider: str = "cpu"
+    artifacts: list[str],
+    arch: str,
+    weights: str,
+    images: Any,
+    inputs: Any,
+    provider: str = "cpu",
+    bars: dict[str, Tolerance] | None = None,
 ) -> dict[str, Any]:
     report = _check.check(
-        artifacts, arch=arch, weights=weights, images=images, inputs=inputs, provider=provider
+        artifacts,
+        arch=arch,
+        weights=weights,
+        images=images,
+        inputs=inputs,
+        provider=provider,
+        tolerances=bars,
     )
     if not report.passed:
         failed = [f"{r.artifact}: {'; '.join(r.problems)}" for r in report.results if not r.passed]
@@ -305,17 +337,24 @@ def markdown(report: dict[str, Any]) -> str:
         return f"*{name.removeprefix(arch)}" if name.startswith(f"{arch}.") else name
 
     lines = [f"# {arch} ({report['precision']}, {report['target']}): {report['status']}", ""]
+    if report.get("note"):
+        lines += [f"**Note:** {report['note'][0].upper()}{report['note'][1:]}.", ""]
     lines += ["| step | status | detail |", "|---|---|---|"]
     for name, s in steps.items():
         detail = s.get("reason") or s.get("path") or ""
+        gate = (s.get("parity") or {}).get("gate") or {}
+        if gate.get("tolerance_from") == "user" and gate.get("outside_default") and gate.get("judged"):
+            detail += f" (accepted outside the default tolerance: {'; '.join(gate['outside_default'])})"
         lines.append(f"| {name} | {s['status']} | {detail} |")
-    checks = [steps[k] for k in ("check", "check-bf16") if steps.get(k, {}).get("results")]
+    checks = [(k, steps[k]) for k in ("check", "check-bf16") if steps.get(k, {}).get("results")]
     if checks or steps.get("bench", {}).get("results"):
         lines += ["", f"Files: `*` stands for `{arch}` in `{report.get('out_dir', '.')}`."]
-    for check in checks:
+    for key, check in checks:
+        inputs = check["inputs"]
+        how = "computed in BF16 by OpenVINO, " if key == "check-bf16" else ""
         lines += [
             "",
-            f"## Accuracy against PyTorch FP32 ({check['inputs'].get('kind')})",
+            f"## Accuracy against PyTorch FP32 ({how}{inputs.get('kind')}: {inputs.get('count', '?')})",
             "",
             "| artifact | for | ran in | precision | max abs | cosine | top-1 agree | top-5 agree |",
             "|---|---|---|---|---|---|---|---|",
@@ -324,7 +363,7 @@ def markdown(report: dict[str, Any]) -> str:
             m = r["metrics"]
             lines.append(
                 f"| {short(r['artifact'])} | {meant_for(r['artifact'])} | {r['backend']} "
-                f"| {r['precision']} "
+                f"| {r['precision']}{'' if r.get('judged', True) else ' (not judged)'} "
                 f"| {m['max_abs']:.3g} | {m['cosine']:.6f} | {m['top1']:.1%} | {m['top5']:.1%} |"
             )
     bench = steps.get("bench", {})
@@ -354,7 +393,8 @@ def markdown(report: dict[str, Any]) -> str:
         tried = conversion.get("calibration_methods")
         lines += [
             "",
-            f"## INT8 search ({key}: {found['metric']} on held-out images, "
+            f"## INT8 search for {'the CPU' if key == 'convert-cpu' else 'TensorRT'}: "
+            f"{short(steps[key].get('path', ''))} ({found['metric']} on held-out images, "
             f"budget {found['max_drop_points']} points)",
             "",
         ]

@@ -207,6 +207,9 @@ def test_pipeline_end_to_end_offline(tmp_path):
         assert steps[step]["conversion"]["search"]["max_drop_points"] == 0.5
     assert md.count("| calibration | plain INT8 |") == 2 and "| distribution | " in md
     assert md.count("![INT8 sensitivity](") == 2
+    headings = [ln for ln in md.splitlines() if ln.startswith("#")]
+    assert len(headings) == len(set(headings)), headings  # one heading per section, none repeated
+    assert "for speed and structure only" not in md  # trained weights: judged, no note
 
 
 def test_pipeline_stops_at_the_first_failure_with_a_report(tmp_path):
@@ -243,3 +246,32 @@ def test_pipeline_records_an_early_failure(tmp_path):
     )
     assert result.exit_code == 1
     assert json.loads((tmp_path / "b" / "report.json").read_text())["status"] == "failed at export"
+
+
+def test_report_headings_are_distinct_and_a_users_bar_is_said_in_the_convert_row():
+    from resnest_deploy.pipeline import markdown
+
+    metrics = {"max_abs": 0.1, "cosine": 0.95, "top1": 0.8, "top5": 0.9}
+    row = {"artifact": "m/r.onnx", "backend": "onnxruntime-cpu", "precision": "fp32", "metrics": metrics}
+    check = {"status": "ok", "inputs": {"kind": "held-out images", "count": 4}, "results": [row]}
+    gate = {"judged": True, "tolerance_from": "user", "outside_default": ["cosine 0.950000 < 0.98"]}
+    report = {
+        "arch": "r",
+        "precision": "int8",
+        "target": "tensorrt",
+        "status": "ok",
+        "weights": "pretrained",
+        "steps": {
+            "convert": {"status": "ok", "path": "m/r.int8.onnx", "parity": {"gate": gate}},
+            "check": check,
+            "check-bf16": {**check, "results": [{**row, "precision": "bf16"}]},
+        },
+    }
+    md = markdown(report)
+    headings = [ln for ln in md.splitlines() if ln.startswith("#")]
+    assert len(headings) == len(set(headings)) == 3, headings
+    assert "held-out images: 4" in headings[1] and "BF16" in headings[2]
+    assert (
+        "| convert | ok | m/r.int8.onnx (accepted outside the default tolerance: cosine 0.950000 < 0.98) |"
+        in md
+    )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -331,3 +332,39 @@ def test_help_prose_reflows_at_any_width_and_examples_keep_their_lines(command):
             assert len(lines) == 1, f"{command}: a hard line break in prose: {paragraph!r}"
     narrow = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "60", "TERMINAL_WIDTH": "60"})
     assert narrow.exit_code == 0 and max(len(ln) for ln in narrow.output.splitlines()) <= 60
+
+
+def test_models_needs_no_torch_and_still_counts_parameters():
+    from pathlib import Path
+
+    script = Path(__file__).with_name("no_torch.py")
+    r = subprocess.run([sys.executable, str(script), "models", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert next(x for x in rows if x["arch"] == "resnest50")["params"] == 27483240
+    assert r.stderr.strip().splitlines()[-1] == "torch modules: []"
+
+
+def test_quantize_offers_only_what_it_makes_and_both_commands_say_their_calibration_default():
+    r = invoke("quantize", "--onnx", "m.onnx", "-p", "fp32")
+    assert r.exit_code == 2 and "fp32" in r.output
+    assert "fp32" not in invoke("quantize", "--help").output.split("--precision", 1)[1].split("--target")[0]
+
+    def words(command: str) -> str:  # the help text without rich's box and line breaks
+        return " ".join(re.sub("[│╭╮╰╯─]", " ", invoke(command, "--help").output).split())
+
+    assert "Default here: max" in words("quantize") and "Default here: auto" in words("pipeline")
+
+
+def test_quantize_says_how_few_images_judged_it_and_keeps_calibrator_bars_off_unless_verbose(
+    digits_onnx, tmp_path
+):
+    folder = digit_folder(tmp_path / "twenty", per_class=2)  # 20 images: 16 calibrate, 4 judge
+    args = ["quantize", "--onnx", str(digits_onnx), "-p", "int8", "--calib-dir", str(folder)]
+    args += ["--calibration", "entropy", "--no-cache"]
+    r = invoke(*args, "-o", str(tmp_path / "a.onnx"))
+    assert r.exit_code == 0, r.output
+    assert "parity measured on only 4 held-out calibration inputs" in r.output
+    assert "it/s" not in r.output  # ModelOpt's entropy calibrator draws a tqdm bar per tensor
+    loud = invoke(*args, "--verbose", "-o", str(tmp_path / "b.onnx"))
+    assert loud.exit_code == 0 and "it/s" in loud.output

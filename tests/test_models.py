@@ -144,3 +144,15 @@ def test_split_attention_passes_identical_radix_splits_through_unchanged():
 def test_unknown_arch_suggests_nearest_names():
     with pytest.raises(UnknownArchError, match="did you mean resnest50"):
         create_model("resnest5O")
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_param_counts_from_the_config_alone_equal_the_built_networks(arch):
+    """`models` counts parameters without torch; every variant's count is the network's own."""
+    import torch
+
+    from resnest_deploy.models.resnest import ResNeSt
+
+    with torch.device("meta"):
+        model = ResNeSt(get_spec(arch).arch)
+    assert get_spec(arch).arch.num_params() == sum(p.numel() for p in model.parameters())

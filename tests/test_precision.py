@@ -63,13 +63,9 @@ def test_tensorrt_int8_qdq_placement(digits_converted):
             continue
         x_dq, w_dq = prod[conv.input[0]], prod[conv.input[1]]
         assert x_dq.op_type == w_dq.op_type == "DequantizeLinear", conv.name
-        weights = inits.get(w_dq.input[0])  # int8 weights stored quantized ...
-        if weights is None:  # ... or float weights with a QuantizeLinear in front
-            w_q = prod[w_dq.input[0]]
-            weights, scale, zero = inits[w_q.input[0]], inits[w_q.input[1]], inits[w_q.input[2]]
-        else:
-            assert weights.dtype == np.int8
-            scale, zero = inits[w_dq.input[1]], inits[w_dq.input[2]]
+        weights = inits.get(w_dq.input[0])  # int8 weights stored quantized, not FP32 behind a Q
+        assert weights is not None and weights.dtype == np.int8, f"{conv.name}: weights not stored as int8"
+        scale, zero = inits[w_dq.input[1]], inits[w_dq.input[2]]
         assert weights.ndim == 4, conv.name
         assert scale.shape == (weights.shape[0],), f"{conv.name}: not one scale per output channel"
         assert np.all(zero == 0) and zero.dtype == np.int8, f"{conv.name}: weights are not symmetric int8"
@@ -271,3 +267,27 @@ def test_tensorrt_target_parity_is_tensorrts_arithmetic_and_cpu_target_parity_th
         assert ("disable_quant_qdq" in recorded["arithmetic"]) is fake, recorded
         with OnnxRuntimeRunner(digits_converted[key], fake_quant=fake) as runner:
             assert compare(expected, runner.infer(x)).cosine > 0.999
+
+
+def test_tensorrt_int8_weights_stored_as_int8_compute_what_fp32_weights_behind_qdq_do(digits_onnx, tmp_path):
+    """ModelOpt's default keeps FP32 weights behind Q/DQ (a file as large as FP32); stored as INT8
+    they are the same values: the same logits as TensorRT computes them, in far fewer bytes."""
+    from resnest_deploy.precision import int8
+    from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
+
+    calib = calibration.from_digits(DIGITS, count=32)
+    logits, size = {}, {}
+    for stored in (False, True):
+        dst = tmp_path / f"{stored}.onnx"
+        scheme = int8.quantize_tensorrt(digits_onnx, dst, calib.calib, "max", KEEP_FP32_NODES, stored)
+        assert ("stored as int8" in scheme["weights"]) is stored
+        model = onnx.load(dst)
+        inits = {t.name for t in model.graph.initializer}
+        weights_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits]
+        assert bool(weights_q) is not stored  # no QuantizeLinear reads a weight once they are int8
+        with OnnxRuntimeRunner(dst, fake_quant=True) as runner:
+            logits[stored] = runner.infer(calib.holdout[:64])
+        size[stored] = dst.stat().st_size
+    np.testing.assert_allclose(logits[True], logits[False], rtol=0, atol=1e-5)
+    fp32 = digits_onnx.stat().st_size
+    assert size[False] > 0.95 * fp32 and size[True] < 0.4 * fp32  # the digits model: gate and head FP32

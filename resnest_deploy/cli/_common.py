@@ -83,6 +83,9 @@ WeightsOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", help="Let the quantizers' own progress bars and logs through.")
+]
 OutputOpt = Annotated[
     Path | None, typer.Option("--output", "-o", help="Where to write; default under models/<arch>/.")
 ]
@@ -145,6 +148,13 @@ class OvHint(str, Enum):
 
 class Precision(str, Enum):
     fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+class Reduced(str, Enum):
+    """What `quantize` makes: an FP32 file is what `export` makes."""
+
     fp16 = "fp16"
     int8 = "int8"
 
@@ -336,8 +346,14 @@ def counting_bar(
         yield (lambda n: bar.update(task, total=n)), (lambda n: bar.advance(task, n))
 
 
-def metrics_table(title: str, rows: dict[str, Any], failures: dict[str, list[str]] | None = None) -> Any:
-    """Parity metrics (``compare.Metrics``) per artifact, as check and quantize print them."""
+def metrics_table(
+    title: str,
+    rows: dict[str, Any],
+    failures: dict[str, list[str]] | None = None,
+    unjudged: Sequence[str] = (),
+) -> Any:
+    """Parity metrics (``compare.Metrics``) per artifact, as check and quantize print them; rows in
+    ``unjudged`` (random weights) say so instead of ok."""
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
@@ -358,7 +374,11 @@ def metrics_table(title: str, rows: dict[str, Any], failures: dict[str, list[str
         if failures is not None:
             problems = failures.get(name) or []
             cells.append(
-                styled(("FAIL", "red"), " " + "; ".join(problems)) if problems else styled(("ok", "green"))
+                styled(("FAIL", "red"), " " + "; ".join(problems))
+                if problems
+                else styled(("not judged", "yellow"))
+                if name in unjudged
+                else styled(("ok", "green"))
             )
         table.add_row(*cells)
     return table

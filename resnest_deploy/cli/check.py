@@ -21,6 +21,7 @@ from resnest_deploy.cli._common import (
     out,
     print_json,
     progress,
+    styled,
 )
 
 
@@ -36,7 +37,10 @@ def check_cmd(
     chunk_size: ChunkOpt = 8,
     min_cosine: Annotated[float | None, typer.Option(help="Override every precision's cosine bar.")] = None,
     min_top1: Annotated[
-        float | None, typer.Option(help="Override every precision's top-1 agreement bar (0..1).")
+        float | None,
+        typer.Option(
+            help="Override every precision's top-1 agreement bar (0..1); a lower one lowers top-5's to it."
+        ),
     ] = None,
     provider: ProviderOpt = Provider.cpu,
     reference: Annotated[
@@ -60,19 +64,10 @@ def check_cmd(
       resnest-deploy check m.plan --images ~/val --count 200
       resnest-deploy check m.int8.onnx --reference ref.npz     # a reference kept apart from the file
     """
-    import dataclasses
-
     from resnest_deploy.check import check
     from resnest_deploy.compare import TOLERANCES
 
-    tolerances = {
-        k: dataclasses.replace(
-            t,
-            cosine=t.cosine if min_cosine is None else min_cosine,
-            top1=t.top1 if min_top1 is None else min_top1,
-        )
-        for k, t in TOLERANCES.items()
-    }
+    tolerances = {k: t.with_bars(min_cosine, min_top1) for k, t in TOLERANCES.items()}
     with progress(not json_out) as say:
         report = check(
             artifacts,
@@ -92,6 +87,9 @@ def check_cmd(
         rows = {r.artifact: r.metrics for r in report.results}
         failures = {r.artifact: r.problems for r in report.results}
         title = f"{report.arch} ({report.weights} weights) vs PyTorch FP32, {report.inputs['kind']} inputs"
-        out.print(metrics_table(title, rows, failures))
+        unjudged = [r.artifact for r in report.results if not r.judged]
+        out.print(metrics_table(title, rows, failures, unjudged))
+        if report.note:
+            out.print(styled(("note:", "yellow"), f" {report.note}"))
     if not report.passed:
         raise typer.Exit(1)

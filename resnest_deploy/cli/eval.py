@@ -74,6 +74,8 @@ def eval_cmd(
     for r in results:
         table.add_row(Path(r.artifact).name, r.backend, r.precision, f"{r.top1:.2%}", f"{r.top5:.2%}")
     out.print(table)
+    if described.get("note"):
+        out.print(styled(("note:", "yellow"), f" {described['note']}"))
     if described["skipped"]:
         err.print(
             styled(

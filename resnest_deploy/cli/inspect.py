@@ -25,6 +25,7 @@ def inspect_cmd(
       resnest-deploy inspect m.plan --json
     """
     from resnest_deploy.inspection import describe
+    from resnest_deploy.metadata import RANDOM_WEIGHTS_NOTE, random_weights
 
     info = describe(artifact, layers)
     if json_out:
@@ -38,12 +39,20 @@ def inspect_cmd(
         )
     )
     out.print(f"  arch {meta.get('arch', '?')}, precision {meta.get('precision', '?')}")
+    if random_weights(meta):
+        out.print(styled(("  note:", "yellow"), f" {RANDOM_WEIGHTS_NOTE}"))
     if info["kind"] == "onnx":
         for io in (*info["inputs"], *info["outputs"]):
             out.print(f"  {io['name']}: {io['dtype']} {io['shape']}")
         ops = ", ".join(f"{k} {v}" for k, v in info["op_counts"].items())
         out.print(f"  opset {info['opset']}, {info['nodes']} nodes: {ops}")
-        out.print(f"  initializers: {info['initializer_dtypes']}")
+        stored = info["initializer_bytes"]
+        total = sum(stored.values()) or 1
+        out.print(
+            "  weights stored: "
+            + ", ".join(f"{k} {v / 2**20:.2f} MiB ({v / total:.0%})" for k, v in stored.items())
+            + f"; initializers by dtype: {info['initializer_dtypes']}"
+        )
     else:
         trt = meta.get("tensorrt") or {}
         out.print(

@@ -16,6 +16,7 @@ from resnest_deploy.cli._common import (
     Precision,
     RaySearchOpt,
     Target,
+    VerboseOpt,
     WeightsOpt,
     handle_errors,
     out,
@@ -29,8 +30,11 @@ from resnest_deploy.cli.quantize import (
     CalibDirOpt,
     CalibNpyOpt,
     MaxDropOpt,
-    MethodOpt,
+    MinCosineOpt,
+    MinTop1Opt,
+    PipelineMethodOpt,
     TargetOpt,
+    user_tolerance,
 )
 from resnest_deploy.precision import calibration
 from resnest_deploy.precision.search import DEFAULT_MAX_DROP
@@ -47,8 +51,10 @@ def pipeline_cmd(
     calib_dir: CalibDirOpt = None,
     calib_npy: CalibNpyOpt = None,
     calib_count: CalibCountOpt = calibration.DEFAULT_COUNT,
-    method: MethodOpt = Method.auto,
+    method: PipelineMethodOpt = Method.auto,
     max_drop: MaxDropOpt = DEFAULT_MAX_DROP,
+    min_cosine: MinCosineOpt = None,
+    min_top1: MinTop1Opt = None,
     images: Annotated[
         Path | None, typer.Option(help="Real images for the check (default: held-out ones).")
     ] = None,
@@ -57,21 +63,28 @@ def pipeline_cmd(
     ] = None,
     build: Annotated[bool, typer.Option(help="Build a TensorRT engine when a TensorRT is installed.")] = True,
     batch_sizes: BatchSizesOpt = "1,8",
+    verbose: VerboseOpt = False,
     json_out: JsonOpt = False,
     ray_address: RaySearchOpt = None,
 ) -> None:
     """Export, convert, build, check and bench in one go; report.md and report.json beside the files.
 
-    INT8 tries every calibration method and keeps the best on held-out images, then keeps the
-    fewest units in FP32 that bring top-1 within --max-drop points of FP32 (the report shows both).
+    INT8 tries every calibration method (--calibration auto, the default here; `quantize` defaults
+    to max, one pass) and keeps the best on held-out images, then keeps the fewest units in FP32
+    that bring top-1 within --max-drop points of FP32 (the report shows both).
     Stops at the first failure and says why (the report so far is still written).
     With no GPU, the engine is built (TensorRT-RTX builds on a CPU) but not run.
+    With --weights random (offline, no checkpoint) every file is made, timed and measured, but not
+    judged: a network never trained has near-uniform logits, so its files are for speed and
+    structure only (the report says so). --min-cosine / --min-top1 accept trained files below the
+    default bar, recorded in their metadata and the report.
 
     Examples:
       resnest-deploy pipeline --arch resnest14d_digits --precision int8          # offline, bundled data
       resnest-deploy pipeline --arch resnest50 --precision int8 --calib-dir ~/imagenet/calib
       resnest-deploy pipeline --arch resnest50 -p int8 --calib-dir DIR --calibration max --max-drop 1
       resnest-deploy pipeline --arch resnest50 -p int8 --calib-dir DIR --ray HEAD:6379
+      resnest-deploy pipeline --arch resnest50 --weights random -p int8 --calib-dir photos/   # offline
     """
     _deps.require("torch")  # the `export` extra: say so instead of failing on an import
     from resnest_deploy.pipeline import pipeline
@@ -94,6 +107,10 @@ def pipeline_cmd(
             batches=parse_batches(batch_sizes),
             progress=say,
             executor=ex,
+            tolerance=user_tolerance(precision.value, min_cosine, min_top1)
+            if precision is not Precision.fp32
+            else None,
+            verbose=verbose,
         )
     if json_out:
         print_json(report)

@@ -151,7 +151,9 @@ def predict_cmd(
             provider=provider.value,
             executor=ex,
         )
-    show(preds, json_out)
+    from resnest_deploy.artifacts import weights_note
+
+    show(preds, json_out, weights_note([chosen], weights))
 
 
 def _predict_served(
@@ -177,8 +179,9 @@ def _predict_served(
     show(preds, json_out)
 
 
-def show(preds: list[Prediction], json_out: bool) -> None:
-    """The table (or JSON) of local and served predictions alike."""
+def show(preds: list[Prediction], json_out: bool, note: str | None = None) -> None:
+    """The table (or JSON) of local and served predictions alike; ``note``: what a person must know
+    of the figures (random weights)."""
     if json_out:
         print_json(
             [
@@ -186,8 +189,12 @@ def show(preds: list[Prediction], json_out: bool) -> None:
                 for p in preds
             ]
         )
+        if note:  # the JSON stays a list of predictions; the note goes where a person reads it
+            err.print(styled(("note:", "yellow"), f" {note}"))
         return
     for p in preds:
         out.print(p.image, style="bold")
         for i, name, prob in p.top:
             out.print(styled(f"  {prob:7.2%}  {name} ", (f"({i})", "dim")))
+    if note:
+        out.print(styled(("note:", "yellow"), f" {note}"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -12,9 +12,10 @@ from resnest_deploy.cli._common import (
     CpuIsa,
     JsonOpt,
     Method,
-    Precision,
     RaySearchOpt,
+    Reduced,
     Target,
+    VerboseOpt,
     counting_bar,
     handle_errors,
     metrics_table,
@@ -24,9 +25,13 @@ from resnest_deploy.cli._common import (
     search_executor,
     styled,
 )
+from resnest_deploy.compare import TOLERANCES, Tolerance
 from resnest_deploy.precision import calibration, calibration_for, convert, default_output, search
+from resnest_deploy.precision.calibration import HOLDOUT
 
-PrecisionOpt = Annotated[Precision, typer.Option("--precision", "-p", help="fp16 or int8.")]
+PrecisionOpt = Annotated[
+    Reduced, typer.Option("--precision", "-p", help="fp16 or int8 (an FP32 file is what `export` makes).")
+]
 TargetOpt = Annotated[
     Target,
     typer.Option(
@@ -46,14 +51,42 @@ CalibNpyOpt = Annotated[
 CalibCountOpt = Annotated[
     int, typer.Option(min=1, help="Images to calibrate on (sampled with a fixed seed).")
 ]
+_METHOD_HELP = (
+    "Calibration method; distribution: --target cpu only (percentile for tensorrt is given to ModelOpt "
+    "as a calibration cache). 'auto' tries every method the target's quantizer offers and keeps the best "
+    "on the held-out images."
+)
+#: `quantize` converts once with max (the quantizers' own default, the fastest): one command, one file.
+#: `pipeline` is the do-it-all path and compares every method (auto); the defaults differ on purpose.
 MethodOpt = Annotated[
+    Method, typer.Option("--method", "--calibration", help=_METHOD_HELP + " Default here: max, one pass.")
+]
+PipelineMethodOpt = Annotated[
     Method,
     typer.Option(
         "--method",
         "--calibration",
-        help="Calibration method; distribution: --target cpu only (percentile for tensorrt is given to "
-        "ModelOpt as a calibration cache). 'auto' tries every method the target's quantizer offers and "
-        "keeps the best on the held-out images.",
+        help=_METHOD_HELP + " Default here: auto (quantize's default is max, one pass).",
+    ),
+]
+MinCosineOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=-1.0,
+        max=1.0,
+        help="Accept a converted file whose mean logit cosine to FP32 is at least this, in place of the "
+        "precision's default bar (int8 0.98, fp16 0.999); recorded in the file's metadata and said in "
+        "the output. As `check --min-cosine`.",
+    ),
+]
+MinTop1Opt = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="Accept a converted file whose top-1 agreement with FP32 is at least this (0..1), in place "
+        "of the default bar (int8 0.7, fp16 0.9; a lower top-1 bar lowers int8's top-5 bar of 0.85 to it); "
+        "recorded and said as --min-cosine.",
     ),
 ]
 CpuIsaOpt = Annotated[
@@ -84,6 +117,33 @@ KeepOpt = Annotated[
 ]
 
 
+def user_tolerance(precision: str, min_cosine: float | None, min_top1: float | None) -> Tolerance | None:
+    """The precision's default bar with what --min-cosine / --min-top1 replace; None: the default."""
+    if min_cosine is None and min_top1 is None:
+        return None
+    return TOLERANCES[precision].with_bars(min_cosine, min_top1)
+
+
+def gate_lines(gate: dict[str, Any], inputs: str) -> list[str]:
+    """What a person must read about how a converted file was judged: never silent."""
+    lines = []
+    if gate.get("note"):
+        lines.append(str(gate["note"]))
+    elif gate.get("tolerance_from") == "user" and gate.get("outside_default"):
+        lines.append(
+            "accepted outside the default tolerance by your bar ("
+            + "; ".join(gate["outside_default"])
+            + "); recorded in the file's metadata"
+        )
+    held_out = inputs.split(" ", 1)[0]
+    if held_out.isdigit() and "held-out" in inputs and int(held_out) < HOLDOUT:
+        lines.append(
+            f"parity measured on only {inputs} (a fifth of the images when there are few, else those "
+            f"beyond --calib-count); --calib-count + {HOLDOUT} images or more hold out {HOLDOUT}"
+        )
+    return lines
+
+
 def calibration_with_bar(
     onnx: Path, calib_dir: Path | None, calib_npy: Path | None, count: int, cache: bool, quiet: bool
 ) -> calibration.CalibrationData | None:
@@ -94,7 +154,7 @@ def calibration_with_bar(
 @handle_errors
 def quantize_cmd(
     onnx: Annotated[Path, typer.Option("--onnx", help="FP32 ONNX file from `export`.")],
-    precision: PrecisionOpt = Precision.int8,
+    precision: PrecisionOpt = Reduced.int8,
     target: TargetOpt = Target.tensorrt,
     calib_dir: CalibDirOpt = None,
     calib_npy: CalibNpyOpt = None,
@@ -103,6 +163,8 @@ def quantize_cmd(
     keep_fp32: KeepOpt = None,
     max_drop: MaxDropOpt = None,
     cpu_isa: CpuIsaOpt = CpuIsa.any,
+    min_cosine: MinCosineOpt = None,
+    min_top1: MinTop1Opt = None,
     plot: Annotated[
         Path | None, typer.Option(help="With --max-drop: the sensitivity ranking as a bar chart (PNG).")
     ] = None,
@@ -113,13 +175,18 @@ def quantize_cmd(
         Path | None,
         typer.Option("--output", "-o", help="Default: m.fp16.onnx, m.int8.onnx, m.int8-cpu.onnx."),
     ] = None,
+    verbose: VerboseOpt = False,
     json_out: JsonOpt = False,
     ray_address: RaySearchOpt = None,
 ) -> None:
     """Convert an FP32 export to FP16 or INT8 and measure it against the FP32 file.
 
-    The check runs in ONNX Runtime on held-out images (calibration never sees them) and fails,
-    writing nothing, if top-1 agreement or cosine similarity fall below the precision's bar.
+    The check runs in ONNX Runtime on held-out images (calibration never sees them: a fifth of
+    --calib-dir's images when there are few, up to 64) and fails, writing nothing, if top-1
+    agreement or cosine similarity fall below the precision's bar; --min-cosine / --min-top1
+    accept a file below it, recorded in its metadata. A file made from random weights is measured,
+    not judged: it is for speed and structure only (a network never trained has near-uniform logits).
+    INT8 calibrates with max unless --calibration says otherwise (`pipeline` defaults to auto).
     The attention gate (fc1, fc2, radix softmax) and the classifier stay FP32 by default.
     FP16 is measured on held-out images when given, else on seeded random inputs.
     resnest14d_digits calibrates on its bundled training digits when no data is given.
@@ -131,6 +198,7 @@ def quantize_cmd(
       resnest-deploy quantize --onnx m.onnx -p int8 --target cpu --cpu-isa vnni
       resnest-deploy quantize --onnx m.onnx -p int8 --calibration auto --max-drop 0.25
       resnest-deploy quantize --onnx m.onnx -p int8 --max-drop 0.25 --ray auto
+      resnest-deploy quantize --onnx m.onnx -p int8 --min-cosine 0.95   # accept a looser file, recorded
     """
     if plot is not None and max_drop is None:
         raise typer.BadParameter(
@@ -153,8 +221,10 @@ def quantize_cmd(
             use_cache=cache,
             max_drop=max_drop,
             cpu_isa=cpu_isa.value,
+            tolerance=user_tolerance(precision.value, min_cosine, min_top1),
             progress=say,
             executor=ex,
+            verbose=verbose,
         )
     found = report.metadata["conversion"].get("search")
     if plot and found:
@@ -185,6 +255,8 @@ def quantize_cmd(
             f"most sensitive: {top}" + (f"; chart: {plot}" if plot else "")
         )
 
+    for line in gate_lines(report.gate, report.metadata["parity"].get("inputs", "")):
+        out.print(styled(("note:", "yellow"), f" {line}"))
     skipped = (conversion.get("calibration") or {}).get("skipped") or []
     if skipped:
         out.print(styled((f"skipped {len(skipped)} unreadable image(s)", "yellow"), f", e.g. {skipped[0]}"))

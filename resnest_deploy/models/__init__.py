@@ -74,14 +74,8 @@ def create_model(
 
 
 def count_params(arch: str) -> int:
-    """Parameter count without building the network's weights twice for big archs."""
-    import torch
-
-    from resnest_deploy.models.resnest import ResNeSt
-
-    with torch.device("meta"):
-        model = ResNeSt(get_spec(arch).arch)
-    return sum(p.numel() for p in model.parameters())
+    """Parameter count from the config alone (no torch, no weights built)."""
+    return get_spec(arch).arch.num_params()
 
 
 def __getattr__(name: str) -> Any:

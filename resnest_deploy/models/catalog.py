@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from resnest_deploy import _deps
 from resnest_deploy.models.registry import get_spec, list_models
 
 
 def catalog() -> list[dict[str, Any]]:
-    """Parameter counts need torch (the ``export`` extra); without it they are ``None``."""
-    counted = _deps.has("torch")
-    if counted:
-        from resnest_deploy.models import count_params
+    """Every variant as plain data; parameter counts come from the configs (no torch)."""
     rows = []
     for arch in list_models():
         spec = get_spec(arch)
@@ -20,7 +16,7 @@ def catalog() -> list[dict[str, Any]]:
         rows.append(
             {
                 "arch": arch,
-                "params": count_params(arch) if counted else None,
+                "params": a.num_params(),
                 "layers": list(a.layers),
                 "radix": a.radix,
                 "cardinality": a.cardinality,

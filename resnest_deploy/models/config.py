@@ -19,6 +19,33 @@ class ArchConfig:
     #: planes per stage (x4 out); narrower than ResNet's only for the small digits model
     widths: tuple[int, int, int, int] = (64, 128, 256, 512)
 
+    def num_params(self) -> int:
+        """Trainable parameters of the network this describes, counted from the config alone: the
+        same sum as ``sum(p.numel() for p in ResNeSt(cfg).parameters())`` (a test holds them equal
+        for every variant), without importing torch (``models`` lists 20 variants in a blink)."""
+
+        def bn(c: int) -> int:
+            return 2 * c  # weight and bias; running statistics are buffers
+
+        sw = self.stem_width
+        total = 27 * sw + bn(sw) + 9 * sw * sw + bn(sw) + 9 * sw * 2 * sw + bn(2 * sw)
+        in_chs = 2 * sw
+        for i, (planes, depth) in enumerate(zip(self.widths, self.layers, strict=True)):
+            out_chs = planes * 4
+            gw = int(planes * (self.base_width / 64.0)) * self.cardinality
+            mid = gw * self.radix
+            attn = max(gw * self.radix // 4, 32)
+            for j in range(depth):
+                if j == 0 and (i > 0 or in_chs != out_chs):
+                    total += in_chs * out_chs + bn(out_chs)  # avg-down shortcut: 1x1 conv and BN
+                total += in_chs * gw + bn(gw)  # conv1
+                total += mid * (gw // (self.cardinality * self.radix)) * 9 + bn(mid)  # grouped 3x3
+                total += attn * (gw // self.cardinality) + attn + bn(attn)  # fc1 (bias) and its BN
+                total += mid * (attn // self.cardinality) + mid  # fc2 (bias)
+                total += gw * out_chs + bn(out_chs)  # conv3
+                in_chs = out_chs
+        return total + in_chs * self.num_classes + self.num_classes
+
 
 @dataclass(frozen=True)
 class WeightsInfo:

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from resnest_deploy import _deps, metadata
+from resnest_deploy import _deps, _verbosity, metadata
 from resnest_deploy._io import artifact_pair, prepare_outputs, sha256_file
-from resnest_deploy.compare import TOLERANCES, Metrics, Tolerance, assert_close, compare
+from resnest_deploy.compare import TOLERANCES, UNCHECKED, Metrics, Tolerance, assert_close, compare
 from resnest_deploy.errors import ArtifactError, ResnestDeployError
 from resnest_deploy.formats import InputForm
 from resnest_deploy.precision import calibration, fp16, int8, search
@@ -74,6 +74,28 @@ class ConversionReport:
     op_counts: dict[str, int] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def gate(self) -> dict[str, Any]:
+        """How the parity was judged (``gate_record``): judged or not, and against which bar."""
+        return dict(self.metadata.get("parity", {}).get("gate") or {})
+
+
+def gate_record(parity: Metrics, precision: str, tolerance: Tolerance | None, random: bool) -> dict[str, Any]:
+    """What the parity gate decided, for the metadata: a file from random weights is measured, not
+    judged (only NaN/Inf fail it); a bar the user set is recorded with what the default bar would have
+    said, so a file accepted outside the default tolerance never passes silently."""
+    default = TOLERANCES[precision]
+    bar = tolerance or default
+    record: dict[str, Any] = {
+        "judged": not random,
+        "tolerance": {k: v for k, v in vars(bar).items() if v != float("inf")},
+        "tolerance_from": "user" if tolerance is not None and tolerance != default else "default",
+        "outside_default": default.violations(parity),
+    }
+    if random:
+        record["note"] = metadata.RANDOM_WEIGHTS_NOTE
+    return record
+
 
 def calibration_for(
     src: str | os.PathLike[str],
@@ -114,6 +136,7 @@ def convert(
     cpu_isa: str = "any",
     progress: Callable[[str], None] | None = None,
     executor: Executor | None = None,
+    verbose: bool = False,
 ) -> ConversionReport:
     """Convert ``src`` and check the result against it; raise (writing nothing) if it drifted.
 
@@ -131,8 +154,14 @@ def convert(
 
     ``executor`` (``resnest_deploy.executors``, e.g. a Ray cluster's) runs the search's independent
     per-unit trials; calibration, the search's sequential steps and the checks stay here.
+
+    ``tolerance`` replaces the precision's default bar (recorded, with what the default would have
+    said). A source made from random weights is measured but not judged: its near-uniform logits make
+    any INT8 file look far from them (``metadata.random_weights``). ``verbose`` lets the quantizers'
+    own progress bars and logs through.
     """
     say = progress or (lambda _msg: None)
+    verbose = verbose or _verbosity.verbose()
     if precision not in PRECISIONS:
         raise ConversionError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if target not in TARGETS:
@@ -168,7 +197,8 @@ def convert(
     output = Path(output) if output else default_output(src, precision, target)
     prepare_outputs([output], [src])
 
-    with artifact_pair(output) as pair, quiet_modelopt():
+    random = metadata.random_weights(meta)
+    with artifact_pair(output) as pair, quiet_modelopt(verbose):
         tmp = pair.tmp
         form = InputForm.of(meta)
 
@@ -176,6 +206,18 @@ def convert(
             ops = tuple(keep_fp32_ops)
             return Job(src, src_sha256, precision, target, calib, m, keep, ops, form, hw, cpu_isa)
 
+        skipped: dict[str, str] = {}
+        if random and precision == "int8" and method == "auto":
+            # which method is best cannot be told from near-uniform logits either: the default, once
+            skipped["calibration_methods_skipped"] = f"random weights: {allowed[0]}, the default, used"
+            say(f"calibration: {allowed[0]} (auto skipped: random weights)")
+            method = allowed[0]
+        if random and max_drop is not None:
+            skipped["search_skipped"] = (
+                "random weights: which units INT8 hurts cannot be told from near-uniform logits"
+            )
+            say(f"INT8 search skipped ({skipped['search_skipped']}); every unit stays INT8")
+            max_drop = None
         job = job_for(method if method != "auto" else allowed[0])
         metric = None
         if precision == "int8" and (method == "auto" or max_drop is not None):
@@ -185,7 +227,7 @@ def convert(
             assert metric is not None
             tried = []
             for m in allowed:
-                candidate, candidate_settings = cached_convert(job_for(m), tmp, say, use_cache)
+                candidate, candidate_settings = cached_convert(job_for(m), tmp, say, use_cache, verbose)
                 tried.append((metric(candidate), m, candidate, candidate_settings))
                 say(f"calibration {m}: {tried[-1][0]:.2f} ({metric.name})")
             best = max(tried, key=lambda t: t[0])  # ties: the first, max (the quantizers' default)
@@ -197,7 +239,8 @@ def convert(
                 "chosen": chosen,
             }
         else:
-            model, settings = cached_convert(job, tmp, say, use_cache)
+            model, settings = cached_convert(job, tmp, say, use_cache, verbose)
+        settings |= skipped
         if max_drop is not None and metric is not None:
             plain = model
             model, found = search.search(model, metric, max_drop, say, executor)
@@ -212,11 +255,17 @@ def convert(
                 f"the {precision} conversion left a {made} graph (no node was converted: does "
                 "--keep-fp32 match everything?); keep fewer nodes in FP32"
             )
-        say("measuring against the FP32 source in ONNX Runtime")
         x = job.feed(calib.holdout if calib is not None else random_inputs(job))
+        inputs = (
+            f"{len(x)} held-out calibration inputs" if calib is not None else f"{len(x)} seeded random inputs"
+        )
+        say(f"measuring against the FP32 source in ONNX Runtime on {inputs}")
         reference = metric.reference if metric is not None else None  # the same held-out inputs
         parity, measured = measure_parity(src, model, x, precision, target, reference)
-        assert_close(parity, tolerance or TOLERANCES[precision], f"{precision} ({target}) model")
+        bar = UNCHECKED if random else tolerance or TOLERANCES[precision]
+        assert_close(parity, bar, f"{precision} ({target}) model")
+        if random:
+            say(f"{src.name} is {metadata.RANDOM_WEIGHTS_NOTE}")
 
         out_meta = {
             **meta,
@@ -227,10 +276,9 @@ def convert(
             "parity": {
                 "reference": f"{src.name} (fp32) in onnxruntime cpu",
                 "arithmetic": measured,
-                "inputs": "held-out calibration inputs"
-                if calib is not None
-                else f"{len(x)} seeded random inputs",
+                "inputs": inputs,
                 "metrics": parity.as_dict(),
+                "gate": gate_record(parity, precision, tolerance, random),
             },
             "created": metadata.now(),
             "tools": metadata.tool_versions(),

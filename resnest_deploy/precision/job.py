@@ -30,12 +30,13 @@ class ConversionError(ResnestDeployError):
 
 
 @contextlib.contextmanager
-def quiet_modelopt() -> Iterator[None]:
+def quiet_modelopt(verbose: bool = False) -> Iterator[None]:
     """ModelOpt logs every node it touches, and an NVML error on machines without a GPU; its child
-    loggers set their own levels, so only the global switch silences them (not with --verbose)."""
-    from resnest_deploy._verbosity import verbose
+    loggers set their own levels, so only the global switch silences them (``verbose``, or the
+    root ``--verbose``: left on)."""
+    from resnest_deploy import _verbosity
 
-    if verbose():
+    if verbose or _verbosity.verbose():
         yield
         return
     logging.disable(logging.ERROR)
@@ -87,17 +88,17 @@ class Job:
 #: calibrated models, keyed by ``_Job.cache_key``. CONVERSION_VERSION changes when the same inputs
 #: would convert differently (2: calibration data fed to the graph in its own input form; 3: ONNX
 #: Runtime's registries restored after ModelOpt, which had changed CPU graphs made after it; 4: the CPU
-#: target's weights follow ``cpu_isa``, not the converting machine), so entries made by earlier code
-#: are misses, not reused.
-CONVERSION_VERSION = 4
+#: target's weights follow ``cpu_isa``, not the converting machine; 5: TensorRT-target weights stored as
+#: INT8), so entries made by earlier code are misses, not reused.
+CONVERSION_VERSION = 5
 MODELS_CACHE = Cache("calib", ".onnx")
 
 
 def cached_convert(
-    job: Job, tmp: Path, say: Callable[[str], None], use_cache: bool
+    job: Job, tmp: Path, say: Callable[[str], None], use_cache: bool, verbose: bool = False
 ) -> tuple[Any, dict[str, Any]]:
     if job.calib is None or not use_cache:
-        return _convert(job, tmp, say)
+        return _convert(job, tmp, say, verbose)
     onnx = _deps.require("onnx")
     key = job.cache_key()
     entry = MODELS_CACHE.get(key)
@@ -109,12 +110,14 @@ def cached_convert(
                 return model, entry.info | {"calibration": job.calib.source, "cache": str(entry.path)}
         except Exception:  # a damaged entry is a miss
             pass
-    model, settings = _convert(job, tmp, say)
+    model, settings = _convert(job, tmp, say, verbose)
     MODELS_CACHE.put(key, settings, model.SerializeToString())
     return model, settings
 
 
-def _convert(job: Job, tmp: Path, say: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+def _convert(
+    job: Job, tmp: Path, say: Callable[[str], None], verbose: bool = False
+) -> tuple[Any, dict[str, Any]]:
     """The converted ``ModelProto`` and the settings that made it (for the sidecar)."""
     settings: dict[str, Any] = {"precision": job.precision, "target": job.target}
     if job.precision == "fp16":
@@ -140,9 +143,12 @@ def _convert(job: Job, tmp: Path, say: Callable[[str], None]) -> tuple[Any, dict
     say(f"calibrating INT8 ({job.method}) on {len(calib.calib)} inputs for {job.target}")
     settings |= {"method": job.method, "keep_fp32_nodes": job.keep, "calibration": calib.source}
     x = job.feed(calib.calib)
-    # ONNX Runtime's histogram calibrators print() their progress: not onto a --json stdout
+    # ONNX Runtime's histogram calibrators print() their progress (not onto a --json stdout), and
+    # ModelOpt's entropy calibrator draws a tqdm bar on stderr per tensor (256 lines in a log for
+    # resnest14d_digits): both stay off the terminal unless asked for
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stderr(io.StringIO())
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), quiet:
             if job.target == "tensorrt":
                 settings["scheme"] = int8.quantize_tensorrt(job.src, tmp, x, job.method, job.keep)
                 settings["tool"] = "modelopt.onnx.quantization"

@@ -321,6 +321,11 @@ def search(
     say = progress or (lambda _m: None)
     fp32 = metric.fp32
     plain, ranked = sensitivity(model, metric, say, executor)
+    if not ranked:
+        raise SearchError(
+            "no ResNeSt unit (stem, block convolutions, classifier) found by node name in this file; "
+            "re-export it with resnest-deploy export, which keeps the module path in node names"
+        )
     result = SearchResult(fp32, plain, plain, [], max_drop, metric.name, ranked)
     before, total = fp32_layers(model)
     result.layers_fp32 = {"plain": before, "chosen": before, "total": total}
