@@ -51,7 +51,9 @@ USER 10001
 WORKDIR /work
 EXPOSE 8000 8001 8002
 # The health check reads the ports serve really listens on (--http-port included) from its status file.
-HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+# start-period: 3x serve's measured start to ready of resnest50 INT8, cold, on 2 cores (31.2 s,
+# benchmarks/results/first_inference.md), as the Kubernetes startup probe of `k8s` allows
+HEALTHCHECK --interval=15s --timeout=5s --start-period=94s --retries=3 \
     CMD ["python", "-c", "import json, sys, urllib.request; s = json.load(open('/tmp/resnest-deploy-serve.json')); sys.exit(urllib.request.urlopen('http://' + s['http'] + '/v2/health/ready', timeout=4).status != 200)"]
 # Other machines reach a container only through 0.0.0.0; serve's own default is 127.0.0.1.
 # The python backend moves tensors through /dev/shm: run with --shm-size=256m (Docker's default is 64 MB).

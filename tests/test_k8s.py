@@ -342,3 +342,31 @@ def test_an_image_pinned_by_digest_is_kept_as_given(python_repo, tmp_path):
         written = yaml.safe_load((out / "deployment.yaml").read_text())
         assert written["spec"]["template"]["spec"]["containers"][0]["image"] == given
         assert kubernetes.SERVE_IMAGE_BUILD not in r.output  # a built and pushed image: no note
+
+
+def test_the_startup_probe_follows_serves_measured_start_to_ready(python_repo, tmp_path):
+    """Three times the start to ready measured (benchmarks/first_inference.py) or given, at least a
+    minute; the image's HEALTHCHECK waits as long."""
+    measured = json.loads((ROOT / "benchmarks" / "results" / "first_inference.json").read_text())
+    cold = measured["serve"]["median"]["cold"]["start_to_ready_s"]
+    assert kubernetes.START_MEASURED_S == round(cold, 1)
+
+    def probe(**options) -> dict:
+        docs = kubernetes.manifests(python_repo, name="digits", **options)
+        (container,) = docs["deployment.yaml"]["spec"]["template"]["spec"]["containers"]
+        return container["startupProbe"]
+
+    default = probe()
+    assert default["periodSeconds"] * default["failureThreshold"] >= 3 * cold
+    slow = probe(start_seconds=100)
+    assert slow["periodSeconds"] * slow["failureThreshold"] == 300
+    assert probe(start_seconds=2)["failureThreshold"] * 5 == 60  # never under a minute
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    start_period = int(dockerfile.split("--start-period=")[1].split("s", 1)[0])
+    assert start_period >= 3 * cold
+    for bad in ("nan", "0", "-5", "1e9"):
+        r = CliRunner().invoke(
+            app, ["k8s", str(python_repo), "-o", str(tmp_path / f"k{bad}"), "--start-seconds", bad]
+        )
+        assert r.exit_code != 0 and "start_to_ready_s" in r.output
+        assert not (tmp_path / f"k{bad}").exists()

@@ -195,6 +195,33 @@ PER_FILE_MIB = 4.12  # per MiB of model file, per instance (weights, runtime cop
 HEADROOM = 1.25  # larger batches than the measurement's and allocator growth
 
 
+#: Measured by benchmarks/first_inference.py (results/first_inference.md): serve's start to ready of
+#: resnest50 INT8 through OpenVINO with a cold runtime cache on a 2-core CPU, the slowest start measured
+#: (the digits model: 7.5 s). Pass ``--start-seconds`` with the ``start_to_ready_s`` that ``serve
+#: --status-file`` records on your own nodes.
+START_MEASURED_S = 31.2
+START_MARGIN = 3.0  # a node busier, slower or colder than the measurement's
+PROBE_PERIOD_S = 5
+
+
+def startup_probe(start_s: float | None = None) -> dict[str, Any]:
+    """Triton's startup probe: ``START_MARGIN`` times the measured start to ready (at least a minute),
+    in ``PROBE_PERIOD_S`` steps; liveness starts counting only after it, so a slow start is not
+    killed, and a hung one is found within that budget."""
+    measured = START_MEASURED_S if start_s is None else start_s
+    if not (math.isfinite(measured) and 0 < measured <= 3600):
+        raise ArtifactError(
+            f"--start-seconds {start_s} is not a start-up time: give the seconds `serve --status-file` "
+            "records as start_to_ready_s (0 < s <= 3600)"
+        )
+    budget = max(60.0, START_MARGIN * measured)
+    return {
+        "httpGet": {"path": "/v2/health/ready", "port": "http"},
+        "periodSeconds": PROBE_PERIOD_S,
+        "failureThreshold": math.ceil(budget / PROBE_PERIOD_S),
+    }
+
+
 def memory_request_mib(models: list[RepoModel]) -> int:
     """The memory request, from the repository's files, rounded up to 64 MiB:
 
@@ -225,13 +252,16 @@ def manifests(
     min_replicas: int = 1,
     max_replicas: int = 4,
     memory_mib: int | None = None,
+    start_seconds: float | None = None,
     storage_class: str | None = None,
     kserve: bool = False,
     metrics_namespace: str = "monitoring",
 ) -> dict[str, dict[str, Any]]:
     """The manifests, by file name (one object each). ``metrics_namespace``: where the Prometheus
-    that scrapes ``metrics`` runs (the NetworkPolicy admits that port from there only)."""
+    that scrapes ``metrics`` runs (the NetworkPolicy admits that port from there only);
+    ``start_seconds``: serve's measured start to ready, which the startup probe allows three times."""
     check_names(name, namespace, image, storage_class)
+    startup = startup_probe(start_seconds)  # refused before anything is read
     if not _DNS.fullmatch(metrics_namespace):
         raise ArtifactError(
             f"--metrics-namespace {metrics_namespace!r} is not a DNS label: the namespace Prometheus "
@@ -281,7 +311,7 @@ def manifests(
         )
         return out
     out["deployment.yaml"] = _deployment(
-        meta, labels, models, image, python_backend, gpu, memory, claim, min_replicas
+        meta, labels, models, image, python_backend, gpu, memory, claim, min_replicas, startup
     )
     out["service.yaml"] = {
         "apiVersion": "v1",
@@ -401,6 +431,7 @@ def _deployment(
     memory: int,
     claim: str,
     replicas: int,
+    startup: dict[str, Any],
 ) -> dict[str, Any]:
     if python_backend:  # this project's serve image: its entrypoint serves the repository's files
         args = [f"/models/{m.name}/1/{m.file.name}" for m in models]
@@ -438,11 +469,7 @@ def _deployment(
         "resources": resources,
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10},
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5},
-        "startupProbe": {
-            "httpGet": {"path": "/v2/health/ready", "port": "http"},
-            "periodSeconds": 5,
-            "failureThreshold": 60,  # five minutes to load the models
-        },
+        "startupProbe": startup,
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
