@@ -122,6 +122,7 @@ class _Message:
     head_size: int = 0
     deadline: float = 0.0  # the head's, then the body's
     path: str | None = None
+    limit: int = -1  # the body's bound, once the head is read
 
 
 class _Parsed:
@@ -366,9 +367,11 @@ class Front:
             m.buf = bytearray()
 
     def _body_limit(self, m: _Message) -> int:
-        if m.method == "POST":
-            return self.bounds.max_body if _INFER.match(_path(m)) else self.bounds.max_admin_body
-        return 0
+        if m.limit < 0:
+            m.limit = 0
+            if m.method == "POST":
+                m.limit = self.bounds.max_body if _INFER.match(_path(m)) else self.bounds.max_admin_body
+        return m.limit
 
     def _reserve(self, m: _Message, client: str, total: int) -> None:
         """Hold ``total`` body bytes for ``m`` from its pool (small or large body), within every
@@ -505,9 +508,8 @@ class Front:
         try:
             if up is None:
                 up = await _Upstream.open(self.upstream_host, self.upstream_port, self._httptools)
-            status, headers, answer, up_keep = await _within(
-                up.exchange(method, path, body, extra, self.bounds.max_response),
-                self.bounds.upstream_timeout_s,
+            status, headers, answer, up_keep = await up.exchange(
+                method, path, body, extra, self.bounds.max_response, self.bounds.upstream_timeout_s
             )
         except (ConnectionError, OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
             if up is not None:
@@ -659,8 +661,16 @@ class _Upstream(asyncio.Protocol):
         self.close()
 
     async def exchange(
-        self, method: str, path: str, body: list[bytes], extra: list[tuple[bytes, bytes]], limit: int
+        self,
+        method: str,
+        path: str,
+        body: list[bytes],
+        extra: list[tuple[bytes, bytes]],
+        limit: int,
+        timeout: float,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+        """Send one request, wait ``timeout`` for its whole answer (TimeoutError: the connection is
+        closed). One timer, not asyncio.timeout's context and task bookkeeping, on every request."""
         if self.lost or self.transport is None:
             raise ConnectionError("tritonserver closed the connection")
         n = sum(len(b) for b in body)
@@ -669,13 +679,16 @@ class _Upstream(asyncio.Protocol):
         head.append(b"\r\n")
         self.answer = answer = _Answer(limit)
         answer.parser = self.parser = self.httptools.HttpResponseParser(answer)
-        self.waiter = waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.waiter = waiter = loop.create_future()
         # one write: uvloop's writelines costs more than the copy; a body the socket does not take at
         # once waits in the transport, and the answer comes only once tritonserver has read it all
         self.transport.write(b"".join([*head, *body]))
+        timer = loop.call_later(timeout, self._fail, TimeoutError("tritonserver did not answer in time"))
         try:
             await waiter
         finally:
+            timer.cancel()
             self.waiter = None
         return self.parser.get_status_code(), answer.headers, b"".join(answer.body), answer.keep_alive
 
