@@ -235,7 +235,7 @@ def main() -> None:
                 served = start(tree, model, folder)
                 try:
                     wrk(served.ports.http, "digits", body, header, 1, 2)  # warm up
-                    cells = {}
+                    cells: dict = {"load_1min": [os.getloadavg()[0]]}
                     for c in (1, 16):
                         before = served.cpu_s()
                         cells[str(c)] = wrk(served.ports.http, "digits", body, header, c, args.seconds)
@@ -244,6 +244,7 @@ def main() -> None:
                             used / cells[str(c)]["requests"] * 1e6, 1
                         )
                     cells["direct16"] = wrk(served.direct, "digits", body, header, 16, args.seconds)
+                    cells["load_1min"].append(os.getloadavg()[0])
                     results[name]["rounds"].append(cells)
                 finally:
                     served.stop()
@@ -270,6 +271,8 @@ def main() -> None:
         "old_c16_vs_direct_c16": round(old["16"] / old["direct16"], 3),
     }
     m = machine()
+    loads = [v for r in results.values() for x in r["rounds"] for v in x["load_1min"]]
+    summary["load_1min"] = [round(min(loads), 1), round(max(loads), 1)]
     save(
         "serve_front",
         {
@@ -290,7 +293,12 @@ def table(results: dict, s: dict, m: dict, args: argparse.Namespace) -> list[str
         f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}, {m['date'][:10]}. Digits model "
         f"(FP32, max batch {MAX_BATCH}), wrk on the same cores, {args.seconds} s per cell, mean of "
         f"{args.rounds} alternating rounds, one-image binary-tensor requests. Other engineers' work "
-        "ran on the same machine during this run.",
+        "ran on the same machine during this run"
+        + (
+            f" (1-minute load average {s['load_1min'][0]}-{s['load_1min'][1]} on {m['cores']} cores)."
+            if "load_1min" in s
+            else "."
+        ),
         "",
         "| front | c=1 img/s | c=16 img/s | direct c=16 img/s | c=16 / direct "
         "| front CPU us/request c=1, c=16 |",

@@ -345,6 +345,27 @@ def test_the_front_bounds_a_shape_by_the_product_of_its_dims():
         infer_from_body(header("[]"), None, 0)  # a scalar is one element
 
 
+def test_a_header_checked_before_is_checked_again_for_what_else_differs():
+    """The front keeps the headers it checked (clients repeat them); a kept one answers only for the
+    same bytes, the same binary length and the same bound, and a refusal is never kept."""
+    header = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[2,3],"parameters":{"binary_data_size":24}}]}'
+    tensors = bytes(range(24))
+    first = infer_from_body(header + tensors, len(header), 6)
+    again = infer_from_body(header + tensors[::-1], len(header), 6)
+    assert again.header == first.header and again.binary_inputs == first.binary_inputs == 1
+    assert again.binary == tensors[::-1]  # the tensors of this body, not of the one checked first
+    with pytest.raises(RequestRejected, match="more than the 5 elements"):
+        infer_from_body(header + tensors, len(header), 5)
+    with pytest.raises(RequestRejected, match="binary_data_size is not within the body"):
+        infer_from_body(header + tensors[:20], len(header), 6)
+    with pytest.raises(RequestRejected, match="the inputs account for 24"):
+        infer_from_body(header + tensors + b"\0", len(header), 6)
+    twice = header.replace(b'"name":"x"', b'"name":"x","name":"y"')
+    for _ in range(2):  # refused each time, never kept
+        with pytest.raises(RequestRejected, match="twice"):
+            infer_from_body(twice + tensors, len(twice), 6)
+
+
 # --- however it is started ------------------------------------------------------------------------
 
 

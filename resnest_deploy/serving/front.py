@@ -42,7 +42,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from resnest_deploy._deps import require
 from resnest_deploy.serving.requests import (
@@ -122,6 +122,7 @@ class _Message:
     head_size: int = 0
     deadline: float = 0.0  # the head's, then the body's
     path: str | None = None
+    limit: int = -1  # the body's bound, once the head is read
 
 
 class _Parsed:
@@ -366,9 +367,11 @@ class Front:
             m.buf = bytearray()
 
     def _body_limit(self, m: _Message) -> int:
-        if m.method == "POST":
-            return self.bounds.max_body if _INFER.match(_path(m)) else self.bounds.max_admin_body
-        return 0
+        if m.limit < 0:
+            m.limit = 0
+            if m.method == "POST":
+                m.limit = self.bounds.max_body if _INFER.match(_path(m)) else self.bounds.max_admin_body
+        return m.limit
 
     def _reserve(self, m: _Message, client: str, total: int) -> None:
         """Hold ``total`` body bytes for ``m`` from its pool (small or large body), within every
@@ -505,9 +508,8 @@ class Front:
         try:
             if up is None:
                 up = await _Upstream.open(self.upstream_host, self.upstream_port, self._httptools)
-            status, headers, answer, up_keep = await _within(
-                up.exchange(method, path, body, extra, self.bounds.max_response),
-                self.bounds.upstream_timeout_s,
+            status, headers, answer, up_keep = await up.exchange(
+                method, path, body, extra, self.bounds.max_response, self.bounds.upstream_timeout_s
             )
         except (ConnectionError, OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
             if up is not None:
@@ -609,46 +611,91 @@ class _Answer:
         self.complete = True
 
 
-class _Upstream:
-    """One keep-alive connection to tritonserver's private HTTP port."""
+class _Upstream(asyncio.Protocol):
+    """One keep-alive connection to tritonserver's private HTTP port. A protocol, not streams: the
+    answer is parsed in the callback as its bytes arrive, and the request's task wakes once, when it
+    is whole (a StreamReader costs a buffer, a future and a wake-up per read)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, httptools: Any) -> None:
-        self.reader, self.writer, self.httptools = reader, writer, httptools
+    def __init__(self, httptools: Any) -> None:
+        self.httptools = httptools
+        self.transport: asyncio.Transport | None = None
+        self.parser: Any = None
+        self.answer: _Answer | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.lost = False
 
     @classmethod
     async def open(cls, host: str, port: int, httptools: Any) -> _Upstream:
-        reader, writer = await asyncio.open_connection(host, port, limit=_READ)
-        _no_delay(writer)
-        return cls(reader, writer, httptools)
+        _, up = await asyncio.get_running_loop().create_connection(lambda: cls(httptools), host, port)
+        return up
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass of it
+        _no_delay(transport)
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():  # bytes no request asked for: out of step, never reused
+            self._fail(ConnectionError("tritonserver sent bytes no request asked for"))
+            return
+        try:
+            self.parser.feed_data(data)
+        except self.httptools.HttpParserError as e:
+            self._fail(ConnectionError(f"tritonserver's answer is not HTTP: {e}"))
+        except ValueError as e:  # too large
+            self._fail(e)
+        else:
+            assert self.answer is not None
+            if self.answer.complete:
+                waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("tritonserver closed the connection"))
+
+    def _fail(self, error: Exception) -> None:
+        self.lost = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(error)
+        self.close()
 
     async def exchange(
-        self, method: str, path: str, body: list[bytes], extra: list[tuple[bytes, bytes]], limit: int
+        self,
+        method: str,
+        path: str,
+        body: list[bytes],
+        extra: list[tuple[bytes, bytes]],
+        limit: int,
+        timeout: float,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+        """Send one request, wait ``timeout`` for its whole answer (TimeoutError: the connection is
+        closed). One timer, not asyncio.timeout's context and task bookkeeping, on every request."""
+        if self.lost or self.transport is None:
+            raise ConnectionError("tritonserver closed the connection")
         n = sum(len(b) for b in body)
         head = [f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {n}\r\n".encode()]
         head += [k + b": " + v + b"\r\n" for k, v in extra]
         head.append(b"\r\n")
-        self.writer.write(b"".join([*head, *body]))  # one send: uvloop's writelines costs more than the copy
-        await self.writer.drain()
-        answer = _Answer(limit)
-        answer.parser = parser = self.httptools.HttpResponseParser(answer)
-        while not answer.complete:
-            data = await self.reader.read(_READ)
-            if not data:
-                raise ConnectionError("tritonserver closed the connection")
-            try:
-                parser.feed_data(data)
-            except self.httptools.HttpParserError as e:
-                raise ConnectionError(f"tritonserver's answer is not HTTP: {e}") from None
-        return (
-            parser.get_status_code(),
-            answer.headers,
-            b"".join(answer.body),
-            answer.keep_alive,
-        )
+        self.answer = answer = _Answer(limit)
+        answer.parser = self.parser = self.httptools.HttpResponseParser(answer)
+        loop = asyncio.get_running_loop()
+        self.waiter = waiter = loop.create_future()
+        # one write: uvloop's writelines costs more than the copy; a body the socket does not take at
+        # once waits in the transport, and the answer comes only once tritonserver has read it all
+        self.transport.write(b"".join([*head, *body]))
+        timer = loop.call_later(timeout, self._fail, TimeoutError("tritonserver did not answer in time"))
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self.waiter = None
+        return self.parser.get_status_code(), answer.headers, b"".join(answer.body), answer.keep_alive
 
     def close(self) -> None:
-        self.writer.close()
+        self.lost = True
+        if self.transport is not None:
+            self.transport.close()
 
 
 def _payload(m: _Message) -> bytes | bytearray:
@@ -673,6 +720,9 @@ def _error(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
 
 
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
+
+
 def _answer(
     status: int,
     body: bytes,
@@ -683,11 +733,7 @@ def _answer(
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> bytes:
     """A response the front writes itself: always a Content-Length, no body for HEAD or 1xx/204/304."""
-    try:
-        phrase = http.HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Unknown"
-    lines = [f"HTTP/1.1 {status} {phrase}\r\n".encode()]
+    lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
     if headers is None:
         headers = [(b"Content-Type", b"application/json")]
     lines += [k + b": " + v + b"\r\n" for k, v in headers]
@@ -726,7 +772,7 @@ def _event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def _no_delay(writer: asyncio.StreamWriter) -> None:
+def _no_delay(writer: asyncio.StreamWriter | asyncio.BaseTransport) -> None:
     sock = writer.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
