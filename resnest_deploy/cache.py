@@ -109,6 +109,12 @@ KINDS: dict[str, Kind] = {
         Kind("onnxruntime", "onnxruntime", "ONNX Runtime optimized graphs, per ONNX file", "folders"),
         Kind("tensorrt-timing", "tensorrt-timing", "TensorRT builder timing caches, per GPU", "folders"),
         Kind(
+            "tensorrt-rtx-runtime",
+            "tensorrt-rtx-runtime",
+            "TensorRT-RTX runtime caches (kernels JIT-compiled at run time), per engine and GPU",
+            "folders",
+        ),
+        Kind(
             "ort-tensorrt", "ort-tensorrt", "ONNX Runtime TensorRT-provider engines (its own checks)", "raw"
         ),
         Kind("calibration", "calib", "INT8 calibration images and models", "files"),
@@ -304,14 +310,19 @@ def _empty(folder: Path) -> None:
 
 
 def for_artifact(
-    kind: str, artifact: str | os.PathLike[str], runtime: str, options: dict[str, str] | None = None
+    kind: str,
+    artifact: str | os.PathLike[str],
+    runtime: str,
+    options: dict[str, str] | None = None,
+    device: str | None = None,
 ) -> CacheFolder | None:
-    """The ``kind`` cache folder for a file on this CPU with ``runtime``: what a runner is handed."""
+    """The ``kind`` cache folder for a file with ``runtime`` on ``device`` (default: this CPU, by its
+    flags; a GPU as ``gpu:sm_XY``): what a runner is handed."""
     try:
         digest = sha256_file(artifact)
     except OSError:
         return None
-    key = CacheKey(runtime, cpu_device(), digest, tuple(sorted((options or {}).items())))
+    key = CacheKey(runtime, device or cpu_device(), digest, tuple(sorted((options or {}).items())))
     return CacheFolder.open(kind, key)
 
 

@@ -22,6 +22,8 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -133,6 +135,32 @@ def graphs_match(engine: Path) -> str:
     return f"batches 1, 8, 3, 8, 24 (pieces), 1: graphs on = off within {worst:.2e}"
 
 
+def rtx_runtime_cache(engine: Path) -> str:
+    """Two fresh processes over one cache root: the first writes TensorRT-RTX's runtime cache (the
+    kernels it compiled), the second finds it verified and answers the same."""
+    code = (
+        "import sys, json, numpy as np; from resnest_deploy.runners import open_runner\n"
+        "r = open_runner(sys.argv[1]); x = np.random.default_rng(0).standard_normal((4, 3, 32, 32), "
+        "dtype=np.float32)\n"
+        "with r: y = r.infer(x)\n"
+        "print(json.dumps({'y': y.tolist()}))\n"
+    )
+    with tempfile.TemporaryDirectory() as root:
+        env = {**os.environ, "RESNEST_DEPLOY_CACHE": root}
+        runs = []
+        for _ in range(2):
+            done = subprocess.run(
+                [sys.executable, "-c", code, str(engine)], env=env, check=True, capture_output=True, text=True
+            )
+            runs.append(json.loads(done.stdout.splitlines()[-1]))
+        written = sorted(Path(root).rglob("runtime.cache"))
+        if not written:
+            raise AssertionError("no runtime.cache written under the cache root")
+        if not np.allclose(runs[0]["y"], runs[1]["y"], rtol=1e-3, atol=1e-3):
+            raise AssertionError("the second process, with the cache, answered differently")
+        return f"{written[0].stat().st_size} bytes kept; the second process answered the same"
+
+
 def timed(artifacts: list[Path], provider: str = "cpu") -> list[dict[str, Any]]:
     from resnest_deploy.bench import bench
 
@@ -190,6 +218,14 @@ def main() -> None:
 
             steps.run(f"{backend} runner, {form}, batches inside the profile", inside)
             steps.run(f"{backend} runner, {form}, batches above the profile", above)
+        rtx_float = engines.get(("tensorrt-rtx", "float"))
+        if rtx_float is not None:
+
+            def runtime_cache(engine: Path = rtx_float) -> str:
+                need_gpu()
+                return rtx_runtime_cache(engine)
+
+            steps.run("tensorrt-rtx runtime cache: kept by one process, read back by the next", runtime_cache)
         for (backend, form), engine in engines.items():
             if form == "float":
 

@@ -275,3 +275,33 @@ def test_serve_records_start_to_ready_and_its_models_warm_from_the_cache(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def test_tensorrt_rtx_runtime_caches_are_kept_per_engine_gpu_and_version(tmp_path, monkeypatch):
+    """The runner opens its runtime cache once it knows its GPU and TensorRT-RTX version (a GPU step
+    of scripts/gpu_check.py runs it); here: what the registry hands it back, and when not."""
+    from resnest_deploy import cache
+
+    monkeypatch.setenv("RESNEST_DEPLOY_CACHE", str(tmp_path / "root"))
+    engine = tmp_path / "m.plan"
+    engine.write_bytes(b"an engine's bytes")
+
+    def opened(version: str = "tensorrt-rtx 1.7.1", gpu: str = "gpu:sm_89") -> cache.CacheFolder:
+        folder = cache.for_artifact("tensorrt-rtx-runtime", engine, version, device=gpu)
+        assert folder is not None
+        return folder
+
+    first = opened()
+    assert not first.hit
+    (first.path / "runtime.cache").write_bytes(b"kernels")
+    first.seal()
+    again = opened()
+    assert again.hit and "runtime.cache" in again.verified
+    assert not opened(gpu="gpu:sm_90").hit  # another GPU: its own entry
+    assert not opened(version="tensorrt-rtx 1.8.0").hit
+    (again.path / "runtime.cache").write_bytes(b"kernels, changed")  # not what was sealed
+    assert not opened().hit
+    engine.write_bytes(b"another engine")
+    assert not opened().hit
+    listed = [e for e in cache.list_entries(["tensorrt-rtx-runtime"]) if e.kind == "tensorrt-rtx-runtime"]
+    assert listed

@@ -98,4 +98,21 @@ def open_runner(
 
     if provider not in ("cpu", "tensorrt", "cuda"):
         raise ArtifactError(f"--provider {provider} runs .onnx files; an engine runs in TensorRT on its GPU")
-    return TensorRTRunner(text, cuda_graphs=cuda_graphs, name=Path(text).name, device=device)
+    return TensorRTRunner(
+        text,
+        cuda_graphs=cuda_graphs,
+        name=Path(text).name,
+        device=device,
+        runtime_cache=_rtx_runtime_cache(text) if cache else None,
+    )
+
+
+def _rtx_runtime_cache(path: str) -> Any:
+    """What opens TensorRT-RTX's runtime cache for ``path`` once the runner knows its GPU and version
+    (they are part of the key, and only the activated runner knows them)."""
+    from resnest_deploy import cache
+
+    def opened(runtime: str, gpu: str) -> Any:
+        return cache.for_artifact("tensorrt-rtx-runtime", path, runtime, device=gpu)
+
+    return opened

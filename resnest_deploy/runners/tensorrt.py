@@ -27,22 +27,31 @@ input forms) is unit-tested.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from resnest_deploy import metadata
 from resnest_deploy._cuda import Cuda, driver_problem
+from resnest_deploy._io import atomic_path
 from resnest_deploy.engine.flavour import detect, engine_flavour
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.runners.base import Runner
+
+if TYPE_CHECKING:
+    from resnest_deploy.cache import CacheFolder
+
+#: the file of TensorRT-RTX's runtime cache in its registry folder
+RTX_RUNTIME_CACHE = "runtime.cache"
 
 #: TensorRT I/O types we can feed and read from NumPy, by ``trt.DataType`` name
 NUMPY_DTYPES: dict[str, type] = {
@@ -137,8 +146,13 @@ class TensorRTRunner(Runner):
         cuda_graphs: bool = False,
         name: str | None = None,
         device: int = 0,
+        runtime_cache: Callable[[str, str], CacheFolder | None] | None = None,
     ) -> None:
+        """``runtime_cache(runtime, gpu)``: the registry's folder for TensorRT-RTX's runtime cache
+        (kernels it compiles at run time), opened once the GPU and the version are known."""
         super().__init__(name or f"tensorrt:{os.fspath(engine)}")
+        self.runtime_cache = runtime_cache
+        self._rtx_cache: tuple[Any, CacheFolder] | None = None
         self.device = device  # a Triton instance's model_instance_device_id
         self.path = Path(engine)
         self.sidecar = metadata.read_sidecar(self.path)
@@ -195,6 +209,8 @@ class TensorRTRunner(Runner):
         self.stream = self._hold("cudaStreamDestroy", cuda("cudaStreamCreate"))
         self.events = [self._hold("cudaEventDestroy", cuda("cudaEventCreate")) for _ in range(2)]
         self._scratch = self._scratch_memory()
+        self._cc = f"gpu:sm_{props.major}{props.minor}"
+        self._version = f"{flavour.backend} {flavour.version}"
         self.context = self._context()
         # one device and one pinned host buffer per tensor, for the largest shape the profile allows
         if not self.context.set_input_shape(self.inputs[0], self.profile.max):
@@ -235,6 +251,7 @@ class TensorRTRunner(Runner):
             config = self.engine.create_runtime_config()
             if self.cuda_graphs and hasattr(config, "cuda_graph_strategy"):
                 config.cuda_graph_strategy = self.trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+            self._attach_runtime_cache(config)
             context = self.engine.create_execution_context(config)
         elif self._scratch is not None:
             context = self.engine.create_execution_context(
@@ -250,6 +267,37 @@ class TensorRTRunner(Runner):
         if context is None:
             raise ArtifactError(f"TensorRT could not create an execution context for {self.path.name}")
         return context
+
+    def _attach_runtime_cache(self, config: Any) -> None:
+        """TensorRT-RTX compiles kernels when a shape first runs; its runtime cache keeps them for the
+        next process. Read back only what the registry verified (engine sha256, GPU and version in
+        its key); a cache TensorRT-RTX refuses is a miss, never an error."""
+        if self.runtime_cache is None or not hasattr(config, "create_runtime_cache"):
+            return
+        folder = self.runtime_cache(self._version, self._cc)
+        if folder is None:
+            return
+        cache = config.create_runtime_cache()
+        if RTX_RUNTIME_CACHE in folder.verified:
+            blob = (folder.path / RTX_RUNTIME_CACHE).read_bytes()
+            if not cache.deserialize(blob):
+                cache.reset()
+        config.set_runtime_cache(cache)
+        self._rtx_cache = (cache, folder)
+
+    def _save_runtime_cache(self) -> None:
+        """What TensorRT-RTX compiled in this process, written atomically and sealed; caching never
+        fails a run."""
+        if self._rtx_cache is None:
+            return
+        cache, folder = self._rtx_cache
+        self._rtx_cache = None
+        with contextlib.suppress(Exception):
+            blob = bytes(cache.serialize())
+            if blob:
+                with atomic_path(folder.path / RTX_RUNTIME_CACHE) as tmp:
+                    tmp.write_bytes(blob)
+                folder.seal()
 
     def _bind(self, context: Any, shape: tuple[int, ...]) -> None:
         """Input shape and every tensor's address on ``context``; TensorRT's answers checked."""
@@ -349,6 +397,7 @@ class TensorRTRunner(Runner):
         return self._device_ms
 
     def deactivate_impl(self) -> None:
+        self._save_runtime_cache()
         self._release()
 
     def _release(self) -> None:
