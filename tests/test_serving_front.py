@@ -230,10 +230,11 @@ def test_stalled_heads_and_bodies_time_out_and_their_bytes_are_bounded(served):
     stalled = [connect(served) for _ in range(3)]
     try:
         stalled[0].sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Le")  # slowloris
-        for s in stalled[1:]:  # each holds 3 of the 6 MiB all large bodies may hold
+        for s in stalled[1:]:  # each holds 3 of the 6 MiB all large bodies may hold: all but its last byte
             s.sendall(
                 b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n{"
                 % (3 * 2**20)
+                + b" " * (3 * 2**20 - 2)
             )
         time.sleep(0.3)
         with connect(served) as third:  # no room left for another large body: 503, not a wait
@@ -251,6 +252,149 @@ def test_stalled_heads_and_bodies_time_out_and_their_bytes_are_bounded(served):
     finally:
         for s in stalled:
             s.close()
+    still_serving(served)
+
+
+def chunked(path: str, body: bytes, size: int) -> bytes:
+    pieces = [
+        b"%x\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size]) for i in range(0, len(body), size)
+    ]
+    head = b"POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" % path.encode()
+    return head + b"".join(pieces) + b"0\r\n\r\n"
+
+
+def probe_seconds(srv) -> float:
+    with connect(srv) as s:
+        started = time.monotonic()
+        s.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_answer(s)[0] == 200
+        return time.monotonic() - started
+
+
+def test_a_body_of_tiny_chunks_is_refused_and_probes_stay_fast(served):
+    # each chunk was one parser callback, one pool give/take and one list entry: 16 clients sending
+    # 500,000 two-byte chunks each took serve from 140 to 540 MiB and probes to 3-10 s
+    tiny = chunked("/v2/models/digits/infer", infer_body() + b" " * 200_000, 2)
+    answers: list[bytes] = []
+
+    def send_tiny() -> None:
+        answers.append(raw(served, tiny, wait=20))
+
+    senders = [threading.Thread(target=send_tiny) for _ in range(4)]
+    for t in senders:
+        t.start()
+    probes = [probe_seconds(served) for _ in range(5)]
+    for t in senders:
+        t.join(60)
+    assert len(answers) == 4
+    for got in answers:
+        assert got.startswith(b"HTTP/1.1 400") and b"send larger chunks" in got, got[:300]
+        assert got.count(b"HTTP/1.1") == 1
+    assert max(probes) < 1.0, probes
+    assert served.guard.buffered == 0
+    with connect(served) as s:  # ordinary chunks are served as before
+        s.sendall(chunked("/v2/models/digits/infer", infer_body(), 1024))
+        status, _, body = read_answer(s)
+        assert status == 200 and json.loads(body)["outputs"][0]["shape"] == [1, 10]
+    still_serving(served)
+
+
+def test_a_connection_that_sends_nothing_is_closed_at_the_head_deadline(served):
+    # it was held for the 300 s idle timeout: 4,096 of them refused every client, probes included
+    silent = [connect(served) for _ in range(4)]
+    try:
+        started = time.monotonic()
+        for s in silent:
+            s.settimeout(LIMITS.head_timeout_s + 10)
+            assert s.recv(1024) == b""
+        assert time.monotonic() - started < LIMITS.head_timeout_s + 5
+    finally:
+        for s in silent:
+            s.close()
+    still_serving(served)
+
+
+def test_heads_that_declare_a_body_and_send_none_hold_no_pool(served):
+    # each reserved its declared 3 MiB for the body timeout: two of them refused every large body (503)
+    stalled = [connect(served) for _ in range(6)]
+    try:
+        for s in stalled:
+            s.sendall(
+                b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                % (3 * 2**20)
+            )
+        time.sleep(0.3)
+        assert served.guard.buffered == 0
+        with connect(served) as other:  # a large body still finds room: checked (400), not 503
+            other.sendall(post("/v2/models/digits/infer", b"{" + b" " * (3 * 2**19)))
+            status, _, body = read_answer(other)
+            assert status == 400 and b"not valid UTF-8 JSON" in body, (status, body[:200])
+        still_serving(served)
+    finally:
+        for s in stalled:
+            s.close()
+    still_serving(served)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=["upgrade h2c", "CONNECT"],
+)
+def test_an_upgrade_or_connect_gets_exactly_one_answer(served, head):
+    # it got 200 and then 400: a pipelined request after it read the stale one
+    got = raw(served, head + b"GET /v2/models/digits/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 400") and got.count(b"HTTP/1.1") == 1, got[:400]
+    assert b"Connection: close" in got
+    still_serving(served)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"inputs":[{"name":"input","shape":[1,3,32,32],"datatype":"FP32","data":[1e400%s]}]}'
+        % (b",0" * 3071),
+        b'{"parameters":{"x":1e400},"inputs":[{"name":"input","shape":[1,3,32,32],"datatype":"FP32",'
+        b'"data":[0%s]}]}' % (b",0" * 3071),
+        b'{"id":"\\ud800","inputs":[{"name":"input","shape":[1,3,32,32],"datatype":"FP32",'
+        b'"data":[0%s]}]}' % (b",0" * 3071),
+    ],
+    ids=["1e400 in data", "1e400 in parameters", "lone surrogate"],
+)
+def test_json_that_cannot_be_reencoded_is_answered_400_without_a_traceback(served, body, caplog):
+    # encode_json raised: the connection dropped with no answer and a traceback was logged
+    padded = body[:-2] + b" " * (LIMITS.inline_decode + 10) + body[-2:]  # decoded in the worker process
+    with connect(served) as s:
+        for payload in (body, padded):
+            s.sendall(post("/v2/models/digits/infer", payload))
+            status, _, answer = read_answer(s)
+            assert status == 400 and b"out of range or a lone surrogate" in answer, answer[:300]
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+    still_serving(served)
+
+
+def test_head_bounds_count_from_the_first_byte_and_hosts_and_expect_are_read_strictly(served):
+    # a 40 KiB head in one read was never counted (only reads after the first were)
+    big = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Pad: %s\r\n\r\n" % (b"a" * 40 * 2**10)
+    got = raw(served, big)
+    assert got.startswith(b"HTTP/1.1 431") and got.count(b"HTTP/1.1") == 1, got[:300]
+    got = raw(served, b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 400") and b"Host twice" in got, got[:300]
+    body = infer_body()
+    got = raw(
+        served,
+        b"POST /v2/models/digits/infer HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
+        % len(body)
+        + body,
+    )
+    assert got.startswith(b"HTTP/1.1 200") and b"100 Continue" not in got, got[:300]
+    # a header named many times is joined once: answered, and counted against the head bound
+    many = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 3000 + b"\r\n"
+    got = raw(served, many + b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 200") and got.count(b"HTTP/1.1 200") == 2, got[:300]
     still_serving(served)
 
 
@@ -303,6 +447,59 @@ def test_a_grpc_stream_is_relayed_and_a_hostile_message_in_it_ends_it_with_inval
         client.stop_stream()
     finally:
         client.close()
+    still_serving(served)
+
+
+def test_idle_grpc_streams_of_one_client_leave_calls_for_the_others_and_end_at_a_deadline(served):
+    # 64 idle ModelStreamInfer calls from one channel held every call the front allowed: every other
+    # client got RESOURCE_EXHAUSTED for as long as they stayed open
+    import grpc
+    import tritonclient.grpc as grpcclient
+
+    stop = threading.Event()
+
+    def nothing():
+        stop.wait(30)
+        return
+        yield  # a generator that sends no message
+
+    hog = grpc.insecure_channel(f"{HOST}:{served.ports.grpc}")
+    client = grpcclient.InferenceServerClient(f"{HOST}:{served.ports.grpc}")
+    calls = []
+    try:
+        stream = hog.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+        calls = [stream(nothing(), timeout=30) for _ in range(64)]
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert client.is_server_ready(client_timeout=5)
+        assert client.is_model_ready("digits", client_timeout=5)
+        codes = []
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as ended:
+                next(call)
+            codes.append(ended.value.code())
+        assert time.monotonic() - started < LIMITS.body_timeout_s + 10
+        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 48, codes
+        assert codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) == 16, codes
+    finally:
+        stop.set()
+        for call in calls:
+            call.cancel()
+        hog.close()
+        client.close()
+    still_serving(served)
+
+
+def test_bytes_that_are_no_grpc_message_get_invalid_argument(served):
+    import grpc
+
+    with grpc.insecure_channel(f"{HOST}:{served.ports.grpc}") as channel:
+        for method in ("ModelInfer", "ServerReady"):
+            call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+            with pytest.raises(grpc.RpcError) as refused:
+                call(b"\xff\xff\xff\xff", timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+            assert "is not a valid" in refused.value.details()
     still_serving(served)
 
 

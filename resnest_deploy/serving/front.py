@@ -71,6 +71,11 @@ _ADMIN_GET = re.compile(r"/(?:status|logging|setting)$")
 _READY = "/v2/health/ready"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _READ = 1 << 16
+#: body bytes are taken from a pool in steps of this, as they arrive (not per chunk, not as declared)
+_STEP = 1 << 16
+#: a chunked body past _STEP bytes may average one chunk per this many bytes, no more: each chunk
+#: costs a parser callback however small it is (500,000 two-byte chunks held the loop for seconds)
+_CHUNK_BYTES = 256
 T = TypeVar("T")
 
 
@@ -87,6 +92,7 @@ class FrontLimits:
     max_buffered_small: int = 64 * 2**20  # holding large bodies never starve ordinary requests
     max_buffered_small_per_client: int = 16 * 2**20
     max_connections: int = 4096
+    probe_headroom: int = 16  # of max_connections, kept for health probes (GET /v2/health/*)
     max_connections_per_client: int = 1024
     head_timeout_s: float = 10.0  # from a request's first byte to the end of its head
     body_timeout_s: float = 60.0  # from the end of the head to the end of the body
@@ -110,16 +116,19 @@ class _Message:
     method: str = ""
     url: bytes = b""
     headers: dict[bytes, bytes] = field(default_factory=dict)
-    body: list[bytes] = field(default_factory=list)  # a chunked body, as it comes
-    buf: bytearray | None = None  # a Content-Length body: one buffer
+    buf: bytearray | None = None  # the body, one buffer however it is framed
     size: int = 0
+    chunks: int = 0
+    declared: int = -1  # Content-Length; -1: chunked or none
+    repeated: list[bytes] = field(default_factory=list)  # header names seen more than once
     reserved: int = 0
     pool: int = 0  # which of the front's pools holds ``reserved``
     head_done: bool = False
     keep_alive: bool = False
     expect_continue: bool = False
     reject: _Reject | None = None
-    head_size: int = 0
+    head_size: int = 0  # bytes read while the head was open
+    counted: int = 0  # bytes of the head the parser handed over (target, header lines)
     deadline: float = 0.0  # the head's, then the body's
     path: str | None = None
     limit: int = -1  # the body's bound, once the head is read
@@ -134,31 +143,63 @@ class _Parsed:
         self.done: deque[_Message] = deque()
         self.parser: Any = None
         self.error: bytes | None = None  # the answer that ends the connection, once done is answered
+        self.joined: dict[bytes, list[bytes]] = {}  # values of a repeated header, joined once
+        self.seen = 0  # requests begun on this connection
+        self.probe_only = False  # a connection in the cap's headroom: health probes only
 
     def on_message_begin(self) -> None:
+        self.seen += 1
+        self.joined.clear()
         self.current = _Message(deadline=time.monotonic() + self.front.bounds.head_timeout_s)
 
     def on_url(self, url: bytes) -> None:
         assert self.current is not None
         self.current.url += url
+        self.current.counted += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.current is not None
         key = name.lower()
         headers = self.current.headers
-        headers[key] = headers[key] + b", " + value if key in headers else value
+        self.current.counted += len(name) + len(value) + 4
+        if key in headers:  # collected, joined once at the end of the head (not again per line)
+            if key not in self.joined:
+                self.joined[key] = [headers[key]]
+                self.current.repeated.append(key)
+            self.joined[key].append(value)
+        else:
+            headers[key] = value
 
     def on_headers_complete(self) -> None:
         m = self.current
         assert m is not None
+        for key, values in self.joined.items():
+            m.headers[key] = b", ".join(values)
         m.head_done = True
         m.deadline = time.monotonic() + self.front.bounds.body_timeout_s
         m.method = self.parser.get_method().decode("latin-1")
         m.keep_alive = bool(self.parser.should_keep_alive())
         try:
+            if m.counted > self.front.bounds.max_head:
+                raise _Reject(431, "the request head is too large", close=True)
+            if self.parser.should_upgrade():  # llhttp stops reading here; answered once, then closed
+                raise _Reject(400, "upgrades and CONNECT are not served", close=True)
             self.front._admit(m, self.parser.get_http_version(), self.client)
+            if self.probe_only and not (m.method in ("GET", "HEAD") and _path(m).startswith("/v2/health/")):
+                raise _Reject(503, "too many connections; retry", close=True, retry=True)
         except _Reject as e:
             m.reject = e
+
+    def on_chunk_header(self) -> None:
+        m = self.current
+        assert m is not None
+        m.chunks += 1
+        if m.reject is None and m.chunks > max(m.size, _STEP) // _CHUNK_BYTES:
+            m.reject = _Reject(
+                400,
+                f"the chunked body averages under {_CHUNK_BYTES} bytes a chunk; send larger chunks",
+                close=True,
+            )
 
     def on_body(self, data: bytes) -> None:
         m = self.current
@@ -166,16 +207,16 @@ class _Parsed:
         if m.reject is not None:
             return
         m.size += len(data)
-        if m.size > m.reserved:  # a chunked body: reserved as it comes
+        if m.size > m.reserved:  # reserved as it comes, a step at a time
             try:
                 self.front._reserve(m, self.client, m.size)
             except _Reject as e:
                 m.reject = e
+                m.buf = None
                 return
-        if m.buf is not None:
-            m.buf += data
-        else:
-            m.body.append(data)
+        if m.buf is None:
+            m.buf = bytearray()
+        m.buf += data
 
     def on_message_complete(self) -> None:
         assert self.current is not None
@@ -345,13 +386,15 @@ class Front:
         h = m.headers
         if version == "1.1" and b"host" not in h:
             raise _Reject(400, "an HTTP/1.1 request needs a Host header", close=True)
+        if b"host" in m.repeated:
+            raise _Reject(400, "the request names Host twice; send one", close=True)
         te = h.get(b"transfer-encoding")
         if te is not None and te.lower() != b"chunked":
             raise _Reject(501, "the only transfer coding served is chunked", close=True)
         if h.get(b"content-encoding", b"identity").lower() != b"identity":
             raise _Reject(415, "send the body uncompressed (no Content-Encoding)", close=True)
         expect = h.get(b"expect")
-        if expect is not None:
+        if expect is not None and version == "1.1":  # HTTP/1.0 has no 100 (RFC 9110 10.1.1)
             if expect.lower() != b"100-continue":
                 raise _Reject(417, "the only expectation served is 100-continue", close=True)
             m.expect_continue = True
@@ -360,11 +403,10 @@ class Front:
         length = int(declared) if declared is not None else 0  # llhttp checked it is digits, once
         if length > limit or (te is not None and limit == 0):
             raise _Reject(413, f"the body of this request may hold at most {limit} bytes", close=True)
-        if length:
-            self._reserve(m, client, length)
-            # one buffer grown as the body comes (a list of 64 KiB reads and then their join held twice
-            # the bytes); grown, not made at its declared size: a stalled body holds only what it sent
-            m.buf = bytearray()
+        if declared is not None:
+            # nothing taken from a pool yet: a head that declares 1 MiB and sends nothing holds nothing
+            # (the body is reserved as it comes, in _STEP steps, from the pool its declared size picks)
+            m.declared = length
 
     def _body_limit(self, m: _Message) -> int:
         if m.limit < 0:
@@ -373,14 +415,16 @@ class Front:
                 m.limit = self.bounds.max_body if _INFER.match(_path(m)) else self.bounds.max_admin_body
         return m.limit
 
-    def _reserve(self, m: _Message, client: str, total: int) -> None:
-        """Hold ``total`` body bytes for ``m`` from its pool (small or large body), within every
-        bound, or refuse."""
-        if total > self._body_limit(m):
-            raise _Reject(
-                413, f"the body of this request may hold at most {self._body_limit(m)} bytes", close=True
-            )
-        pool = self._pools[total > self.bounds.small_body]
+    def _reserve(self, m: _Message, client: str, size: int) -> None:
+        """Hold at least ``size`` body bytes for ``m`` (rounded up to a _STEP, within its declared
+        length) from its pool (small or large body, as the declared length or the bytes so far say),
+        within every bound, or refuse."""
+        limit = self._body_limit(m)
+        if size > limit:
+            raise _Reject(413, f"the body of this request may hold at most {limit} bytes", close=True)
+        total = min(-(-size // _STEP) * _STEP, m.declared if m.declared >= 0 else limit)
+        large = max(total, m.declared) > self.bounds.small_body
+        pool = self._pools[large]
         held = self._pools[m.pool] if m.reserved else None
         if held is not None:  # a chunked body growing, perhaps into the large pool
             held.give(client, m.reserved)
@@ -388,13 +432,12 @@ class Front:
             if held is not None:
                 held.take(client, m.reserved, force=True)
             raise _Reject(503, "the server holds too many request bodies now; retry", close=True, retry=True)
-        m.reserved, m.pool = total, int(total > self.bounds.small_body)
+        m.reserved, m.pool = total, int(large)
 
     def _release(self, m: _Message, client: str) -> None:
         if m.reserved:
             self._pools[m.pool].give(client, m.reserved)
             m.reserved = 0
-        m.body.clear()
         m.buf = None
 
     # -- one client connection ------------------------------------------------------------------
@@ -416,6 +459,8 @@ class Front:
         self._conns.add(conn)
         _no_delay(writer)
         parsed = _Parsed(self, client)
+        # the last few connections under the cap are kept for health probes (answered, then closed)
+        parsed.probe_only = len(self._conns) > self.bounds.max_connections - self.bounds.probe_headroom
         parsed.parser = self._httptools.HttpRequestParser(parsed)
         up: _Upstream | None = None
         try:
@@ -469,7 +514,12 @@ class Front:
             if cur is not None and cur.head_done and cur.expect_continue:
                 cur.expect_continue = False
                 writer.write(_CONTINUE)
-            timeout = self.bounds.idle_timeout_s if cur is None else cur.deadline - time.monotonic()
+            if cur is not None:
+                timeout = cur.deadline - time.monotonic()
+            elif parsed.seen == 0 or parsed.probe_only:  # a new connection sends its first byte soon
+                timeout = self.bounds.head_timeout_s
+            else:
+                timeout = self.bounds.idle_timeout_s
             try:
                 data = await _within(reader.read(_READ), max(timeout, 0.0))
             except TimeoutError:
@@ -479,16 +529,26 @@ class Front:
             if not data:
                 return None
             head_open = cur is not None and not cur.head_done
+            finished = len(parsed.done)
             try:
                 parsed.parser.feed_data(data)
             except self._httptools.HttpParserUpgrade:
-                parsed.error = _answer(400, _error("upgrades and CONNECT are not served"), close=True)
+                # the upgrading request was refused in on_headers_complete: it gets that one answer
+                last = parsed.current or (parsed.done[-1] if parsed.done else None)
+                if last is None or last.reject is None:
+                    parsed.error = _answer(400, _error("upgrades and CONNECT are not served"), close=True)
             except self._httptools.HttpParserError as e:
                 parsed.error = _answer(400, _error(f"malformed HTTP request: {e}"), close=True)
             now = parsed.current
             if now is not None and not now.head_done:
-                # bytes of a head that began before this read (one read's worth of slack)
-                now.head_size = now.head_size + len(data) if head_open and now is cur else 0
+                # counted from the head's first byte: every byte of this read when it began the head,
+                # else (a request before it ended in this read) what the parser handed over of it
+                if head_open and now is cur:
+                    now.head_size += len(data)
+                elif cur is None and len(parsed.done) == finished:
+                    now.head_size = len(data)
+                else:
+                    now.head_size = now.counted
                 if now.head_size > self.bounds.max_head and parsed.error is None:
                     parsed.error = _answer(431, _error("the request head is too large"), close=True)
 
@@ -699,7 +759,7 @@ class _Upstream(asyncio.Protocol):
 
 
 def _payload(m: _Message) -> bytes | bytearray:
-    return m.buf if m.buf is not None else b"".join(m.body)
+    return m.buf if m.buf is not None else b""
 
 
 def _path(m: _Message) -> str:

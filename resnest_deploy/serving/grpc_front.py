@@ -5,8 +5,12 @@ message gRPC allows, and none of its options lowers it: a 1,000 MB ModelInfer wa
 tritonserver to 2.7 GB RSS). So, as for HTTP (:mod:`.front`), tritonserver's gRPC port is private
 (loopback) and this front owns the public one: a ``grpc.aio`` server whose
 ``grpc.max_receive_message_length`` refuses a larger message (RESOURCE_EXHAUSTED) before any of it
-is decoded, with a bound on concurrent calls. Each message is decoded with tritonclient's
-``service_pb2`` (unknown fields dropped), a ModelInfer request's shapes are checked as the HTTP
+is decoded, with a bound on concurrent calls, a quarter of them per peer (one connection: 64 idle
+streams from one channel held every call gRPC allowed, and every other client got
+RESOURCE_EXHAUSTED), and a deadline for a stream's messages (the first within the HTTP body
+timeout, the next within the HTTP idle timeout: DEADLINE_EXCEEDED). Each message is decoded with
+tritonclient's ``service_pb2`` in the handler (unknown fields dropped; bytes that are no such message get
+INVALID_ARGUMENT, not gRPC's UNKNOWN), a ModelInfer request's shapes are checked as the HTTP
 front checks them, and tritonserver gets the message re-serialised from that decoded value. Answers
 and status codes are relayed as Triton gives them. Only the admin header travels with a call (Triton
 checks it for the restricted APIs).
@@ -30,6 +34,7 @@ ADMIN_HEADER = "resnest-deploy-admin"
 #: the same bound as an HTTP body (Triton's own default for --http-max-input-size)
 MAX_MESSAGE = 64 * 2**20
 MAX_CALLS = 64  # calls in flight: with MAX_MESSAGE, what the front may hold
+MAX_CALLS_PER_PEER = MAX_CALLS // 4  # ... and one peer (one client connection)
 
 
 class Rejected(Exception):
@@ -62,6 +67,10 @@ class GrpcFront:
     limits: Mapping[str, int]
     max_message: int = MAX_MESSAGE
     max_calls: int = MAX_CALLS
+    max_calls_per_peer: int = MAX_CALLS_PER_PEER
+    first_message_s: float = 60.0  # a stream's first message, from its start
+    stream_idle_s: float = 300.0  # a stream's next message, from the one before
+    _by_peer: dict[str, int] = field(default_factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _server: Any = None
@@ -103,17 +112,14 @@ class GrpcFront:
         for method in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
             kind = getattr(service_pb2, method.input_type.name)
             path = f"/{SERVICE}/{method.name}"
+            # messages arrive as bytes and are decoded in the handler, which can answer INVALID_ARGUMENT
             if method.client_streaming:
                 call = self._channel.stream_stream(path, request_serializer=_canonical)
-                handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                    self._streaming(call), request_deserializer=kind.FromString
-                )
+                handlers[method.name] = grpc.stream_stream_rpc_method_handler(self._streaming(call, kind))
             else:
                 call = self._channel.unary_unary(path, request_serializer=_canonical)
                 check = (lambda r: check_infer(r, self.limits)) if method.name == "ModelInfer" else None
-                handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                    self._unary(call, check), request_deserializer=kind.FromString
-                )
+                handlers[method.name] = grpc.unary_unary_rpc_method_handler(self._unary(call, kind, check))
         self._server = grpc.aio.server(
             handlers=[grpc.method_handlers_generic_handler(SERVICE, handlers)],
             maximum_concurrent_rpcs=self.max_calls,
@@ -131,51 +137,100 @@ class GrpcFront:
             raise OSError(f"cannot listen on gRPC port {self.port} on {self.host}")
         await self._server.start()
 
-    def _unary(self, call: Any, check: Callable[[Any], None] | None) -> Callable[..., Any]:
+    def _enter(self, context: Any) -> str | None:
+        """Count a call against its peer; None when the peer already has its share in flight."""
+        peer = str(context.peer())
+        if self._by_peer.get(peer, 0) >= self.max_calls_per_peer:
+            return None
+        self._by_peer[peer] = self._by_peer.get(peer, 0) + 1
+        return peer
+
+    def _leave(self, peer: str) -> None:
+        left = self._by_peer.get(peer, 1) - 1
+        if left > 0:
+            self._by_peer[peer] = left
+        else:
+            self._by_peer.pop(peer, None)
+
+    def _too_many(self) -> str:
+        return f"this client has {self.max_calls_per_peer} calls in flight, the most one may hold; retry"
+
+    def _unary(self, call: Any, kind: Any, check: Callable[[Any], None] | None) -> Callable[..., Any]:
         grpc = require("grpc")
 
-        async def handle(request: Any, context: Any) -> bytes:
-            if check is not None:
+        async def handle(raw: bytes, context: Any) -> bytes:
+            peer = self._enter(context)
+            if peer is None:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_many())
+            assert peer is not None
+            try:
                 try:
-                    check(request)
+                    request = _decode(kind, raw)
+                    if check is not None:
+                        check(request)
                 except Rejected as e:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-            try:
-                return bytes(await call(request, metadata=_admin(context), timeout=context.time_remaining()))
-            except grpc.aio.AioRpcError as e:
-                await context.abort(e.code(), e.details() or "")
-                raise  # abort raises; this keeps type checkers content
+                try:
+                    return bytes(
+                        await call(request, metadata=_admin(context), timeout=context.time_remaining())
+                    )
+                except grpc.aio.AioRpcError as e:
+                    await context.abort(e.code(), e.details() or "")
+                    raise  # abort raises; this keeps type checkers content
+            finally:
+                self._leave(peer)
 
         return handle
 
-    def _streaming(self, call: Any) -> Callable[..., Any]:
+    def _streaming(self, call: Any, kind: Any) -> Callable[..., Any]:
         grpc = require("grpc")
 
-        async def handle(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[bytes]:
-            rejected: list[str] = []
+        async def handle(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+            peer = self._enter(context)
+            if peer is None:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_many())
+            assert peer is not None
+            ended: list[tuple[Any, str]] = []  # why the front ended the call: (status, message)
 
             async def checked() -> AsyncIterator[Any]:
-                async for request in requests:
+                incoming = aiter(requests)
+                wait = self.first_message_s
+                while True:
                     try:
+                        raw = await asyncio.wait_for(anext(incoming), wait)
+                    except StopAsyncIteration:
+                        return
+                    except asyncio.TimeoutError:  # TimeoutError from 3.11
+                        ended.append(
+                            (grpc.StatusCode.DEADLINE_EXCEEDED, f"the stream sent no request in {wait:g} s")
+                        )
+                        upstream.cancel()
+                        return
+                    wait = self.stream_idle_s
+                    try:
+                        request = _decode(kind, raw)
                         check_infer(request, self.limits)
                     except Rejected as e:  # the call ends here: nothing after it is forwarded
-                        rejected.append(str(e))
+                        ended.append((grpc.StatusCode.INVALID_ARGUMENT, str(e)))
                         upstream.cancel()
                         return
                     yield request
 
             upstream = call(checked(), metadata=_admin(context))
             try:
-                async for answer in upstream:
-                    yield bytes(answer)
-            except asyncio.CancelledError:
-                if not rejected:
-                    raise
-            except grpc.aio.AioRpcError as e:
-                if not rejected:
-                    await context.abort(e.code(), e.details() or "")
-            if rejected:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, rejected[0])
+                try:
+                    async for answer in upstream:
+                        yield bytes(answer)
+                except asyncio.CancelledError:
+                    if not ended:
+                        raise
+                except grpc.aio.AioRpcError as e:
+                    if not ended:
+                        await context.abort(e.code(), e.details() or "")
+                if ended:
+                    await context.abort(*ended[0])
+            finally:
+                self._leave(peer)
 
         return handle
 
@@ -199,6 +254,16 @@ class GrpcFront:
         with contextlib.suppress(Exception):
             loop.close()
         self._loop = None
+
+
+def _decode(kind: Any, raw: bytes) -> Any:
+    """One message of type ``kind`` from the client's bytes; anything else is Rejected."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        return kind.FromString(raw)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise Rejected(f"the message is not a valid {kind.DESCRIPTOR.name}: {e}") from None
 
 
 def _canonical(message: Any) -> bytes:

@@ -74,7 +74,14 @@ def decode_json(raw: bytes | bytearray | memoryview) -> Any:
 
 
 def encode_json(doc: Any) -> bytes:
-    return _ENCODER.encode(doc).encode()
+    """``doc`` re-serialised; what JSON cannot carry (a number out of a double's range, read as
+    infinity; a lone surrogate, which UTF-8 cannot encode) is the client's mistake: 400."""
+    try:
+        return _ENCODER.encode(doc).encode()
+    except ValueError:  # UnicodeEncodeError is one
+        raise RequestRejected(
+            400, "the JSON holds a number out of range or a lone surrogate; send finite numbers and text"
+        ) from None
 
 
 @dataclass(frozen=True)

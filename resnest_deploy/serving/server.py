@@ -138,6 +138,8 @@ def running(
                 server.internal_grpc,
                 _model_limits(entries),
                 max_message=bounds.max_body,
+                first_message_s=bounds.body_timeout_s,
+                stream_idle_s=bounds.idle_timeout_s,
             )
             try:
                 server.grpc_front.start()
