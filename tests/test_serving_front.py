@@ -336,6 +336,33 @@ def test_heads_that_declare_a_body_and_send_none_hold_no_pool(served):
     still_serving(served)
 
 
+def test_the_last_connections_under_the_cap_are_kept_for_health_probes(served):
+    from resnest_deploy.serving.front import Front
+    from resnest_deploy.serving.triton_install import free_ports
+
+    (port,) = free_ports(1)
+    bounds = FrontLimits(max_connections=8, probe_headroom=2, head_timeout_s=5)
+    front = Front(HOST, port, served.internal_http, {"digits": 3 * 32 * 32 * 8}, bounds=bounds)
+    front.start()
+    front.set_ready(True)
+    socks: list[socket.socket] = []
+    try:
+        socks = [socket.create_connection((HOST, port), timeout=10) for _ in range(6)]  # silent
+        time.sleep(0.3)
+        with socket.create_connection((HOST, port), timeout=10) as other:  # in the headroom: no infer
+            other.sendall(post("/v2/models/digits/infer", infer_body()))
+            status, headers, _ = read_answer(other)
+            assert status == 503 and headers["retry-after"] == "1"
+        with socket.create_connection((HOST, port), timeout=10) as probe:  # ... but a probe is answered
+            probe.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_answer(probe)[0] == 200
+    finally:
+        for s in socks:
+            s.close()
+        front.close()
+    still_serving(served)
+
+
 @pytest.mark.parametrize(
     "head",
     [
