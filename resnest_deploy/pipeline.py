@@ -372,14 +372,24 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             "## Latency",
             "",
-            "| artifact | backend | batch | p50 ms | p90 ms | p99 ms | images/s |",
-            "|---|---|---|---|---|---|---|",
+            "| artifact | backend | batch | p50 ms | p10-p90 ms | p99 ms | images/s | |",
+            "|---|---|---|---|---|---|---|---|",
         ]
+        flagged = [r for r in bench["results"] if r.get("flags")]
         for r in bench["results"]:
+            spread = f"{r['p10_ms']:.2f}-{r['p90_ms']:.2f}" if "p10_ms" in r else f"{r['p90_ms']:.2f}"
+            mark = f"!{flagged.index(r) + 1}" if r in flagged else ""
             lines.append(
                 f"| {short(r['artifact'])} | {r['backend']} | {r['batch']} | {r['p50_ms']:.2f} "
-                f"| {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['images_per_s']:.1f} |"
+                f"| {spread} | {r['p99_ms']:.2f} | {r['images_per_s']:.1f} | {mark} |"
             )
+        for i, r in enumerate(flagged, 1):  # the figures that cannot be trusted, and why (as bench says)
+            cause = f" Likely cause: {r['cause']}" if r.get("cause") else ""
+            lines += [
+                "",
+                f"!{i} {short(r['artifact'])} {r['backend']} batch {r['batch']}: "
+                f"{'; '.join(r['flags'])}.{cause}",
+            ]
         if bench.get("note"):
             lines += ["", bench["note"]]
         lines += _int8_note(bench["results"])

@@ -32,14 +32,13 @@ class Prediction:
     top: list[tuple[int, str, float]]  # (class index, name, probability)
 
 
-def image_list(inputs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], bool]:
-    """Files as given and every image under a folder (sorted, as ``eval`` finds them); whether any
-    folder was given."""
+def image_list(inputs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], set[str]]:
+    """Files as given and every image under a folder (sorted, as ``eval`` finds them); the files
+    named one by one (one of those that does not decode is refused; inside a folder it is skipped)."""
     paths: list[Path] = []
-    folders = False
+    named: set[str] = set()
     for item in map(Path, inputs):
         if item.is_dir():
-            folders = True
             found = data.find_images(item)
             if not found:
                 raise ArtifactError(
@@ -49,11 +48,12 @@ def image_list(inputs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], bo
             paths += found
         elif item.is_file():
             paths.append(item)
+            named.add(str(item))
         else:
             raise ArtifactError(f"image not found: {item}; check the path")
     if not paths:
         raise ArtifactError("no images found in the folders given; give jpg/png/webp files")
-    return paths, folders
+    return paths, named
 
 
 def _job(artifact: str, arch: str | None, weights: str | None, topk: int, provider: str) -> ClassifyJob:
@@ -97,11 +97,11 @@ def predict(
 ) -> list[Prediction]:
     """Top-k per image. A file given by name that does not decode is refused; inside a folder it is
     left out (and ``predict_to_file`` reports it)."""
-    paths, folders = image_list(images)
+    paths, named = image_list(images)
     job = _job(artifact, arch, weights, topk, provider)
     done = (executor or LocalExecutor()).classify(job, [(i, str(p)) for i, p in enumerate(paths)], advance)
-    bad = [o for o in done.outcomes if o.error is not None]
-    if bad and not folders:
+    bad = [o for o in done.outcomes if o.error is not None and o.path in named]
+    if bad:
         raise ArtifactError(
             f"{bad[0].path} is not an image Pillow can read ({bad[0].error}); pass jpg/png/webp files"
         )

@@ -198,6 +198,10 @@ def test_pipeline_end_to_end_offline(tmp_path):
     assert ("resnest14d_digits.int8-cpu.onnx", "openvino-cpu-f32") in timed
     assert ("resnest14d_digits.int8-cpu.onnx", "onnxruntime-cpu") in timed
     assert json.loads((tmp_path / "report.json").read_text())["status"] == "ok"
+    # the latency table carries bench's spread and its flags: a flagged row is marked, its cause said
+    assert "| p50 ms | p10-p90 ms |" in md
+    for i, row in enumerate([r for r in steps["bench"]["results"] if r["flags"]], 1):
+        assert f"!{i} " in md and row["flags"][0] in md
     # INT8: every method each target's quantizer offers, the best kept, then the search; all reported
     for step, methods in (("convert", ("max", "entropy", "percentile")), ("convert-cpu", int8.METHODS)):
         tried = steps[step]["conversion"]["calibration_methods"]

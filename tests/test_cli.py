@@ -368,3 +368,24 @@ def test_quantize_says_how_few_images_judged_it_and_keeps_calibrator_bars_off_un
     assert "it/s" not in r.output  # ModelOpt's entropy calibrator draws a tqdm bar per tensor
     loud = invoke(*args, "--verbose", "-o", str(tmp_path / "b.onnx"))
     assert loud.exit_code == 0 and "it/s" in loud.output
+
+
+def test_predict_refuses_a_file_it_was_named_that_is_no_image_even_beside_a_folder(digits_onnx, tmp_path):
+    """Inside a folder, a file that does not decode is skipped; one named on the command line is the
+    user's mistake, said, whether a folder stands beside it or not."""
+    folder = digit_folder(tmp_path / "digits", classes=[0, 1], per_class=1)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    for args in ([str(folder), str(notes)], [str(notes), str(folder)], [str(notes)]):
+        r = CliRunner().invoke(app, ["predict", str(digits_onnx), *args, "--json"])
+        assert r.exit_code == 1 and "notes.txt is not an image" in r.output, r.output
+    (folder / "stray.txt").write_text("skipped inside a folder")
+    r = CliRunner().invoke(app, ["predict", str(digits_onnx), str(folder), "--json"])
+    assert r.exit_code == 0, r.output
+
+
+def test_help_names_the_extras_to_install_in_brackets():
+    """Rich reads '[ray]' as markup and dropped it: the help said pip install 'resnest-deploy'."""
+    for command, extra in (("eval", "resnest-deploy[ray]"), ("k8s", "resnest-deploy[ray-cluster]")):
+        r = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "400"})
+        assert r.exit_code == 0 and extra in r.output, r.output

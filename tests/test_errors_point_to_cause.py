@@ -79,11 +79,17 @@ def test_modelopt_logs_only_with_verbose(monkeypatch):
 
     from resnest_deploy.precision.job import quiet_modelopt
 
+    # the global switch, not a logger's own level (ModelOpt sets those itself when it runs)
+    monkeypatch.delenv("RESNEST_DEPLOY_VERBOSE", raising=False)
     with quiet_modelopt():
-        assert not logging.getLogger("modelopt.onnx").isEnabledFor(logging.WARNING)
+        assert logging.root.manager.disable >= logging.WARNING
+    assert logging.root.manager.disable == logging.NOTSET
     monkeypatch.setenv("RESNEST_DEPLOY_VERBOSE", "1")
     with quiet_modelopt():
-        assert logging.getLogger("modelopt.onnx").isEnabledFor(logging.WARNING)
+        assert logging.root.manager.disable == logging.NOTSET
+    monkeypatch.delenv("RESNEST_DEPLOY_VERBOSE")
+    with quiet_modelopt(verbose=True):  # quantize --verbose, pipeline --verbose
+        assert logging.root.manager.disable == logging.NOTSET
 
 
 def test_serve_given_a_repository_or_a_folder_says_what_it_takes(digits_onnx, tmp_path):

@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(cmd: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "LANG": "C.UTF-8"}
+    home = cwd.parent / "home"  # runtime caches go under ~/.cache, never into the working folder
+    home.mkdir(exist_ok=True)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -89,3 +91,4 @@ def test_the_wheel_installs_in_a_fresh_venv_and_its_console_script_runs_from_a_t
     checked = run([cli, "check", "m.onnx", "--reference", "recorded"], work)
     assert checked.returncode == 0 and "ok" in checked.stdout, checked.stderr[-2000:]
     assert sorted(os.listdir(work)) == ["blank.png", "m.onnx", "m.onnx.json"]  # nothing written elsewhere
+    assert (tmp_path / "home" / ".cache" / "resnest_deploy").is_dir()  # ONNX Runtime's optimized graph

@@ -223,7 +223,7 @@ def test_bench_first_inference_cold_and_warm(root: Path, digits_onnx: Path) -> N
         app, ["bench", str(digits_onnx), "-b", "1", "-n", "2", "--warmup", "0", "--first-inference", "--json"]
     )
     assert result.exit_code == 0, result.output
-    (row,) = json.loads(result.output)
+    (row,) = json.loads(result.stdout)  # a line per cell goes to stderr
     assert row["first_cache"] == "onnxruntime" and row["first_warm_hit"] is True
     assert row["first_cold_ms"] > row["first_cold_open_ms"] > 0
     assert row["first_warm_ms"] > row["first_warm_open_ms"] > 0

@@ -97,7 +97,7 @@ RayOpt = Annotated[
         envvar="RAY_ADDRESS",
         show_envvar=True,
         metavar="ADDRESS|auto",
-        help="Run on a Ray cluster (pip install 'resnest-deploy[ray]'): its address (HOST:6379) or "
+        help="Run on a Ray cluster (pip install 'resnest-deploy\\[ray]'): its address (HOST:6379) or "
         "'auto' for the one `ray start` runs here. Images are read and classified on the workers.",
     ),
 ]
@@ -110,7 +110,7 @@ RaySearchOpt = Annotated[
         show_envvar=True,
         metavar="ADDRESS|auto",
         help="INT8 search: run its per-unit sensitivity trials on a Ray cluster (pip install "
-        "'resnest-deploy[ray]'), its address (HOST:6379) or 'auto'; calibration and the search's later, "
+        "'resnest-deploy\\[ray]'), its address (HOST:6379) or 'auto'; calibration and the search's later, "
         "sequential steps stay here. Without a search, RAY_ADDRESS is ignored and --ray refused.",
     ),
 ]

@@ -63,8 +63,8 @@ def k8s_cmd(
         typer.Option(
             "--ray-job",
             help="A KubeRay RayJob that runs `eval` of the repository's ONNX models on a Ray cluster "
-            "instead (checked against KubeRay v1.7.0's CRD); --image must hold resnest-deploy[ray-cluster] "
-            "(ray[default]: the head's job server): docker build --target runtime --build-arg "
+            "instead (checked against KubeRay v1.7.0's CRD); --image must hold resnest-deploy\\[ray-cluster] "
+            "(ray\\[default]: the head's job server): docker build --target runtime --build-arg "
             "EXTRAS=ray-cluster.",
         ),
     ] = False,

@@ -58,7 +58,11 @@ def predict_cmd(
         ),
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="The served model's name (with --server; default: the only one).")
+        str | None,
+        typer.Option(
+            help="The served model's name (with --server; `serve` prints it as 'serving NAME'). Without "
+            "it, the server's only model, where the server lists its models (serve does not).",
+        ),
     ] = None,
     json_out: JsonOpt = False,
     output: Annotated[
