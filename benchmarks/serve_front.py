@@ -292,10 +292,11 @@ def table(results: dict, s: dict, m: dict, args: argparse.Namespace) -> list[str
         "",
         f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}, {m['date'][:10]}. Digits model "
         f"(FP32, max batch {MAX_BATCH}), wrk on the same cores, {args.seconds} s per cell, mean of "
-        f"{args.rounds} alternating rounds, one-image binary-tensor requests. Other engineers' work "
-        "ran on the same machine during this run"
+        f"{args.rounds} alternating rounds, one-image binary-tensor requests. The machine's "
+        "1-minute load average during the run"
         + (
-            f" (1-minute load average {s['load_1min'][0]}-{s['load_1min'][1]} on {m['cores']} cores)."
+            f": {s['load_1min'][0]}-{s['load_1min'][1]} on {m['cores']} cores (the run's own wrk, serve "
+            "and tritonserver count in it; above about 3, other work ran beside)."
             if "load_1min" in s
             else "."
         ),
