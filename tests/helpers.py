@@ -105,3 +105,18 @@ def as_full_tensorrt(plan: Path, dest: Path) -> Path:
     side["file"] = {"sha256": _io.sha256_file(dest)}
     _io.sidecar_path(dest).write_text(json.dumps(side))
     return dest
+
+
+def read_until_closed(sock, reads: int = 10_000) -> bytes:
+    """What a server sends until it closes the connection or the socket's timeout passes (at most
+    ``reads`` reads: the loop is bounded)."""
+    out = b""
+    for _ in range(reads):
+        try:
+            chunk = sock.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out

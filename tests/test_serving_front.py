@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import read_until_closed
 
 from resnest_deploy.serving.front import FrontLimits
 from resnest_deploy.serving.server import Ports, running
@@ -61,19 +62,10 @@ def read_answer(sock: socket.socket, method: str = "GET") -> tuple[int, dict[str
 
 def raw(srv, payload: bytes, wait: float = 20) -> bytes:
     """Send ``payload``, read until the front closes the connection or ``wait`` seconds pass."""
-    out = b""
     with connect(srv) as s:
         s.sendall(payload)
         s.settimeout(wait)
-        for _ in range(10_000):
-            try:
-                chunk = s.recv(65536)
-            except (TimeoutError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            out += chunk
-    return out
+        return read_until_closed(s)
 
 
 def post(path: str, body: bytes, *extra: bytes) -> bytes:

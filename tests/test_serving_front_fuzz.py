@@ -23,6 +23,7 @@ import time
 from typing import ClassVar
 
 import pytest
+from helpers import read_until_closed
 
 from resnest_deploy.serving.front import Front, FrontLimits
 from resnest_deploy.serving.requests import DEFAULT_MAX_ELEMENTS, RequestRejected, infer_from_body
@@ -161,19 +162,10 @@ def frame(rng: random.Random, method: str, target: str, headers: dict[str, str],
 
 
 def exchange(port: int, payload: bytes) -> bytes:
-    out = b""
     with socket.create_connection((HOST, port), timeout=5) as s:
         s.sendall(payload)
         s.shutdown(socket.SHUT_WR)
-        for _ in range(1000):
-            try:
-                chunk = s.recv(65536)
-            except (TimeoutError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            out += chunk
-    return out
+        return read_until_closed(s, reads=1000)
 
 
 def check_seen(method: str, path: str, headers: dict[str, str], body: bytes) -> None:

@@ -313,12 +313,19 @@ def executor(ray_address: str | None, show_progress: bool = True) -> Iterator[An
         chosen.close()
 
 
+def ray_typed(ray_address: str | None) -> bool:
+    """Whether ``--ray`` was given on the command line: the same value in ``RAY_ADDRESS`` is the
+    environment's, which is no request to use Ray for a command that runs none (typer's context does
+    not say where a value came from here)."""
+    return bool(ray_address) and ray_address != os.environ.get("RAY_ADDRESS")
+
+
 @contextmanager
 def search_executor(ray_address: str | None, searching: bool, show_progress: bool = True) -> Iterator[Any]:
     """The executor for the INT8 search's trials: the Ray cluster's when one is named and a search
     runs, else None (here, one trial after another). ``--ray`` given where no search runs is
     refused; ``RAY_ADDRESS`` from the environment is then ignored, as for any command without Ray."""
-    if ray_address and not searching and ray_address != os.environ.get("RAY_ADDRESS"):
+    if not searching and ray_typed(ray_address):
         raise typer.BadParameter(
             "--ray runs the INT8 search's trials: add --max-drop with -p int8 (pipeline: -p int8), "
             "or drop --ray",

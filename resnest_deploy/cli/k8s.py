@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -122,13 +122,7 @@ def k8s_cmd(
             *kubernetes.validate({"pvc.yaml": docs["pvc.yaml"]}),
             f"rayjob.yaml: {rayjob.validate(job)}",
         ]
-        written = kubernetes.write(docs, output)
-        if json_out:
-            print_json({"written": [str(p) for p in written], "validated": checked})
-            return
-        for line in checked:
-            out.print(f"valid: {line}")
-        out.print(f"wrote {len(written)} files to {output}; the images go into PVC {images_claim} first")
+        _write(docs, checked, output, json_out, f"the images go into PVC {images_claim} first")
         return
 
     docs = kubernetes.manifests(
@@ -147,13 +141,21 @@ def k8s_cmd(
         metrics_namespace=metrics_namespace or "monitoring",
     )
     checked = kubernetes.validate(docs)
+    if _write(docs, checked, output, json_out, f"the repository goes into PVC {name}-models first"):
+        note = kubernetes.image_note(docs)
+        if note:
+            out.print(note)
+
+
+def _write(docs: dict[str, Any], checked: list[str], output: Path, json_out: bool, then: str) -> bool:
+    """Write the validated manifests (all or none) and say so; False when the answer was JSON."""
+    from resnest_deploy.serving import kubernetes
+
     written = kubernetes.write(docs, output)
     if json_out:
         print_json({"written": [str(p) for p in written], "validated": checked})
-        return
+        return False
     for line in checked:
         out.print(f"valid: {line}")
-    out.print(f"wrote {len(written)} files to {output}; the repository goes into PVC {name}-models first")
-    note = kubernetes.image_note(docs)
-    if note:
-        out.print(note)
+    out.print(f"wrote {len(written)} files to {output}; {then}")
+    return True

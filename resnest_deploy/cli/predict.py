@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -21,6 +20,7 @@ from resnest_deploy.cli._common import (
     handle_errors,
     out,
     print_json,
+    ray_typed,
     styled,
 )
 
@@ -92,9 +92,7 @@ def predict_cmd(
       resnest-deploy predict models/resnest50/resnest50.onnx photos/
     """
     if server is not None:
-        # RAY_ADDRESS in the environment is no request to use Ray for this command
-        typed_ray = ray_address is not None and ray_address != os.environ.get("RAY_ADDRESS")
-        if output is not None or typed_ray:
+        if output is not None or ray_typed(ray_address):
             raise typer.BadParameter(
                 "-o and --ray run the model here or on a cluster; with --server the server runs it",
                 param_hint="--server",
