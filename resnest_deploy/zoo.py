@@ -10,6 +10,7 @@ chart of latency against published top-1.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -17,7 +18,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,20 @@ def _load_previous(path: Path) -> dict[tuple[str, ...], Cell]:
     return {c.key(): c for c in cells}
 
 
+@contextlib.contextmanager
+def _output_folder(folder: Path) -> Iterator[None]:
+    """``folder``, made if missing, and removed again if a run that made it fails before writing
+    anything into it (a missing checkpoint, say): no empty output is left behind."""
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if made and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+
+
 def run_zoo(cfg: ZooConfig, say: Say = lambda _m: None) -> dict[str, Any]:
     """Measure every cell of ``cfg`` not already in ``cfg.output``/zoo.json; write all outputs."""
     from resnest_deploy.compare import compare
@@ -230,58 +245,60 @@ def run_zoo(cfg: ZooConfig, say: Say = lambda _m: None) -> dict[str, Any]:
     bad = [p for p in cfg.precisions if p not in PRECISIONS]
     if bad:
         raise ArtifactError(f"unknown precision {bad[0]!r}; choose from {', '.join(PRECISIONS)}")
-    cfg.output.mkdir(parents=True, exist_ok=True)
-    previous = _load_previous(cfg.output / "zoo.json")
-    peak, here = cpu_peak(), machine_id()
-    rows: list[ArchRow] = []
-    for i, arch in enumerate(cfg.archs, 1):
-        started = time.perf_counter()
-        say(f"[{i}/{len(cfg.archs)}] {arch}")
-        files = _files(arch, cfg, say)
-        stats = graph_stats(files["fp32"])
-        size = get_spec(arch).pretrained.input_size
-        row = ArchRow(arch, size, stats.params, stats.macs, asdict(published(arch)))
-        x = random_inputs(PARITY_COUNT, (size, size), PARITY_SEED)
-        reference = None
-        for precision in cfg.precisions:
-            path = files[precision]
-            digest = sha256_file(path)
-            nodes = graph_stats(path).nodes if precision != "fp32" else stats.nodes
-            for backend in cfg.backends:
-                key = (arch, precision, backend, digest, here)
-                if key in previous:
-                    say(f"  {precision} {backend}: measured before, kept")
-                    row.cells.append(previous[key])
-                    continue
-                say(f"  {precision} {backend}: timing in a fresh process")
-                got = _run_cell(path, backend, cfg)
-                if reference is None:
-                    with OnnxRuntimeRunner(files["fp32"], cache=None) as ref:
-                        reference = ref.infer(x)
-                m = compare(reference, np.asarray(got["logits"], dtype=np.float32))
-                per_s = float(got["images_per_s"])
-                row.cells.append(
-                    Cell(
-                        arch,
-                        precision,
-                        backend,
-                        digest,
-                        here,
-                        {k: float(v) for k, v in got["p50_ms"].items()},
-                        per_s,
-                        round(m.cosine, 6),
-                        round(m.top1, 4),
-                        round(m.rel_max_abs, 6),
-                        round(stats.macs * per_s / peak.macs_per_s(precision), 4) if peak.clock_mhz else 0.0,
-                        nodes,
-                        now(),
+    with _output_folder(cfg.output):
+        previous = _load_previous(cfg.output / "zoo.json")
+        peak, here = cpu_peak(), machine_id()
+        rows: list[ArchRow] = []
+        for i, arch in enumerate(cfg.archs, 1):
+            started = time.perf_counter()
+            say(f"[{i}/{len(cfg.archs)}] {arch}")
+            files = _files(arch, cfg, say)
+            stats = graph_stats(files["fp32"])
+            size = get_spec(arch).pretrained.input_size
+            row = ArchRow(arch, size, stats.params, stats.macs, asdict(published(arch)))
+            x = random_inputs(PARITY_COUNT, (size, size), PARITY_SEED)
+            reference = None
+            for precision in cfg.precisions:
+                path = files[precision]
+                digest = sha256_file(path)
+                nodes = graph_stats(path).nodes if precision != "fp32" else stats.nodes
+                for backend in cfg.backends:
+                    key = (arch, precision, backend, digest, here)
+                    if key in previous:
+                        say(f"  {precision} {backend}: measured before, kept")
+                        row.cells.append(previous[key])
+                        continue
+                    say(f"  {precision} {backend}: timing in a fresh process")
+                    got = _run_cell(path, backend, cfg)
+                    if reference is None:
+                        with OnnxRuntimeRunner(files["fp32"], cache=None) as ref:
+                            reference = ref.infer(x)
+                    m = compare(reference, np.asarray(got["logits"], dtype=np.float32))
+                    per_s = float(got["images_per_s"])
+                    row.cells.append(
+                        Cell(
+                            arch,
+                            precision,
+                            backend,
+                            digest,
+                            here,
+                            {k: float(v) for k, v in got["p50_ms"].items()},
+                            per_s,
+                            round(m.cosine, 6),
+                            round(m.top1, 4),
+                            round(m.rel_max_abs, 6),
+                            round(stats.macs * per_s / peak.macs_per_s(precision), 4)
+                            if peak.clock_mhz
+                            else 0.0,
+                            nodes,
+                            now(),
+                        )
                     )
-                )
-        rows.append(row)
-        say(f"  {arch} done in {time.perf_counter() - started:.0f} s")
-        result = _result(rows, cfg, peak, machine())
-        write_outputs(result, cfg.output)  # after every arch: an interrupted run keeps what it measured
-    return _result(rows, cfg, peak, machine())
+            rows.append(row)
+            say(f"  {arch} done in {time.perf_counter() - started:.0f} s")
+            result = _result(rows, cfg, peak, machine())
+            write_outputs(result, cfg.output)  # after every arch: an interrupted run keeps what it measured
+        return _result(rows, cfg, peak, machine())
 
 
 def _result(rows: list[ArchRow], cfg: ZooConfig, peak: Peak, m: dict[str, Any]) -> dict[str, Any]:

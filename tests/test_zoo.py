@@ -103,3 +103,18 @@ def test_zoo_refuses_unknown_names_before_work(tmp_path: Path, extra: list[str],
     result = cli.invoke(app, ["zoo", "-o", str(tmp_path / "z"), *extra])
     assert result.exit_code != 0 and message in result.output
     assert not (tmp_path / "z" / "models").exists()
+
+
+def test_a_zoo_that_fails_before_writing_leaves_no_output_folder(tmp_path: Path) -> None:
+    out = tmp_path / "z"
+    result = cli.invoke(
+        app, ["zoo", "--archs", "resnest14d", "--weights", str(tmp_path / "missing.pth"), "-o", str(out)]
+    )
+    assert result.exit_code != 0 and "checkpoint not found" in result.output
+    assert not out.exists()
+    kept = tmp_path / "mine"  # a folder the user made is theirs: kept, even empty
+    kept.mkdir()
+    result = cli.invoke(
+        app, ["zoo", "--archs", "resnest14d", "--weights", str(tmp_path / "missing.pth"), "-o", str(kept)]
+    )
+    assert result.exit_code != 0 and kept.is_dir()
