@@ -299,7 +299,7 @@ def _latency_cost(
     """What keeping units in FP32 costs at batch 1, the two files taking turns in one process: for
     the CPU target in ONNX Runtime and (when installed) OpenVINO; for TensorRT through ONNX Runtime's
     TensorRT provider when a GPU is at hand (else the FP32 layer count is the cost known)."""
-    from resnest_deploy import bench
+    from resnest_deploy import timing
     from resnest_deploy._cuda import gpu_count
     from resnest_deploy.runners.openvino import OpenVINORunner
 
@@ -322,7 +322,7 @@ def _latency_cost(
         for backend, make in backends.items():
             try:
                 with make(paths["plain"]) as a, make(paths["searched"]) as b:
-                    ms = bench.interleaved({"plain": a, "searched": b}, x)
+                    ms = timing.interleaved({"plain": a, "searched": b}, x)
             except ResnestDeployError as e:  # a backend that cannot run the file: say so, not fail
                 cost[backend] = {"error": str(e)}
                 continue
