@@ -13,7 +13,7 @@ from helpers import digit_folder
 from PIL import Image
 from typer.testing import CliRunner
 
-from resnest_deploy.bench import bench, to_csv
+from resnest_deploy.bench import bench
 from resnest_deploy.check import check
 from resnest_deploy.cli.app import app
 from resnest_deploy.data import digits
@@ -62,6 +62,8 @@ def test_check_refuses_mismatched_arch_and_missing_files(digits_onnx, tmp_path):
 def test_bench_times_are_measured_not_made_up(digits_onnx, digits_converted):
     """What bench reports fits inside the wall-clock time the call took, and more images per call
     take longer: the figures come from real calls."""
+    from resnest_deploy.reports.bench import to_csv
+
     started = time.perf_counter()
     results = bench(
         ["torch", str(digits_onnx), str(digits_converted["int8-cpu"])], batches=(1, 64), iterations=3
