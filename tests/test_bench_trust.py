@@ -135,6 +135,34 @@ def test_a_steady_runner_is_not_flagged_and_stalls_or_impossible_scaling_are():
     assert all(any("far below" in f for f in r.flags) for r in judge(rows, plan, [None, None]))
 
 
+def test_what_a_user_reads_numbers_each_flagged_row_once_and_rows_travel_whole():
+    """The table's marks and the notes under it agree; an artifact name reaches the terminal with its
+    control characters escaped; a row survives the worker's JSON line and the CSV."""
+    import csv
+    import io
+    from dataclasses import replace
+
+    from resnest_deploy.bench import BenchResult
+    from resnest_deploy.cli._common import SafeConsole
+    from resnest_deploy.reports import bench as report
+
+    with Sleeper(30, 0) as slow_one, Sleeper(2, 0.1) as fast_eight, Sleeper(5, 0) as steady:
+        rows = [measured(slow_one, 1), measured(steady, 1), measured(fast_eight, 8)]
+    rows[1] = replace(rows[1], artifact="\x1b[2Jevil.onnx", backend="other-cpu")
+    rows = [replace(r, timed_s=0.5) for r in judge(rows, BenchPlan(), [None] * 3)]
+    assert [bool(r.flags) for r in rows] == [True, False, True]  # batch 8 quicker than batch 1
+    notes = report.notes(rows)
+    assert [n.mark for n in notes] == ["!1", "!2"] and "batch 8:" in notes[1].text
+    screen = io.StringIO()
+    SafeConsole(file=screen, width=200).print(report.latency_table(rows))
+    lines = screen.getvalue().splitlines()
+    assert "!1" in next(ln for ln in lines if "slee" in ln and " 1 " in ln)
+    assert "\x1b" not in screen.getvalue() and "\\x1b[2Jevil.onnx" in screen.getvalue()
+    assert [BenchResult.from_dict(json.loads(json.dumps(r.as_dict()))) for r in rows] == rows
+    table = list(csv.DictReader(io.StringIO(report.to_csv(rows))))
+    assert [t["flags"] for t in table] == ["; ".join(r.flags) for r in rows]
+
+
 def replace_batch(row, batch: int, p50: float):
     from dataclasses import replace
 
