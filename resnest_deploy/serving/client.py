@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from resnest_deploy import _deps, data, formats
-from resnest_deploy.errors import ArtifactError, ResnestDeployError, first_line
+from resnest_deploy.errors import ArtifactError, ClientError, first_line
 from resnest_deploy.limits import MAX_BATCH
 from resnest_deploy.models import get_spec
 from resnest_deploy.predict import Prediction, top_predictions
@@ -29,10 +29,6 @@ CHUNK = 8
 MAX_SIDE = 8192
 _DATATYPES = {"TYPE_FP32": "FP32", "TYPE_UINT8": "UINT8", "FP32": "FP32", "UINT8": "UINT8"}
 _DEFAULT_PORT = {"http": 8000, "https": 8000, "grpc": 8001, "grpcs": 8001}
-
-
-class ClientError(ResnestDeployError):
-    """The server cannot be reached, or what it serves or answers is not what a classifier serves."""
 
 
 @dataclass(frozen=True)

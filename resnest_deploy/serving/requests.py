@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from resnest_deploy.errors import RequestRejected
+
 #: bytes per element of each KServe v2 datatype; BYTES elements carry their own length
 DTYPE_BYTES = {
     "BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8, "INT8": 1, "INT16": 2, "INT32": 4,
@@ -33,14 +35,6 @@ MAX_ITEMS = 64  # inputs, outputs, parameters of one request
 _TOP_KEYS = {"id", "parameters", "inputs", "outputs"}
 _INPUT_KEYS = {"name", "shape", "datatype", "parameters", "data"}
 _OUTPUT_KEYS = {"name", "parameters"}
-
-
-class RequestRejected(Exception):
-    """A request the front answers itself, with ``status`` and Triton's ``{"error": ...}`` body."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

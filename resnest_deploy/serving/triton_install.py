@@ -27,16 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnest_deploy.errors import MissingDependencyError, ResnestDeployError
+from resnest_deploy.errors import MissingDependencyError, ServeError
 
 INSTALL_HINT = "pip install --no-deps 'nvidia-pytriton>=0.7'"
 #: the environment variable that tells model.py where this interpreter's environment is described
 ENV_FILE_VAR = "RESNEST_DEPLOY_PYTHON_ENV"
 STUB = "triton_python_backend_stub"
-
-
-class ServeError(ResnestDeployError):
-    pass
 
 
 def python_environment() -> dict[str, Any]:
