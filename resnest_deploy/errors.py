@@ -77,12 +77,24 @@ class ParameterError(ResnestDeployError, ValueError):
     """A refused parameter value. The message names each parameter through a function, so the
     library says ``p99_ms`` and the CLI, through :meth:`as_flags`, says ``--p99-ms``."""
 
-    def __init__(self, render: Callable[[Callable[[str], str]], str]) -> None:
+    def __init__(self, render: Callable[..., str], *, exit_code: int = 1) -> None:
         super().__init__(render(str))
-        self.render = render
+        self.render, self.exit_code = render, exit_code
 
     def as_flags(self, flags: Mapping[str, str] | None = None) -> ParameterError:
         """The same error naming each parameter as its CLI option: ``flags`` where it names one,
         else ``--`` and the name with ``-`` for ``_``."""
         known = dict(flags or {})
-        return ParameterError(lambda _n: self.render(lambda p: known.get(p) or "--" + p.replace("_", "-")))
+        named = type(self).__new__(type(self))  # the same class: a ServeParameterError stays one
+        named.__dict__.update(self.__dict__)
+        named.args = (self.render(lambda p: known.get(p) or "--" + p.replace("_", "-")),)
+        return named
+
+
+class ServeParameterError(ParameterError, ServeError):
+    """A parameter of ``serve`` refused: a port, a file it would write."""
+
+
+class ArtifactParameterError(ParameterError, ArtifactError):
+    """A parameter refused where an :class:`ArtifactError` was raised before (a model name, a batch
+    size, a repository or manifest setting): callers that catch ArtifactError still do."""
