@@ -98,3 +98,7 @@ class ServeParameterError(ParameterError, ServeError):
 class ArtifactParameterError(ParameterError, ArtifactError):
     """A parameter refused where an :class:`ArtifactError` was raised before (a model name, a batch
     size, a repository or manifest setting): callers that catch ArtifactError still do."""
+
+
+class ClientParameterError(ParameterError, ClientError):
+    """A parameter of a served prediction refused: the server's address, the model, the arch."""

@@ -9,7 +9,9 @@ itself; endpoints it does not know are answered here (404), never forwarded.
 
 Why llhttp, and what the front checks that llhttp does not: :mod:`.front_http`. The bounds on
 connections and body bytes: :mod:`.front_limits`; large JSON decoded in a worker process:
-:mod:`.front_decode`; the private connection to Triton: :mod:`.front_upstream`.
+:mod:`.front_decode`; the private connection to Triton: :mod:`.front_upstream`. What stays here,
+a little over 350 lines, is one connection's life (accept, read, route, answer, release) and the
+front's own (bind, start, drain, close): split further, a request's path would cross modules.
 
 Bounded: a request's head (size, time), its body (size per endpoint, time), the body bytes held
 across all connections and per client address, the connections per client address, and the decoding
