@@ -334,3 +334,6 @@ def prepare_outputs(
     refuse_overwrite(outs, inputs)
     for o in outs:
         check_destination(o, with_sidecar=with_sidecar)
+
+
+new_temp, process_alive = _new_temp, _alive  # public names for serving/ (H4, issue 30)

@@ -22,8 +22,10 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
+from typer.testing import CliRunner
 
 from resnest_deploy import _io, metadata
+from resnest_deploy.cli.app import app
 from resnest_deploy.data import Transform, digits, digits_batch
 from resnest_deploy.engine import build_engine
 from resnest_deploy.errors import ArtifactError
@@ -252,9 +254,12 @@ def test_serve_cli_refuses_a_busy_port_and_stops_cleanly_on_sigint(digits_onnx, 
     with socket.socket() as busy:
         busy.bind((HOST, http))
         busy.listen()
-        busy_port = f"cannot listen on {HOST}:{http} .*; choose another --http-port"
-        with pytest.raises(ServeError, match=busy_port):
+        busy_port = f"cannot listen on {HOST}:{http} .*; choose another http_port or host"
+        with pytest.raises(ServeError, match=busy_port):  # the library names its parameters
             Ports(http, grpc, metrics, HOST).check_free()
+        ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+        said = CliRunner().invoke(app, ["serve", str(digits_onnx), "--host", HOST, *ports]).output
+        assert "choose another --http-port or --host" in " ".join(said.split()), said  # the CLI its options
     args = [sys.executable, "-m", "resnest_deploy.cli", "serve", str(digits_onnx), "--host", HOST]
     args += ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

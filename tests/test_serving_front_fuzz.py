@@ -208,6 +208,6 @@ def test_framing_mutations_never_reach_the_backend_unchecked(front):
         assert echoed == len(seen), (case, payload[:300], answer[:300])
         forwarded += len(seen)
         refused += answer.count(b'{"error": ')
-    assert front.buffered == 0 and not any(p.by_client for p in front._pools)
+    assert front.buffered == 0 and not any(p.by_client for p in front.admission.pools)
     print(f"{case + 1} cases: {forwarded} requests forwarded, {refused} refused")
     assert forwarded > CASES // 8 and refused > CASES // 5, (forwarded, refused)

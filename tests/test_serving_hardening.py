@@ -237,7 +237,7 @@ def test_model_names_are_matched_whole_and_bounded(digits_onnx, name):
 
 def test_a_log_that_is_a_served_file_is_refused(digits_onnx):
     with (
-        pytest.raises(ServeError, match=r"--log .* is one of the served files"),
+        pytest.raises(ServeError, match=r"^log .* is one of the served files"),  # a parameter, not a flag
         running([digits_onnx], Ports.free(HOST), log=digits_onnx),
     ):
         pass

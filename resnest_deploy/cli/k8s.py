@@ -8,73 +8,88 @@ from typing import Annotated, Any
 import typer
 
 from resnest_deploy.cli._common import JsonOpt, handle_errors, out, print_json
+from resnest_deploy.cli._flags import named_as_flags
+
+RepoArg = Annotated[Path, typer.Argument(help="A model repository written by `resnest-deploy triton`.")]
+OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Folder for the manifests (created).")]
+NameOpt = Annotated[str, typer.Option(help="Name of the Deployment, Service, HPA, ... (DNS label).")]
+NamespaceOpt = Annotated[str, typer.Option(help="Kubernetes namespace.")]
+ImageOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Server image: default resnest-deploy:serve for python-backend repositories; for ONNX "
+        "Runtime / TensorRT models NVIDIA's nvcr.io/nvidia/tritonserver:<yy.mm>-py3 matching the plans."
+    ),
+]
+P99Opt = Annotated[float, typer.Option(min=1, max=600_000, help="Latency budget (p99) the HPA keeps.")]
+ThroughputOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=0.001,
+        help="Images/s one pod serves, as benchmarks/serve_throughput.py measures it; the HPA then "
+        "scales on Triton's pending requests per pod (else on CPU).",
+    ),
+]
+ReplicasOpt = Annotated[int, typer.Option(min=1, max=1000)]
+MemoryOpt = Annotated[
+    int | None, typer.Option(min=64, max=1_048_576, help="Memory request per pod (default: estimated).")
+]
+StartOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="serve's start to ready on your nodes (`serve --status-file F` records it as "
+        "start_to_ready_s); the startup probe allows 3x it, at least a minute. Default: 31.2, "
+        "measured for resnest50 INT8 with a cold cache on a 2-core CPU.",
+    ),
+]
+StorageClassOpt = Annotated[str | None, typer.Option(help="StorageClass of the repository's PVC.")]
+KserveOpt = Annotated[bool, typer.Option(help="A KServe InferenceService (Triton runtime) instead.")]
+MetricsNamespaceOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Namespace of the Prometheus that scrapes Triton's metrics port; the NetworkPolicy "
+        "admits that port from there only (http and grpc from any client). Default: monitoring."
+    ),
+]
+RayJobOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ray-job",
+        help="A KubeRay RayJob that runs `eval` of the repository's ONNX models on a Ray cluster "
+        "instead (checked against KubeRay v1.7.0's CRD); --image must hold resnest-deploy\\[ray-cluster] "
+        "(ray\\[default]: the head's job server): docker build --target runtime --build-arg "
+        "EXTRAS=ray-cluster.",
+    ),
+]
+ImagesClaimOpt = Annotated[
+    str | None, typer.Option(help="With --ray-job: the PVC holding the labelled images (mounted read-only).")
+]
+RayWorkersOpt = Annotated[int, typer.Option(min=1, max=1000, help="With --ray-job: worker pods.")]
+WorkerCpusOpt = Annotated[int, typer.Option(min=1, max=512, help="With --ray-job: CPUs per worker.")]
+WorkerGpusOpt = Annotated[int, typer.Option(min=0, max=16, help="With --ray-job: GPUs per worker.")]
 
 
 @handle_errors
 def k8s_cmd(
-    repo: Annotated[Path, typer.Argument(help="A model repository written by `resnest-deploy triton`.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the manifests (created).")],
-    name: Annotated[
-        str, typer.Option(help="Name of the Deployment, Service, HPA, ... (DNS label).")
-    ] = "resnest",
-    namespace: Annotated[str, typer.Option(help="Kubernetes namespace.")] = "default",
-    image: Annotated[
-        str | None,
-        typer.Option(
-            help="Server image: default resnest-deploy:serve for python-backend repositories; for ONNX "
-            "Runtime / TensorRT models NVIDIA's nvcr.io/nvidia/tritonserver:<yy.mm>-py3 matching the plans."
-        ),
-    ] = None,
-    p99_ms: Annotated[
-        float, typer.Option(min=1, max=600_000, help="Latency budget (p99) the HPA keeps.")
-    ] = 100.0,
-    throughput: Annotated[
-        float | None,
-        typer.Option(
-            min=0.001,
-            help="Images/s one pod serves, as benchmarks/serve_throughput.py measures it; the HPA then "
-            "scales on Triton's pending requests per pod (else on CPU).",
-        ),
-    ] = None,
-    min_replicas: Annotated[int, typer.Option(min=1, max=1000)] = 1,
-    max_replicas: Annotated[int, typer.Option(min=1, max=1000)] = 4,
-    memory_mib: Annotated[
-        int | None, typer.Option(min=64, max=1_048_576, help="Memory request per pod (default: estimated).")
-    ] = None,
-    start_seconds: Annotated[
-        float | None,
-        typer.Option(
-            help="serve's start to ready on your nodes (`serve --status-file F` records it as "
-            "start_to_ready_s); the startup probe allows 3x it, at least a minute. Default: 31.2, "
-            "measured for resnest50 INT8 with a cold cache on a 2-core CPU.",
-        ),
-    ] = None,
-    storage_class: Annotated[str | None, typer.Option(help="StorageClass of the repository's PVC.")] = None,
-    kserve: Annotated[bool, typer.Option(help="A KServe InferenceService (Triton runtime) instead.")] = False,
-    metrics_namespace: Annotated[
-        str | None,
-        typer.Option(
-            help="Namespace of the Prometheus that scrapes Triton's metrics port; the NetworkPolicy "
-            "admits that port from there only (http and grpc from any client). Default: monitoring."
-        ),
-    ] = None,
-    ray_job: Annotated[
-        bool,
-        typer.Option(
-            "--ray-job",
-            help="A KubeRay RayJob that runs `eval` of the repository's ONNX models on a Ray cluster "
-            "instead (checked against KubeRay v1.7.0's CRD); --image must hold resnest-deploy\\[ray-cluster] "
-            "(ray\\[default]: the head's job server): docker build --target runtime --build-arg "
-            "EXTRAS=ray-cluster.",
-        ),
-    ] = False,
-    images_claim: Annotated[
-        str | None,
-        typer.Option(help="With --ray-job: the PVC holding the labelled images (mounted read-only)."),
-    ] = None,
-    ray_workers: Annotated[int, typer.Option(min=1, max=1000, help="With --ray-job: worker pods.")] = 2,
-    worker_cpus: Annotated[int, typer.Option(min=1, max=512, help="With --ray-job: CPUs per worker.")] = 2,
-    worker_gpus: Annotated[int, typer.Option(min=0, max=16, help="With --ray-job: GPUs per worker.")] = 0,
+    repo: RepoArg,
+    output: OutputOpt,
+    name: NameOpt = "resnest",
+    namespace: NamespaceOpt = "default",
+    image: ImageOpt = None,
+    p99_ms: P99Opt = 100.0,
+    throughput: ThroughputOpt = None,
+    min_replicas: ReplicasOpt = 1,
+    max_replicas: ReplicasOpt = 4,
+    memory_mib: MemoryOpt = None,
+    start_seconds: StartOpt = None,
+    storage_class: StorageClassOpt = None,
+    kserve: KserveOpt = False,
+    metrics_namespace: MetricsNamespaceOpt = None,
+    ray_job: RayJobOpt = False,
+    images_claim: ImagesClaimOpt = None,
+    ray_workers: RayWorkersOpt = 2,
+    worker_cpus: WorkerCpusOpt = 2,
+    worker_gpus: WorkerGpusOpt = 0,
     json_out: JsonOpt = False,
 ) -> None:
     """Write Kubernetes manifests that serve a Triton model repository, validated offline.
@@ -92,7 +107,7 @@ def k8s_cmd(
       resnest-deploy k8s triton_repo -o k8s/ --image reg.example/resnest@sha256:DIGEST --metrics-namespace obs
       resnest-deploy k8s triton_repo -o k8s-eval/ --ray-job --image my/resnest-ray:1 --images-claim val
     """
-    from resnest_deploy.serving import kubernetes
+    from resnest_deploy.serving import kubernetes, rayjob
 
     if metrics_namespace is not None and (ray_job or kserve):
         raise typer.BadParameter(
@@ -100,49 +115,34 @@ def k8s_cmd(
             param_hint="--metrics-namespace",
         )
     if ray_job:
-        from resnest_deploy.serving import rayjob
-
         if image is None or images_claim is None:
             raise typer.BadParameter("--ray-job needs --image and --images-claim", param_hint="--ray-job")
-        job = rayjob.ray_job(
-            str(repo),
-            name=name,
-            namespace=namespace,
-            image=image,
-            images_claim=images_claim,
-            workers=ray_workers,
-            worker_cpus=worker_cpus,
-            worker_gpus=worker_gpus,
+        job = rayjob.RayJobOptions(
+            name, namespace, image, images_claim, storage_class, ray_workers, worker_cpus, worker_gpus
         )
-        pvc = kubernetes.manifests(
-            repo, name=name, namespace=namespace, image=image, storage_class=storage_class
-        )
-        docs = {"pvc.yaml": pvc["pvc.yaml"], "rayjob.yaml": job}
-        checked = [
-            *kubernetes.validate({"pvc.yaml": docs["pvc.yaml"]}),
-            f"rayjob.yaml: {rayjob.validate(job)}",
-        ]
+        with named_as_flags():
+            docs, checked = rayjob.job_manifests(repo, job)
         _write(docs, checked, output, json_out, f"the images go into PVC {images_claim} first")
         return
-
-    docs = kubernetes.manifests(
-        repo,
-        name=name,
-        namespace=namespace,
-        image=image,
-        p99_ms=p99_ms,
-        throughput=throughput,
-        min_replicas=min_replicas,
-        max_replicas=max_replicas,
-        memory_mib=memory_mib,
-        start_seconds=start_seconds,
-        storage_class=storage_class,
-        kserve=kserve,
-        metrics_namespace=metrics_namespace or "monitoring",
-    )
+    with named_as_flags():
+        options = kubernetes.ManifestOptions(
+            name,
+            namespace,
+            image,
+            p99_ms,
+            throughput,
+            min_replicas,
+            max_replicas,
+            memory_mib,
+            start_seconds,
+            storage_class,
+            kserve,
+            metrics_namespace or "monitoring",
+        )
+        docs = kubernetes.manifests(repo, options)
     checked = kubernetes.validate(docs)
     if _write(docs, checked, output, json_out, f"the repository goes into PVC {name}-models first"):
-        note = kubernetes.image_note(docs)
+        note = kubernetes.image_note(docs, "--image")
         if note:
             out.print(note)
 

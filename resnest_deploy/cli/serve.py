@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from resnest_deploy.cli._common import Provider, ProviderOpt, err, handle_errors, out
-from resnest_deploy.cli.triton import InstancesOpt, MaxBatchOpt, NamesOpt, QueueDelayOpt
+from resnest_deploy.cli._flags import named_as_flags
+from resnest_deploy.cli.triton import NAMES_FLAG, InstancesOpt, MaxBatchOpt, NamesOpt, QueueDelayOpt
 
 
 @handle_errors
@@ -59,7 +60,6 @@ def serve_cmd(
     from resnest_deploy.serving.server import Ports, serve_forever, start_to_ready_s
 
     check_servable(artifacts)
-
     ports = Ports(http_port, grpc_port, metrics_port, host)
 
     def ready(entries: list) -> None:
@@ -73,18 +73,19 @@ def serve_cmd(
             err.print(f"start to ready: {took:.2f} s (process start, models loaded and warmed up)")
         err.print("Ctrl-C stops the server")
 
-    serve_forever(
-        artifacts,
-        ports,
-        on_ready=ready,
-        names=name,
-        max_batch_size=max_batch_size,
-        queue_delay_us=queue_delay_us,
-        provider=provider.value,
-        instances=instances,
-        log=log,
-        drain_timeout=drain_timeout,
-        admin_api=admin_api,
-        status_file=status_file,
-        say=err.print,
-    )
+    with named_as_flags(NAMES_FLAG):
+        serve_forever(
+            artifacts,
+            ports,
+            on_ready=ready,
+            names=name,
+            max_batch_size=max_batch_size,
+            queue_delay_us=queue_delay_us,
+            provider=provider.value,
+            instances=instances,
+            log=log,
+            drain_timeout=drain_timeout,
+            admin_api=admin_api,
+            status_file=status_file,
+            say=err.print,
+        )

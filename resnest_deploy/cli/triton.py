@@ -8,6 +8,10 @@ from typing import Annotated
 import typer
 
 from resnest_deploy.cli._common import JsonOpt, handle_errors, out, print_json
+from resnest_deploy.cli._flags import named_as_flags
+
+#: the library's ``names`` is the repeated ``--name`` here
+NAMES_FLAG = {"names": "--name"}
 
 RepoOpt = Annotated[Path, typer.Option("--repo", help="Model repository folder (created; models are added).")]
 NamesOpt = Annotated[
@@ -59,17 +63,18 @@ def triton_cmd(
     """
     from resnest_deploy.serving.repository import write_repository
 
-    entries = write_repository(
-        list(artifacts),
-        repo,
-        names=name,
-        python_backend=python_backend,
-        max_batch_size=max_batch_size,
-        queue_delay_us=queue_delay_us,
-        gpu=gpu,
-        tensorrt_accelerator=tensorrt_accelerator,
-        instances=instances,
-    )
+    with named_as_flags(NAMES_FLAG):
+        entries = write_repository(
+            list(artifacts),
+            repo,
+            names=name,
+            python_backend=python_backend,
+            max_batch_size=max_batch_size,
+            queue_delay_us=queue_delay_us,
+            gpu=gpu,
+            tensorrt_accelerator=tensorrt_accelerator,
+            instances=instances,
+        )
     if json_out:
         print_json(
             [

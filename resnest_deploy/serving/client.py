@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from resnest_deploy import _deps, data, formats
-from resnest_deploy.errors import ArtifactError, ResnestDeployError, first_line
+from resnest_deploy.errors import ArtifactError, ClientError, ClientParameterError, first_line
 from resnest_deploy.limits import MAX_BATCH
 from resnest_deploy.models import get_spec
 from resnest_deploy.predict import Prediction, top_predictions
@@ -29,10 +29,6 @@ CHUNK = 8
 MAX_SIDE = 8192
 _DATATYPES = {"TYPE_FP32": "FP32", "TYPE_UINT8": "UINT8", "FP32": "FP32", "UINT8": "UINT8"}
 _DEFAULT_PORT = {"http": 8000, "https": 8000, "grpc": 8001, "grpcs": 8001}
-
-
-class ClientError(ResnestDeployError):
-    """The server cannot be reached, or what it serves or answers is not what a classifier serves."""
 
 
 @dataclass(frozen=True)
@@ -48,18 +44,23 @@ class Endpoint:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         scheme = parts.scheme.lower()
         if scheme not in _DEFAULT_PORT:
-            raise ClientError(
-                f"--server {url!r}: unknown scheme {scheme!r}; use http://HOST:PORT or grpc://HOST:PORT"
+            raise ClientParameterError(
+                lambda n: (
+                    f"{n('server')} {url!r}: unknown scheme {scheme!r}; use http://HOST:PORT or "
+                    "grpc://HOST:PORT"
+                )
             )
         if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.username:
-            raise ClientError(
-                f"--server {url!r} is not HOST:PORT with a scheme; e.g. http://127.0.0.1:8000 or "
-                "grpc://127.0.0.1:8001"
+            raise ClientParameterError(
+                lambda n: (
+                    f"{n('server')} {url!r} is not HOST:PORT with a scheme; e.g. http://127.0.0.1:8000 "
+                    "or grpc://127.0.0.1:8001"
+                )
             )
         try:
             port = parts.port or _DEFAULT_PORT[scheme]
         except ValueError:
-            raise ClientError(f"--server {url!r} has an invalid port") from None
+            raise ClientParameterError(lambda n: f"{n('server')} {url!r} has an invalid port") from None
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         return cls(scheme, f"{host}:{port}")
 
@@ -270,9 +271,11 @@ def describe(config: dict[str, Any], name: str, arch: str | None = None) -> Serv
     else:
         arch = arch or params.get("arch")
         if not arch:
-            raise ClientError(
-                f"model {name!r} records no preprocessing and no arch (not served by resnest-deploy?); "
-                "pass --arch to preprocess as that arch was evaluated"
+            raise ClientParameterError(
+                lambda n: (
+                    f"model {name!r} records no preprocessing and no arch (not served by "
+                    f"resnest-deploy?); pass {n('arch')} to preprocess as that arch was evaluated"
+                )
             )
         transform = data.Transform.from_pretrained(get_spec(arch).pretrained, *hw)
         source = f"the {arch} registry entry"
@@ -296,10 +299,13 @@ def choose_model(conn: Connection, model: str | None) -> str:
     try:
         names = conn.models()
     except ClientError as e:
-        raise ClientError(f"name the model with --model (`serve` prints 'serving NAME'); {e}") from None
+        why = str(e)
+        raise ClientParameterError(
+            lambda n: f"name the model with {n('model')} (`serve` prints 'serving NAME'); {why}"
+        ) from None
     if len(names) != 1:
         listed = ", ".join(names) or "none ready"
-        raise ClientError(f"{conn.endpoint} serves {listed}; name one with --model")
+        raise ClientParameterError(lambda n: f"{conn.endpoint} serves {listed}; name one with {n('model')}")
     return names[0]
 
 

@@ -25,8 +25,8 @@ from resnest_deploy._io import sha256_file
 from resnest_deploy.artifacts import deployable
 from resnest_deploy.data import Transform
 from resnest_deploy.engine.flavour import engine_flavour
-from resnest_deploy.errors import ArtifactError, UnknownArchError
-from resnest_deploy.limits import MAX_BATCH, check_positive
+from resnest_deploy.errors import ArtifactError, ArtifactParameterError, ParameterError, UnknownArchError
+from resnest_deploy.limits import MAX_BATCH, LimitError, check_positive
 from resnest_deploy.models import ModelSpec, get_spec
 from resnest_deploy.serving.pbtxt import Enum, to_text
 
@@ -108,34 +108,21 @@ def model_config(
     provider: str = "cpu",
 ) -> ModelEntry:
     """The config.pbtxt of one artifact (nothing written). Everything in it comes from the file
-    itself, within this tool's bounds: metadata is only trusted for what the graph cannot say."""
+    itself, within this tool's bounds: metadata is only trusted for what the graph cannot say.
+    Messages name parameters; the CLI names its options (:class:`ParameterError`)."""
     info = deployable(artifact, "a Triton model")
     path, kind, meta = Path(info.name), info.kind, info.meta
     name = path.stem if name is None else name
     if len(name) > MAX_NAME or not _NAME.fullmatch(name):
-        raise ArtifactError(
-            f"model name {name[:MAX_NAME]!r} is not a valid Triton model name (letters, digits, '_', '.', "
-            f"'-', at most {MAX_NAME}); pass --name"
-        )
-    check_positive(instances, "--instances", maximum=64)
-    io = interface.of(path, kind, meta)
-    notes: list[str] = []
-    trt = meta.get("tensorrt") or {}
-    flavour = engine_flavour(path) if kind == "engine" else None
-    if kind == "engine" and not python_backend:
-        if flavour != "tensorrt":
-            raise ArtifactError(
-                f"{path} was built by {flavour} (its header says so), but Triton's tensorrt_plan backend is "
-                "full TensorRT: rebuild with --backend tensorrt, or serve the ONNX file (onnxruntime_onnx, "
-                "optionally with --tensorrt-accelerator)"
+        raise ArtifactParameterError(
+            lambda n: (
+                f"model name {name[:MAX_NAME]!r} is not a valid Triton model name (letters, digits, "
+                f"'_', '.', '-', at most {MAX_NAME}); pass {n('name')}"
             )
-        version = trt.get("version", "?")
-        notes.append(
-            f"{name}: built with TensorRT {version}. Serve it with the tritonserver container whose TensorRT "
-            f"is {version} (NGC releases of nvcr.io/nvidia/tritonserver:<yy.mm>-py3 and "
-            "nvcr.io/nvidia/tensorrt:<yy.mm>-py3 of the same yy.mm carry the same TensorRT: build there); "
-            "another version refuses the plan."
         )
+    _positive(instances, "instances", 64)
+    io = interface.of(path, kind, meta)
+    notes = _engine_notes(path, name, kind, meta) if kind == "engine" and not python_backend else []
     if io.batch_min > 1:
         raise ArtifactError(
             f"{path.name}'s optimization profile starts at batch {io.batch_min}, but Triton's batcher forms "
@@ -144,72 +131,126 @@ def model_config(
     # a python model's instances are where its runner runs; an engine always runs on a GPU
     runs_on_gpu = kind == "engine" or provider in ("cuda", "tensorrt")
     gpu = runs_on_gpu if python_backend else gpu or kind == "engine"
+    batch = _batch(io, kind, path, max_batch_size)
+    if queue_delay_us < 0:
+        raise ArtifactError(f"the queue delay must be 0 or more microseconds, got {queue_delay_us}")
+    platform = "python" if python_backend else "tensorrt_plan" if kind == "engine" else "onnxruntime_onnx"
+    config: dict[str, Any] = {"name": name}
+    config["backend" if python_backend else "platform"] = platform
+    config |= _tensors(io, batch)
+    config["dynamic_batching"] = {"max_queue_delay_microseconds": queue_delay_us}
+    config["instance_group"] = [{"count": instances, "kind": Enum("KIND_GPU" if gpu else "KIND_CPU")}]
+    config["model_warmup"] = _warmup(io, batch)
+    if tensorrt_accelerator:
+        if kind != "onnx" or python_backend:
+            raise ArtifactParameterError(
+                lambda n: f"{n('tensorrt_accelerator')} applies to ONNX files served by onnxruntime_onnx"
+            )
+        config["optimization"] = _accelerator(meta)
+    provenance = _provenance(path, meta, io)
+    if python_backend:  # what runs the file inside the python model (see `provider`)
+        if provider not in ("cpu", "openvino", "openvino-bf16", "cuda", "tensorrt"):
+            raise ArtifactError(f"unknown provider {provider!r} for a python-backend model")
+        if kind == "engine" and provider not in ("cpu", "tensorrt", "cuda"):
+            raise ArtifactParameterError(
+                lambda n: f"{n('provider')} {provider} runs .onnx files; an engine runs in TensorRT"
+            )
+        provenance["provider"] = provider
+        if not gpu:  # several CPU instances share the cores instead of each taking them all
+            provenance["threads"] = max(1, (os.cpu_count() or 1) // instances)
+    config["parameters"] = [{"key": k, "value": {"string_value": str(v)}} for k, v in provenance.items()]
+    text = to_text(config) + "\n"
+    return ModelEntry(name, path, platform, batch, text, notes, io.input_dims, io.num_classes)
+
+
+def _positive(value: int, param: str, maximum: int) -> None:
+    """:func:`check_positive`, naming the parameter as the caller knows it."""
+    try:
+        check_positive(value, param, maximum=maximum)
+    except LimitError as e:
+        message = str(e).removeprefix(param)
+        raise ParameterError(lambda n: n(param) + message, exit_code=e.exit_code) from None
+
+
+def _engine_notes(path: Path, name: str, kind: str, meta: dict[str, Any]) -> list[str]:
+    """An engine served by tensorrt_plan: full TensorRT's, and the container its version needs."""
+    flavour = engine_flavour(path)
+    if flavour != "tensorrt":
+        raise ArtifactError(
+            f"{path} was built by {flavour} (its header says so), but Triton's tensorrt_plan backend is "
+            "full TensorRT: rebuild with --backend tensorrt, or serve the ONNX file (onnxruntime_onnx, "
+            "optionally with --tensorrt-accelerator)"
+        )
+    version = (meta.get("tensorrt") or {}).get("version", "?")
+    return [
+        f"{name}: built with TensorRT {version}. Serve it with the tritonserver container whose TensorRT "
+        f"is {version} (NGC releases of nvcr.io/nvidia/tritonserver:<yy.mm>-py3 and "
+        "nvcr.io/nvidia/tensorrt:<yy.mm>-py3 of the same yy.mm carry the same TensorRT: build there); "
+        "another version refuses the plan."
+    ]
+
+
+def _batch(io: Any, kind: str, path: Path, max_batch_size: int | None) -> int:
+    """max_batch_size: as asked, within the file's profile or static batch, and the warm-up's bytes."""
     limit = io.batch_max
     if max_batch_size is not None:
         if limit is not None and max_batch_size > limit:
             what = "engine's optimization profile" if kind == "engine" else "export's static batch"
-            raise ArtifactError(
-                f"max_batch_size {max_batch_size} is above the {what} maximum ({limit}) of {path.name}; "
-                f"use --max-batch-size {limit} or rebuild with a larger --batch-profile"
+            raise ArtifactParameterError(
+                lambda n: (
+                    f"max_batch_size {max_batch_size} is above the {what} maximum ({limit}) of "
+                    f"{path.name}; use {n('max_batch_size')} {limit} or rebuild with a larger --batch-profile"
+                )
             )
-        check_positive(max_batch_size, "--max-batch-size", maximum=MAX_BATCH)
-    batch = max_batch_size or (limit if limit is not None else DEFAULT_MAX_BATCH)
+        _positive(max_batch_size, "max_batch_size", MAX_BATCH)
+    batch: int = max_batch_size or (limit if limit is not None else DEFAULT_MAX_BATCH)
     if io.static_batch and batch != limit:
         raise ArtifactError(f"{path.name} has a static batch of {limit}; it cannot batch {batch}")
-    if queue_delay_us < 0:
-        raise ArtifactError(f"the queue delay must be 0 or more microseconds, got {queue_delay_us}")
     itemsize = {"uint8": 1, "float16": 2}.get(io.dtype, 4)
-    input_type = TRITON_TYPES[io.dtype]
     if batch * io.sample_elements * itemsize > MAX_WARMUP_BYTES:
-        raise ArtifactError(
-            f"a batch of {batch} {io.input_dims} inputs needs more than {MAX_WARMUP_BYTES >> 20} MiB; "
-            "choose a smaller --max-batch-size"
+        raise ArtifactParameterError(
+            lambda n: (
+                f"a batch of {batch} {io.input_dims} inputs needs more than {MAX_WARMUP_BYTES >> 20} "
+                f"MiB; choose a smaller {n('max_batch_size')}"
+            )
         )
-    platform = "python" if python_backend else "tensorrt_plan" if kind == "engine" else "onnxruntime_onnx"
-    dims_input: dict[str, Any] = {"name": io.input_name, "data_type": input_type, "dims": io.input_dims}
+    return batch
+
+
+def _tensors(io: Any, batch: int) -> dict[str, Any]:
+    dims_input: dict[str, Any] = {
+        "name": io.input_name,
+        "data_type": TRITON_TYPES[io.dtype],
+        "dims": io.input_dims,
+    }
     if io.input_dims[0] == 3 or io.layout == "NHWC":
         dims_input["format"] = Enum("FORMAT_NHWC" if io.layout == "NHWC" else "FORMAT_NCHW")
-    config: dict[str, Any] = {"name": name}
-    config["backend" if python_backend else "platform"] = platform
-    config |= {
-        "max_batch_size": batch,
-        "input": [dims_input],
-        "output": [
-            {
-                "name": io.output_name,
-                "data_type": Enum("TYPE_FP32"),
-                "dims": [io.num_classes],
-                "label_filename": "labels.txt",
-            }
-        ],
-        "dynamic_batching": {"max_queue_delay_microseconds": queue_delay_us},
-        "instance_group": [{"count": instances, "kind": Enum("KIND_GPU" if gpu else "KIND_CPU")}],
-        "model_warmup": [
-            {
-                "name": f"batch_{b}",
-                "batch_size": b,
-                "inputs": {
-                    "key": io.input_name,
-                    "value": {"data_type": input_type, "dims": io.input_dims, "zero_data": True},
-                },
-            }
-            for b in sorted({io.batch_min, batch})
-        ],
+    output = {
+        "name": io.output_name,
+        "data_type": Enum("TYPE_FP32"),
+        "dims": [io.num_classes],
+        "label_filename": "labels.txt",
     }
-    if tensorrt_accelerator:
-        if kind != "onnx" or python_backend:
-            raise ArtifactError("--tensorrt-accelerator applies to ONNX files served by onnxruntime_onnx")
-        precision = {"fp16": "FP16", "int8": "INT8"}.get(str(meta.get("precision")), "FP32")
-        config["optimization"] = {
-            "execution_accelerators": {
-                "gpu_execution_accelerator": [
-                    {
-                        "name": "tensorrt",
-                        "parameters": {"key": "precision_mode", "value": precision},
-                    }
-                ]
-            }
-        }
+    return {"max_batch_size": batch, "input": [dims_input], "output": [output]}
+
+
+def _warmup(io: Any, batch: int) -> list[dict[str, Any]]:
+    value = {"data_type": TRITON_TYPES[io.dtype], "dims": io.input_dims, "zero_data": True}
+    return [
+        {"name": f"batch_{b}", "batch_size": b, "inputs": {"key": io.input_name, "value": value}}
+        for b in sorted({io.batch_min, batch})
+    ]
+
+
+def _accelerator(meta: dict[str, Any]) -> dict[str, Any]:
+    """ONNX Runtime's TensorRT execution accelerator, at the file's precision."""
+    precision = {"fp16": "FP16", "int8": "INT8"}.get(str(meta.get("precision")), "FP32")
+    trt = {"name": "tensorrt", "parameters": {"key": "precision_mode", "value": precision}}
+    return {"execution_accelerators": {"gpu_execution_accelerator": [trt]}}
+
+
+def _provenance(path: Path, meta: dict[str, Any], io: Any) -> dict[str, Any]:
+    """What the model's parameters record: where it came from, and how a client preprocesses."""
     provenance = {
         "arch": meta.get("arch"),
         "precision": meta.get("precision"),
@@ -221,14 +262,4 @@ def model_config(
         # what a client must do to an image before sending it: the transform local `predict` uses
         with contextlib.suppress(UnknownArchError):  # an arch this version does not know: none
             provenance["preprocessing"] = json.dumps(transform_record(get_spec(str(meta["arch"])), hw))
-    if python_backend:  # what runs the file inside the python model (see --provider)
-        if provider not in ("cpu", "openvino", "openvino-bf16", "cuda", "tensorrt"):
-            raise ArtifactError(f"unknown provider {provider!r} for a python-backend model")
-        if kind == "engine" and provider not in ("cpu", "tensorrt", "cuda"):
-            raise ArtifactError(f"--provider {provider} runs .onnx files; an engine runs in TensorRT")
-        provenance["provider"] = provider
-        if not gpu:  # several CPU instances share the cores instead of each taking them all
-            provenance["threads"] = max(1, (os.cpu_count() or 1) // instances)
-    config["parameters"] = [{"key": k, "value": {"string_value": str(v)}} for k, v in provenance.items()]
-    text = to_text(config) + "\n"
-    return ModelEntry(name, path, platform, batch, text, notes, io.input_dims, io.num_classes)
+    return provenance

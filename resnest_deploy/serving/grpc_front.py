@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resnest_deploy._deps import require
+from resnest_deploy.errors import GrpcRejected
 from resnest_deploy.serving.requests import MAX_RANK, limit_for
 
 SERVICE = "inference.GRPCInferenceService"
@@ -37,26 +38,22 @@ MAX_CALLS = 64  # calls in flight: with MAX_MESSAGE, what the front may hold
 MAX_CALLS_PER_PEER = MAX_CALLS // 4  # ... and one peer (one client connection)
 
 
-class Rejected(Exception):
-    pass
-
-
 def check_infer(request: Any, limits: Mapping[str, int]) -> None:
     """A decoded ModelInferRequest: each input's shape bounded as over HTTP."""
     limit = limit_for(limits, request.model_name)
     if not request.inputs:
-        raise Rejected("the request has no inputs")
+        raise GrpcRejected("the request has no inputs")
     for item in request.inputs:
         shape = list(item.shape)
         if len(shape) > MAX_RANK or any(d < 0 for d in shape):
-            raise Rejected(f"input {item.name!r} needs a shape of at most {MAX_RANK} non-negative dims")
+            raise GrpcRejected(f"input {item.name!r} needs a shape of at most {MAX_RANK} non-negative dims")
         if math.prod(shape) > limit:
-            raise Rejected(
+            raise GrpcRejected(
                 f"input {item.name!r} declares shape {shape}: more than the {limit} elements a request "
                 "to this model may carry; send a smaller batch"
             )
     if len(request.raw_input_contents) > len(request.inputs):
-        raise Rejected("more raw_input_contents than inputs")
+        raise GrpcRejected("more raw_input_contents than inputs")
 
 
 @dataclass
@@ -168,7 +165,7 @@ class GrpcFront:
                     request = _decode(kind, raw)
                     if check is not None:
                         check(request)
-                except Rejected as e:
+                except GrpcRejected as e:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
                 try:
                     return bytes(
@@ -210,7 +207,7 @@ class GrpcFront:
                     try:
                         request = _decode(kind, raw)
                         check_infer(request, self.limits)
-                    except Rejected as e:  # the call ends here: nothing after it is forwarded
+                    except GrpcRejected as e:  # the call ends here: nothing after it is forwarded
                         ended.append((grpc.StatusCode.INVALID_ARGUMENT, str(e)))
                         upstream.cancel()
                         return
@@ -257,13 +254,13 @@ class GrpcFront:
 
 
 def _decode(kind: Any, raw: bytes) -> Any:
-    """One message of type ``kind`` from the client's bytes; anything else is Rejected."""
+    """One message of type ``kind`` from the client's bytes; anything else is GrpcRejected."""
     from google.protobuf.message import DecodeError
 
     try:
         return kind.FromString(raw)
     except (DecodeError, ValueError, RuntimeError) as e:
-        raise Rejected(f"the message is not a valid {kind.DESCRIPTOR.name}: {e}") from None
+        raise GrpcRejected(f"the message is not a valid {kind.DESCRIPTOR.name}: {e}") from None
 
 
 def _canonical(message: Any) -> bytes:

@@ -11,11 +11,14 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.resources
+import os
 import shlex
+from dataclasses import dataclass
 from typing import Any
 
 from resnest_deploy.errors import ArtifactError
-from resnest_deploy.serving.kubernetes import _DNS, _require, check_image, read_repository
+from resnest_deploy.serving.kubernetes.policy import DNS, check_image, require
+from resnest_deploy.serving.kubernetes.repository import read_repository
 
 KUBERAY_VERSION = "v1.7.0"
 RAY_VERSION = "2.60.0"
@@ -37,7 +40,7 @@ def ray_job(
     memory_mib: int = 4096,
 ) -> dict[str, Any]:
     """The RayJob: `resnest-deploy eval --images /images <each .onnx model> --ray auto --json`."""
-    if not _DNS.fullmatch(name) or not _DNS.fullmatch(namespace) or not _DNS.fullmatch(images_claim):
+    if not DNS.fullmatch(name) or not DNS.fullmatch(namespace) or not DNS.fullmatch(images_claim):
         raise ArtifactError(
             f"{name!r}/{namespace!r}/{images_claim!r}: Kubernetes names are lowercase letters, digits and '-'"
         )
@@ -126,7 +129,7 @@ def crd_schema() -> dict[str, Any]:
     """The v1 RayJob schema of the vendored CRD, strict: where an object lists its properties and
     does not say it keeps unknown fields, an unknown field is an error (the API server would drop
     it silently: a misspelt field never takes effect)."""
-    yaml = _require("yaml")
+    yaml = require("yaml")
     text = (importlib.resources.files("resnest_deploy") / "data" / "kuberay" / CRD_FILE).read_text()
     crd = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
@@ -151,7 +154,7 @@ def _strict(schema: Any) -> Any:
 
 def validate(doc: dict[str, Any]) -> str:
     """The RayJob against KubeRay's CRD schema (jsonschema); one line on the first problem."""
-    jsonschema = _require("jsonschema")
+    jsonschema = require("jsonschema")
     if doc.get("apiVersion") != "ray.io/v1" or doc.get("kind") != "RayJob":
         raise ArtifactError("not a ray.io/v1 RayJob")
     errors = sorted(
@@ -163,3 +166,38 @@ def validate(doc: dict[str, Any]) -> str:
             f"RayJob is not valid against KubeRay {KUBERAY_VERSION}'s CRD at {where}: {errors[0].message}"
         )
     return f"RayJob (KubeRay {KUBERAY_VERSION} CRD schema)"
+
+
+@dataclass(frozen=True)
+class RayJobOptions:
+    """What ``k8s --ray-job`` makes: a RayJob over the repository's ONNX models and its PVC."""
+
+    name: str
+    namespace: str
+    image: str
+    images_claim: str
+    storage_class: str | None = None
+    workers: int = 2
+    worker_cpus: int = 2
+    worker_gpus: int = 0
+
+
+def job_manifests(repo: str | os.PathLike[str], options: RayJobOptions) -> tuple[dict[str, Any], list[str]]:
+    """The RayJob and the models' PVC, by file name, each validated; and what was checked."""
+    from resnest_deploy.serving import kubernetes
+
+    o = options
+    job = ray_job(
+        str(repo),
+        name=o.name,
+        namespace=o.namespace,
+        image=o.image,
+        images_claim=o.images_claim,
+        workers=o.workers,
+        worker_cpus=o.worker_cpus,
+        worker_gpus=o.worker_gpus,
+    )
+    plain = kubernetes.ManifestOptions(o.name, o.namespace, o.image, storage_class=o.storage_class)
+    pvc = kubernetes.manifests(repo, plain)["pvc.yaml"]
+    checked = [*kubernetes.validate({"pvc.yaml": pvc}), f"rayjob.yaml: {validate(job)}"]
+    return {"pvc.yaml": pvc, "rayjob.yaml": job}, checked

@@ -18,7 +18,7 @@ from typing import Any
 
 from resnest_deploy import metadata
 from resnest_deploy._io import atomic_path, external_files, load_onnx
-from resnest_deploy.errors import ArtifactError
+from resnest_deploy.errors import ArtifactError, ArtifactParameterError
 from resnest_deploy.serving.config import ModelEntry, model_config
 
 __all__ = ["PYTHON_MODEL", "ModelEntry", "model_config", "write_repository"]
@@ -47,19 +47,23 @@ def write_repository(
     folder inside the repository and renamed into place whole."""
     repo = Path(repo)
     if names is not None and len(names) != len(artifacts):
-        raise ArtifactError(f"{len(names)} --name for {len(artifacts)} artifacts; give one per artifact")
+        raise ArtifactParameterError(
+            lambda n: f"{len(names)} {n('names')} for {len(artifacts)} artifacts; give one per artifact"
+        )
     entries = [model_config(a, name=names[i] if names else None, **options) for i, a in enumerate(artifacts)]
     seen: set[str] = set()
     for e in entries:
         if e.name in seen:
-            raise ArtifactError(f"two artifacts would be model {e.name!r}; name them apart with --name")
+            raise ArtifactParameterError(
+                lambda n, d=e.name: f"two artifacts would be model {d!r}; name them apart with {n('names')}"
+            )
         seen.add(e.name)
         if repo.resolve() in e.artifact.resolve().parents:
             raise ArtifactError(
                 f"{e.artifact} is inside the repository {repo}; write the repository elsewhere"
             )
     if repo.exists() and not repo.is_dir():
-        raise ArtifactError(f"{repo} is a file, not a folder; choose another --repo")
+        raise ArtifactParameterError(lambda n: f"{repo} is a file, not a folder; choose another {n('repo')}")
     try:
         repo.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -67,7 +71,10 @@ def write_repository(
     with _locked(repo):
         for e in entries:
             if (repo / e.name).exists() or (repo / e.name).is_symlink():
-                raise ArtifactError(f"{repo / e.name} exists; choose another --repo or remove it")
+                taken = repo / e.name
+                raise ArtifactParameterError(
+                    lambda n, t=taken: f"{t} exists; choose another {n('repo')} or remove it"
+                )
         for e in entries:
             _write_model(repo, e)
         if any(e.notes for e in entries):

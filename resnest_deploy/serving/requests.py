@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from resnest_deploy.errors import RequestRejected
+
 #: bytes per element of each KServe v2 datatype; BYTES elements carry their own length
 DTYPE_BYTES = {
     "BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8, "INT8": 1, "INT16": 2, "INT32": 4,
@@ -33,14 +35,6 @@ MAX_ITEMS = 64  # inputs, outputs, parameters of one request
 _TOP_KEYS = {"id", "parameters", "inputs", "outputs"}
 _INPUT_KEYS = {"name", "shape", "datatype", "parameters", "data"}
 _OUTPUT_KEYS = {"name", "parameters"}
-
-
-class RequestRejected(Exception):
-    """A request the front answers itself, with ``status`` and Triton's ``{"error": ...}`` body."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -194,45 +188,10 @@ def _checked_header(header_doc: Any, binary_length: int, max_elements: int) -> t
     offset = 0
     rebuilt = []
     for item in inputs:
-        if not isinstance(item, dict):
-            raise RequestRejected(400, "each input is a JSON object")
-        name = _name(item.get("name"), "each input")
-        if set(item) - _INPUT_KEYS:
-            raise RequestRejected(
-                400, f"unknown key {sorted(set(item) - _INPUT_KEYS)[0][:64]!r} in input {name!r}"
-            )
-        datatype = item.get("datatype")
-        if datatype not in DTYPE_BYTES:
-            raise RequestRejected(400, f"input {name!r} has no known 'datatype' ({', '.join(DTYPE_BYTES)})")
-        shape = _shape(item.get("shape"), name, max_elements)
-        elements = math.prod(shape)
-        out: dict[str, Any] = {"name": name, "shape": shape, "datatype": datatype}
-        params = _parameters(item["parameters"], f"input {name!r}") if "parameters" in item else {}
-        size = params.get("binary_data_size")
+        out, size = _checked_input(item, binary_length - offset, max_elements)
         if size is not None:
-            if "data" in item:
-                raise RequestRejected(400, f"input {name!r} has both 'data' and 'binary_data_size'")
-            if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= binary_length - offset:
-                raise RequestRejected(400, f"input {name!r}: binary_data_size is not within the body")
-            width = DTYPE_BYTES[datatype]
-            if width and size != elements * width:
-                raise RequestRejected(
-                    400, f"input {name!r}: {size} bytes of binary data for {elements} {datatype} elements"
-                )
             binary_inputs += 1
             offset += size
-        elif "data" in item:
-            n = _count(item["data"], datatype, elements)
-            if n != elements:
-                held = f"more than {elements}" if n > elements else str(n)
-                raise RequestRejected(
-                    400, f"input {name!r} holds {held} elements; its shape {shape} says {elements}"
-                )
-            out["data"] = item["data"]
-        elif not any(k.startswith("shared_memory") for k in params):
-            raise RequestRejected(400, f"input {name!r} has no 'data' and no binary_data_size")
-        if params:
-            out["parameters"] = params
         rebuilt.append(out)
     if offset != binary_length:
         raise RequestRejected(
@@ -240,18 +199,65 @@ def _checked_header(header_doc: Any, binary_length: int, max_elements: int) -> t
         )
     doc["inputs"] = rebuilt
     if "outputs" in header_doc:
-        outputs = header_doc["outputs"]
-        if not isinstance(outputs, list) or len(outputs) > MAX_ITEMS:
-            raise RequestRejected(400, f"'outputs' must be a list of at most {MAX_ITEMS} objects")
-        doc["outputs"] = []
-        for item in outputs:
-            if not isinstance(item, dict) or set(item) - _OUTPUT_KEYS:
-                raise RequestRejected(400, "each output is an object with 'name' and optional 'parameters'")
-            o: dict[str, Any] = {"name": _name(item.get("name"), "each output")}
-            if "parameters" in item:
-                o["parameters"] = _parameters(item["parameters"], f"output {o['name']!r}")
-            doc["outputs"].append(o)
+        doc["outputs"] = _checked_outputs(header_doc["outputs"])
     return encode_json(doc), binary_inputs
+
+
+def _checked_input(item: Any, binary_left: int, max_elements: int) -> tuple[dict[str, Any], int | None]:
+    """One input rebuilt, and the bytes of binary data it takes (None: its data is in the JSON or
+    in shared memory); ``binary_left``: what the binary part still holds."""
+    if not isinstance(item, dict):
+        raise RequestRejected(400, "each input is a JSON object")
+    name = _name(item.get("name"), "each input")
+    if set(item) - _INPUT_KEYS:
+        raise RequestRejected(
+            400, f"unknown key {sorted(set(item) - _INPUT_KEYS)[0][:64]!r} in input {name!r}"
+        )
+    datatype = item.get("datatype")
+    if datatype not in DTYPE_BYTES:
+        raise RequestRejected(400, f"input {name!r} has no known 'datatype' ({', '.join(DTYPE_BYTES)})")
+    shape = _shape(item.get("shape"), name, max_elements)
+    elements = math.prod(shape)
+    out: dict[str, Any] = {"name": name, "shape": shape, "datatype": datatype}
+    params = _parameters(item["parameters"], f"input {name!r}") if "parameters" in item else {}
+    size = params.get("binary_data_size")
+    if size is not None:
+        if "data" in item:
+            raise RequestRejected(400, f"input {name!r} has both 'data' and 'binary_data_size'")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= binary_left:
+            raise RequestRejected(400, f"input {name!r}: binary_data_size is not within the body")
+        width = DTYPE_BYTES[datatype]
+        if width and size != elements * width:
+            raise RequestRejected(
+                400, f"input {name!r}: {size} bytes of binary data for {elements} {datatype} elements"
+            )
+    elif "data" in item:
+        n = _count(item["data"], datatype, elements)
+        if n != elements:
+            held = f"more than {elements}" if n > elements else str(n)
+            raise RequestRejected(
+                400, f"input {name!r} holds {held} elements; its shape {shape} says {elements}"
+            )
+        out["data"] = item["data"]
+    elif not any(k.startswith("shared_memory") for k in params):
+        raise RequestRejected(400, f"input {name!r} has no 'data' and no binary_data_size")
+    if params:
+        out["parameters"] = params
+    return out, size
+
+
+def _checked_outputs(outputs: Any) -> list[dict[str, Any]]:
+    if not isinstance(outputs, list) or len(outputs) > MAX_ITEMS:
+        raise RequestRejected(400, f"'outputs' must be a list of at most {MAX_ITEMS} objects")
+    checked = []
+    for item in outputs:
+        if not isinstance(item, dict) or set(item) - _OUTPUT_KEYS:
+            raise RequestRejected(400, "each output is an object with 'name' and optional 'parameters'")
+        o: dict[str, Any] = {"name": _name(item.get("name"), "each output")}
+        if "parameters" in item:
+            o["parameters"] = _parameters(item["parameters"], f"output {o['name']!r}")
+        checked.append(o)
+    return checked
 
 
 #: headers checked already: (the JSON's exact bytes, the binary part's length, the element bound) ->

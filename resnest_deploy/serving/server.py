@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from resnest_deploy._io import refuse_overwrite, write_json
-from resnest_deploy.errors import ArtifactError
+from resnest_deploy.errors import ArtifactError, ServeError, ServeParameterError
 from resnest_deploy.serving.front import Front, FrontLimits
 from resnest_deploy.serving.grpc_front import GrpcFront
 from resnest_deploy.serving.repository import ModelEntry, write_repository
@@ -35,7 +35,7 @@ from resnest_deploy.serving.supervisor import (
     clean_stale_runs,
     stubs_of,
 )
-from resnest_deploy.serving.triton_install import Ports, ServeError, TritonInstall, free_ports
+from resnest_deploy.serving.triton_install import Ports, TritonInstall, free_ports
 
 __all__ = [
     "ADMIN_HEADER",
@@ -58,19 +58,23 @@ def _model_limits(entries: list[ModelEntry]) -> dict[str, int]:
 def refuse_outputs(
     artifacts: Sequence[str | os.PathLike[str]], *, log: Path | None, status_file: Path | None
 ) -> None:
-    """``--log`` and ``--status-file`` never name a served file (or its sidecar), nor each other:
+    """``log`` and ``status_file`` never name a served file (or its sidecar), nor each other:
     the status file is removed on exit, the log appended to."""
-    for option, path in (("--log", log), ("--status-file", status_file)):
+    for option, path in (("log", log), ("status_file", status_file)):
         if path is None:
             continue
         try:
             refuse_overwrite([path], artifacts)
         except ArtifactError:
-            raise ServeError(
-                f"{option} {path} is one of the served files (or its sidecar); choose another path"
+            raise ServeParameterError(
+                lambda n, o=option, p=path: (
+                    f"{n(o)} {p} is one of the served files (or its sidecar); choose another path"
+                )
             ) from None
     if log is not None and status_file is not None and _same_file(log, status_file):
-        raise ServeError(f"--log and --status-file both name {log}; give each its own file")
+        raise ServeParameterError(
+            lambda n: f"{n('log')} and {n('status_file')} both name {log}; give each its own file"
+        )
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -127,7 +131,10 @@ def running(
         try:
             guard.bind()
         except OSError as e:
-            raise ServeError(f"cannot listen on HTTP {e.strerror}; choose another --http-port") from None
+            why = e.strerror
+            raise ServeParameterError(
+                lambda n: f"cannot listen on HTTP {why}; choose another {n('http_port')}"
+            ) from None
         server.guard = guard
         guard.start()  # answers not-ready until Triton is
         say(f"starting tritonserver with {', '.join(e.name for e in entries)}")
@@ -144,7 +151,8 @@ def running(
             try:
                 server.grpc_front.start()
             except OSError as e:
-                raise ServeError(f"{e}; choose another --grpc-port") from None
+                why = str(e)
+                raise ServeParameterError(lambda n: f"{why}; choose another {n('grpc_port')}") from None
             server.start(install.backend_dir(run_dir / "backends"), run_dir)
             server.wait_ready(ready_timeout, should_stop)
             guard.set_ready(True)

@@ -27,16 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnest_deploy.errors import MissingDependencyError, ResnestDeployError
+from resnest_deploy.errors import MissingDependencyError, ServeParameterError
 
 INSTALL_HINT = "pip install --no-deps 'nvidia-pytriton>=0.7'"
 #: the environment variable that tells model.py where this interpreter's environment is described
 ENV_FILE_VAR = "RESNEST_DEPLOY_PYTHON_ENV"
 STUB = "triton_python_backend_stub"
-
-
-class ServeError(ResnestDeployError):
-    pass
 
 
 def python_environment() -> dict[str, Any]:
@@ -126,23 +122,28 @@ class Ports:
     def check_free(self) -> None:
         """Refuse, in one line, a port something else holds (Triton would fail less clearly)."""
         if len({self.http, self.grpc, self.metrics}) != 3:
-            raise ServeError(f"--http-port, --grpc-port and --metrics-port must differ ({self})")
+            raise ServeParameterError(
+                lambda n: f"{n('http_port')}, {n('grpc_port')} and {n('metrics_port')} must differ ({self})"
+            )
         for option, port in (
-            ("--http-port", self.http),
-            ("--grpc-port", self.grpc),
-            ("--metrics-port", self.metrics),
+            ("http_port", self.http),
+            ("grpc_port", self.grpc),
+            ("metrics_port", self.metrics),
         ):
             if not 1 <= port <= 65535:
-                raise ServeError(f"{option} {port} is not a port number")
+                raise ServeParameterError(lambda n, o=option, p=port: f"{n(o)} {p} is not a port number")
             family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
             with socket.socket(family, socket.SOCK_STREAM) as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Triton binds: TIME_WAIT is free
                 try:
                     s.bind((self.host, port))
                 except OSError as e:
-                    raise ServeError(
-                        f"cannot listen on {self.host}:{port} ({e.strerror}); choose another {option} "
-                        "or --host (or stop what holds the port)"
+                    where, why = f"{self.host}:{port}", e.strerror
+                    raise ServeParameterError(
+                        lambda n, a=where, w=why, o=option: (
+                            f"cannot listen on {a} ({w}); choose another {n(o)} "
+                            f"or {n('host')} (or stop what holds the port)"
+                        )
                     ) from None
 
     @classmethod
