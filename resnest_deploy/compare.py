@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from resnest_deploy import metrics
 from resnest_deploy.errors import ParityError
 
 
@@ -81,16 +82,14 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Metrics:
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
     cosine = np.where(norms > 0, (ref * cand).sum(axis=1) / np.where(norms > 0, norms, 1), 1.0)
     cosine = np.where(finite.all(axis=1), cosine, -1.0)
-    ref_top1 = ref.argmax(axis=1)
-    k = min(5, ref.shape[1])
-    cand_topk = np.argsort(-cand, axis=1)[:, :k]
+    agree = metrics.TopK.agreement(cand, ref)
     return Metrics(
         max_abs=max_abs,
         mean_abs=float(diff.mean()) if diff.size else 0.0,
         rel_max_abs=max_abs / max(1.0, float(np.abs(ref).max(initial=0.0))),
         cosine=float(np.nan_to_num(cosine, nan=-1.0).mean()),
-        top1=float((cand_topk[:, 0] == ref_top1).mean()),
-        top5=float((cand_topk == ref_top1[:, None]).any(axis=1).mean()),
+        top1=agree.top1_accuracy,
+        top5=agree.top5_accuracy,
         samples=len(ref),
         nonfinite=nonfinite,
     )

@@ -40,7 +40,7 @@ class NvinferConfig:
 
 
 def class_labels(num_classes: int) -> list[str]:
-    from resnest_deploy.predict import class_names
+    from resnest_deploy.data.classes import class_names
 
     return class_names(num_classes)
 

@@ -11,14 +11,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
-
 from resnest_deploy import data
 from resnest_deploy.artifacts import Lineup, recorded_weights
+from resnest_deploy.data.classes import imagenet_classes
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.executors import Executor, LocalExecutor
-from resnest_deploy.executors.work import ArtifactRef, ClassifyJob, ImageOutcome, RunnerOptions
-from resnest_deploy.labels import imagenet_classes
+from resnest_deploy.executors.work import ArtifactRef, ClassifyJob, RunnerOptions
+from resnest_deploy.metrics import TopK
 from resnest_deploy.models import get_spec
 
 
@@ -33,13 +32,6 @@ class Accuracy:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def topk_hits(outcomes: Sequence[ImageOutcome], labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: whether the best class is the label, and whether the label is among the best five."""
-    top1 = np.array([o.classes[0] == y for o, y in zip(outcomes, labels, strict=True)], dtype=bool)
-    top5 = np.array([y in o.classes[:5] for o, y in zip(outcomes, labels, strict=True)], dtype=bool)
-    return top1, top5
 
 
 def evaluate(
@@ -88,11 +80,9 @@ def evaluate(
                 f"none of the {len(items)} images under {images} decoded{why}; "
                 f"give a folder of {'/'.join(data.IMAGE_FORMATS)} images"
             )
-        top1, top5 = topk_hits(kept, [labelled[o.index][1] for o in kept])
+        hit = TopK.of_ranked([o.classes for o in kept], [labelled[o.index][1] for o in kept])
         results.append(
-            Accuracy(
-                info.name, done.backend, info.precision, float(top1.mean()), float(top5.mean()), len(kept)
-            )
+            Accuracy(info.name, done.backend, info.precision, hit.top1_accuracy, hit.top5_accuracy, len(kept))
         )
     described = {
         "path": str(images),

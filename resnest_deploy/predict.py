@@ -15,10 +15,10 @@ import numpy as np
 
 from resnest_deploy import data
 from resnest_deploy.artifacts import Lineup, recorded_weights
+from resnest_deploy.data.classes import class_names, imagenet_classes
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.executors import Executor, LocalExecutor, Progress, WriteReport
 from resnest_deploy.executors.work import ArtifactRef, ClassifyJob, RunnerOptions, softmax
-from resnest_deploy.labels import class_names, imagenet_classes
 
 __all__ = ["Prediction", "class_names", "imagenet_classes", "predict", "predict_to_file", "softmax"]
 

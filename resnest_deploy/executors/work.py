@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from resnest_deploy import data
+from resnest_deploy.data.classes import class_names
 from resnest_deploy.errors import ArtifactError
-from resnest_deploy.labels import class_names
 from resnest_deploy.models.config import WeightsInfo
 from resnest_deploy.runners import TORCH_NAMES, Runner
 

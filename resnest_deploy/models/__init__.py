@@ -11,14 +11,15 @@ import dataclasses
 import os
 from typing import TYPE_CHECKING, Any
 
-from resnest_deploy.models.config import ArchConfig, WeightsInfo
-from resnest_deploy.models.registry import ModelSpec, PretrainedCfg, get_spec, list_models
+from resnest_deploy.models.config import ArchConfig, ModelParts, WeightsInfo
+from resnest_deploy.models.registry import ModelSpec, PretrainedCfg, get_spec, list_models, parts
 
 if TYPE_CHECKING:
     from resnest_deploy.models.resnest import ResNeSt
 
 __all__ = [
     "ArchConfig",
+    "ModelParts",
     "ModelSpec",
     "PretrainedCfg",
     "ResNeSt",
@@ -28,6 +29,7 @@ __all__ = [
     "get_spec",
     "list_models",
     "load_model",
+    "parts",
 ]
 
 RANDOM_SEED = 0

@@ -6,6 +6,40 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class ModelParts:
+    """The names of a network's parts, as timm's ``_cfg(first_conv=..., classifier=...)`` keeps
+    them: what the INT8 search calls a unit, what INT8 keeps in FP32 by default, where the outlier
+    fixtures plant their channel. Module paths name the PyTorch side; the ONNX side is matched by
+    node-name patterns (regexes), since ``torch.onnx`` names each node by its module scopes
+    (``conv1.3``'s convolution is ``/conv1/conv1.3/Conv``)."""
+
+    #: timm's ``first_conv`` and ``classifier``: module paths
+    first_conv: str = "conv1.0"
+    classifier: str = "fc"
+    #: the deep stem: its norm after the first convolution, and the convolution that reads it
+    stem_norm: str = "conv1.1"
+    stem_next_conv: str = "conv1.3"
+    #: ONNX nodes of the stem (three convolutions) and of the classifier
+    stem_nodes: str = r"^/conv1/"
+    classifier_nodes: str = r"^/fc/"
+    #: ONNX nodes of a block's parts: groups (stage, block index, part, the rest of the name)
+    block_nodes: str = r"^/(layer\d+)/\1\.(\d+)/(conv1|conv2|conv3|downsample)/(.*)$"
+    #: the block part that is the split-attention convolution, with its attention gate inside
+    split_attention: str = "conv2"
+    #: ONNX nodes of the attention gate (fc1, fc2, the radix softmax) inside a split attention
+    gate_nodes: tuple[str, ...] = (r"/conv2/fc[12]/", r"/rsoftmax/")
+
+    @property
+    def keep_fp32_nodes(self) -> tuple[str, ...]:
+        """What INT8 keeps in FP32 by default: the attention gates and the classifier."""
+        return (*self.gate_nodes, self.classifier_nodes)
+
+
+#: every ResNeSt built here (official and timm names alike) names its parts the same way
+RESNEST_PARTS = ModelParts()
+
+
+@dataclass(frozen=True)
 class ArchConfig:
     """Everything that shapes the network; a variant is just one of these."""
 
@@ -18,6 +52,8 @@ class ArchConfig:
     num_classes: int = 1000
     #: planes per stage (x4 out); narrower than ResNet's only for the small digits model
     widths: tuple[int, int, int, int] = (64, 128, 256, 512)
+    #: the names of its parts (first conv, classifier, split attention), read by INT8 and its search
+    parts: ModelParts = RESNEST_PARTS
 
     def num_params(self) -> int:
         """Trainable parameters of the network this describes, counted from the config alone: the

@@ -6,7 +6,7 @@ import difflib
 from dataclasses import dataclass, field
 
 from resnest_deploy.errors import UnknownArchError
-from resnest_deploy.models.config import ArchConfig
+from resnest_deploy.models.config import RESNEST_PARTS, ArchConfig, ModelParts
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -153,3 +153,10 @@ def get_spec(arch: str) -> ModelSpec:
         close = difflib.get_close_matches(arch, _REGISTRY, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "see `resnest-deploy models`."
         raise UnknownArchError(f"unknown arch {arch!r}; {hint}") from None
+
+
+def parts(arch: str | None = None) -> ModelParts:
+    """The names of ``arch``'s parts; the ResNeSt family's for an arch this registry does not know
+    (a file exported elsewhere, or one that records no arch): node names are all they go by."""
+    spec = _REGISTRY.get(arch) if arch else None
+    return spec.arch.parts if spec is not None else RESNEST_PARTS

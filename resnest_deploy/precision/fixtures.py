@@ -27,11 +27,12 @@ def outlier_digits(path: str | os.PathLike[str]) -> Path:
     import torch
 
     from resnest_deploy.export import export_onnx
-    from resnest_deploy.models import load_model
+    from resnest_deploy.models import load_model, parts
 
     model, info = load_model("resnest14d_digits", "pretrained")
-    norm = model.get_submodule("conv1.1")  # the stem: Conv, BN, ReLU, Conv, ...
-    conv = model.get_submodule("conv1.3")
+    names = parts("resnest14d_digits")
+    norm = model.get_submodule(names.stem_norm)  # the stem: Conv, BN, ReLU, Conv, ...
+    conv = model.get_submodule(names.stem_next_conv)
     with torch.no_grad():
         norm.weight[CHANNEL] *= SCALE  # type: ignore[index,operator]
         norm.bias[CHANNEL] *= SCALE  # type: ignore[index,operator]

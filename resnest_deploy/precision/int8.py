@@ -40,9 +40,11 @@ import numpy as np
 
 from resnest_deploy import _deps
 from resnest_deploy._io import external_tensors
+from resnest_deploy.models.config import RESNEST_PARTS
 
-#: node-name patterns kept in FP32 by default: the attention gate and the classifier
-KEEP_FP32_NODES: tuple[str, ...] = (r"/conv2/fc[12]/", r"/rsoftmax/", r"^/fc/")
+#: node-name patterns kept in FP32 by default: the attention gate and the classifier, as the
+#: registry names them (``models.parts``)
+KEEP_FP32_NODES: tuple[str, ...] = RESNEST_PARTS.keep_fp32_nodes
 #: what each target's quantizer offers: ONNX Runtime (CPU) four methods, ModelOpt (TensorRT) two
 METHODS = ("max", "entropy", "percentile", "distribution")
 TENSORRT_METHODS = ("max", "entropy", "percentile")

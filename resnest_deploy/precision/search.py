@@ -24,46 +24,47 @@ from typing import Any
 
 import numpy as np
 
-from resnest_deploy import _deps
+from resnest_deploy import _deps, metrics
 from resnest_deploy.errors import ResnestDeployError
+from resnest_deploy.models import parts
+from resnest_deploy.models.config import RESNEST_PARTS, ModelParts
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
 
 #: the budget `pipeline` searches with: points of top-1 (or of agreement with FP32) INT8 may lose
 DEFAULT_MAX_DROP = 0.5
 #: the ops whose inputs carry Q/DQ in both quantizers' graphs
 COMPUTE_OPS = frozenset({"Conv", "Gemm", "MatMul"})
-_BLOCK = re.compile(r"^/(layer\d+)/\1\.(\d+)/(conv1|conv2|conv3|downsample)/(.*)$")
 
 
 class SearchError(ResnestDeployError):
     pass
 
 
-def unit_of(node_name: str) -> str | None:
-    """The unit a node of an export belongs to (node names carry the module path)."""
-    if node_name.startswith("/conv1/"):
+def unit_of(node_name: str, names: ModelParts = RESNEST_PARTS) -> str | None:
+    """The unit a node of an export belongs to (node names carry the module path; the model's
+    ``names`` of its parts say which)."""
+    if re.search(names.stem_nodes, node_name):
         return "stem"
-    if node_name.startswith("/fc/"):
+    if re.search(names.classifier_nodes, node_name):
         return "classifier"
-    m = _BLOCK.match(node_name)
+    m = re.search(names.block_nodes, node_name)
     if m is None:
         return None
-    layer, block, part, rest = m.groups()
+    layer, block, part, _ = m.groups()
     where = f"{layer}.{block}"
-    if part == "conv2":
-        return (
-            f"{where} attention gate"
-            if rest.startswith(("fc1/", "fc2/", "rsoftmax/"))
-            else f"{where} split-attention conv"
-        )
+    if part == names.split_attention:
+        gate = any(re.search(p, node_name) for p in names.gate_nodes)
+        return f"{where} attention gate" if gate else f"{where} split-attention conv"
     return f"{where} {part}"
 
 
 def units(model: Any) -> dict[str, list[str]]:
     """Unit -> the names of its compute nodes that read a Q/DQ'd input (what INT8 touches)."""
+    recorded = next((p.value for p in model.metadata_props if p.key == "arch"), None)
+    names = parts(recorded)  # the family's names for a file that records no arch we know
     found: dict[str, list[str]] = {}
     for node in _quantized_compute(model):
-        unit = unit_of(node.name)
+        unit = unit_of(node.name, names)
         if unit is not None:
             found.setdefault(unit, []).append(node.name)
     return found
@@ -198,8 +199,11 @@ class Metric:
         return "top-1" if self.labels is not None else "top-1 agreement with FP32"
 
     def of_logits(self, logits: np.ndarray) -> float:
-        target = self.labels if self.labels is not None else self.reference.argmax(1)
-        return float((logits.argmax(1) == target).mean() * 100.0)
+        return 100.0 * metrics.accuracy(self.outcomes(logits))
+
+    def outcomes(self, logits: np.ndarray) -> np.ndarray:
+        """Per image: right by this metric (what a paired test of two files reads)."""
+        return metrics.correct(logits, self.labels, self.reference)
 
     def __call__(self, model: Any) -> float:
         with OnnxRuntimeRunner(model.SerializeToString(), fake_quant=self.fake_quant) as runner:

@@ -27,7 +27,7 @@ LOCK_TIMEOUT_S = 30.0
 
 
 def labels_for(num_classes: int) -> list[str]:
-    from resnest_deploy.predict import class_names
+    from resnest_deploy.data.classes import class_names
 
     return class_names(num_classes)
 

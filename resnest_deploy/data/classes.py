@@ -1,4 +1,6 @@
-"""Class names: ImageNet-1k's from the data package, digits' and fine-tuned heads' as indices."""
+"""Class names: ImageNet-1k's from ``imagenet_classes.txt`` beside this module, digits' and
+fine-tuned heads' as indices. One place for predictions, ``eval``'s synset folders, Triton's label
+file and DeepStream's labels."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ def imagenet_classes() -> tuple[tuple[str, str], ...]:
 
 
 def class_names(num_classes: int) -> list[str]:
+    """ImageNet's names for a 1000-class head, else the class indices as text."""
     if num_classes == 1000:
         return [name for _, name in imagenet_classes()]
     return [str(i) for i in range(num_classes)]
