@@ -21,6 +21,7 @@ from resnest_deploy.data import random_inputs
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.limits import LimitError, check_batch, check_positive
 from resnest_deploy.runners import Runner
+from resnest_deploy.runners.options import RunnerOptions
 
 #: a row is flagged when p90 is this many times p10 (the calls of one cell should agree)
 SPREAD_MAX = 1.5
@@ -336,7 +337,10 @@ def bench(
     for info in lineup.infos:
         started = time.perf_counter()
         with lineup.runner(
-            info, plan.provider, threads=plan.threads, cuda_graphs=plan.cuda_graphs, ov_hint=plan.ov_hint
+            info,
+            RunnerOptions.from_provider(
+                plan.provider, threads=plan.threads, cuda_graphs=plan.cuda_graphs, ov_hint=plan.ov_hint
+            ),
         ) as runner:
             first = None
             for b in plan.batches:

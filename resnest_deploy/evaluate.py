@@ -50,11 +50,15 @@ def evaluate(
     weights: str | None = None,
     batch: int = 16,
     provider: str = "cpu",
+    tensorrt_arithmetic: bool = False,
     advance: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     executor: Executor | None = None,
 ) -> tuple[list[Accuracy], dict[str, Any]]:
-    """Accuracy per artifact; sub-folders are class indices (0, 1, ...) or ImageNet synset ids."""
+    """Accuracy per artifact; sub-folders are class indices (0, 1, ...) or ImageNet synset ids.
+
+    ``tensorrt_arithmetic``: run INT8 files' Q/DQ pairs as float ops (ONNX Runtime on the CPU), the
+    way TensorRT computes a TensorRT-target INT8 file, rather than with the CPU's int8 kernels."""
     lineup = Lineup.of(artifacts, arch, weights, build_model=False)
     classes = {int(i.meta["num_classes"]) for i in lineup.infos if i.meta.get("num_classes")}
     classes.add(get_spec(lineup.arch).arch.num_classes)
@@ -73,7 +77,7 @@ def evaluate(
         job = ClassifyJob(
             ArtifactRef.of(info.name),
             lineup.transform,
-            RunnerOptions(provider, None, batch),
+            RunnerOptions.from_provider(provider, batch=batch, fake_quant=tensorrt_arithmetic),
             arch=lineup.arch,
             weights=runner_weights,
         )

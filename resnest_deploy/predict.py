@@ -61,7 +61,7 @@ def _job(artifact: str, arch: str | None, weights: str | None, topk: int, provid
     return ClassifyJob(
         ArtifactRef.of(artifact),
         lineup.transform,
-        RunnerOptions(provider, None, PREDICT_BATCH),
+        RunnerOptions.from_provider(provider, batch=PREDICT_BATCH),
         topk=topk,
         arch=lineup.arch,
         weights=weights or recorded_weights(lineup.infos),

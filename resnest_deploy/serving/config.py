@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resnest_deploy import formats, interface
+from resnest_deploy import formats
 from resnest_deploy._io import sha256_file
 from resnest_deploy.artifacts import deployable
 from resnest_deploy.data import Transform
@@ -118,7 +118,7 @@ def model_config(
             f"'-', at most {MAX_NAME}); pass --name"
         )
     check_positive(instances, "--instances", maximum=64)
-    io = interface.of(path, kind, meta)
+    io = info.io
     notes: list[str] = []
     trt = meta.get("tensorrt") or {}
     flavour = engine_flavour(path) if kind == "engine" else None
