@@ -17,9 +17,10 @@ from resnest_deploy import data
 from resnest_deploy.artifacts import Lineup, recorded_weights
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.executors import Executor, LocalExecutor
-from resnest_deploy.executors.work import ArtifactRef, ClassifyJob, ImageOutcome, RunnerOptions
+from resnest_deploy.executors.work import ArtifactRef, ClassifyJob, ImageOutcome
 from resnest_deploy.labels import imagenet_classes
 from resnest_deploy.models import get_spec
+from resnest_deploy.runners.options import RunnerOptions
 
 
 @dataclass(frozen=True)
@@ -48,17 +49,16 @@ def evaluate(
     *,
     arch: str | None = None,
     weights: str | None = None,
-    batch: int = 16,
-    provider: str = "cpu",
-    tensorrt_arithmetic: bool = False,
+    options: RunnerOptions | None = None,
     advance: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     executor: Executor | None = None,
 ) -> tuple[list[Accuracy], dict[str, Any]]:
     """Accuracy per artifact; sub-folders are class indices (0, 1, ...) or ImageNet synset ids.
 
-    ``tensorrt_arithmetic``: run INT8 files' Q/DQ pairs as float ops (ONNX Runtime on the CPU), the
-    way TensorRT computes a TensorRT-target INT8 file, rather than with the CPU's int8 kernels."""
+    ``options`` say how every artifact runs (backend, provider, threads, the batch of a chunk); with
+    ``fake_quant`` INT8 files run their Q/DQ pairs as float ops (ONNX Runtime on the CPU), the way
+    TensorRT computes a TensorRT-target INT8 file, rather than with the CPU's int8 kernels."""
     lineup = Lineup.of(artifacts, arch, weights, build_model=False)
     classes = {int(i.meta["num_classes"]) for i in lineup.infos if i.meta.get("num_classes")}
     classes.add(get_spec(lineup.arch).arch.num_classes)
@@ -77,7 +77,7 @@ def evaluate(
         job = ClassifyJob(
             ArtifactRef.of(info.name),
             lineup.transform,
-            RunnerOptions.from_provider(provider, batch=batch, fake_quant=tensorrt_arithmetic),
+            options or RunnerOptions(),
             arch=lineup.arch,
             weights=runner_weights,
         )

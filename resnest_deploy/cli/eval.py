@@ -58,6 +58,7 @@ def eval_cmd(
       resnest-deploy eval --images ~/imagenet/val m.trt-int8.onnx --tensorrt-arithmetic
     """
     from resnest_deploy.evaluate import evaluate
+    from resnest_deploy.runners.options import RunnerOptions
 
     with (
         executor(ray_address) as chosen,
@@ -68,9 +69,9 @@ def eval_cmd(
             images,
             arch=arch,
             weights=weights,
-            batch=chunk_size,
-            provider=provider.value,
-            tensorrt_arithmetic=tensorrt_arithmetic,
+            options=RunnerOptions.from_provider(
+                provider.value, batch=chunk_size, fake_quant=tensorrt_arithmetic
+            ),
             advance=advance,
             on_total=on_total,
             executor=chosen,
