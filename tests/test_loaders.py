@@ -83,7 +83,8 @@ def test_runners_read_no_sidecar_and_set_up_no_cache():
         text = source.read_text()
         found = re.findall(r"sidecar|metadata\.read|\bcache\.|import metadata|import cache\b", text)
         assert not found, f"{source.name}: {found}"
-        assert "resnest_deploy.loaders" not in text, f"{source.name} imports a loader"
+        if source.name != "__init__.py":  # which re-exports open_runner for the old import path
+            assert "resnest_deploy.loaders" not in text, f"{source.name} imports a loader"
 
 
 def test_one_description_of_an_artifact(digits_onnx, digits_converted, tmp_path):

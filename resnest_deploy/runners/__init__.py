@@ -1,8 +1,8 @@
 """Backends behind one interface (after Polygraphy's runners); ``open_runner`` picks one.
 
 A runner is handed what it runs and a :class:`RunnerOptions`; everything checked or set up before
-it runs (sidecars, compatibility, providers, cache folders, CPU probes) is a loader's work, in
-``resnest_deploy.loaders``. The TensorRT runner (and TensorRT itself) is imported only when an
+it runs (what a file says of itself, compatibility, providers, cache folders, CPU probes) is the
+work of ``resnest_deploy.loaders``. The TensorRT runner (and TensorRT itself) is imported only when an
 engine is opened.
 """
 
