@@ -26,6 +26,7 @@ from resnest_deploy.export import export_onnx
 from resnest_deploy.models import load_model
 from resnest_deploy.precision import int8, measure_parity
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
+from resnest_deploy.runners.options import RunnerOptions
 
 CALIB, HELD_OUT = 32, 32
 
@@ -75,7 +76,7 @@ def main() -> None:
             seconds = time.perf_counter() - started
             quantized = onnx.load(dst)
             parity, how = measure_parity(src, quantized, held_out, "int8", "tensorrt", reference)
-            with OnnxRuntimeRunner(quantized.SerializeToString(), fake_quant=True) as runner:
+            with OnnxRuntimeRunner(quantized.SerializeToString(), RunnerOptions(fake_quant=True)) as runner:
                 logits[name] = runner.infer_batched(held_out, 8)
             if i == 1:  # where the float32 bytes left are: read by the nodes kept in FP32, or not
                 kept = set(int8.matching_nodes(quantized, int8.KEEP_FP32_NODES))

@@ -13,6 +13,7 @@ from resnest_deploy import _deps, metadata, reference
 from resnest_deploy.artifacts import Lineup
 from resnest_deploy.compare import TOLERANCES, UNCHECKED, Metrics, Tolerance, compare
 from resnest_deploy.errors import ArtifactError
+from resnest_deploy.runners.options import RunnerOptions
 
 REFERENCES = ("auto", "pytorch", "recorded")
 
@@ -137,7 +138,7 @@ def check(
     results = []
     for info, (x, expected, _) in zip(lineup.infos, cases, strict=True):
         say(f"running {info.name}")
-        with lineup.runner(info, provider) as runner:
+        with lineup.runner(info, RunnerOptions.from_provider(provider)) as runner:
             metrics = compare(expected, runner.infer_batched(x, batch))
             backend = runner.backend
             # an FP32 file computed in BF16 is judged as BF16; an INT8 file stays INT8

@@ -61,7 +61,7 @@ def nvinfer_config(
     check_positive(gie_unique_id, "gie-unique-id", maximum=2**31 - 1)
     form = formats.InputForm.of(meta)
     scale, offsets = form.nvinfer()
-    io = interface.of(path, kind, meta)
+    io = info.io
     if io.layout != "NCHW" or io.input_dims[0] != 3:
         raise ArtifactError(f"{path} takes {io.input_dims}; nvinfer feeds 3 x H x W (re-export)")
     precision = str(meta.get("precision", "fp32"))

@@ -16,9 +16,10 @@ from resnest_deploy.artifacts import Lineup, recorded_weights
 from resnest_deploy.data.classes import imagenet_classes
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.executors import Executor, LocalExecutor
-from resnest_deploy.executors.work import ArtifactRef, ClassifyJob, RunnerOptions
+from resnest_deploy.executors.work import ArtifactRef, ClassifyJob
 from resnest_deploy.metrics import TopK
 from resnest_deploy.models import get_spec
+from resnest_deploy.runners.options import RunnerOptions
 
 
 @dataclass(frozen=True)
@@ -40,13 +41,16 @@ def evaluate(
     *,
     arch: str | None = None,
     weights: str | None = None,
-    batch: int = 16,
-    provider: str = "cpu",
+    options: RunnerOptions | None = None,
     advance: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     executor: Executor | None = None,
 ) -> tuple[list[Accuracy], dict[str, Any]]:
-    """Accuracy per artifact; sub-folders are class indices (0, 1, ...) or ImageNet synset ids."""
+    """Accuracy per artifact; sub-folders are class indices (0, 1, ...) or ImageNet synset ids.
+
+    ``options`` say how every artifact runs (backend, provider, threads, the batch of a chunk); with
+    ``fake_quant`` INT8 files run their Q/DQ pairs as float ops (ONNX Runtime on the CPU), the way
+    TensorRT computes a TensorRT-target INT8 file, rather than with the CPU's int8 kernels."""
     lineup = Lineup.of(artifacts, arch, weights, build_model=False)
     classes = {int(i.meta["num_classes"]) for i in lineup.infos if i.meta.get("num_classes")}
     classes.add(get_spec(lineup.arch).arch.num_classes)
@@ -65,7 +69,7 @@ def evaluate(
         job = ClassifyJob(
             ArtifactRef.of(info.name),
             lineup.transform,
-            RunnerOptions(provider, None, batch),
+            options or RunnerOptions(),
             arch=lineup.arch,
             weights=runner_weights,
         )

@@ -9,24 +9,26 @@ from pathlib import Path
 from typing import Any
 
 from resnest_deploy import metadata
-from resnest_deploy._io import load_onnx, require_file, sha256_file
+from resnest_deploy._io import load_onnx, require_file
+from resnest_deploy.artifacts import Artifact
 from resnest_deploy.engine.flavour import engine_flavour
 from resnest_deploy.errors import ArtifactError, first_line
-from resnest_deploy.runners import artifact_kind
 
 
 def describe(path: str | os.PathLike[str], layers: bool = True) -> dict[str, Any]:
-    kind = artifact_kind(path)
-    if kind == "torch":
+    """What ``inspect`` shows: the artifact's description (``artifacts.Artifact``) as the file has it
+    (its metadata shown, not judged), with its graph's details or an engine's layers."""
+    artifact = Artifact.at(path)
+    if artifact.kind == "torch":
         raise ArtifactError("inspect takes a file (.onnx, .plan); for models use `resnest-deploy models`")
-    path = require_file(path)
+    file = require_file(path)
     info: dict[str, Any] = {
-        "path": str(path),
-        "kind": kind,
-        "bytes": path.stat().st_size,
-        "sha256": sha256_file(path),
+        "path": str(file),
+        "kind": artifact.kind,
+        "bytes": file.stat().st_size,
+        "sha256": artifact.sha256,
     }
-    info |= _onnx(path) if kind == "onnx" else _engine(path, layers)
+    info |= _onnx(file, artifact) if artifact.kind == "onnx" else _engine(file, artifact, layers)
     return info
 
 
@@ -34,7 +36,7 @@ def _dims(value_info: Any) -> list[int | str]:
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
-def _onnx(path: Path) -> dict[str, Any]:
+def _onnx(path: Path, artifact: Artifact) -> dict[str, Any]:
     import onnx
 
     model = load_onnx(path)
@@ -64,28 +66,30 @@ def _onnx(path: Path) -> dict[str, Any]:
         #: what the weights take by precision: an INT8 file with FP32 weights behind Q/DQ is FP32-sized
         "initializer_bytes": dict(stored.most_common()),
         "metadata": metadata.from_onnx(model),
-        "sidecar": metadata.read_sidecar(path),
+        "sidecar": artifact.sidecar,
     }
 
 
-def _engine(path: Path, layers: bool) -> dict[str, Any]:
+def _engine(path: Path, artifact: Artifact, layers: bool) -> dict[str, Any]:
     flavour = engine_flavour(path)
-    sidecar = metadata.read_sidecar(path)
+    sidecar = artifact.sidecar
     out: dict[str, Any] = {"sidecar": sidecar, "flavour": flavour}
     if sidecar:
         keys = ("arch", "precision", "weights", "tensorrt", "target", "input")
         out["metadata"] = {k: sidecar.get(k) for k in keys}
     if layers:
-        out["layers"] = _engine_layers(path, sidecar)
+        out["layers"] = _engine_layers(path)
     return out
 
 
-def _engine_layers(path: Path, sidecar: dict[str, Any] | None) -> Any:
+def _engine_layers(path: Path) -> Any:
     """Per-layer information needs the engine deserialized: a matching TensorRT and a GPU."""
     try:
-        from resnest_deploy.runners.tensorrt import TensorRTRunner
+        from resnest_deploy.loaders import open_runner
+        from resnest_deploy.runners.options import RunnerOptions
 
-        with TensorRTRunner(path) as runner:
+        runner: Any
+        with open_runner(path, RunnerOptions(cache=False)) as runner:
             inspector = runner.engine.create_engine_inspector()
             text = inspector.get_engine_information(runner.trt.LayerInformationFormat.JSON)
             return json.loads(text).get("Layers", text)

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -289,15 +290,21 @@ def of_onnx(model: Any, path: Path) -> dict[str, Any]:
     return {**meta, "precision": actual} if meta else {}
 
 
-def of_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """What an ONNX file or engine says about itself, checked (embedded metadata, else the sidecar)."""
-    path = Path(path)
-    if path.suffix.lower() != ".onnx":
-        return read_sidecar(path) or {}
+def checked_onnx_meta(path: Path, sidecar: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
+    """An ONNX file's checked metadata: embedded, else its sidecar's (``sidecar()`` reads it), with
+    the precision its graph computes in."""
     model = load_onnx(path)  # an unreadable file is an error, not "no metadata"
     meta = of_onnx(model, path)
     if not meta:
-        meta = read_sidecar(path) or {}
+        meta = sidecar() or {}
         if meta:
             meta = {**meta, "precision": graph_precision(model)}
     return meta
+
+
+def of_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What an ONNX file or engine says about itself, checked: ``artifacts.describe(path).meta``,
+    the one description of an artifact (kept for callers that want the dict alone)."""
+    from resnest_deploy.artifacts import describe
+
+    return describe(path).meta

@@ -18,7 +18,8 @@ from resnest_deploy.artifacts import Lineup, recorded_weights
 from resnest_deploy.data.classes import class_names, imagenet_classes
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.executors import Executor, LocalExecutor, Progress, WriteReport
-from resnest_deploy.executors.work import ArtifactRef, ClassifyJob, RunnerOptions, softmax
+from resnest_deploy.executors.work import ArtifactRef, ClassifyJob, softmax
+from resnest_deploy.runners.options import RunnerOptions
 
 __all__ = ["Prediction", "class_names", "imagenet_classes", "predict", "predict_to_file", "softmax"]
 
@@ -56,12 +57,14 @@ def image_list(inputs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], se
     return paths, named
 
 
-def _job(artifact: str, arch: str | None, weights: str | None, topk: int, provider: str) -> ClassifyJob:
+def _job(
+    artifact: str, arch: str | None, weights: str | None, topk: int, options: RunnerOptions | None
+) -> ClassifyJob:
     lineup = Lineup.of([artifact], arch, weights, build_model=False)
     return ClassifyJob(
         ArtifactRef.of(artifact),
         lineup.transform,
-        RunnerOptions(provider, None, PREDICT_BATCH),
+        (options or RunnerOptions()).but(batch=PREDICT_BATCH),
         topk=topk,
         arch=lineup.arch,
         weights=weights or recorded_weights(lineup.infos),
@@ -91,14 +94,14 @@ def predict(
     arch: str | None = None,
     weights: str | None = None,
     topk: int = 5,
-    provider: str = "cpu",
+    options: RunnerOptions | None = None,
     executor: Executor | None = None,
     advance: Progress | None = None,
 ) -> list[Prediction]:
-    """Top-k per image. A file given by name that does not decode is refused; inside a folder it is
-    left out (and ``predict_to_file`` reports it)."""
+    """Top-k per image (``options``: how the artifact runs). A file given by name that does not
+    decode is refused; inside a folder it is left out (and ``predict_to_file`` reports it)."""
     paths, named = image_list(images)
-    job = _job(artifact, arch, weights, topk, provider)
+    job = _job(artifact, arch, weights, topk, options)
     done = (executor or LocalExecutor()).classify(job, [(i, str(p)) for i, p in enumerate(paths)], advance)
     bad = [o for o in done.outcomes if o.error is not None and o.path in named]
     if bad:
@@ -120,7 +123,7 @@ def predict_to_file(
     arch: str | None = None,
     weights: str | None = None,
     topk: int = 5,
-    provider: str = "cpu",
+    options: RunnerOptions | None = None,
     executor: Executor | None = None,
     advance: Progress | None = None,
 ) -> WriteReport:
@@ -134,5 +137,5 @@ def predict_to_file(
     resolved = out.resolve()
     if resolved == Path(artifact).resolve() or any(resolved == p.resolve() for p in paths):
         raise ArtifactError(f"{output} is one of the inputs; write the predictions elsewhere")
-    job = _job(artifact, arch, weights, topk, provider)
+    job = _job(artifact, arch, weights, topk, options)
     return (executor or LocalExecutor()).write(job, [(i, str(p)) for i, p in enumerate(paths)], out, advance)

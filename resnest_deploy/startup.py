@@ -68,15 +68,16 @@ def first_answer(artifact: str, provider: str = "cpu", batch: int = 1) -> dict[s
     """Open ``artifact`` and answer one batch, in this process; what ``measure`` runs in a child."""
     from resnest_deploy.artifacts import Lineup
     from resnest_deploy.data import random_inputs
+    from resnest_deploy.runners.options import RunnerOptions
 
     started = time.perf_counter()
     lineup = Lineup.of([artifact])
-    with lineup.runner(lineup.infos[0], provider) as runner:
+    with lineup.runner(lineup.infos[0], RunnerOptions.from_provider(provider)) as runner:
         runner.infer(random_inputs(batch, lineup.size))
         open_ms = (time.perf_counter() - started) * 1e3
         age = process_age_s()
         inner = getattr(runner, "inner", runner)
-        folder = getattr(inner, "cache", None)
+        folder = getattr(inner, "cache_folder", None)
         return {
             "open_ms": round(open_ms, 1),
             "process_ms": round(age * 1e3, 1) if age is not None else None,

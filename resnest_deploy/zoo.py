@@ -140,13 +140,14 @@ def time_cell(path: str, backend: str, batches: Sequence[int], iterations: int) 
     """Time ``path`` on ``backend`` at each batch and return logits on the parity inputs."""
     from resnest_deploy.artifacts import Lineup
     from resnest_deploy.bench import bench
+    from resnest_deploy.runners.options import RunnerOptions
 
     results = bench([path], batches=batches, iterations=iterations, provider=BACKENDS[backend])
     lineup = Lineup.of([path])
     from resnest_deploy.data import random_inputs
 
     x = random_inputs(PARITY_COUNT, lineup.size, PARITY_SEED)
-    with lineup.runner(lineup.infos[0], BACKENDS[backend]) as runner:
+    with lineup.runner(lineup.infos[0], RunnerOptions.from_provider(BACKENDS[backend])) as runner:
         logits = runner.infer(x)
     return {
         "p50_ms": {str(r.batch): r.p50_ms for r in results},

@@ -117,6 +117,7 @@ def checked(artifact: Path, provider: str = "cpu", chunk: int = 8) -> str:
 def graphs_match(engine: Path) -> str:
     """CUDA graphs on and off, with the shape changing between calls, give the same outputs."""
     from resnest_deploy.artifacts import Lineup
+    from resnest_deploy.runners.options import RunnerOptions
 
     lineup = Lineup.of([engine])
     info = lineup.infos[0]
@@ -125,7 +126,7 @@ def graphs_match(engine: Path) -> str:
     for graphs in (False, True):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with lineup.runner(info, cuda_graphs=graphs) as runner:
+            with lineup.runner(info, RunnerOptions(cuda_graphs=graphs)) as runner:
                 outs[graphs] = [runner.infer(x[:n]) for n in (1, 8, 3, 8, 24, 1)]
         if graphs and caught:
             raise AssertionError(f"graph capture fell back: {caught[0].message}")

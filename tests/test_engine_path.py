@@ -22,8 +22,8 @@ from resnest_deploy.artifacts import Lineup
 from resnest_deploy.bench import bench
 from resnest_deploy.engine import build_engine
 from resnest_deploy.errors import ArtifactError
+from resnest_deploy.loaders import tensorrt_options
 from resnest_deploy.runners.base import InputFormatAdapter, Runner
-from resnest_deploy.runners.onnxruntime import tensorrt_options
 from resnest_deploy.serving.repository import model_config
 
 FORMS = ("float", "uint8-nhwc", "uint8-nchw", "deepstream")

@@ -57,7 +57,7 @@ def test_onnxruntime_log_lines_stay_off_the_terminal_unless_verbose(digits_onnx)
         for verbose in ("0", "1"):
             os.environ["RESNEST_DEPLOY_VERBOSE"] = verbose
             try:
-                with m.OnnxRuntimeRunner({str(digits_onnx)!r}, "cuda"):
+                with m.OnnxRuntimeRunner({str(digits_onnx)!r}, m.RunnerOptions(provider="cuda")):
                     pass
             except Exception as e:
                 sys.stderr.write(f"ours {{verbose}}: {{e}}\\n")

@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from resnest_deploy.cli.app import app
 from resnest_deploy.data import Transform, digits, digits_batch
+from resnest_deploy.loaders import int8_kernels_saturate
 from resnest_deploy.models import get_spec
 from resnest_deploy.precision import calibration, int8
-from resnest_deploy.runners.onnxruntime import int8_kernels_saturate
 
 TRANSFORM = Transform.from_pretrained(get_spec("resnest14d_digits").pretrained)
 QEMU = shutil.which("qemu-x86_64-static")
@@ -31,13 +31,13 @@ QEMU = shutil.which("qemu-x86_64-static")
 RUN = """
 import json, sys, warnings
 import numpy as np
-from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner, int8_kernels_saturate
+from resnest_deploy.loaders import RunnerOptions, int8_kernels_saturate, open_runner
 tag, x = sys.argv[1], np.load(sys.argv[2])
 out = {"saturates": int8_kernels_saturate()}
 for path in sys.argv[3:]:
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        with OnnxRuntimeRunner(path) as runner:
+        with open_runner(path, RunnerOptions(cache=False)) as runner:
             np.save(f"{path}.{tag}.npy", runner.infer(x))
     out[path] = [str(w.message) for w in seen]
 print(json.dumps(out))

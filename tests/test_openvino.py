@@ -11,7 +11,9 @@ from resnest_deploy.cli.app import app
 from resnest_deploy.data import Transform, digits, digits_batch
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.models import get_spec
-from resnest_deploy.runners import open_runner
+from resnest_deploy.runners import RunnerOptions, open_runner
+
+OPENVINO = RunnerOptions.from_provider("openvino")
 
 ov = pytest.importorskip("openvino")  # the dev install has it; CI installs dev
 HAS_BF16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -25,11 +27,11 @@ def test_digits() -> tuple[np.ndarray, np.ndarray]:
 
 def test_fp32_means_f32_execution_and_every_file_runs(digits_onnx, digits_converted, test_digits):
     x, labels = test_digits
-    with open_runner(digits_onnx) as ort_runner, open_runner(digits_onnx, provider="openvino") as ov_runner:
+    with open_runner(digits_onnx) as ort_runner, open_runner(digits_onnx, OPENVINO) as ov_runner:
         assert ov_runner.backend == "openvino-cpu-f32" and ov_runner.computes_in is None
         np.testing.assert_allclose(ov_runner.infer(x[:64]), ort_runner.infer(x[:64]), atol=1e-4)
     for name in ("fp16", "int8", "int8-cpu"):
-        with open_runner(digits_converted[name], provider="openvino") as runner:
+        with open_runner(digits_converted[name], OPENVINO) as runner:
             top1 = (runner.infer_batched(x, 64).argmax(1) == labels).mean()
         assert top1 > 0.99, name
     report = check([digits_onnx, digits_converted["int8-cpu"]], provider="openvino")

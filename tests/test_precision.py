@@ -17,6 +17,7 @@ from resnest_deploy.errors import ArtifactError, ResnestDeployError
 from resnest_deploy.models import get_spec
 from resnest_deploy.precision import calibration, convert
 from resnest_deploy.precision.int8 import KEEP_FP32_NODES, matching_nodes
+from resnest_deploy.runners.options import RunnerOptions
 
 DIGITS = Transform.from_pretrained(get_spec("resnest14d_digits").pretrained)
 
@@ -265,7 +266,7 @@ def test_tensorrt_target_parity_is_tensorrts_arithmetic_and_cpu_target_parity_th
     for key, fake in (("int8", True), ("int8-cpu", False)):
         recorded = metadata.of_artifact(digits_converted[key])["parity"]
         assert ("disable_quant_qdq" in recorded["arithmetic"]) is fake, recorded
-        with OnnxRuntimeRunner(digits_converted[key], fake_quant=fake) as runner:
+        with OnnxRuntimeRunner(digits_converted[key], RunnerOptions(fake_quant=fake)) as runner:
             assert compare(expected, runner.infer(x)).cosine > 0.999
 
 
@@ -285,7 +286,7 @@ def test_tensorrt_int8_weights_stored_as_int8_compute_what_fp32_weights_behind_q
         inits = {t.name for t in model.graph.initializer}
         weights_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits]
         assert bool(weights_q) is not stored  # no QuantizeLinear reads a weight once they are int8
-        with OnnxRuntimeRunner(dst, fake_quant=True) as runner:
+        with OnnxRuntimeRunner(dst, RunnerOptions(fake_quant=True)) as runner:
             logits[stored] = runner.infer(calib.holdout[:64])
         size[stored] = dst.stat().st_size
     np.testing.assert_allclose(logits[True], logits[False], rtol=0, atol=1e-5)

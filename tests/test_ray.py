@@ -143,7 +143,7 @@ def test_eval_on_ray_gives_the_local_answer_image_for_image(cluster, folder, dig
             remote, remote_described = evaluate([digits_onnx], folder, executor=ex)
             paths, _ = image_list([folder])
             items = [(i, str(p)) for i, p in enumerate(paths)]
-            job = _job(str(digits_onnx), None, None, 5, "cpu")
+            job = _job(str(digits_onnx), None, None, 5, None)  # default runner options
             here = LocalExecutor().classify(job, items).outcomes
             there = ex.classify(job, items).outcomes
         finally:

@@ -15,7 +15,7 @@ from resnest_deploy import cache
 from resnest_deploy.cache import CACHE_ENV, MANIFEST, CacheFolder, CacheKey
 from resnest_deploy.cli.app import app
 from resnest_deploy.data import random_inputs
-from resnest_deploy.runners import open_runner
+from resnest_deploy.runners import RunnerOptions, open_runner
 from resnest_deploy.runners.onnxruntime import OPTIMIZED
 
 cli = CliRunner()
@@ -112,17 +112,17 @@ def test_unwritable_root_caches_elsewhere_said_once(
 
 def test_off_switch(monkeypatch: pytest.MonkeyPatch, digits_onnx: Path) -> None:
     monkeypatch.setenv(CACHE_ENV, "off")
-    assert open_runner(digits_onnx).cache is None  # type: ignore[attr-defined]
+    assert open_runner(digits_onnx).cache_folder is None  # type: ignore[attr-defined]
     assert cache.cache_root().name == "resnest_deploy"  # calibration data still has its folder
 
 
 def _logits(
     digits_onnx: Path, provider: str, x: np.ndarray, use_cache: bool = True
 ) -> tuple[np.ndarray, bool]:
-    runner = open_runner(digits_onnx, provider=provider, cache=use_cache)
+    runner = open_runner(digits_onnx, RunnerOptions.from_provider(provider, cache=use_cache))
     with runner:
         y = runner.infer(x)
-    folder = runner.cache  # type: ignore[attr-defined]
+    folder = runner.cache_folder  # type: ignore[attr-defined]
     return y, bool(folder and folder.hit)
 
 
@@ -181,10 +181,10 @@ def test_openvino_compiled_model_cache(root: Path, digits_onnx: Path) -> None:
     plain, _ = _logits(digits_onnx, "openvino", x, use_cache=False)
     _, hit = _logits(digits_onnx, "openvino", x)
     assert not hit
-    runner = open_runner(digits_onnx, provider="openvino")
+    runner = open_runner(digits_onnx, RunnerOptions.from_provider("openvino"))
     with runner:
         warm = runner.infer(x)
-        assert runner.cache.hit and runner.model is None  # the ONNX file was not even read
+        assert runner.cache_folder.hit and runner.model is None  # the ONNX file was not even read
         assert tuple(x.shape) in runner.loaded_from_cache  # type: ignore[attr-defined]
     np.testing.assert_allclose(warm, plain, rtol=1e-4, atol=1e-4)
     (entry,) = (root / "openvino").iterdir()
@@ -193,10 +193,10 @@ def test_openvino_compiled_model_cache(root: Path, digits_onnx: Path) -> None:
     data[len(data) // 2 :] = bytes(len(data) - len(data) // 2)  # zero its second half
     blob.chmod(0o644)
     blob.write_bytes(bytes(data))
-    runner = open_runner(digits_onnx, provider="openvino")
+    runner = open_runner(digits_onnx, RunnerOptions.from_provider("openvino"))
     with runner:
         y = runner.infer(x)
-        assert not runner.cache.hit and not runner.loaded_from_cache  # type: ignore[attr-defined]
+        assert not runner.cache_folder.hit and not runner.loaded_from_cache  # type: ignore[attr-defined]
     np.testing.assert_allclose(y, plain, rtol=1e-4, atol=1e-4)
 
 

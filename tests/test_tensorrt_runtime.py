@@ -10,8 +10,9 @@ import pytest
 from resnest_deploy._cuda import cudart, gpu_count
 from resnest_deploy.engine import build_engine, detect
 from resnest_deploy.errors import ArtifactError, MissingDependencyError
-from resnest_deploy.runners import open_runner
-from resnest_deploy.runners.tensorrt import Profile, TensorRTRunner, check_compatible, numpy_dtype
+from resnest_deploy.loaders.tensorrt import check_compatible
+from resnest_deploy.runners import RunnerOptions, open_runner
+from resnest_deploy.runners.tensorrt import Profile, TensorRTRunner, numpy_dtype
 
 
 def _has_cuda_python() -> bool:
@@ -122,7 +123,8 @@ def test_an_engine_without_cuda_python_names_the_extra_once_a_gpu_is_there(digit
 def test_engine_matches_onnxruntime_on_gpu(digits_onnx, tmp_path, graphs):
     engine = build_engine(digits_onnx, tmp_path / "d.plan", backend="tensorrt", batch=(1, 4, 8))
     x = np.random.default_rng(0).standard_normal((20, 3, 32, 32), dtype=np.float32)  # above the max
-    with open_runner(digits_onnx) as ort_runner, TensorRTRunner(engine.path, cuda_graphs=graphs) as trt:
+    graphed = RunnerOptions(cuda_graphs=graphs)
+    with open_runner(digits_onnx) as ort_runner, open_runner(engine.path, graphed) as trt:
         expected = ort_runner.infer(x)
         for shape in (4, 1, 20, 4):  # buffers and graphs are reused across calls and shapes
             got = trt.infer(x[:shape])

@@ -19,6 +19,7 @@ from resnest_deploy.cpuload import LoadReport, LoadWatch
 from resnest_deploy.data import random_inputs
 from resnest_deploy.limits import check_batch
 from resnest_deploy.runners import Runner
+from resnest_deploy.runners.options import RunnerOptions
 
 #: warm-up ends when the median of the last WINDOW calls is within this of the WINDOW before
 SETTLED = 0.10
@@ -165,7 +166,10 @@ def bench(
     for info in lineup.infos:
         started = time.perf_counter()
         with lineup.runner(
-            info, plan.provider, threads=plan.threads, cuda_graphs=plan.cuda_graphs, ov_hint=plan.ov_hint
+            info,
+            RunnerOptions.from_provider(
+                plan.provider, threads=plan.threads, cuda_graphs=plan.cuda_graphs, ov_hint=plan.ov_hint
+            ),
         ) as runner:
             first = None
             for b in plan.batches:

@@ -36,6 +36,14 @@ def eval_cmd(
     weights: WeightsOptional = None,
     chunk_size: ChunkOpt = 16,
     provider: ProviderOpt = Provider.cpu,
+    tensorrt_arithmetic: Annotated[
+        bool,
+        typer.Option(
+            "--tensorrt-arithmetic",
+            help="Run INT8 files' Q/DQ pairs as float ops, as TensorRT computes a TensorRT-target INT8 "
+            "file (ONNX Runtime on the CPU), instead of the CPU's int8 kernels.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     ray_address: RayOpt = None,
 ) -> None:
@@ -47,8 +55,10 @@ def eval_cmd(
     Examples:
       resnest-deploy eval --images ~/imagenet/val torch m.onnx m.int8.onnx --arch resnest50
       resnest-deploy eval --images ~/imagenet/val m.int8.onnx --ray auto --json
+      resnest-deploy eval --images ~/imagenet/val m.trt-int8.onnx --tensorrt-arithmetic
     """
     from resnest_deploy.evaluate import evaluate
+    from resnest_deploy.runners.options import RunnerOptions
 
     with (
         executor(ray_address) as chosen,
@@ -59,8 +69,9 @@ def eval_cmd(
             images,
             arch=arch,
             weights=weights,
-            batch=chunk_size,
-            provider=provider.value,
+            options=RunnerOptions.from_provider(
+                provider.value, batch=chunk_size, fake_quant=tensorrt_arithmetic
+            ),
             advance=advance,
             on_total=on_total,
             executor=chosen,

@@ -118,6 +118,7 @@ def predict_cmd(
     if not images:
         raise typer.BadParameter("give at least one image after the artifact", param_hint="INPUTS")
     from resnest_deploy.predict import predict, predict_to_file
+    from resnest_deploy.runners.options import RunnerOptions
 
     if output is not None:
         with executor(ray_address) as ex:
@@ -128,7 +129,7 @@ def predict_cmd(
                 arch=arch,
                 weights=weights,
                 topk=topk,
-                provider=provider.value,
+                options=RunnerOptions.from_provider(provider.value),
                 executor=ex,
             )
         if json_out:
@@ -150,7 +151,7 @@ def predict_cmd(
             arch=arch,
             weights=weights,
             topk=topk,
-            provider=provider.value,
+            options=RunnerOptions.from_provider(provider.value),
             executor=ex,
         )
     from resnest_deploy.artifacts import weights_note

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -23,6 +23,7 @@ from resnest_deploy.data.classes import class_names
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.models.config import WeightsInfo
 from resnest_deploy.runners import TORCH_NAMES, Runner
+from resnest_deploy.runners.options import RunnerOptions
 
 #: the top-k every outcome keeps at least: what top-5 accuracy needs
 MIN_TOPK = 5
@@ -49,22 +50,12 @@ class ArtifactRef:
 
 
 @dataclass(frozen=True)
-class RunnerOptions:
-    """How a worker runs the artifact: provider, threads (None: the backend's default) and the
-    inference batch (same runner, same batch: same logits)."""
-
-    provider: str = "cpu"
-    threads: int | None = None
-    batch: int = 16
-
-
-@dataclass(frozen=True)
 class ClassifyJob:
     """Everything a worker needs to classify images with one artifact, all of it picklable."""
 
     artifact: ArtifactRef
     transform: data.Transform
-    options: RunnerOptions = RunnerOptions()
+    options: RunnerOptions = field(default_factory=RunnerOptions)
     topk: int = MIN_TOPK
     #: the arch and weights to build the PyTorch model from, when the artifact is ``torch``
     arch: str | None = None
@@ -148,7 +139,7 @@ class Classifier:
     def __init__(self, job: ClassifyJob, local_path: str | None = None, threads: int | None = None) -> None:
         """``local_path`` is where this worker holds the artifact (checked against its sha256 by
         whoever put it there); ``threads`` overrides the job's (an actor's CPUs)."""
-        from resnest_deploy.artifacts import ArtifactInfo, runner_for
+        from resnest_deploy.artifacts import describe, runner_for
 
         self.job = job
         path = local_path or job.artifact.path
@@ -159,9 +150,9 @@ class Classifier:
             if job.arch is None:
                 raise ArtifactError("'torch' needs a model: pass arch (and weights)")
             model = load_model(job.arch, job.weights)[0]
-        info = ArtifactInfo.of(path)
-        opts = job.options
-        self.runner: Runner = runner_for(info, model, opts.provider, threads=threads or opts.threads)
+        info = describe(path)
+        opts = job.options.but(threads=threads) if threads else job.options
+        self.runner: Runner = runner_for(info, model, opts)
         self.runner.activate()
         self.backend = self.runner.backend
         self.precision = info.precision

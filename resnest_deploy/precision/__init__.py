@@ -38,6 +38,7 @@ from resnest_deploy.precision.job import (
 )
 from resnest_deploy.precision.source import default_output, input_hw, read_source
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
+from resnest_deploy.runners.options import RunnerOptions
 
 if TYPE_CHECKING:
     from resnest_deploy.executors import Executor
@@ -301,6 +302,7 @@ def _latency_cost(
     TensorRT provider when a GPU is at hand (else the FP32 layer count is the cost known)."""
     from resnest_deploy import timing
     from resnest_deploy._cuda import gpu_count
+    from resnest_deploy.loaders import open_runner
     from resnest_deploy.runners.openvino import OpenVINORunner
 
     backends: dict[str, Callable[[Path], Any]] = {}
@@ -309,7 +311,7 @@ def _latency_cost(
         if _deps.has("openvino"):
             backends["openvino-cpu-f32"] = lambda p: OpenVINORunner(p)
     elif gpu_count() > 0:  # ONNX Runtime lists its GPU providers whether or not a GPU is there
-        backends["onnxruntime-tensorrt"] = lambda p: OnnxRuntimeRunner(p, provider="tensorrt")
+        backends["onnxruntime-tensorrt"] = lambda p: open_runner(p, RunnerOptions(provider="tensorrt"))
     if not backends:
         return None
     say(f"timing the plain and the searched INT8 file ({', '.join(backends)})")
@@ -355,7 +357,7 @@ def measure_parity(
     if reference is None:
         with OnnxRuntimeRunner(src, name="source") as ref:
             reference = ref.infer_batched(x)
-    with OnnxRuntimeRunner(model.SerializeToString(), fake_quant=fake_quant) as cand:
+    with OnnxRuntimeRunner(model.SerializeToString(), RunnerOptions(fake_quant=fake_quant)) as cand:
         parity = compare(reference, cand.infer_batched(x))
     if fake_quant:
         return parity, "Q/DQ as float ops (onnxruntime session.disable_quant_qdq): TensorRT's, on any CPU"

@@ -29,6 +29,7 @@ from resnest_deploy.errors import ResnestDeployError
 from resnest_deploy.models import parts
 from resnest_deploy.models.config import RESNEST_PARTS, ModelParts
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
+from resnest_deploy.runners.options import RunnerOptions
 
 #: the budget `pipeline` searches with: points of top-1 (or of agreement with FP32) INT8 may lose
 DEFAULT_MAX_DROP = 0.5
@@ -206,7 +207,8 @@ class Metric:
         return metrics.correct(logits, self.labels, self.reference)
 
     def __call__(self, model: Any) -> float:
-        with OnnxRuntimeRunner(model.SerializeToString(), fake_quant=self.fake_quant) as runner:
+        options = RunnerOptions(fake_quant=self.fake_quant)
+        with OnnxRuntimeRunner(model.SerializeToString(), options) as runner:
             return self.of_logits(runner.infer_batched(self.x, 64))
 
     @property

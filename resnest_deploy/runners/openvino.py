@@ -2,8 +2,8 @@
 
 OpenVINO's default on a CPU with AVX-512-BF16 or AMX is to run an FP32 model in BF16
 (``INFERENCE_PRECISION_HINT``), which is where a silent 2x comes from. Here FP32 means f32
-execution, and BF16 is its own choice (``--provider openvino-bf16``), refused on a CPU without it;
-the compiled model is asked what it will execute in, and a mismatch is an error.
+execution, and BF16 is its own choice (``--provider openvino-bf16``), refused by the loader on a CPU
+without it; the compiled model is asked what it will execute in, and a mismatch is an error.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import numpy as np
 from resnest_deploy import _deps
 from resnest_deploy.errors import ArtifactError, first_line
 from resnest_deploy.runners.base import Runner
+from resnest_deploy.runners.options import RunnerOptions
 
 if TYPE_CHECKING:
     from resnest_deploy.cache import CacheFolder
 
 PRECISIONS = {"f32": "fp32", "bf16": "bf16"}
-HINTS = ("latency", "throughput")
 _OV_TYPE_NAMES = {"f32": "float32", "bf16": "bfloat16"}
 
 
@@ -45,24 +45,23 @@ class OpenVINORunner(Runner):
     def __init__(
         self,
         model: str | os.PathLike[str],
-        precision: str = "f32",
-        hint: str = "latency",
-        threads: int | None = None,
+        options: RunnerOptions | None = None,
+        *,
         name: str | None = None,
         cache: CacheFolder | None = None,
     ) -> None:
+        """``options``: precision (``ov_precision``), hint and threads; the loader checked that this
+        CPU computes in that precision. ``cache``: the compiled-model folder, or None."""
+        options = options or RunnerOptions(backend="openvino")
         super().__init__(name or f"openvino:{os.fspath(model)}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown OpenVINO precision {precision!r}; choose f32 or bf16")
-        if hint not in HINTS:
-            raise ValueError(f"unknown performance hint {hint!r}; choose {' or '.join(HINTS)}")
-        self.path, self.ov_precision, self.hint, self.threads = os.fspath(model), precision, hint, threads
-        self.backend = f"openvino-cpu-{precision}"
+        self.path, self.ov_precision, self.hint = os.fspath(model), options.ov_precision, options.ov_hint
+        self.threads = options.threads
+        self.backend = f"openvino-cpu-{self.ov_precision}"
         #: what the backend computes in when it differs from the file (BF16 for an FP32 file)
-        self.computes_in = PRECISIONS[precision] if precision != "f32" else None
+        self.computes_in = PRECISIONS[self.ov_precision] if self.ov_precision != "f32" else None
         self._compiled: dict[tuple[int, ...], tuple[Any, Any]] = {}
         #: the compiled-model cache folder this runner was handed, or None
-        self.cache = cache
+        self.cache_folder = cache
         self.model: Any = None
         #: shapes whose compiled model came from the cache in this process (tests and bench ask)
         self.loaded_from_cache: set[tuple[int, ...]] = set()
@@ -70,13 +69,7 @@ class OpenVINORunner(Runner):
     def activate_impl(self) -> None:
         ov = _deps.require("openvino")
         self.core = ov.Core()
-        capabilities = self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        if self.ov_precision == "bf16" and "BF16" not in capabilities:
-            raise ArtifactError(
-                "this CPU has no BF16 support (AVX-512-BF16 or AMX), so OpenVINO would emulate or refuse it; "
-                "use --provider openvino (f32)"
-            )
-        if self.cache is None or not self.cache.verified:
+        if self.cache_folder is None or not self.cache_folder.verified:
             self._read()  # read now, so that a bad file fails here; a cache hit may never need it
 
     def _read(self) -> Any:
@@ -104,11 +97,11 @@ class OpenVINORunner(Runner):
     def _from_cache(self, shape: tuple[int, ...], config: dict[str, Any]) -> Any:
         """The compiled model from a blob the cache verified when it was opened, or None. OpenVINO's
         own CACHE_DIR would read and hash the whole model first; importing our blob skips both."""
-        if self.cache is None or self._blob(shape) not in self.cache.verified:
+        if self.cache_folder is None or self._blob(shape) not in self.cache_folder.verified:
             return None
         try:
             compiled = self.core.import_model(
-                (self.cache.path / self._blob(shape)).read_bytes(), "CPU", config
+                (self.cache_folder.path / self._blob(shape)).read_bytes(), "CPU", config
             )
         except Exception:  # a blob this OpenVINO cannot import after all: compile afresh
             return None
@@ -124,15 +117,15 @@ class OpenVINORunner(Runner):
             raise ArtifactError(
                 f"OpenVINO cannot compile {self.path} for the CPU: {_cause(e)}; use --provider cpu"
             ) from e
-        if self.cache is not None:
+        if self.cache_folder is not None:
             import contextlib
 
             from resnest_deploy._io import atomic_path
 
             with contextlib.suppress(Exception):  # caching never fails a run
-                with atomic_path(self.cache.path / self._blob(shape)) as tmp:
+                with atomic_path(self.cache_folder.path / self._blob(shape)) as tmp:
                     tmp.write_bytes(compiled.export_model().getvalue())
-                self.cache.seal()
+                self.cache_folder.seal()
         return compiled
 
     def _compiled_for(self, shape: tuple[int, ...]) -> tuple[Any, Any]:

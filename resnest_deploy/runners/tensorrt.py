@@ -21,156 +21,81 @@ Timing: ``last_inference_ms`` is the whole call, host staging and copies include
 backend is timed; ``device_time_ms`` is the GPU time of the engine's work alone (CUDA events around
 each piece's enqueue, summed), a labelled second figure.
 
-Run on a GPU only by ``scripts/gpu_check.py``; the CPU-side logic (pieces, dtypes, compatibility,
-input forms) is unit-tested.
+The loader (``loaders.tensorrt``) checks what the engine was built for (TensorRT version, GPU), and
+deserializes it; this runner is handed that loader. Run on a GPU only by ``scripts/gpu_check.py``;
+the CPU-side logic (pieces, dtypes, compatibility, input forms) is unit-tested.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import itertools
-import math
-import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from resnest_deploy import metadata
 from resnest_deploy._cuda import Cuda, driver_problem
 from resnest_deploy._io import atomic_path
-from resnest_deploy.engine.flavour import detect, engine_flavour
 from resnest_deploy.errors import ArtifactError
+from resnest_deploy.runners._engine_io import NUMPY_DTYPES, Profile, numpy_dtype
 from resnest_deploy.runners.base import Runner
+from resnest_deploy.runners.options import RunnerOptions
 
 if TYPE_CHECKING:
     from resnest_deploy.cache import CacheFolder
 
+__all__ = ["NUMPY_DTYPES", "EngineSource", "Profile", "TensorRTRunner", "numpy_dtype"]
+
 #: the file of TensorRT-RTX's runtime cache in its registry folder
 RTX_RUNTIME_CACHE = "runtime.cache"
 
-#: TensorRT I/O types we can feed and read from NumPy, by ``trt.DataType`` name
-NUMPY_DTYPES: dict[str, type] = {
-    "FLOAT": np.float32,
-    "HALF": np.float16,
-    "INT8": np.int8,
-    "UINT8": np.uint8,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "BOOL": np.bool_,
-}
 
+class EngineSource(Protocol):
+    """What a loader hands the runner (``loaders.tensorrt.EngineLoader``): the engine's path and
+    flavour, the message for a machine without a GPU, and the call that checks and deserializes it
+    for a GPU's compute capability."""
 
-def numpy_dtype(trt_dtype: Any, tensor: str) -> type:
-    """The NumPy type of a TensorRT I/O tensor; types NumPy cannot hold (BF16, FP8, INT4) are refused."""
-    name = str(trt_dtype).rsplit(".", 1)[-1]
-    if name not in NUMPY_DTYPES:
-        raise ArtifactError(
-            f"engine tensor {tensor!r} is {name}, which NumPy cannot hold; build the engine from an "
-            "ONNX file with FP32/FP16 inputs and outputs (resnest-deploy keeps FP32 I/O)"
-        )
-    return NUMPY_DTYPES[name]
+    @property
+    def path(self) -> Path: ...
 
+    @property
+    def flavour(self) -> str: ...
 
-@dataclass(frozen=True)
-class Profile:
-    """The optimization profile of one input: min, opt and max shapes."""
+    def without_gpu(self, problem: str) -> str: ...
 
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-    def check(self, shape: tuple[int, ...], tensor: str) -> None:
-        if len(shape) != len(self.min) or any(
-            not lo <= s <= hi for s, lo, hi in zip(shape[1:], self.min[1:], self.max[1:], strict=True)
-        ):
-            raise ArtifactError(
-                f"input {tensor!r} of shape {list(shape)} is outside the engine's profile "
-                f"(min {list(self.min)}, max {list(self.max)}); rebuild with another --batch-profile or size"
-            )
-
-    def pieces(self, batch: int) -> list[slice]:
-        """Split ``batch`` into the fewest slices that each lie within [min, max] of the profile,
-        the first ones as large as allowed: 33 on a 2..32 profile runs as 31 + 2. A batch that no
-        such split covers is refused (padding would time work that was not asked for)."""
-        lo, hi = self.min[0], self.max[0]
-        k = max(1, math.ceil(batch / hi))
-        if batch < 1 or k * lo > batch:
-            raise ArtifactError(
-                f"batch {batch} does not split into runs of {lo}..{hi} images (the engine's profile); "
-                "rebuild it with --batch-profile 1,OPT,MAX"
-            )
-        sizes, extra = [lo] * k, batch - k * lo
-        for i in range(k):
-            grow = min(hi - lo, extra)
-            sizes[i] += grow
-            extra -= grow
-        ends = list(itertools.accumulate(sizes))
-        return [slice(end - size, end) for size, end in zip(sizes, ends, strict=True)]
-
-
-def _rebuild_hint(sidecar: dict[str, Any] | None) -> str:
-    src = (sidecar or {}).get("source_onnx", {}).get("path") or "MODEL.onnx"
-    return f"rebuild it here: resnest-deploy build --onnx {src}"
-
-
-def check_compatible(
-    sidecar: dict[str, Any] | None, installed: str, device_cc: tuple[int, int] | None
-) -> None:
-    """An engine only runs on the TensorRT version, and (unless JIT) the GPU, it was built for."""
-    if not sidecar:
-        return
-    built = sidecar.get("tensorrt", {})
-    if built.get("version") and built["version"] != installed:
-        raise ArtifactError(
-            f"engine was built with {built.get('flavour', 'TensorRT')} {built['version']} but "
-            f"{installed} is installed; {_rebuild_hint(sidecar)}"
-        )
-    caps = sidecar.get("target", {}).get("compute_capabilities")
-    if device_cc and isinstance(caps, list) and caps and f"{device_cc[0]}.{device_cc[1]}" not in caps:
-        raise ArtifactError(
-            f"engine targets compute capability {', '.join(caps)} but this GPU is "
-            f"{device_cc[0]}.{device_cc[1]}; {_rebuild_hint(sidecar)}"
-        )
+    def __call__(self, device_cc: tuple[int, int]) -> Any: ...
 
 
 class TensorRTRunner(Runner):
     def __init__(
         self,
-        engine: str | os.PathLike[str],
-        backend: str = "auto",
-        cuda_graphs: bool = False,
+        engine: EngineSource,
+        options: RunnerOptions | None = None,
+        *,
         name: str | None = None,
-        device: int = 0,
         runtime_cache: Callable[[str, str], CacheFolder | None] | None = None,
     ) -> None:
         """``runtime_cache(runtime, gpu)``: the registry's folder for TensorRT-RTX's runtime cache
         (kernels it compiles at run time), opened once the GPU and the version are known."""
-        super().__init__(name or f"tensorrt:{os.fspath(engine)}")
+        options = options or RunnerOptions()
+        super().__init__(name or f"tensorrt:{engine.path}")
+        self.load = engine
         self.runtime_cache = runtime_cache
         self._rtx_cache: tuple[Any, CacheFolder] | None = None
-        self.device = device  # a Triton instance's model_instance_device_id
-        self.path = Path(engine)
-        self.sidecar = metadata.read_sidecar(self.path)
-        self.requested = engine_flavour(self.path) if backend == "auto" else backend  # the header decides
-        self.backend = self.requested
-        self.cuda_graphs = cuda_graphs
+        self.device = options.device  # a Triton instance's model_instance_device_id
+        self.path = engine.path
+        self.backend = engine.flavour  # the header decides
+        self.cuda_graphs = options.cuda_graphs
 
     # -- set-up -------------------------------------------------------------------------------------
 
     def activate_impl(self) -> None:
         problem = driver_problem()  # before anything asks for cuda-python or TensorRT to be installed
         if problem:
-            source = ((self.sidecar or {}).get("source_onnx") or {}).get("path")
-            onnx = Path(str(source)).name if source else "the ONNX file it was built from"
-            raise ArtifactError(
-                f"{self.path.name} is a TensorRT engine, which runs only on an NVIDIA GPU, and {problem}; "
-                f"run {onnx} here instead, or the engine on the GPU machine it was built for"
-            )
+            raise ArtifactError(self.load.without_gpu(problem))
         cuda = self.cuda = Cuda()
         self._held: list[tuple[str, Any]] = []  # (free function, handle): everything to release
         try:
@@ -184,17 +109,11 @@ class TensorRTRunner(Runner):
             raise ArtifactError(f"{self.path.name} needs a CUDA GPU to run; none is visible")
         cuda("cudaSetDevice", self.device)
         props = cuda("cudaGetDeviceProperties", self.device)
-        flavour = detect(self.requested)
+        loaded = self.load((props.major, props.minor))
+        flavour = loaded.flavour
         self.backend = flavour.backend
-        check_compatible(self.sidecar, flavour.version, (props.major, props.minor))
-        self.trt = trt = flavour.module
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
-        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
-        if self.engine is None:
-            raise ArtifactError(
-                f"{flavour.backend} {flavour.version} cannot load {self.path.name} (built for another "
-                f"version, GPU or platform?); {_rebuild_hint(self.sidecar)}"
-            )
+        self.trt = trt = loaded.module
+        self.runtime, self.engine = loaded.runtime, loaded.engine
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.inputs = [n for n in names if is_input[n]]
@@ -277,23 +196,23 @@ class TensorRTRunner(Runner):
         folder = self.runtime_cache(self._version, self._cc)
         if folder is None:
             return
-        cache = config.create_runtime_cache()
+        kept = config.create_runtime_cache()
         if RTX_RUNTIME_CACHE in folder.verified:
             blob = (folder.path / RTX_RUNTIME_CACHE).read_bytes()
-            if not cache.deserialize(blob):
-                cache.reset()
-        config.set_runtime_cache(cache)
-        self._rtx_cache = (cache, folder)
+            if not kept.deserialize(blob):
+                kept.reset()
+        config.set_runtime_cache(kept)
+        self._rtx_cache = (kept, folder)
 
     def _save_runtime_cache(self) -> None:
         """What TensorRT-RTX compiled in this process, written atomically and sealed; caching never
         fails a run."""
         if self._rtx_cache is None:
             return
-        cache, folder = self._rtx_cache
+        kept, folder = self._rtx_cache
         self._rtx_cache = None
         with contextlib.suppress(Exception):
-            blob = bytes(cache.serialize())
+            blob = bytes(kept.serialize())
             if blob:
                 with atomic_path(folder.path / RTX_RUNTIME_CACHE) as tmp:
                     tmp.write_bytes(blob)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resnest_deploy import formats, interface
+from resnest_deploy import formats
 from resnest_deploy._io import sha256_file
 from resnest_deploy.artifacts import deployable
 from resnest_deploy.data import Transform
@@ -121,7 +121,7 @@ def model_config(
             )
         )
     _positive(instances, "instances", 64)
-    io = interface.of(path, kind, meta)
+    io = info.io
     notes = _engine_notes(path, name, kind, meta) if kind == "engine" and not python_backend else []
     if io.batch_min > 1:
         raise ArtifactError(

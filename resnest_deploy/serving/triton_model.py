@@ -50,7 +50,8 @@ _exit_with_triton()
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402  # provided by Triton's python backend
 
-from resnest_deploy.runners import open_runner  # noqa: E402
+from resnest_deploy.loaders import open_runner  # noqa: E402
+from resnest_deploy.runners.options import RunnerOptions  # noqa: E402
 
 #: DLPack's name for a consumed capsule, which numpy's capsule deleter leaves alone; kept alive
 #: here because a capsule keeps a pointer to its name
@@ -103,7 +104,8 @@ class TritonPythonModel:
         threads = int(params["threads"]) if params.get("threads") else None
         device = int(args.get("model_instance_device_id") or 0)  # the GPU of a KIND_GPU instance
         try:
-            self.runner = open_runner(artifact, provider=provider, threads=threads, device=device)
+            options = RunnerOptions.from_provider(provider, threads=threads, device=device)
+            self.runner = open_runner(artifact, options)
             self.runner.activate()
             if artifact.suffix == ".onnx":
                 _warm_up(self.runner, config["input"][0])
