@@ -20,7 +20,7 @@ from helpers import digit_folder
 
 from resnest_deploy.data import Transform, digits, digits_batch
 from resnest_deploy.executors import LocalExecutor
-from resnest_deploy.executors.work import ArtifactRef, ClassifyJob, RunnerOptions, classify_shard
+from resnest_deploy.executors.work import ArtifactRef, ClassifyJob, classify_shard
 from resnest_deploy.models import get_spec
 from resnest_deploy.precision.search import Metric, TrialInputs, trial, units
 
@@ -60,7 +60,7 @@ def transform() -> Transform:
 def test_a_shard_of_images_travels_and_gives_the_same_outcomes(tmp_path, digits_onnx, transform):
     folder = digit_folder(tmp_path / "val", per_class=3)
     items = [(i, str(p)) for i, p in enumerate(sorted(folder.rglob("*.png")))]
-    job = ClassifyJob(ArtifactRef.of(digits_onnx), transform, RunnerOptions(batch=8), topk=3)
+    job = ClassifyJob(ArtifactRef.of(digits_onnx), transform, topk=3)  # the default runner options
     assert pickle.loads(pickle.dumps(job)) == job and pickle.loads(pickle.dumps(items)) == items
 
     here = classify_shard(job, items)
