@@ -192,7 +192,7 @@ def test_cli_on_ray_prints_one_json_document_and_writes_the_local_rows(
 
 
 def test_a_node_checks_the_artifact_it_was_sent(tmp_path, digits_onnx):
-    from resnest_deploy.executors.ray_cluster import node_copy
+    from resnest_deploy.executors.ray_node import node_copy
 
     ref = ArtifactRef.of(digits_onnx)
     blob = digits_onnx.read_bytes()
@@ -350,7 +350,7 @@ def test_quantize_searches_on_ray_to_the_local_result(cluster, tmp_path):
 
 def test_a_node_keeps_only_its_most_recently_used_artifacts(tmp_path, digits_onnx):
     """Node-local copies were never removed: every model a cluster evaluated stayed in /tmp."""
-    from resnest_deploy.executors.ray_cluster import KEEP_RECENT_S, node_copy, prune
+    from resnest_deploy.executors.ray_node import KEEP_RECENT_S, node_copy, prune
 
     cache = tmp_path / "cache"
     old = time.time() - 10 * KEEP_RECENT_S
