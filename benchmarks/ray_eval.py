@@ -68,7 +68,7 @@ def make_files(folder: Path, r50_images: int) -> dict[str, tuple[Path, Path]]:
     from resnest_deploy.data import digits
     from resnest_deploy.export import export_onnx
     from resnest_deploy.models import load_model
-    from resnest_deploy.precision import calibration, convert
+    from resnest_deploy.precision import ConversionConfig, RunOptions, calibration, convert
 
     model, info = load_model("resnest14d_digits", "pretrained")
     digits_onnx = export_onnx(model, folder / "digits.onnx", weights=info).path
@@ -83,11 +83,9 @@ def make_files(folder: Path, r50_images: int) -> dict[str, tuple[Path, Path]]:
     r50 = convert(
         src,
         folder / "r50.int8-cpu.onnx",
-        precision="int8",
-        target="cpu",
-        calib=calib,
-        tolerance=UNCHECKED,
-        use_cache=False,
+        ConversionConfig("int8", "cpu", tolerance=UNCHECKED),
+        calib,
+        RunOptions(use_cache=False),
     ).path
     rng = np.random.default_rng(1)
     (folder / "photos" / "0").mkdir(parents=True)
