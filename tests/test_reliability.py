@@ -273,30 +273,26 @@ def test_the_conversion_cache_key_covers_every_setting(digits_onnx):
     from resnest_deploy.precision.job import Job as _Job
 
     calib = calibration.from_digits(DIGITS, count=8)
-    base = dict(
-        src=digits_onnx,
-        src_sha256="0",
-        precision="fp16",
-        target="tensorrt",
-        calib=calib,
-        method="max",
-        keep=[],
-        form=InputForm(),
-        hw=(32, 32),
-    )
+    base = dict(src=digits_onnx, src_sha256="0", calib=calib, form=InputForm(), hw=(32, 32))
+
+    def _job(**settings: object) -> _Job:
+        return _Job(
+            **base, config=ConversionConfig(**{"precision": "fp16", "keep_fp32_nodes": (), **settings})
+        )
+
     keys = {
-        _Job(**base, keep_fp32_ops=("Softmax",)).cache_key(),
-        _Job(**base, keep_fp32_ops=()).cache_key(),
-        _Job(**{**base, "keep": ["/fc/"]}, keep_fp32_ops=()).cache_key(),
-        _Job(**{**base, "method": "entropy"}, keep_fp32_ops=()).cache_key(),
+        _job(keep_fp32_ops=("Softmax",)).cache_key(),
+        _job(keep_fp32_ops=()).cache_key(),
+        _job(keep_fp32_nodes=("/fc/",), keep_fp32_ops=()).cache_key(),
+        _job(method="entropy", keep_fp32_ops=()).cache_key(),
     }
     assert len(keys) == 4
     import resnest_deploy.precision.job as job
 
-    old = _Job(**base, keep_fp32_ops=()).cache_key()
+    old = _job(keep_fp32_ops=()).cache_key()
     job.CONVERSION_VERSION += 1  # code that converts differently never reuses older entries
     try:
-        assert _Job(**base, keep_fp32_ops=()).cache_key() != old
+        assert _job(keep_fp32_ops=()).cache_key() != old
     finally:
         job.CONVERSION_VERSION -= 1
 

@@ -124,15 +124,13 @@ class ConversionConfig:
             raise ConversionError(
                 f"calibration method {method!r} is not available for {target}; use {', '.join(allowed)}"
             )
-        if precision == Reduced.fp16:
-            method = Method.max  # FP16 calibrates nothing: one spelling, one cache key
         if self.max_drop is not None and not 0 <= self.max_drop <= 100:
             raise ConversionError(f"max_drop is in points of top-1, 0..100; got {self.max_drop}")
         set_ = object.__setattr__
         set_(self, "precision", precision)
         set_(self, "target", target)
         set_(self, "cpu_isa", cpu_isa)
-        set_(self, "method", Method(method))
+        set_(self, "method", _choice(Method, method, "method"))
         if self.keep_fp32_nodes is not None:
             set_(self, "keep_fp32_nodes", tuple(self.keep_fp32_nodes))
         set_(self, "keep_fp32_ops", tuple(self.keep_fp32_ops))
