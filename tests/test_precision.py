@@ -250,6 +250,10 @@ def test_the_cli_names_flags_where_the_library_names_parameters():
         == "pass --calib-dir DIR (images) or --calib-npy FILE"
     )
     assert as_flags("the target precision of max_drop") == "the target precision of --max-drop"
+    # a parameter's name inside a path is the path's
+    assert as_flags("no images under /d/calib_dir; point calib_dir at images") == (
+        "no images under /d/calib_dir; point --calib-dir at images"
+    )
 
 
 def test_empty_and_undecodable_calibration_folders(tmp_path):

@@ -28,10 +28,16 @@ PARAM_FLAGS = {
     "calib_count": "--calib-count",
     "target": "--target",
     "precision": "--precision",
+    "method": "--calibration",
 }
 # ``name=value`` for every parameter; a bare name only where it cannot be an ordinary word
+# (never inside a path or a longer name: ``/data/calib_dir/`` stays as written)
 _PARAM = re.compile(
-    r"\b(" + "|".join(PARAM_FLAGS) + r")=|\b(" + "|".join(p for p in PARAM_FLAGS if "_" in p) + r")\b"
+    r"(?<![\w/.=-])(?:("
+    + "|".join(PARAM_FLAGS)
+    + r")=|("
+    + "|".join(p for p in PARAM_FLAGS if "_" in p)
+    + r")(?![\w/.=-]))"
 )
 
 

@@ -82,12 +82,12 @@ def build_cmd(
     if precision is not Precision.fp32:
         converted = default_output(onnx, precision.value, "tensorrt")
         prepare_outputs([converted, output or converted.with_suffix(".plan")], [onnx, calib_npy])
-        config = ConversionConfig(precision.value, "tensorrt")
-        calib = calibration_with_bar(
-            onnx, CalibrationOptions(calib_dir, calib_npy, calib_count), True, json_out
-        )
-        with progress(not json_out) as say, flags_named():
-            onnx = convert(onnx, None, config, calib, RunOptions(progress=say)).path
+        with flags_named():
+            config = ConversionConfig(precision.value, "tensorrt")
+            options = CalibrationOptions(calib_dir, calib_npy, calib_count)
+            calib = calibration_with_bar(onnx, options, True, json_out)
+            with progress(not json_out) as say:
+                onnx = convert(onnx, None, config, calib, RunOptions(progress=say)).path
     with progress(not json_out) as say:
         report = build_engine(
             onnx,

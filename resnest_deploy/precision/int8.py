@@ -142,7 +142,7 @@ def quantize_tensorrt(
         applied = {n.input[0] for n in quantized.graph.node if n.op_type == "QuantizeLinear"} & written
         scheme["percentile_ranges_applied"] = len(applied)
         if not applied:
-            raise ValueError("no percentile range matched a quantized tensor; use --calibration max")
+            raise ValueError("no percentile range matched a quantized tensor; use method=max")
     return scheme
 
 
