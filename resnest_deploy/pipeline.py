@@ -101,8 +101,8 @@ def _gpu() -> bool:
 class _Run:
     """The report under construction; every step lands in it before the next one starts."""
 
-    def __init__(self, out: Path, report: dict[str, Any], say: Callable[[str], None]) -> None:
-        self.out, self.report, self.say = out, report, say
+    def __init__(self, out: Path, report: dict[str, Any], run: RunOptions) -> None:
+        self.out, self.report, self.say, self.wording = out, report, run.say, run.wording
 
     def step(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         self.say(f"{name}...")
@@ -110,7 +110,11 @@ class _Run:
         try:
             result = fn()
         except Exception as e:  # a bug is reported too, as such, before it propagates
-            reason = str(e) if isinstance(e, ResnestDeployError) else f"internal error: {first_line(e)}"
+            reason = (
+                self.wording(str(e))
+                if isinstance(e, ResnestDeployError)
+                else f"internal error: {first_line(e)}"
+            )
             self.report["steps"][name] = {"status": "failed", "reason": reason}
             self.report["status"] = f"failed at {name}"
             write_reports(self.report, self.out)
@@ -151,7 +155,7 @@ def pipeline(config: PipelineConfig, run: RunOptions | None = None) -> dict[str,
             **({"note": metadata.RANDOM_WEIGHTS_NOTE} if weights == "random" else {}),
             "steps": {},
         },
-        run.progress or (lambda _m: None),
+        run,
     )
     fp32 = out / f"{arch}.onnx"
     exported = steps.step("export", lambda: _export(arch, weights, fp32))

@@ -34,6 +34,7 @@ from resnest_deploy.cli._options import (
     MinTop1Opt,
     PipelineMethodOpt,
     TargetOpt,
+    as_flags,
     flags_named,
     user_tolerance,
 )
@@ -109,7 +110,7 @@ def pipeline_cmd(
             batches=tuple(parse_batches(batch_sizes)),
         )
         with search_executor(ray_address, searching) as ex, progress(not json_out) as say:
-            report = pipeline(config, RunOptions(say, ex, verbose))
+            report = pipeline(config, RunOptions(say, ex, verbose, words=as_flags))
     if json_out:
         print_json(report)
         return

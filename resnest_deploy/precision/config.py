@@ -192,10 +192,15 @@ class RunOptions:
     executor: Executor | None = None
     verbose: bool = False
     use_cache: bool = True
+    #: how a failure reads in a written report (the CLI: its flags for the library's parameters)
+    words: Callable[[str], str] | None = None
 
     def say(self, message: str) -> None:
         if self.progress is not None:
             self.progress(message)
+
+    def wording(self, message: str) -> str:
+        return self.words(message) if self.words is not None else message
 
 
 def precision_of(value: Precision | str) -> Precision:
