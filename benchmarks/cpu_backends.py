@@ -24,7 +24,7 @@ from resnest_deploy.compare import UNCHECKED
 from resnest_deploy.export import export_onnx
 from resnest_deploy.metadata import machine
 from resnest_deploy.models import get_spec, load_model
-from resnest_deploy.precision import calibration, convert
+from resnest_deploy.precision import ConversionConfig, calibration, convert
 
 
 def bench(args: list[str], iterations: int) -> dict[int, dict]:
@@ -76,15 +76,12 @@ def main() -> None:
         size = get_spec(args.arch).pretrained.input_size
         x = np.random.default_rng(0).standard_normal((72, 3, size, size), dtype=np.float32)
         calib = calibration.CalibrationData(x[:64], x[64:], {"kind": "random", "count": 64})
-        int8 = convert(fp32, precision="int8", target="cpu", calib=calib, tolerance=UNCHECKED).path
+        int8 = convert(fp32, None, ConversionConfig("int8", "cpu", tolerance=UNCHECKED), calib).path
         int8_all = convert(
             fp32,
             Path(tmp) / "m.int8-all.onnx",
-            precision="int8",
-            target="cpu",
-            calib=calib,
-            keep_fp32_nodes=[],
-            tolerance=UNCHECKED,
+            ConversionConfig("int8", "cpu", keep_fp32_nodes=(), tolerance=UNCHECKED),
+            calib,
         ).path
         nncf_file = nncf_int8(fp32, x[:64], Path(tmp) / "m.nncf.onnx")
         runs = {

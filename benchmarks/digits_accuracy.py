@@ -20,7 +20,7 @@ from resnest_deploy.data import Transform, digits, digits_batch
 from resnest_deploy.export import export_onnx
 from resnest_deploy.metadata import machine
 from resnest_deploy.models import get_spec, load_model
-from resnest_deploy.precision import calibration, convert
+from resnest_deploy.precision import ConversionConfig, calibration, convert
 from resnest_deploy.runners import open_runner
 
 ARCH = "resnest14d_digits"
@@ -36,7 +36,7 @@ def main() -> None:
         model, info = load_model(ARCH, "pretrained")
         files = {"fp32": export_onnx(model, Path(tmp) / "d.onnx", weights=info).path}
         for precision, target in (("fp16", "tensorrt"), ("int8", "tensorrt"), ("int8", "cpu")):
-            report = convert(files["fp32"], precision=precision, target=target, calib=calib)
+            report = convert(files["fp32"], None, ConversionConfig(precision, target), calib)
             files[f"{precision} ({target})"] = report.path
         logits = {}
         for name, path in files.items():

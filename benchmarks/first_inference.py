@@ -46,14 +46,14 @@ CLI = [sys.executable, "-m", "resnest_deploy.cli"]
 def make_int8(folder: Path) -> Path:
     from resnest_deploy.export import export_onnx
     from resnest_deploy.models import load_model
-    from resnest_deploy.precision import calibration, convert
+    from resnest_deploy.precision import ConversionConfig, calibration, convert
 
     model, info = load_model("resnest50", "random")
     fp32 = export_onnx(model, folder / "resnest50.onnx", weights=info).path
     del model
     x = np.random.default_rng(0).standard_normal((40, 3, 224, 224), dtype=np.float32)
     calib = calibration.CalibrationData(x[:32], x[32:], {"kind": "random", "count": 32})
-    return convert(fp32, precision="int8", target="cpu", calib=calib, tolerance=UNCHECKED).path
+    return convert(fp32, None, ConversionConfig("int8", "cpu", tolerance=UNCHECKED), calib).path
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:

@@ -31,7 +31,7 @@ from resnest_deploy.data import Transform, digits, digits_batch
 from resnest_deploy.export import export_onnx
 from resnest_deploy.metadata import machine
 from resnest_deploy.models import get_spec, load_model
-from resnest_deploy.precision import calibration, convert, int8
+from resnest_deploy.precision import ConversionConfig, RunOptions, calibration, convert, int8
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
 
 GATE = tuple(p for p in int8.KEEP_FP32_NODES if p != r"^/fc/")
@@ -60,13 +60,9 @@ def made(src: Path, folder: Path, calib: calibration.CalibrationData, tag: str) 
         name: convert(
             src,
             folder / f"{tag}.{i}.onnx",
-            precision="int8",
-            target="cpu",
-            calib=calib,
-            keep_fp32_nodes=keep,
-            cpu_isa=isa,
-            tolerance=UNCHECKED,
-            use_cache=False,
+            ConversionConfig("int8", "cpu", keep_fp32_nodes=keep, cpu_isa=isa, tolerance=UNCHECKED),
+            calib,
+            RunOptions(use_cache=False),
         ).path
         for i, (name, (isa, keep)) in enumerate(CHOICES.items())
     }

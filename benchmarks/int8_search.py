@@ -46,17 +46,18 @@ def run(name: str, src: Path, folder: Path) -> dict:
         started = time.perf_counter()
         searched = made("searched", target, max_drop=BUDGET)
         seconds = time.perf_counter() - started
-        found = searched.metadata["conversion"]["search"]
+        found = searched.search
+        assert found is not None
         row = {
-            "fp32": round(found["fp32"], 2),
-            "plain_int8": round(found["plain_int8"], 2),
-            "searched": round(found["chosen"], 2),
-            "kept_fp32": found["kept_fp32"],
-            "units": len(found["sensitivity"]),
-            "most_sensitive": found["sensitivity"][0]["unit"],
+            "fp32": round(found.fp32_metric, 2),
+            "plain_int8": round(found.int8_metric, 2),
+            "searched": round(found.metric, 2),
+            "kept_fp32": found.kept_fp32,
+            "units": len(found.ranking),
+            "most_sensitive": found.ranking[0].unit,
             "search_seconds": round(seconds, 1),
         }
-        row["layers_fp32"] = found["layers_fp32"]
+        row["layers_fp32"] = found.layers_fp32
         if target == "cpu":
             files = {"plain": plain.path, "searched": searched.path}
             for provider in ("cpu", "openvino"):

@@ -23,7 +23,7 @@ from resnest_deploy.compare import UNCHECKED
 from resnest_deploy.export import export_onnx
 from resnest_deploy.metadata import machine
 from resnest_deploy.models import load_model
-from resnest_deploy.precision import calibration, convert
+from resnest_deploy.precision import ConversionConfig, calibration, convert
 
 
 def export_shape(path: Path) -> tuple[int, int]:
@@ -49,7 +49,7 @@ def main() -> None:
             ("cpu", "--target cpu (U8S8)"),
             ("tensorrt", "--target tensorrt (ModelOpt Q/DQ)"),
         ):
-            report = convert(fp32, precision="int8", target=target, calib=calib, tolerance=UNCHECKED)
+            report = convert(fp32, None, ConversionConfig("int8", target, tolerance=UNCHECKED), calib)
             files[f"onnxruntime int8, {label}"] = report.path
         results = bench(
             ["torch", *map(str, files.values())],

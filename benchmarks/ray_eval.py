@@ -110,7 +110,7 @@ def _r50_int8(folder: Path) -> Path:
     from resnest_deploy.compare import UNCHECKED
     from resnest_deploy.export import export_onnx
     from resnest_deploy.models import load_model
-    from resnest_deploy.precision import calibration, convert
+    from resnest_deploy.precision import ConversionConfig, RunOptions, calibration, convert
 
     model, info = load_model("resnest50", "random")
     src = export_onnx(model, folder / "r50.onnx", weights=info).path
@@ -119,11 +119,9 @@ def _r50_int8(folder: Path) -> Path:
     return convert(
         src,
         folder / "r50.int8-cpu.onnx",
-        precision="int8",
-        target="cpu",
-        calib=calib,
-        tolerance=UNCHECKED,
-        use_cache=False,
+        ConversionConfig("int8", "cpu", tolerance=UNCHECKED),
+        calib,
+        RunOptions(use_cache=False),
     ).path
 
 

@@ -40,7 +40,7 @@ from resnest_deploy.compare import UNCHECKED
 from resnest_deploy.export import export_onnx
 from resnest_deploy.metadata import machine
 from resnest_deploy.models import load_model
-from resnest_deploy.precision import calibration, convert
+from resnest_deploy.precision import ConversionConfig, calibration, convert
 from resnest_deploy.serving import repository
 from resnest_deploy.serving.server import Ports, running
 
@@ -82,7 +82,7 @@ def artifacts(tmp: Path) -> dict[str, Path]:
     x = np.random.default_rng(0).standard_normal((72, 3, 224, 224), dtype=np.float32)
     calib = calibration.CalibrationData(x[:64], x[64:], {"kind": "random", "count": 64})
     out["resnest50 int8 (cpu)"] = convert(
-        fp32, precision="int8", target="cpu", calib=calib, tolerance=UNCHECKED
+        fp32, None, ConversionConfig("int8", "cpu", tolerance=UNCHECKED), calib
     ).path
     del digits, r50
     return out

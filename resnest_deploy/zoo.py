@@ -179,7 +179,7 @@ def _files(arch: str, cfg: ZooConfig, say: Say) -> dict[str, Path]:
     from resnest_deploy.compare import UNCHECKED
     from resnest_deploy.export import export_onnx
     from resnest_deploy.models import get_spec, load_model
-    from resnest_deploy.precision import calibration, convert
+    from resnest_deploy.precision import ConversionConfig, calibration, convert
 
     folder = cfg.output / "models"
     fp32 = folder / f"{arch}.onnx"
@@ -200,7 +200,7 @@ def _files(arch: str, cfg: ZooConfig, say: Say) -> dict[str, Path]:
             calib = calibration.CalibrationData(
                 x[: cfg.calib_count], x[cfg.calib_count :], {"kind": "random", "count": cfg.calib_count}
             )
-            convert(fp32, int8, precision="int8", target="cpu", calib=calib, tolerance=UNCHECKED)
+            convert(fp32, int8, ConversionConfig("int8", "cpu", tolerance=UNCHECKED), calib)
         files["int8"] = int8
     return files
 

@@ -31,12 +31,15 @@ import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from resnest_deploy import metadata
 from resnest_deploy._cuda import device_name, gpu_count
+
+if TYPE_CHECKING:
+    from resnest_deploy.precision import ConversionReport
 
 FORMS = ("float", "uint8-nhwc", "uint8-nchw", "deepstream")
 ARCH = "resnest14d_digits"
@@ -253,12 +256,12 @@ def main() -> None:
             for module, extra in (("torch", "export"), ("modelopt", "quant")):
                 if importlib.util.find_spec(module) is None:
                     raise Skip(f"{module} is not installed (the {extra} extra)")
-            found = int8_search_on_the_fixture(Path(tmp))
-            cost = found.get("latency") or {}
-            if "onnxruntime-tensorrt" not in cost:
+            made = int8_search_on_the_fixture(Path(tmp))
+            found, cost = made.search, made.cost
+            if found is None or cost is None or "onnxruntime-tensorrt" not in cost.backends:
                 raise AssertionError(f"no TensorRT timing with a GPU at hand: {cost}")
-            timings["int8_search_tensorrt"] = found
-            return f"kept {found['kept_fp32_layers']}; {json.dumps(cost['onnxruntime-tensorrt'])}"
+            timings["int8_search_tensorrt"] = found.as_dict() | {"latency": cost.as_dict()}
+            return f"kept {found.kept_fp32_layers}; {json.dumps(cost.as_dict()['onnxruntime-tensorrt'])}"
 
         steps.run("INT8 search for TensorRT, its FP32 layers timed by ORT's TensorRT provider", search_cost)
 
@@ -296,7 +299,7 @@ def main() -> None:
     report(steps.rows, timings, args.out if gpus else None)
 
 
-def int8_search_on_the_fixture(folder: Path) -> dict[str, Any]:
+def int8_search_on_the_fixture(folder: Path) -> ConversionReport:
     """The outlier fixture searched for TensorRT with a 0.25-point budget (its latency cost is timed
     when a GPU is at hand)."""
     from resnest_deploy.data import Transform
@@ -306,8 +309,7 @@ def int8_search_on_the_fixture(folder: Path) -> dict[str, Any]:
 
     calib = calibration.from_digits(Transform.from_pretrained(get_spec(ARCH).pretrained))
     src = outlier_digits(folder / "outlier.onnx")
-    report = quantize_every_conv(src, folder / "outlier.searched.onnx", "tensorrt", calib, max_drop=0.25)
-    return dict(report.metadata["conversion"]["search"])
+    return quantize_every_conv(src, folder / "outlier.searched.onnx", "tensorrt", calib, max_drop=0.25)
 
 
 def report(rows: list[dict[str, Any]], timings: dict[str, Any], out: Path | None) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from resnest_deploy.data import Transform
 from resnest_deploy.export import export_onnx
 from resnest_deploy.models import get_spec, load_model
-from resnest_deploy.precision import calibration, convert
+from resnest_deploy.precision import ConversionConfig, RunOptions, calibration, convert
 
 ARCH = "resnest14d_digits"
 
@@ -23,7 +23,13 @@ def main(out: Path) -> None:
     model, info = load_model(ARCH, "pretrained")
     fp32 = export_onnx(model, out / "digits.onnx", weights=info).path
     calib = calibration.from_digits(Transform.from_pretrained(get_spec(ARCH).pretrained))
-    convert(fp32, out / "digits.int8-cpu.onnx", precision="int8", target="cpu", calib=calib, use_cache=False)
+    convert(
+        fp32,
+        out / "digits.int8-cpu.onnx",
+        ConversionConfig("int8", "cpu"),
+        calib,
+        RunOptions(use_cache=False),
+    )
     print(f"wrote {sorted(p.name for p in out.iterdir())}")
 
 

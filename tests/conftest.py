@@ -74,12 +74,12 @@ def digits_converted(digits_onnx: Path) -> dict[str, Path]:
     """FP16 and both INT8 flavours of the digits model, converted once for every test."""
     from resnest_deploy.data import Transform
     from resnest_deploy.models import get_spec
-    from resnest_deploy.precision import calibration, convert
+    from resnest_deploy.precision import ConversionConfig, calibration, convert
 
     calib = calibration.from_digits(Transform.from_pretrained(get_spec("resnest14d_digits").pretrained))
     out = {}
     for precision, target in (("fp16", "tensorrt"), ("int8", "tensorrt"), ("int8", "cpu")):
-        report = convert(digits_onnx, precision=precision, target=target, calib=calib)
+        report = convert(digits_onnx, None, ConversionConfig(precision, target), calib)
         out[report.path.name.split(".", 1)[1].removesuffix(".onnx")] = report.path
     return out  # keys: fp16, int8, int8-cpu
 

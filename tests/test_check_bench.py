@@ -20,7 +20,7 @@ from resnest_deploy.data import digits
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.evaluate import evaluate
 from resnest_deploy.inspection import describe
-from resnest_deploy.pipeline import pipeline
+from resnest_deploy.pipeline import PipelineConfig, pipeline
 from resnest_deploy.precision import int8
 from resnest_deploy.predict import imagenet_classes, predict
 
@@ -181,7 +181,10 @@ def test_inspect_onnx_and_engine(digits_converted, tmp_path):
 
 
 def test_pipeline_end_to_end_offline(tmp_path):
-    report = pipeline("resnest14d_digits", precision="int8", out_dir=tmp_path, batches=(1,), iterations=2)
+    config = PipelineConfig(
+        "resnest14d_digits", precision="int8", out_dir=tmp_path, batches=(1,), iterations=2
+    )
+    report = pipeline(config)
     steps = report["steps"]
     assert report["status"] == "ok"
     assert [steps[s]["status"] for s in ("export", "convert", "build", "convert-cpu", "check", "bench")] == [

@@ -13,7 +13,7 @@ from resnest_deploy.engine import BuildError, build_engine, detect, parse_batch_
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.export import export_onnx
 from resnest_deploy.models import create_model
-from resnest_deploy.precision import CalibrationData, convert
+from resnest_deploy.precision import CalibrationData, ConversionConfig, convert
 
 
 def test_rtx_is_detected():
@@ -101,7 +101,7 @@ def test_missing_onnx(tmp_path):
 def test_reduced_precision_resnest14d_builds(onnx_14d, tmp_path, precision):
     """The TensorRT-target FP16/INT8 files parse and build strongly typed; the engine says its precision."""
     calib = CalibrationData(images(40), images(8, seed=1), {"kind": "random"})
-    converted = convert(onnx_14d, tmp_path / f"m.{precision}.onnx", precision=precision, calib=calib)
+    converted = convert(onnx_14d, tmp_path / f"m.{precision}.onnx", ConversionConfig(precision), calib)
     report = build_engine(converted.path, backend="tensorrt-rtx", batch=(1, 2, 8))
     side = json.loads(report.sidecar.read_text())
     assert side["precision"] == precision and side["arch"] == "resnest14d"

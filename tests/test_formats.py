@@ -168,14 +168,14 @@ def test_conversions_calibrate_and_measure_in_the_files_own_input_form(fmt, prec
     calibrated and measured on the same images in its own form, or INT8 ranges are wrong."""
     from resnest_deploy.export import export_onnx
     from resnest_deploy.models import load_model
-    from resnest_deploy.precision import calibration, convert
+    from resnest_deploy.precision import ConversionConfig, RunOptions, calibration, convert
 
     net, info = load_model("resnest14d_digits", "pretrained")
     src = export_onnx(net, tmp_path / f"d.{fmt}.onnx", input_format=fmt, weights=info).path
     calib = calibration.from_digits(
         Transform.from_pretrained(get_spec("resnest14d_digits").pretrained), count=128
     )
-    report = convert(src, precision=precision, target=target, calib=calib, use_cache=False)
+    report = convert(src, None, ConversionConfig(precision, target), calib, RunOptions(use_cache=False))
     assert report.parity.top1 >= 0.99 and report.parity.cosine > 0.999, report.parity
     with OnnxRuntimeRunner(report.path) as runner:  # it takes its form: frames or x/255 - mean
         assert runner.input_dtype == (np.uint8 if fmt.startswith("uint8") else np.float32)

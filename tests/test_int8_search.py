@@ -16,7 +16,15 @@ from resnest_deploy import metadata
 from resnest_deploy.cli.app import app
 from resnest_deploy.data import Transform, digits, digits_batch
 from resnest_deploy.models import get_spec
-from resnest_deploy.precision import calibration, convert, int8
+from resnest_deploy.precision import (
+    ConversionConfig,
+    ConversionReport,
+    RunOptions,
+    Timing,
+    calibration,
+    convert,
+    int8,
+)
 from resnest_deploy.precision.fixtures import outlier_digits, quantize_every_conv
 from resnest_deploy.precision.search import Metric, SearchError, search, sensitivity, units, without_qdq
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
@@ -87,29 +95,23 @@ def test_every_unit_back_in_fp32_is_the_fp32_model_again(hard):
 
 def test_a_budget_is_met_with_the_fewest_units_in_fp32_and_recorded_for_inspect(hard, tmp_path):
     out = tmp_path / "searched.onnx"
-    report = convert(
-        hard["src"],
-        out,
-        precision="int8",
-        target="cpu",
-        calib=hard["calib"],
-        keep_fp32_nodes=(),
-        method="auto",
-        max_drop=0.25,
-        use_cache=False,
-    )
-    found = report.metadata["conversion"]["search"]
-    assert found["kept_fp32"] == ["stem"] and found["fp32"] - found["chosen"] <= 0.25
-    assert found["fp32"] - found["plain_int8"] >= 1.0
-    tried = report.metadata["conversion"]["calibration_methods"]
-    assert [r["method"] for r in tried["results"]] == list(int8.METHODS) and tried["chosen"] in int8.METHODS
-    assert found["kept_fp32_layers"] == [PLANTED]
-    assert found["layers_fp32"] == {"plain": 0, "chosen": 1, "total": 28}
-    assert metadata.of_artifact(out)["conversion"]["search"]["kept_fp32"] == ["stem"]
-    cost = found["latency"]  # what keeping it costs here, both CPU runtimes timed
+    config = ConversionConfig("int8", "cpu", "auto", keep_fp32_nodes=(), max_drop=0.25)
+    report = convert(hard["src"], out, config, hard["calib"], RunOptions(use_cache=False))
+    found = report.search
+    assert found is not None and found.kept_fp32 == ["stem"] and found.fp32_metric - found.metric <= 0.25
+    assert found.fp32_metric - found.int8_metric >= 1.0
+    tried = report.tournament
+    assert tried is not None and [r.method for r in tried.results] == list(int8.METHODS)
+    assert tried.chosen in int8.METHODS
+    assert found.kept_fp32_layers == [PLANTED]
+    assert found.layers_fp32 == {"plain": 0, "chosen": 1, "total": 28}
+    recorded = ConversionReport.from_sidecar(out)  # what the file says about itself, typed again
+    assert recorded.search == found and recorded.tournament == tried and recorded.cost == report.cost
+    cost = report.cost  # what keeping it costs here, both CPU runtimes timed
+    assert cost is not None and cost.batch == 1 and cost.cpu_flags == metadata.cpu_flags()
     for backend in ("onnxruntime-cpu", "openvino-cpu-f32"):
-        assert cost[backend]["plain_ms"] > 0 and cost[backend]["searched_ms"] > 0, cost
-    assert cost["batch"] == 1 and cost["cpu_flags"] == metadata.cpu_flags()
+        timed = cost.backends[backend]
+        assert isinstance(timed, Timing) and timed.plain_ms > 0 and timed.searched_ms > 0, cost
     shown = CliRunner().invoke(app, ["inspect", str(out)])
     assert f"INT8 search: units kept in FP32: stem (1 layer: {PLANTED})" in shown.output
     assert "latency at batch 1, plain -> searched: onnxruntime-cpu " in shown.output
@@ -160,8 +162,8 @@ def test_the_digits_model_keeps_everything_in_int8_and_the_cli_says_so(digits_on
         ],
     )
     assert r.exit_code == 0, r.output
-    found = json.loads(r.stdout)["conversion"]["search"]
-    assert found["kept_fp32"] == [] and found["fp32"] - found["chosen"] <= 0.25
+    found = ConversionReport.from_metadata(json.loads(r.stdout), tmp_path / "d.onnx").search
+    assert found is not None and found.kept_fp32 == [] and found.fp32_metric - found.metric <= 0.25
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
 

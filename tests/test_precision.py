@@ -15,7 +15,7 @@ from PIL import Image
 from resnest_deploy.data import Transform
 from resnest_deploy.errors import ArtifactError, ResnestDeployError
 from resnest_deploy.models import get_spec
-from resnest_deploy.precision import calibration, convert
+from resnest_deploy.precision import ConversionConfig, ConversionReport, calibration, convert
 from resnest_deploy.precision.int8 import KEEP_FP32_NODES, matching_nodes
 from resnest_deploy.runners.options import RunnerOptions
 
@@ -110,6 +110,13 @@ def test_sidecar_records_precision_calibration_and_parity(digits_converted):
             assert meta["conversion"]["method"] == "max"
         embedded = {p.key: p.value for p in onnx.load(path).metadata_props}
         assert embedded["precision"] == meta["precision"]
+        # the typed report reads back from the sidecar, as written today and as written before
+        # the conversion section had a schema version
+        report = ConversionReport.from_sidecar(path)
+        assert (report.precision, report.target) == (key.split("-")[0], meta["target"])
+        assert report.parity.samples == 899 and meta["conversion"]["schema"] == 2
+        old = {**meta, "conversion": {k: v for k, v in meta["conversion"].items() if k != "schema"}}
+        assert ConversionReport.from_metadata(old, path).parity == report.parity
 
 
 def _write_images(folder: Path, n: int, size: int = 40) -> None:
@@ -189,17 +196,65 @@ def test_transform_output_matches_a_pixel_exact_reference_crop():
 def test_int8_without_data_is_refused(onnx_14d, tmp_path):
     out = tmp_path / "x.onnx"
     with pytest.raises(ResnestDeployError, match="INT8 needs calibration data"):
-        convert(onnx_14d, out, precision="int8")
+        convert(onnx_14d, out, ConversionConfig("int8"))
     assert not out.exists()
 
 
 def test_cpu_isa_outside_a_cpu_int8_conversion_is_refused_not_ignored(onnx_14d, tmp_path):
+    """Refused when the config is made, naming the parameter; the CLI names the flag."""
+    from typer.testing import CliRunner
+
+    from resnest_deploy.cli.app import app
+
+    with pytest.raises(ResnestDeployError, match="cpu_isa is for target=cpu INT8 files"):
+        ConversionConfig("fp16", cpu_isa="vnni")
+    with pytest.raises(ResnestDeployError, match="unknown cpu_isa 'avx2'; choose one of any, vnni"):
+        ConversionConfig("int8", "cpu", cpu_isa="avx2")
     out = tmp_path / "x.onnx"
-    with pytest.raises(ResnestDeployError, match="--cpu-isa is for --target cpu INT8 files"):
-        convert(onnx_14d, out, precision="fp16", cpu_isa="vnni")
-    with pytest.raises(ResnestDeployError, match="unknown --cpu-isa 'avx2'; choose one of any, vnni"):
-        convert(onnx_14d, out, precision="int8", target="cpu", cpu_isa="avx2")
+    r = CliRunner().invoke(
+        app, ["quantize", "--onnx", str(onnx_14d), "-p", "fp16", "--cpu-isa", "vnni", "-o", str(out)]
+    )
+    assert r.exit_code == 1 and "error: --cpu-isa is for --target cpu INT8 files" in r.output, r.output
     assert not out.exists()
+
+
+def test_a_conversion_config_is_checked_once_when_made():
+    """Every choice is checked when the config is made, and a made config is what the cache keys."""
+    with pytest.raises(ResnestDeployError, match=r"FP16 is a GPU format .* use target=tensorrt"):
+        ConversionConfig("fp16", "cpu")
+    with pytest.raises(
+        ResnestDeployError, match="calibration method 'distribution' is not available for tensorrt"
+    ):
+        ConversionConfig("int8", "tensorrt", "distribution")
+    with pytest.raises(ResnestDeployError, match=r"max_drop is in points of top-1, 0\.\.100; got 101"):
+        ConversionConfig("int8", max_drop=101)
+    with pytest.raises(ResnestDeployError, match="unknown precision 'bf16'; choose one of fp16, int8"):
+        ConversionConfig("bf16")
+    made = ConversionConfig("int8", "cpu", "auto", keep_fp32_nodes=["^/fc/"])
+    assert made.keep_fp32_nodes == ("^/fc/",) and made.methods == calibration_methods("cpu")
+    assert made.key() == ["int8", "cpu", "auto", ["^/fc/"], ["Softmax"], "any"]
+    assert ConversionConfig("int8").keep() == list(KEEP_FP32_NODES)  # the default: gate and classifier
+
+
+def calibration_methods(target: str) -> tuple[str, ...]:
+    from resnest_deploy.precision import int8
+
+    return int8.METHODS if target == "cpu" else int8.TENSORRT_METHODS
+
+
+def test_the_cli_names_flags_where_the_library_names_parameters():
+    from resnest_deploy.cli._options import as_flags
+
+    assert as_flags("cpu_isa is for target=cpu INT8 files") == "--cpu-isa is for --target cpu INT8 files"
+    assert (
+        as_flags("pass calib_dir=DIR (images) or calib_npy=FILE")
+        == "pass --calib-dir DIR (images) or --calib-npy FILE"
+    )
+    assert as_flags("the target precision of max_drop") == "the target precision of --max-drop"
+    # a parameter's name inside a path is the path's
+    assert as_flags("no images under /d/calib_dir; point calib_dir at images") == (
+        "no images under /d/calib_dir; point --calib-dir at images"
+    )
 
 
 def test_empty_and_undecodable_calibration_folders(tmp_path):
@@ -220,7 +275,7 @@ def test_non_resnest_onnx_is_refused(tmp_path):
     src = tmp_path / "other.onnx"
     onnx.save(onnx.helper.make_model(graph), src)
     with pytest.raises(ArtifactError, match="not a resnest-deploy export"):
-        convert(src, precision="fp16")
+        convert(src, None, ConversionConfig("fp16"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.onnx"]
 
 
@@ -237,12 +292,13 @@ def test_npy_calibration_and_shape_check(onnx_14d, tmp_path):
 def test_second_calibration_with_same_data_reuses_the_result(digits_onnx, tmp_path, monkeypatch):
     monkeypatch.setenv("RESNEST_DEPLOY_CACHE", str(tmp_path / "cache"))
     calib = calibration.from_digits(DIGITS, count=64)
-    first = convert(digits_onnx, tmp_path / "a.onnx", precision="int8", target="cpu", calib=calib)
-    again = convert(digits_onnx, tmp_path / "b.onnx", precision="int8", target="cpu", calib=calib)
+    config = ConversionConfig("int8", "cpu")
+    first = convert(digits_onnx, tmp_path / "a.onnx", config, calib)
+    again = convert(digits_onnx, tmp_path / "b.onnx", config, calib)
     assert "cache" not in first.metadata["conversion"] and "cache" in again.metadata["conversion"]
     assert again.parity == first.parity  # same graph, and the parity check still ran
     other = calibration.from_digits(DIGITS, count=64, seed=1)
-    third = convert(digits_onnx, tmp_path / "c.onnx", precision="int8", target="cpu", calib=other)
+    third = convert(digits_onnx, tmp_path / "c.onnx", config, other)
     assert "cache" not in third.metadata["conversion"]
 
 

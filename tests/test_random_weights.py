@@ -16,7 +16,7 @@ from resnest_deploy.cli.app import app
 from resnest_deploy.compare import Tolerance
 from resnest_deploy.errors import ParityError
 from resnest_deploy.metadata import RANDOM_WEIGHTS_NOTE
-from resnest_deploy.precision import CalibrationData, convert
+from resnest_deploy.precision import CalibrationData, ConversionConfig, convert
 from resnest_deploy.precision.int8 import KEEP_FP32_NODES, matching_nodes
 
 cli = CliRunner()
@@ -39,7 +39,7 @@ def random_14d(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("random14d")
     model, info = load_model("resnest14d", "random")
     src = export_onnx(model, folder / "r14.onnx", input_size=(64, 64), weights=info).path
-    int8 = convert(src, precision="int8", target="tensorrt", calib=_calib()).path
+    int8 = convert(src, None, ConversionConfig("int8", "tensorrt"), _calib()).path
     return {"fp32": src, "int8": int8}
 
 
@@ -61,7 +61,7 @@ def test_a_random_file_is_measured_not_judged_and_trained_weights_keep_the_gate(
     random_14d, onnx_14d, tmp_path
 ):
     report = convert(
-        random_14d["fp32"], tmp_path / "r.int8.onnx", precision="int8", calib=_calib(), tolerance=EXACT
+        random_14d["fp32"], tmp_path / "r.int8.onnx", ConversionConfig("int8", tolerance=EXACT), _calib()
     )
     gate = report.gate
     assert report.path.is_file() and gate["judged"] is False and gate["note"] == RANDOM_WEIGHTS_NOTE
@@ -71,7 +71,7 @@ def test_a_random_file_is_measured_not_judged_and_trained_weights_keep_the_gate(
     sidecar = json.loads(report.sidecar.read_text())
     assert sidecar["parity"]["gate"]["judged"] is False and sidecar["weights"]["kind"] == "random"
     with pytest.raises(ParityError, match="does not match its reference"):  # trained: the same bar fails
-        convert(onnx_14d, tmp_path / "t.int8.onnx", precision="int8", calib=_calib(), tolerance=EXACT)
+        convert(onnx_14d, tmp_path / "t.int8.onnx", ConversionConfig("int8", tolerance=EXACT), _calib())
     assert not (tmp_path / "t.int8.onnx").exists()
 
 

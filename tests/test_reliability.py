@@ -27,7 +27,7 @@ from resnest_deploy.errors import ArtifactError, WeightsError
 from resnest_deploy.formats import InputForm
 from resnest_deploy.models import create_model, get_spec
 from resnest_deploy.models.weights import url_cache_path
-from resnest_deploy.precision import calibration, convert
+from resnest_deploy.precision import ConversionConfig, calibration, convert
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
 
 cli = CliRunner()
@@ -236,7 +236,7 @@ def test_external_data_outside_the_model_folder_is_never_read(digits_onnx, tmp_p
 def test_calibration_caches_are_verified_and_a_bad_entry_is_a_miss(digits_onnx, tmp_path, monkeypatch):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     calib = calibration.from_digits(DIGITS, count=48)
-    convert(digits_onnx, tmp_path / "a.onnx", precision="int8", target="cpu", calib=calib)
+    convert(digits_onnx, tmp_path / "a.onnx", ConversionConfig("int8", "cpu"), calib)
     (cached,) = (tmp_path / "cache" / "calib").glob("*.onnx")
     manifest = cached.with_name(cached.name + ".manifest.json")
     for poison in ("swap", "forge", "corrupt"):
@@ -247,7 +247,7 @@ def test_calibration_caches_are_verified_and_a_bad_entry_is_a_miss(digits_onnx, 
         if poison == "corrupt":
             manifest.write_text("[not json")
         out = tmp_path / f"{poison}.onnx"
-        report = convert(digits_onnx, out, precision="int8", target="cpu", calib=calib)
+        report = convert(digits_onnx, out, ConversionConfig("int8", "cpu"), calib)
         assert "cache" not in report.metadata["conversion"], poison
         assert metadata.graph_precision(onnx.load(out)) == "int8"
     # images: a damaged preprocessed entry is recomputed, not loaded
@@ -273,30 +273,26 @@ def test_the_conversion_cache_key_covers_every_setting(digits_onnx):
     from resnest_deploy.precision.job import Job as _Job
 
     calib = calibration.from_digits(DIGITS, count=8)
-    base = dict(
-        src=digits_onnx,
-        src_sha256="0",
-        precision="fp16",
-        target="tensorrt",
-        calib=calib,
-        method="max",
-        keep=[],
-        form=InputForm(),
-        hw=(32, 32),
-    )
+    base = dict(src=digits_onnx, src_sha256="0", calib=calib, form=InputForm(), hw=(32, 32))
+
+    def _job(**settings: object) -> _Job:
+        return _Job(
+            **base, config=ConversionConfig(**{"precision": "fp16", "keep_fp32_nodes": (), **settings})
+        )
+
     keys = {
-        _Job(**base, keep_fp32_ops=("Softmax",)).cache_key(),
-        _Job(**base, keep_fp32_ops=()).cache_key(),
-        _Job(**{**base, "keep": ["/fc/"]}, keep_fp32_ops=()).cache_key(),
-        _Job(**{**base, "method": "entropy"}, keep_fp32_ops=()).cache_key(),
+        _job(keep_fp32_ops=("Softmax",)).cache_key(),
+        _job(keep_fp32_ops=()).cache_key(),
+        _job(keep_fp32_nodes=("/fc/",), keep_fp32_ops=()).cache_key(),
+        _job(method="entropy", keep_fp32_ops=()).cache_key(),
     }
     assert len(keys) == 4
     import resnest_deploy.precision.job as job
 
-    old = _Job(**base, keep_fp32_ops=()).cache_key()
+    old = _job(keep_fp32_ops=()).cache_key()
     job.CONVERSION_VERSION += 1  # code that converts differently never reuses older entries
     try:
-        assert _Job(**base, keep_fp32_ops=()).cache_key() != old
+        assert _job(keep_fp32_ops=()).cache_key() != old
     finally:
         job.CONVERSION_VERSION -= 1
 

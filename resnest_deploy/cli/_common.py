@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
     from click.exceptions import NoArgsIsHelpError, UsageError  # type: ignore[assignment]
 
 from resnest_deploy.errors import ResnestDeployError
+from resnest_deploy.precision import config as _config
 
 #: control characters (C0, DEL, C1) and bidi overrides: shown escaped, never sent to the terminal
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
@@ -146,35 +147,12 @@ class OvHint(str, Enum):
     throughput = "throughput"
 
 
-class Precision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    int8 = "int8"
-
-
-class Reduced(str, Enum):
-    """What `quantize` makes: an FP32 file is what `export` makes."""
-
-    fp16 = "fp16"
-    int8 = "int8"
-
-
-class Target(str, Enum):
-    tensorrt = "tensorrt"
-    cpu = "cpu"
-
-
-class Method(str, Enum):
-    max = "max"
-    entropy = "entropy"
-    percentile = "percentile"
-    distribution = "distribution"
-    auto = "auto"
-
-
-class CpuIsa(str, Enum):
-    any = "any"
-    vnni = "vnni"
+# the conversion's choices are defined once, in the library; the options take them from there
+Precision = _config.Precision
+Reduced = _config.Reduced
+Target = _config.Target
+Method = _config.Method
+CpuIsa = _config.CpuIsa
 
 
 class Backend(str, Enum):

@@ -9,9 +9,22 @@ import typer
 
 from resnest_deploy._io import prepare_outputs
 from resnest_deploy.cli._common import Backend, JsonOpt, Precision, handle_errors, out, print_json, progress
-from resnest_deploy.cli.quantize import CalibCountOpt, CalibDirOpt, CalibNpyOpt, calibration_with_bar
+from resnest_deploy.cli._options import (
+    CalibCountOpt,
+    CalibDirOpt,
+    CalibNpyOpt,
+    calibration_with_bar,
+    flags_named,
+)
 from resnest_deploy.engine import build_engine, parse_batch_range
-from resnest_deploy.precision import calibration, convert, default_output
+from resnest_deploy.precision import (
+    CalibrationOptions,
+    ConversionConfig,
+    RunOptions,
+    calibration,
+    convert,
+    default_output,
+)
 
 
 def _capability(text: str) -> tuple[int, int]:
@@ -69,9 +82,12 @@ def build_cmd(
     if precision is not Precision.fp32:
         converted = default_output(onnx, precision.value, "tensorrt")
         prepare_outputs([converted, output or converted.with_suffix(".plan")], [onnx, calib_npy])
-        calib = calibration_with_bar(onnx, calib_dir, calib_npy, calib_count, True, json_out)
-        with progress(not json_out) as say:
-            onnx = convert(onnx, precision=precision.value, target="tensorrt", calib=calib, progress=say).path
+        with flags_named():
+            config = ConversionConfig(precision.value, "tensorrt")
+            options = CalibrationOptions(calib_dir, calib_npy, calib_count)
+            calib = calibration_with_bar(onnx, options, True, json_out)
+            with progress(not json_out) as say:
+                onnx = convert(onnx, None, config, calib, RunOptions(progress=say)).path
     with progress(not json_out) as say:
         report = build_engine(
             onnx,

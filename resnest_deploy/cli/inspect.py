@@ -71,7 +71,7 @@ def inspect_cmd(
             out.print(f"  weights: {scheme.get('weights')}; exact on {scheme.get('runs_exactly_on')}")
     found = conversion.get("search") if isinstance(conversion, dict) else None
     if isinstance(found, dict):
-        from resnest_deploy.precision.search import kept_summary, latency_summary
+        from resnest_deploy.reports.conversion import kept_summary, latency_summary
 
         kept = kept_summary(found)
         numbers = {k: float(found.get(k) or 0.0) for k in ("chosen", "fp32", "plain_int8")}

@@ -25,7 +25,7 @@ from resnest_deploy.cli._common import (
     progress,
     search_executor,
 )
-from resnest_deploy.cli.quantize import (
+from resnest_deploy.cli._options import (
     CalibCountOpt,
     CalibDirOpt,
     CalibNpyOpt,
@@ -34,9 +34,11 @@ from resnest_deploy.cli.quantize import (
     MinTop1Opt,
     PipelineMethodOpt,
     TargetOpt,
+    as_flags,
+    flags_named,
     user_tolerance,
 )
-from resnest_deploy.precision import calibration
+from resnest_deploy.precision import CalibrationOptions, RunOptions, calibration
 from resnest_deploy.precision.search import DEFAULT_MAX_DROP
 
 
@@ -87,37 +89,34 @@ def pipeline_cmd(
       resnest-deploy pipeline --arch resnest50 --weights random -p int8 --calib-dir photos/   # offline
     """
     _deps.require("torch")  # the `export` extra: say so instead of failing on an import
-    from resnest_deploy.pipeline import pipeline
+    from resnest_deploy.pipeline import PipelineConfig, pipeline
 
     searching = precision.value == "int8"
-    with search_executor(ray_address, searching) as ex, progress(not json_out) as say:
-        report = pipeline(
+    with flags_named():
+        config = PipelineConfig(
             arch,
-            weights=weights,
-            precision=precision.value,
-            target=target.value,
-            calib_dir=calib_dir,
-            calib_npy=calib_npy,
-            calib_count=calib_count,
-            method=method.value,
-            max_drop=max_drop,
-            images=images,
-            out_dir=output_dir,
-            build=build,
-            batches=parse_batches(batch_sizes),
-            progress=say,
-            executor=ex,
-            tolerance=user_tolerance(precision.value, min_cosine, min_top1)
+            weights,
+            precision,
+            target,
+            CalibrationOptions(calib_dir, calib_npy, calib_count),
+            method,
+            DEFAULT_MAX_DROP if max_drop is None else max_drop,
+            user_tolerance(precision.value, min_cosine, min_top1)
             if precision is not Precision.fp32
             else None,
-            verbose=verbose,
+            images,
+            output_dir,
+            build,
+            batches=tuple(parse_batches(batch_sizes)),
         )
+        with search_executor(ray_address, searching) as ex, progress(not json_out) as say:
+            report = pipeline(config, RunOptions(say, ex, verbose, words=as_flags))
     if json_out:
         print_json(report)
         return
     from rich.markdown import Markdown
 
-    from resnest_deploy.pipeline import markdown
+    from resnest_deploy.reports.pipeline import markdown
 
     text = markdown(report)
     # rendered tables squeeze eight columns into narrow terminals and cut names: print the markdown

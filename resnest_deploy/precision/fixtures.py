@@ -45,22 +45,17 @@ def quantize_every_conv(
     dst: str | os.PathLike[str],
     target: str,
     calib: CalibrationData,
+    max_drop: float | None = None,
     **options: Any,
 ) -> ConversionReport:
     """The INT8 the search starts from: every convolution quantized (nothing kept in FP32 by name),
     calibrated afresh (no cache), and no parity bar: a search's budget judges it, not parity.
-    ``options`` go to ``precision.convert`` (``max_drop``, ``method``, ``cpu_isa``)."""
+    ``max_drop`` searches from it; ``options`` are more ``ConversionConfig`` fields (``method``,
+    ``cpu_isa``)."""
     from resnest_deploy.compare import UNCHECKED
-    from resnest_deploy.precision import convert
+    from resnest_deploy.precision import ConversionConfig, RunOptions, convert
 
-    return convert(
-        src,
-        dst,
-        precision="int8",
-        target=target,
-        calib=calib,
-        keep_fp32_nodes=(),
-        tolerance=UNCHECKED,
-        use_cache=False,
-        **options,
+    config = ConversionConfig(
+        "int8", target, keep_fp32_nodes=(), tolerance=UNCHECKED, max_drop=max_drop, **options
     )
+    return convert(src, dst, config, calib, RunOptions(use_cache=False))

@@ -41,15 +41,16 @@ import numpy as np
 from resnest_deploy import _deps
 from resnest_deploy._io import external_tensors
 from resnest_deploy.models.config import RESNEST_PARTS
+from resnest_deploy.precision import config
+
+# what each target's quantizer offers and the CPUs a CPU-target file is made for: defined once there
+METHODS = config.CPU_METHODS
+TENSORRT_METHODS = config.TENSORRT_METHODS
+CPU_ISAS = config.CPU_ISAS
 
 #: node-name patterns kept in FP32 by default: the attention gate and the classifier, as the
 #: registry names them (``models.parts``)
 KEEP_FP32_NODES: tuple[str, ...] = RESNEST_PARTS.keep_fp32_nodes
-#: what each target's quantizer offers: ONNX Runtime (CPU) four methods, ModelOpt (TensorRT) two
-METHODS = ("max", "entropy", "percentile", "distribution")
-TENSORRT_METHODS = ("max", "entropy", "percentile")
-#: the CPUs a CPU-target file is made for: every x86 (7-bit weights), or only those with VNNI / ARM
-CPU_ISAS = ("any", "vnni")
 _ORT_METHODS = {
     "max": "MinMax",
     "entropy": "Entropy",
@@ -143,7 +144,7 @@ def quantize_tensorrt(
         applied = {n.input[0] for n in quantized.graph.node if n.op_type == "QuantizeLinear"} & written
         scheme["percentile_ranges_applied"] = len(applied)
         if not applied:
-            raise ValueError("no percentile range matched a quantized tensor; use --calibration max")
+            raise ValueError("no percentile range matched a quantized tensor; use method=max")
     return scheme
 
 

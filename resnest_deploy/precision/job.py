@@ -21,12 +21,10 @@ from resnest_deploy.errors import ResnestDeployError, first_line
 from resnest_deploy.formats import InputForm
 from resnest_deploy.precision import fp16, int8
 from resnest_deploy.precision.calibration import CalibrationData
+from resnest_deploy.precision.config import ConversionConfig
+from resnest_deploy.precision.config import ConversionError as ConversionError
 
-PARITY_RANDOM = 16  # seeded inputs when no held-out images exist (FP16 without --calib-dir)
-
-
-class ConversionError(ResnestDeployError):
-    pass
+PARITY_RANDOM = 16  # seeded inputs when no held-out images exist (FP16 without calibration images)
 
 
 @contextlib.contextmanager
@@ -48,21 +46,41 @@ def quiet_modelopt(verbose: bool = False) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Job:
-    """One conversion request, which is also what its cached result is keyed by."""
+    """One conversion request, which is also what its cached result is keyed by: the source, its
+    calibration data and the config's fields (with one concrete calibration method, never auto)."""
 
     src: Path
     src_sha256: str
-    precision: str
-    target: str
+    config: ConversionConfig
     calib: CalibrationData | None
-    method: str
-    keep: list[str]
-    keep_fp32_ops: tuple[str, ...]
     #: the source's input form and size: calibration data (normalised NCHW) is fed to it in its form
     form: InputForm
     hw: tuple[int, int]
-    #: CPU target: the CPUs the file is made for (``int8.CPU_ISAS``), which decides 7- or 8-bit weights
-    cpu_isa: str = "any"
+
+    @property
+    def precision(self) -> str:
+        return str(self.config.precision)
+
+    @property
+    def target(self) -> str:
+        return str(self.config.target)
+
+    @property
+    def method(self) -> str:
+        return str(self.config.method)
+
+    @property
+    def keep(self) -> list[str]:
+        return self.config.keep()
+
+    @property
+    def keep_fp32_ops(self) -> tuple[str, ...]:
+        return self.config.keep_fp32_ops
+
+    @property
+    def cpu_isa(self) -> str:
+        """CPU target: the CPUs the file is made for, which decides 7- or 8-bit weights."""
+        return str(self.config.cpu_isa)
 
     def feed(self, x: np.ndarray) -> np.ndarray:
         return self.form.from_normalised(x)
@@ -74,12 +92,7 @@ class Job:
             CONVERSION_VERSION,
             self.src_sha256,
             self.calib.digest(),
-            self.precision,
-            self.target,
-            self.method,
-            self.keep,
-            list(self.keep_fp32_ops),
-            self.cpu_isa if self.target == "cpu" else None,  # decides reduce_range
+            *self.config.key(),
             metadata.tool_versions(),
         ]
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]

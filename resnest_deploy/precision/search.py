@@ -16,9 +16,8 @@ CPU-target file with the CPU's int8 kernels.
 
 from __future__ import annotations
 
-import copy
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +27,7 @@ from resnest_deploy import _deps, metrics
 from resnest_deploy.errors import ResnestDeployError
 from resnest_deploy.models import parts
 from resnest_deploy.models.config import RESNEST_PARTS, ModelParts
+from resnest_deploy.precision.qdq import layers_without_qdq as layers_without_qdq
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
 from resnest_deploy.runners.options import RunnerOptions
 
@@ -96,93 +96,6 @@ def without_qdq(model: Any, keep_fp32: Sequence[str], source: Any = None) -> Any
     if unknown:
         raise SearchError(f"no quantized unit {sorted(unknown)!r} in this file; units: {sorted(found)}")
     return layers_without_qdq(model, {name for unit in keep_fp32 for name in found[unit]}, source)
-
-
-def layers_without_qdq(model: Any, wanted: Collection[str], source: Any = None) -> Any:
-    """A copy of the quantized ``model`` with the compute nodes named in ``wanted`` computing in
-    FP32: their inputs read the float tensors their Q/DQ pairs were made from; weights stored as int8
-    get their original float values back from ``source`` (the FP32 export: ONNX Runtime's quantizer
-    names them ``<name>_quantized``), else are dequantized; Q/DQ nodes nothing reads are dropped."""
-    onnx = _deps.require("onnx")
-    numpy_helper = _deps.require("onnx.numpy_helper")
-    model = copy.deepcopy(model)
-    graph = model.graph
-    producers = {o: n for n in graph.node for o in n.output}
-    inits = {t.name: t for t in graph.initializer}
-    originals = {t.name: t for t in source.graph.initializer} if source is not None else {}
-    added: dict[str, str] = {}
-    for node in graph.node:
-        if node.name not in wanted:
-            continue
-        for i, name in enumerate(node.input):
-            dq = producers.get(name)
-            if dq is None or dq.op_type != "DequantizeLinear":
-                continue
-            quantized = dq.input[0]
-            q = producers.get(quantized)
-            if q is not None and q.op_type == "QuantizeLinear":
-                # the float activation (or weight) before Q/DQ; ONNX Runtime's CPU quantizer drops a
-                # ReLU whose output a uint8 Q with zero point 0 clamps anyway: put the clamp back
-                node.input[i] = q.input[0]
-                if _clamps_at_zero(q, inits, numpy_helper):
-                    relu = f"{q.input[0]}_relu_fp32"
-                    if relu not in added:
-                        graph.node.append(onnx.helper.make_node("Relu", [q.input[0]], [relu], name=relu))
-                        added[relu] = relu
-                    node.input[i] = relu
-            elif quantized in inits:  # int8 weights stored quantized: their float values back, once
-                if quantized not in added:
-                    original = originals.get(quantized.removesuffix("_quantized"))
-                    if original is not None:
-                        restored = copy.deepcopy(original)
-                        restored.name = f"{quantized}_fp32"
-                        graph.initializer.append(restored)
-                        added[quantized] = restored.name
-                    else:
-                        added[quantized] = _dequantized(onnx, numpy_helper, graph, dq, inits)
-                node.input[i] = added[quantized]
-    _drop_unread(graph)
-    return model
-
-
-def _clamps_at_zero(q: Any, inits: dict[str, Any], numpy_helper: Any) -> bool:
-    if len(q.input) < 3 or q.input[2] not in inits:
-        return False
-    zero = numpy_helper.to_array(inits[q.input[2]])
-    return bool(zero.dtype == np.uint8 and not zero.any())
-
-
-def _dequantized(onnx: Any, numpy_helper: Any, graph: Any, dq: Any, inits: dict[str, Any]) -> str:
-    w = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float32)
-    scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
-    zero = numpy_helper.to_array(inits[dq.input[2]]).astype(np.float32) if len(dq.input) > 2 else 0.0
-    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
-    if np.ndim(scale) == 1:
-        shape = [1] * w.ndim
-        shape[axis] = -1
-        scale = scale.reshape(shape)
-        zero = np.reshape(zero, shape) if np.ndim(zero) == 1 else zero
-    name = f"{dq.input[0]}_fp32"
-    graph.initializer.append(numpy_helper.from_array((w - zero) * scale, name))
-    return name
-
-
-def _drop_unread(graph: Any) -> None:
-    outputs = {o.name for o in graph.output}
-    while True:
-        read = {i for n in graph.node for i in n.input} | outputs
-        dead = [
-            n
-            for n in graph.node
-            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not set(n.output) & read
-        ]
-        if not dead:
-            break
-        for n in dead:
-            graph.node.remove(n)
-    read = {i for n in graph.node for i in n.input}
-    for t in [t for t in graph.initializer if t.name not in read]:
-        graph.initializer.remove(t)
 
 
 @dataclass(frozen=True)
@@ -308,6 +221,26 @@ class SearchResult:
             "layers_fp32": self.layers_fp32,
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchResult:
+        """A search read back from a sidecar's ``conversion.search`` (what ``as_dict`` wrote)."""
+        ranking = [
+            Sensitivity(str(s["unit"]), float(s["metric_fp32_alone"]), float(s["gain"]))
+            for s in data.get("sensitivity") or []
+        ]
+        return cls(
+            float(data["fp32"]),
+            float(data["plain_int8"]),
+            float(data["chosen"]),
+            [str(u) for u in data.get("kept_fp32") or []],
+            float(data["max_drop_points"]),
+            str(data["metric"]),
+            ranking,
+            [dict(t) for t in data.get("trials") or []],
+            {str(k): int(v) for k, v in (data.get("layers_fp32") or {}).items()},
+            [str(n) for n in data.get("kept_fp32_layers") or []],
+        )
+
 
 def search(
     model: Any,
@@ -319,11 +252,10 @@ def search(
     """Keep the most sensitive units in FP32, one at a time, until the metric is within
     ``max_drop`` points of FP32; the model that meets it, and what it cost. Refused when even every
     unit but one in FP32 cannot meet the budget (then INT8 is not the tool for this model).
+    ``max_drop`` is checked where it is given (``precision.ConversionConfig``).
 
     The sensitivity pass goes through ``executor`` when given; the steps after it stay here, one
     after another: each keeps what the step before chose."""
-    if not 0 <= max_drop <= 100:
-        raise SearchError(f"--max-drop is in points of top-1, 0..100; got {max_drop}")
     say = progress or (lambda _m: None)
     fp32 = metric.fp32
     plain, ranked = sensitivity(model, metric, say, executor)
@@ -384,65 +316,3 @@ def _fewest_layers(
         if ok:
             fp32, best, reached = trial, candidate, value
     return best, reached, fp32
-
-
-def kept_summary(found: Any) -> str:
-    """What a recorded search (metadata: untrusted) kept in FP32, for people: units, then layers."""
-    found = found if isinstance(found, dict) else {}
-    kept = [u for u in found.get("kept_fp32") or [] if isinstance(u, str)]
-    layers = [n for n in found.get("kept_fp32_layers") or [] if isinstance(n, str)]
-    if not kept:
-        return "none"
-    text = ", ".join(kept)
-    if layers:
-        shown = ", ".join(layers[:4]) + (", ..." if len(layers) > 4 else "")
-        text += f" ({len(layers)} layer{'s' if len(layers) != 1 else ''}: {shown})"
-    return text
-
-
-def latency_summary(found: Any) -> str | None:
-    """The recorded cost of the units kept in FP32 (metadata: untrusted), for people, if measured."""
-    cost = found.get("latency") if isinstance(found, dict) else None
-    if not isinstance(cost, dict):
-        return None
-    parts = []
-    for backend, t in cost.items():
-        keys = ("plain_ms", "searched_ms")
-        if isinstance(t, dict) and all(isinstance(t.get(k), (int, float)) for k in keys):
-            parts.append(
-                f"{backend} {t['plain_ms']:.3f} -> {t['searched_ms']:.3f} ms "
-                f"({t['searched_ms'] / max(t['plain_ms'], 1e-9):.2f}x)"
-            )
-    return f"latency at batch 1, plain -> searched: {', '.join(parts)}" if parts else None
-
-
-def plot(ranking: Sequence[Sensitivity], path: str | Any, metric_name: str = "top-1") -> Any:
-    """The ranking as a bar chart (PNG): points recovered by leaving each unit alone in FP32."""
-    from pathlib import Path
-
-    from resnest_deploy._io import atomic_path
-
-    _deps.require("matplotlib")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shown = list(ranking)[:20]
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(shown) + 1.2))
-    gains = [s.gain for s in shown][::-1]
-    colors = ["#4c72b0" if g > 0 else "#b0b0b0" for g in gains]  # grey: FP32 there recovers nothing
-    ax.barh([s.unit for s in shown][::-1], gains, color=colors)
-    ax.axvline(0, color="black", linewidth=0.8)
-    # at least a point either side: a tenth of a point (one image of 899) must not fill the chart
-    ax.set_xlim(min(-1.0, 1.1 * min(gains, default=0.0)), max(1.0, 1.1 * max(gains, default=0.0)))
-    title = "INT8 sensitivity"
-    if not any(g > 0 for g in gains):
-        title += "\nno unit recovers anything: INT8 costs nothing here"
-    ax.set(xlabel=f"{metric_name} points recovered with only this unit in FP32", title=title)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path

@@ -1,0 +1,205 @@
+"""The orchestration of one conversion: calibrate (once, or every method: the tournament), search
+the units to keep in FP32, time what that costs, measure parity, write the file and its sidecar.
+Parity lives in ``parity``, the latency cost in ``cost``, the typed results in ``results``."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from resnest_deploy import _deps, _verbosity, metadata
+from resnest_deploy._io import artifact_pair, prepare_outputs, sha256_file
+from resnest_deploy.compare import TOLERANCES, UNCHECKED, Metrics, assert_close
+from resnest_deploy.errors import ArtifactError
+from resnest_deploy.formats import InputForm
+from resnest_deploy.precision import search
+from resnest_deploy.precision.calibration import CalibrationData
+from resnest_deploy.precision.config import ConversionConfig, ConversionError, Method, RunOptions
+from resnest_deploy.precision.cost import LatencyCost, latency_cost
+from resnest_deploy.precision.job import Job, cached_convert, quiet_modelopt, random_inputs
+from resnest_deploy.precision.parity import gate_record, held_out_metric, measure_parity
+from resnest_deploy.precision.results import (
+    ConversionReport,
+    MethodScore,
+    Tournament,
+    conversion_section,
+)
+from resnest_deploy.precision.search import SearchResult
+from resnest_deploy.precision.source import default_output, input_hw, read_source
+
+
+def convert(
+    src: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None,
+    config: ConversionConfig,
+    calib: CalibrationData | None = None,
+    run: RunOptions | None = None,
+) -> ConversionReport:
+    """Convert ``src`` as ``config`` says and check the result against it; raise (writing nothing)
+    if it drifted. ``output`` None: beside ``src`` (``m.int8.onnx``, ``m.int8-cpu.onnx``, ...).
+
+    A calibrated model is cached under the key (source sha256, calibration data, the config's
+    fields, tool versions), so rerunning with the same data skips calibration, the slow part
+    (resnest50 on 256 images: about 45 s here); the parity check always runs.
+
+    INT8 only: ``method="auto"`` calibrates with every method the target's quantizer offers and keeps
+    the best on the held-out inputs; ``max_drop`` keeps the most sensitive units in FP32 until the
+    budget is met (``precision.search``), whose trials ``run.executor`` may run elsewhere.
+
+    A source made from random weights is measured but not judged: its near-uniform logits make
+    any INT8 file look far from them (``metadata.random_weights``).
+    """
+    run = run or RunOptions()
+    verbose = run.verbose or _verbosity.verbose()
+    if config.precision == "int8" and calib is None:
+        raise ConversionError("INT8 needs calibration data; pass calib_dir=DIR (images) or calib_npy=FILE")
+    onnx = _deps.require("onnx")
+    started = time.perf_counter()
+    src = Path(src)
+    meta = read_source(src)
+    hw = input_hw(meta)
+    if calib is not None and tuple(calib.calib.shape[2:]) != hw:
+        raise ArtifactError(f"calibration inputs are {calib.calib.shape[2:]}, the model wants {hw}")
+    output = Path(output) if output else default_output(src, str(config.precision), str(config.target))
+    prepare_outputs([output], [src])
+    random = metadata.random_weights(meta)
+    with artifact_pair(output) as pair, quiet_modelopt(verbose):
+        job = Job(src, sha256_file(src), config, calib, InputForm.of(meta), hw)
+        made = _made(job, pair.tmp, random, run, verbose)
+        parity, out_meta = _judged(meta, made, random, run)
+        metadata.embed(made.model, out_meta)
+        onnx.save(made.model, pair.tmp)
+        out_meta |= metadata.file_and_graph(pair.tmp, output.name, made.model)
+        sidecar = pair.write_sidecar(out_meta)
+    return ConversionReport(
+        output,
+        sidecar,
+        str(config.precision),
+        str(config.target),
+        parity,
+        time.perf_counter() - started,
+        out_meta["graph"]["op_counts"],
+        out_meta,
+        made.tournament,
+        made.found,
+        made.cost,
+    )
+
+
+@dataclass
+class _Made:
+    """The converted model and what made it, before parity is measured."""
+
+    job: Job  # the one whose model was kept (the tournament's winner)
+    model: Any
+    settings: dict[str, Any]
+    metric: search.Metric | None = None
+    tournament: Tournament | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    found: SearchResult | None = None
+    cost: LatencyCost | None = None
+
+
+def _made(job: Job, tmp: Path, random: bool, run: RunOptions, verbose: bool) -> _Made:
+    """Calibrate (every method when auto), then search the units to keep in FP32 and time them."""
+    config, skipped = _for_random_weights(job.config, random, run.say)
+    job = replace(
+        job, config=config if config.method != Method.auto else config.with_method(config.methods[0])
+    )
+    metric = None
+    if config.precision == "int8" and (config.auto or config.max_drop is not None):
+        assert job.calib is not None
+        metric = held_out_metric(job.src, job, job.calib)
+    if config.auto:
+        assert metric is not None
+        made = _tournament(job, metric, tmp, run, verbose)
+    else:
+        model, settings = cached_convert(job, tmp, run.say, run.use_cache, verbose)
+        made = _Made(job, model, settings, metric)
+    made.skipped = skipped
+    if config.max_drop is not None and metric is not None:
+        plain = made.model
+        made.model, made.found = search.search(plain, metric, config.max_drop, run.say, run.executor)
+        if made.found.kept_fp32:
+            made.cost = latency_cost(plain, made.model, metric.x[:1], str(config.target), run.say)
+    graph = metadata.graph_precision(made.model)
+    if graph != config.precision:
+        raise ConversionError(
+            f"the {config.precision} conversion left a {graph} graph (no node was converted: does "
+            "keep_fp32_nodes match everything?); keep fewer nodes in FP32"
+        )
+    return made
+
+
+def _for_random_weights(
+    config: ConversionConfig, random: bool, say: Callable[[str], None]
+) -> tuple[ConversionConfig, dict[str, str]]:
+    """Random weights: which method, or which units, are best cannot be told from near-uniform
+    logits; the default method, once, and no search (each said, and recorded)."""
+    skipped: dict[str, str] = {}
+    if random and config.auto:
+        first = config.methods[0]
+        skipped["calibration_methods_skipped"] = f"random weights: {first}, the default, used"
+        say(f"calibration: {first} (auto skipped: random weights)")
+        config = config.with_method(first)
+    if random and config.max_drop is not None:
+        skipped["search_skipped"] = (
+            "random weights: which units INT8 hurts cannot be told from near-uniform logits"
+        )
+        say(f"INT8 search skipped ({skipped['search_skipped']}); every unit stays INT8")
+        config = replace(config, max_drop=None)
+    return config, skipped
+
+
+def _tournament(job: Job, metric: search.Metric, tmp: Path, run: RunOptions, verbose: bool) -> _Made:
+    """Every method the target offers, scored on the held-out inputs; ties: the first (max)."""
+    tried = []
+    for m in job.config.methods:
+        candidate = replace(job, config=job.config.with_method(m))
+        model, settings = cached_convert(candidate, tmp, run.say, run.use_cache, verbose)
+        tried.append((metric(model), candidate, model, settings))
+        run.say(f"calibration {m}: {tried[-1][0]:.2f} ({metric.name})")
+    _, best, model, settings = max(tried, key=lambda t: t[0])
+    scores = tuple(MethodScore(j.method, round(v, 3)) for v, j, _, _ in tried)
+    return _Made(best, model, settings, metric, Tournament(metric.name, scores, best.method))
+
+
+def _judged(
+    meta: dict[str, Any], made: _Made, random: bool, run: RunOptions
+) -> tuple[Metrics, dict[str, Any]]:
+    """Parity against the FP32 source on held-out inputs (seeded random ones without data), the gate
+    applied, and the metadata of the file to write."""
+    job, config = made.job, made.job.config
+    precision, target = str(config.precision), str(config.target)
+    x = job.feed(job.calib.holdout if job.calib is not None else random_inputs(job))
+    inputs = (
+        f"{len(x)} held-out calibration inputs" if job.calib is not None else f"{len(x)} seeded random inputs"
+    )
+    run.say(f"measuring against the FP32 source in ONNX Runtime on {inputs}")
+    reference = made.metric.reference if made.metric is not None else None  # the same held-out inputs
+    parity, measured = measure_parity(job.src, made.model, x, precision, target, reference)
+    bar = UNCHECKED if random else config.tolerance or TOLERANCES[precision]
+    assert_close(parity, bar, f"{precision} ({target}) model")
+    if random:
+        run.say(f"{job.src.name} is {metadata.RANDOM_WEIGHTS_NOTE}")
+    section = conversion_section(made.settings, made.tournament, made.skipped, made.found, made.cost)
+    return parity, {
+        **meta,
+        "precision": precision,
+        "target": target,
+        "source": {"file": job.src.name, "sha256": job.src_sha256},
+        "conversion": section,
+        "parity": {
+            "reference": f"{job.src.name} (fp32) in onnxruntime cpu",
+            "arithmetic": measured,
+            "inputs": inputs,
+            "metrics": parity.as_dict(),
+            "gate": gate_record(parity, precision, config.tolerance, random),
+        },
+        "created": metadata.now(),
+        "tools": metadata.tool_versions(),
+    }

@@ -1,0 +1,163 @@
+"""What a user reads about a conversion: the calibration tournament, the search (what was kept in
+FP32 and what it costs) and the sensitivity chart, from the typed results of ``precision``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from resnest_deploy import _deps
+from resnest_deploy.precision.calibration import HOLDOUT
+from resnest_deploy.precision.cost import LatencyCost, Timing
+from resnest_deploy.precision.results import ConversionReport, Tournament
+from resnest_deploy.precision.search import SearchResult, Sensitivity
+
+
+def kept_summary(found: SearchResult | Any) -> str:
+    """What a search kept in FP32, for people: units, then layers. Also takes a recorded search
+    (metadata: untrusted), read defensively."""
+    if isinstance(found, SearchResult):
+        kept, layers = found.kept_fp32, found.kept_fp32_layers
+    else:
+        found = found if isinstance(found, dict) else {}
+        kept = [u for u in found.get("kept_fp32") or [] if isinstance(u, str)]
+        layers = [n for n in found.get("kept_fp32_layers") or [] if isinstance(n, str)]
+    if not kept:
+        return "none"
+    text = ", ".join(kept)
+    if layers:
+        shown = ", ".join(layers[:4]) + (", ..." if len(layers) > 4 else "")
+        text += f" ({len(layers)} layer{'s' if len(layers) != 1 else ''}: {shown})"
+    return text
+
+
+def latency_summary(cost: LatencyCost | Any) -> str | None:
+    """The cost of the units kept in FP32, for people, if measured. Also takes a recorded search
+    (metadata: untrusted: its ``latency``), read defensively."""
+    if not isinstance(cost, LatencyCost):
+        recorded = cost.get("latency") if isinstance(cost, dict) else None
+        if not isinstance(recorded, dict):
+            return None
+        cost = LatencyCost(1, [], _timings(recorded))
+    parts = [
+        f"{backend} {t.plain_ms:.3f} -> {t.searched_ms:.3f} ms ({t.searched_ms / max(t.plain_ms, 1e-9):.2f}x)"
+        for backend, t in cost.backends.items()
+        if isinstance(t, Timing)
+    ]
+    return f"latency at batch 1, plain -> searched: {', '.join(parts)}" if parts else None
+
+
+def _timings(recorded: dict[str, Any]) -> dict[str, Timing | str]:
+    keys = ("plain_ms", "searched_ms")
+    return {
+        backend: Timing(float(t["plain_ms"]), float(t["searched_ms"]), 0.0)
+        for backend, t in recorded.items()
+        if isinstance(t, dict) and all(isinstance(t.get(k), (int, float)) for k in keys)
+    }
+
+
+def tournament_line(tried: Tournament) -> str:
+    return (
+        f"calibration ({tried.metric} on held-out images): "
+        + ", ".join(f"{r.method} {r.metric:.2f}" for r in tried.results)
+        + f"; kept {tried.chosen}"
+    )
+
+
+def search_line(found: SearchResult, plot: os.PathLike[str] | str | None = None) -> str:
+    top = ", ".join(f"{s.unit} +{s.gain:.2f}" for s in found.ranking[:3])
+    return (
+        f"INT8 search ({found.metric_name}): FP32 {found.fp32_metric:.2f}, "
+        f"plain INT8 {found.int8_metric:.2f}, "
+        f"chosen {found.metric:.2f}, kept in FP32: {kept_summary(found)}; "
+        f"most sensitive: {top}" + (f"; chart: {plot}" if plot else "")
+    )
+
+
+def gate_lines(gate: dict[str, Any], inputs: str) -> list[str]:
+    """What a person must read about how a converted file was judged: never silent."""
+    lines = []
+    if gate.get("note"):
+        lines.append(str(gate["note"]))
+    elif gate.get("tolerance_from") == "user" and gate.get("outside_default"):
+        lines.append(
+            "accepted outside the default tolerance by your bar ("
+            + "; ".join(gate["outside_default"])
+            + "); recorded in the file's metadata"
+        )
+    held_out = inputs.split(" ", 1)[0]
+    if held_out.isdigit() and "held-out" in inputs and int(held_out) < HOLDOUT:
+        lines.append(
+            f"parity measured on only {inputs} (a fifth of the images when there are few, else those "
+            f"beyond --calib-count); --calib-count + {HOLDOUT} images or more hold out {HOLDOUT}"
+        )
+    return lines
+
+
+def summary_lines(report: ConversionReport, plot: os.PathLike[str] | str | None = None) -> list[str]:
+    """The lines `quantize` prints under its parity table: the tournament and the search."""
+    lines = []
+    if report.tournament is not None:
+        lines.append(tournament_line(report.tournament))
+    if report.search is not None:
+        lines.append(search_line(report.search, plot))
+    return lines
+
+
+def search_markdown(found: SearchResult, tried: Tournament | None, cost: LatencyCost | None) -> list[str]:
+    """A search as markdown: the calibration table, the outcome and its cost, the top units."""
+    kept = kept_summary(found)
+    kept = "none (INT8 everywhere)" if kept == "none" else kept
+    lines = []
+    if tried is not None:
+        lines += [
+            "| calibration | plain INT8 |",
+            "|---|---|",
+            *(
+                f"| {r.method}{' (kept)' * (r.method == tried.chosen)} | {r.metric:.2f} |"
+                for r in tried.results
+            ),
+            "",
+        ]
+    summary = latency_summary(cost) if cost is not None else None
+    return [
+        *lines,
+        f"FP32 {found.fp32_metric:.2f}, plain INT8 {found.int8_metric:.2f}, chosen {found.metric:.2f}; "
+        f"kept in FP32: {kept}." + (f" Its cost: {summary}." if summary else ""),
+        "",
+        "| unit | with only it in FP32 | recovers |",
+        "|---|---|---|",
+        *(f"| {s.unit} | {s.metric_fp32_alone:.2f} | {s.gain:+.2f} |" for s in found.ranking[:8]),
+    ]
+
+
+def plot(ranking: Sequence[Sensitivity], path: str | os.PathLike[str], metric_name: str = "top-1") -> Path:
+    """The ranking as a bar chart (PNG): points recovered by leaving each unit alone in FP32."""
+    from resnest_deploy._io import atomic_path
+
+    _deps.require("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = list(ranking)[:20]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(shown) + 1.2))
+    gains = [s.gain for s in shown][::-1]
+    colors = ["#4c72b0" if g > 0 else "#b0b0b0" for g in gains]  # grey: FP32 there recovers nothing
+    ax.barh([s.unit for s in shown][::-1], gains, color=colors)
+    ax.axvline(0, color="black", linewidth=0.8)
+    # at least a point either side: a tenth of a point (one image of 899) must not fill the chart
+    ax.set_xlim(min(-1.0, 1.1 * min(gains, default=0.0)), max(1.0, 1.1 * max(gains, default=0.0)))
+    title = "INT8 sensitivity"
+    if not any(g > 0 for g in gains):
+        title += "\nno unit recovers anything: INT8 costs nothing here"
+    ax.set(xlabel=f"{metric_name} points recovered with only this unit in FP32", title=title)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
