@@ -1,0 +1,173 @@
+"""Cross-layer equalization: exact in FP32, balanced where it acts, hands off where it cannot be exact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from resnest_deploy.errors import ArtifactError
+from resnest_deploy.precision.equalize import equalize, relative_change, write_equalized
+
+
+def _logits(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+
+
+def _digits_inputs() -> tuple[np.ndarray, np.ndarray]:
+    from resnest_deploy import data
+    from resnest_deploy.models import get_spec
+
+    images, labels = data.digits("test")
+    transform = data.Transform.from_pretrained(get_spec("resnest14d_digits").pretrained)
+    return data.digits_batch(images, transform), np.asarray(labels)
+
+
+def _ranges(model: onnx.ModelProto, first: str, second: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel weight ranges recomputed from the file: r1 over the first conv's output channels,
+    r2 over the second's input channels (grouped: each group's rows)."""
+    nodes = {n.name: n for n in model.graph.node}
+    arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    w1, w2 = arrays[nodes[first].input[1]], arrays[nodes[second].input[1]]
+    groups = next((a.i for a in nodes[second].attribute if a.name == "group"), 1)
+    r1 = np.abs(w1).reshape(len(w1), -1).max(axis=1)
+    per_in, per_out = w2.shape[1], w2.shape[0] // groups
+    r2 = np.array(
+        [
+            np.abs(w2[c // per_in * per_out : (c // per_in + 1) * per_out, c % per_in]).max()
+            for c in range(len(r1))
+        ]
+    )
+    return r1, r2
+
+
+def test_digits_logits_unchanged_and_every_equalized_pair_balanced(digits_onnx: Path) -> None:
+    src = onnx.load(digits_onnx)
+    out, report = equalize(src)
+    x, labels = _digits_inputs()
+    a, b = _logits(src, x), _logits(out, x)
+    assert np.max(np.abs(a - b)) / np.max(np.abs(a)) < 1e-5
+    assert (a.argmax(1) == b.argmax(1)).all() and (a.argmax(1) == labels).mean() > 0.99
+    assert relative_change(src, out) < 1e-5
+    # stem pairs, each block's conv1 -> split-attention conv (grouped) and its fc1 -> fc2
+    assert len(report.equalized) == 10 and report.imbalance_before > 3 and report.imbalance_after < 1.001
+    assert any(p.second.endswith("layer3.0/conv2/conv/Conv") for p in report.equalized)
+    for pair in report.equalized:
+        r1, r2 = _ranges(out, pair.first, pair.second)
+        np.testing.assert_allclose(r1, r2, rtol=1e-4)
+    # the split-attention conv's output and the stem's branching conv are left alone, with why
+    why = {s.first: s.reason for s in report.skipped}
+    assert "split attention" in why["/layer2/layer2.0/conv2/conv/Conv"]
+    assert "downsample" in why["/conv1/conv1.6/Conv"]
+
+
+def test_resnest50_random_weights_logits_within_1e_5(tmp_path: Path) -> None:
+    from resnest_deploy.export import export_onnx
+    from resnest_deploy.models import load_model
+
+    model, info = load_model("resnest50", "random")
+    path = export_onnx(
+        model, tmp_path / "r50.onnx", input_size=(64, 64), weights=info, parity_batches=(1,)
+    ).path
+    src = onnx.load(path)
+    out, report = equalize(src)
+    assert relative_change(src, out) < 1e-5
+    x = np.random.default_rng(1).standard_normal((4, 3, 64, 64)).astype(np.float32)
+    a, b = _logits(src, x), _logits(out, x)
+    assert np.max(np.abs(a - b)) / np.max(np.abs(a)) < 1e-5
+    # 16 bottlenecks: conv1 -> split-attention conv and fc1 -> fc2 in each, the stem's first two
+    assert len(report.equalized) == 2 * 16 + 2
+    assert sum("split attention" in s.reason for s in report.skipped) == 16
+
+
+def _conv(name: str, x: str, w: np.ndarray, group: int = 1) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+    b = np.random.default_rng(len(name)).standard_normal(w.shape[0]).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(w.astype(np.float32), f"{name}.w"),
+        numpy_helper.from_array(b, f"{name}.b"),
+    ]
+    node = helper.make_node(
+        "Conv", [x, f"{name}.w", f"{name}.b"], [f"{name}.y"], name=name, group=group, pads=[1, 1, 1, 1]
+    )
+    return node, inits
+
+
+def _graph(
+    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], outputs: list[str], chans: int = 4
+) -> onnx.ModelProto:
+    inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", chans, 8, 8])
+    outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs]
+    return helper.make_model(
+        helper.make_graph(nodes, "g", [inp], outs, inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
+
+
+def test_a_branching_first_conv_is_left_alone_and_a_grouped_pair_is_exact() -> None:
+    rng = np.random.default_rng(0)
+    w_a = rng.standard_normal((8, 4, 3, 3))
+    w_a[2] *= 50  # an outlier channel
+    a, ia = _conv("a", "x", w_a)
+    b, ib = _conv("b", "ra", rng.standard_normal((6, 8, 3, 3)))
+    c, ic = _conv("c", "ra", rng.standard_normal((6, 8, 3, 3)))  # a's activation also goes here
+    d, id_ = _conv("d", "x", w_a.copy())
+    e, ie = _conv("e", "pd", rng.standard_normal((8, 4, 3, 3)), group=2)  # grouped second conv
+    relus = [
+        helper.make_node("Relu", ["a.y"], ["ra"], name="ra"),
+        helper.make_node("Relu", ["d.y"], ["rd"], name="rd"),
+    ]
+    pool = helper.make_node("MaxPool", ["rd"], ["pd"], name="pd", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    model = _graph([a, d, *relus, pool, b, c, e], ia + ib + ic + id_ + ie, ["b.y", "c.y", "e.y"])
+    out, report = equalize(model)
+    assert [(p.first, p.second) for p in report.equalized] == [("d", "e")]
+    assert report.skipped[0].first == "a" and "b, c" in report.skipped[0].reason
+    before = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    after = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    for name in ("a.w", "a.b", "b.w", "c.w"):
+        np.testing.assert_array_equal(before[name], after[name])
+    assert report.equalized[0].imbalance_before > 10 and report.equalized[0].imbalance_after < 1.0001
+    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    sess = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (model, out)
+    ]
+    ref, new = (s.run(["e.y"], {"x": x})[0] for s in sess)
+    assert np.max(np.abs(ref - new)) / np.max(np.abs(ref)) < 1e-5
+
+
+def test_batch_norms_are_folded_first() -> None:
+    rng = np.random.default_rng(3)
+    a, ia = _conv("a", "x", rng.standard_normal((8, 4, 3, 3)))
+    b, ib = _conv("b", "r", rng.standard_normal((5, 8, 3, 3)))
+    stats = [rng.uniform(0.5, 2, 8), rng.standard_normal(8), rng.standard_normal(8), rng.uniform(0.5, 2, 8)]
+    names = ["bn.g", "bn.b", "bn.m", "bn.v"]
+    inits = [numpy_helper.from_array(s.astype(np.float32), n) for s, n in zip(stats, names, strict=True)]
+    bn = helper.make_node("BatchNormalization", ["a.y", *names], ["bn.y"], name="bn")
+    relu = helper.make_node("Relu", ["bn.y"], ["r"], name="r")
+    model = _graph([a, bn, relu, b], ia + ib + inits, ["b.y"])
+    out, report = equalize(model)
+    assert report.folded_batch_norms == 1 and [p.first for p in report.equalized] == ["a"]
+    assert not any(n.op_type == "BatchNormalization" for n in out.graph.node)
+    assert relative_change(model, out) < 1e-5
+
+
+def test_write_equalized_records_what_it_did_and_never_overwrites_its_input(
+    digits_onnx: Path, tmp_path: Path
+) -> None:
+    from resnest_deploy.precision.source import read_source
+
+    with pytest.raises(ArtifactError, match="overwrite the input"):
+        write_equalized(digits_onnx, digits_onnx)
+    dest = tmp_path / "digits.equalized.onnx"
+    report = write_equalized(digits_onnx, dest)
+    meta = read_source(dest)  # still an FP32 resnest-deploy export, with PyTorch's recorded outputs
+    assert meta["arch"] == "resnest14d_digits" and meta["reference"] == read_source(digits_onnx)["reference"]
+    side = json.loads(Path(f"{dest}.json").read_text())
+    record = side["equalization"]
+    assert len(record["equalized"]) == len(report.equalized) == 10
+    assert record["relative_change"] < 1e-5 and side["source"]["file"] == digits_onnx.name
+    assert "equalized 10 convolution pair(s)" in str(report)
