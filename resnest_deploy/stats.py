@@ -1,32 +1,42 @@
-"""How sure a measured accuracy drop is: paired per-image outcomes, an exact 95% interval, and
-whether a set of images can resolve a budget at all.
+"""How sure a measured accuracy drop is: paired per-image outcomes, a 95% interval, and whether a
+set of images can resolve a budget at all.
 
-The reference (FP32) and the candidate (INT8) are judged on the same images, so only the images
-where they disagree carry information: ``lost`` (right in the reference, wrong in the candidate) and
-``gained`` (the other way round). The drop is ``(lost - gained) / n``. Its interval is McNemar's exact
-one: given ``m = lost + gained`` discordant images, ``lost`` is binomial in ``m`` with the share
-``theta``; a Clopper-Pearson interval on ``theta`` maps to the drop as ``m * (2 theta - 1) / n``.
+The reference (FP32) and the candidate (INT8) are judged on the same images, so only the images where
+they disagree carry information: ``lost`` (right in the reference, wrong in the candidate) and
+``gained`` (the other way round). The drop is ``(lost - gained) / n``.
 
-Why this and not a paired bootstrap: it is exact and deterministic (no seed, the same numbers on every
-run), it costs nothing on 50,000 images, and it stays honest where a bootstrap collapses: with one
-image lost and none gained, every resample has a drop >= 0 and the bootstrap's interval never
-includes "no drop" on the other side, while the exact interval does. The mapping treats the observed
-discordant rate ``m / n`` as known (the usual conditional reading); when no image disagrees the
-interval is +-(the exact 97.5% upper bound on the discordant rate, 0 of n seen), not a point at 0.
+Its interval is Tango's score interval for a paired difference (Tango 1998; the one Fagerland,
+Lydersen and Laake, BMC Med Res Methodol 2013, recommend for paired proportions): every drop ``d``
+whose score statistic ``(lost - gained - n d) / sqrt(n (2 q(d) + d (1 - d)))`` (``q(d)``: the
+likeliest rate of ``gained`` given ``d``, a quadratic's root) is within the normal quantile. It is
+deterministic (no seed), costs nothing on 50,000 images, and stays honest at the counts INT8 produces:
 
-Pure Python and NumPy: the beta function's continued fraction (Numerical Recipes' ``betacf``) and a
-bisection replace ``scipy.stats``, which is not a dependency.
+* McNemar's exact conditional interval (Clopper-Pearson on ``lost / (lost + gained)`` mapped by the
+  observed discordant rate, ``method="mcnemar"``) treats that rate as known, so its upper end can never
+  pass ``(lost + gained) / n``: on a digits fixture with 7 images lost and none gained it said
+  "0.78 points (95% CI 0.14 to 0.78)", an upper end that is the estimate itself; a budget judged by it
+  would be judged wrongly. Tango's gives 0.35 to 1.60. Simulated on 899 images with 0.5% lost and
+  0.1% gained, the conditional interval held the true drop 75% of the time, Tango's 95.5%.
+* A paired bootstrap collapses to a point when no image disagrees (every resample agrees too);
+  Tango's then gives +-z^2/(n+z^2) (0.43 points on 899 images).
+
+The exact McNemar p-value of "no difference" is reported beside it. Pure Python and NumPy: the
+normal quantile from ``statistics.NormalDist``, the binomial tail from the incomplete beta function's
+continued fraction (Numerical Recipes' ``betacf``); ``scipy`` is not a dependency.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-METHOD = "McNemar exact"
+#: interval methods: key -> the name a summary shows
+METHODS = {"tango": "Tango score", "mcnemar": "McNemar exact"}
+METHOD = "tango"
 CONFIDENCE = 0.95
 
 
@@ -41,7 +51,7 @@ class Drop:
     lost: int  # right in the reference, wrong in the candidate
     gained: int  # wrong in the reference, right in the candidate
     p_value: float  # exact two-sided McNemar test of "no difference"
-    method: str = METHOD
+    method: str = METHODS[METHOD]
     confidence: float = CONFIDENCE
 
     @property
@@ -65,9 +75,9 @@ def _short(v: float) -> str:
     return "0" if text in ("-0", "") else text
 
 
-def paired_drop(reference: Any, candidate: Any, confidence: float = CONFIDENCE) -> Drop:
+def paired_drop(reference: Any, candidate: Any, confidence: float = CONFIDENCE, method: str = METHOD) -> Drop:
     """The drop from ``reference`` to ``candidate``, each a per-image bool array (True: top-1 right),
-    in the same image order."""
+    in the same image order; ``method``: ``"tango"`` (default) or ``"mcnemar"`` (see the module)."""
     ref, cand = np.asarray(reference), np.asarray(candidate)
     if ref.ndim != 1 or ref.shape != cand.shape:
         raise ValueError(
@@ -77,18 +87,50 @@ def paired_drop(reference: Any, candidate: Any, confidence: float = CONFIDENCE) 
         raise ValueError("no images: an accuracy drop needs at least one judged image")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    if method not in METHODS:
+        raise ValueError(f"unknown interval method {method!r}; choose one of {', '.join(METHODS)}")
     ref, cand = ref.astype(bool), cand.astype(bool)
     n = len(ref)
     lost, gained = int(np.sum(ref & ~cand)), int(np.sum(~ref & cand))
+    interval = tango if method == "tango" else mcnemar_conditional
+    low, high = interval(lost, gained, n, confidence)
+    m = lost + gained
+    p = min(1.0, 2 * binom_cdf(min(lost, gained), m, 0.5)) if m else 1.0
+    points = 100 * (lost - gained) / n
+    return Drop(points, 100 * low, 100 * high, n, lost, gained, p, METHODS[method], confidence)
+
+
+def tango(lost: int, gained: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Tango's score interval for the paired difference ``(lost - gained) / n`` (as shares)."""
+    z = statistics.NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    estimate = (lost - gained) / n
+
+    def score(d: float) -> float:
+        w = -lost - gained + (2 * n - lost + gained) * d
+        q = (math.sqrt(max(w * w + 8 * n * gained * d * (1 - d), 0.0)) - w) / (4 * n)
+        num, var = lost - gained - n * d, n * (2 * q + d * (1 - d))
+        if var > 1e-12:
+            return num / math.sqrt(var)
+        return 0.0 if abs(num) < 1e-9 else math.copysign(math.inf, num)  # at d = +-1
+
+    # the score falls as d grows: the ends are where it crosses +z (below the estimate) and -z (above)
+    low = -1.0 if score(-1.0) < z else _bisect(lambda d: z - score(d), -1.0, estimate)
+    high = 1.0 if score(1.0) > -z else _bisect(lambda d: -z - score(d), estimate, 1.0)
+    return low, high
+
+
+def mcnemar_conditional(
+    lost: int, gained: int, n: int, confidence: float = CONFIDENCE
+) -> tuple[float, float]:
+    """Clopper-Pearson on ``lost / (lost + gained)`` mapped to the difference by the observed discordant
+    rate (exact given that rate; its ends never pass it). With no discordant image: +-the exact upper
+    bound on the discordant rate (0 of n seen)."""
     m, alpha = lost + gained, 1 - confidence
     if m == 0:
-        bound = 100 * (1 - (alpha / 2) ** (1 / n))
-        low, high = -bound, bound
-    else:
-        t_low, t_high = clopper_pearson(lost, m, confidence)
-        low, high = 100 * m * (2 * t_low - 1) / n, 100 * m * (2 * t_high - 1) / n
-    p = min(1.0, 2 * binom_cdf(min(lost, gained), m, 0.5)) if m else 1.0
-    return Drop(100 * (lost - gained) / n, low, high, n, lost, gained, p, METHOD, confidence)
+        bound = 1 - (alpha / 2) ** (1 / n)
+        return -bound, bound
+    t_low, t_high = clopper_pearson(lost, m, confidence)
+    return m * (2 * t_low - 1) / n, m * (2 * t_high - 1) / n
 
 
 def resolves(n_images: int, max_drop: float) -> bool:
