@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from resnest_deploy.errors import ArtifactError
-from resnest_deploy.precision.equalize import equalize, relative_change, write_equalized
+from resnest_deploy.precision.equalize import EqualizedPair, equalize, relative_change, write_equalized
 
 
 def _logits(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -29,25 +30,27 @@ def _digits_inputs() -> tuple[np.ndarray, np.ndarray]:
     return data.digits_batch(images, transform), np.asarray(labels)
 
 
-def _ranges(model: onnx.ModelProto, first: str, second: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel weight ranges recomputed from the file: r1 over the first conv's output channels,
-    r2 over the second's input channels (grouped: each group's rows)."""
+def _ranges(model: onnx.ModelProto, pair: EqualizedPair) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel weight ranges recomputed from the file: r1 over the first conv's output channels
+    (the largest over radix branches), r2 over the readers' input channels (grouped: each group's rows),
+    the largest over the readers."""
     nodes = {n.name: n for n in model.graph.node}
     arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    w1, w2 = arrays[nodes[first].input[1]], arrays[nodes[second].input[1]]
-    groups = next((a.i for a in nodes[second].attribute if a.name == "group"), 1)
+    w1 = arrays[nodes[pair.first].input[1]]
     r1 = np.abs(w1).reshape(len(w1), -1).max(axis=1)
-    per_in, per_out = w2.shape[1], w2.shape[0] // groups
-    r2 = np.array(
-        [
-            np.abs(w2[c // per_in * per_out : (c // per_in + 1) * per_out, c % per_in]).max()
-            for c in range(len(r1))
-        ]
-    )
+    r1 = r1.reshape(-1, pair.channels).max(axis=0)
+    r2 = np.zeros(pair.channels)
+    for second in pair.seconds:
+        w2 = arrays[nodes[second].input[1]]
+        groups = next((a.i for a in nodes[second].attribute if a.name == "group"), 1)
+        per_in, per_out = w2.shape[1], w2.shape[0] // groups
+        for c in range(pair.channels):
+            rows = w2[c // per_in * per_out : (c // per_in + 1) * per_out, c % per_in]
+            r2[c] = max(r2[c], np.abs(rows).max())
     return r1, r2
 
 
-def test_digits_logits_unchanged_and_every_equalized_pair_balanced(digits_onnx: Path) -> None:
+def test_digits_logits_unchanged_and_every_equalized_group_balanced(digits_onnx: Path) -> None:
     src = onnx.load(digits_onnx)
     out, report = equalize(src)
     x, labels = _digits_inputs()
@@ -55,16 +58,20 @@ def test_digits_logits_unchanged_and_every_equalized_pair_balanced(digits_onnx: 
     assert np.max(np.abs(a - b)) / np.max(np.abs(a)) < 1e-5
     assert (a.argmax(1) == b.argmax(1)).all() and (a.argmax(1) == labels).mean() > 0.99
     assert relative_change(src, out) < 1e-5
-    # stem pairs, each block's conv1 -> split-attention conv (grouped) and its fc1 -> fc2
-    assert len(report.equalized) == 10 and report.imbalance_before > 3 and report.imbalance_after < 1.001
-    assert any(p.second.endswith("layer3.0/conv2/conv/Conv") for p in report.equalized)
+    # stem pairs, the stem's last conv into the first block's conv1 and shortcut, and in each block:
+    # conv1 -> split-attention conv (grouped), the split attention -> fc1 and conv3, fc1 -> fc2
+    kinds = Counter(p.kind for p in report.equalized)
+    assert kinds == {"pair": 10, "branches": 1, "split attention": 4} and not report.skipped
+    assert report.imbalance_before > 3 and report.imbalance_after < 1.001
+    attention = next(p for p in report.equalized if p.first.endswith("layer3.0/conv2/conv/Conv"))
+    assert attention.kind == "split attention" and attention.channels == 64
+    assert [s.rsplit("/", 2)[-2] for s in attention.seconds] == ["fc1", "conv3"]
     for pair in report.equalized:
-        r1, r2 = _ranges(out, pair.first, pair.second)
-        np.testing.assert_allclose(r1, r2, rtol=1e-4)
-    # the split-attention conv's output and the stem's branching conv are left alone, with why
-    why = {s.first: s.reason for s in report.skipped}
-    assert "split attention" in why["/layer2/layer2.0/conv2/conv/Conv"]
-    assert "downsample" in why["/conv1/conv1.6/Conv"]
+        r1, r2 = _ranges(out, pair)
+        np.testing.assert_allclose(r1, r2, rtol=1e-4, err_msg=pair.first)
+        before = _ranges(src, pair)
+        assert np.max(np.maximum(*before) / np.minimum(*before)) == pytest.approx(pair.imbalance_before)
+    assert "15 convolution group(s) (10 pair, 1 branches, 4 split attention)" in str(report)
 
 
 def test_resnest50_random_weights_logits_within_1e_5(tmp_path: Path) -> None:
@@ -81,9 +88,9 @@ def test_resnest50_random_weights_logits_within_1e_5(tmp_path: Path) -> None:
     x = np.random.default_rng(1).standard_normal((4, 3, 64, 64)).astype(np.float32)
     a, b = _logits(src, x), _logits(out, x)
     assert np.max(np.abs(a - b)) / np.max(np.abs(a)) < 1e-5
-    # 16 bottlenecks: conv1 -> split-attention conv and fc1 -> fc2 in each, the stem's first two
-    assert len(report.equalized) == 2 * 16 + 2
-    assert sum("split attention" in s.reason for s in report.skipped) == 16
+    # 16 bottlenecks: conv1 -> split-attention conv, the split attention, fc1 -> fc2; the stem's three
+    kinds = Counter(p.kind for p in report.equalized)
+    assert kinds == {"pair": 2 * 16 + 2, "branches": 1, "split attention": 16} and not report.skipped
 
 
 def _conv(name: str, x: str, w: np.ndarray, group: int = 1) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
@@ -108,35 +115,38 @@ def _graph(
     )
 
 
-def test_a_branching_first_conv_is_left_alone_and_a_grouped_pair_is_exact() -> None:
+def test_a_conv_read_by_anything_but_convolutions_is_left_alone_and_branches_are_exact() -> None:
     rng = np.random.default_rng(0)
     w_a = rng.standard_normal((8, 4, 3, 3))
     w_a[2] *= 50  # an outlier channel
     a, ia = _conv("a", "x", w_a)
     b, ib = _conv("b", "ra", rng.standard_normal((6, 8, 3, 3)))
-    c, ic = _conv("c", "ra", rng.standard_normal((6, 8, 3, 3)))  # a's activation also goes here
+    gate = helper.make_node("Sigmoid", ["ra"], ["gate"], name="gate")  # a's activation also goes here
     d, id_ = _conv("d", "x", w_a.copy())
-    e, ie = _conv("e", "pd", rng.standard_normal((8, 4, 3, 3)), group=2)  # grouped second conv
+    e, ie = _conv("e", "pd", rng.standard_normal((8, 4, 3, 3)), group=2)  # grouped, after a pool
+    f, if_ = _conv("f", "rd", rng.standard_normal((5, 8, 3, 3)))  # and a second reader of d's
     relus = [
         helper.make_node("Relu", ["a.y"], ["ra"], name="ra"),
         helper.make_node("Relu", ["d.y"], ["rd"], name="rd"),
     ]
     pool = helper.make_node("MaxPool", ["rd"], ["pd"], name="pd", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-    model = _graph([a, d, *relus, pool, b, c, e], ia + ib + ic + id_ + ie, ["b.y", "c.y", "e.y"])
+    nodes = [a, d, *relus, pool, gate, b, e, f]
+    model = _graph(nodes, ia + ib + id_ + ie + if_, ["b.y", "gate", "e.y", "f.y"])
     out, report = equalize(model)
-    assert [(p.first, p.second) for p in report.equalized] == [("d", "e")]
-    assert report.skipped[0].first == "a" and "b, c" in report.skipped[0].reason
+    assert [(p.first, set(p.seconds), p.kind) for p in report.equalized] == [("d", {"e", "f"}, "branches")]
+    assert report.skipped[0].first == "a" and "Sigmoid gate" in report.skipped[0].reason
     before = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     after = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
-    for name in ("a.w", "a.b", "b.w", "c.w"):
+    for name in ("a.w", "a.b", "b.w"):
         np.testing.assert_array_equal(before[name], after[name])
     assert report.equalized[0].imbalance_before > 10 and report.equalized[0].imbalance_after < 1.0001
     x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
     sess = [
         ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (model, out)
     ]
-    ref, new = (s.run(["e.y"], {"x": x})[0] for s in sess)
-    assert np.max(np.abs(ref - new)) / np.max(np.abs(ref)) < 1e-5
+    ref, new = ([*s.run(["e.y", "f.y"], {"x": x})] for s in sess)
+    for r, n in zip(ref, new, strict=True):
+        assert np.max(np.abs(r - n)) / np.max(np.abs(r)) < 1e-5
 
 
 def test_batch_norms_are_folded_first() -> None:
@@ -151,6 +161,7 @@ def test_batch_norms_are_folded_first() -> None:
     model = _graph([a, bn, relu, b], ia + ib + inits, ["b.y"])
     out, report = equalize(model)
     assert report.folded_batch_norms == 1 and [p.first for p in report.equalized] == ["a"]
+    assert report.equalized[0].imbalance_after < 1.0001
     assert not any(n.op_type == "BatchNormalization" for n in out.graph.node)
     assert relative_change(model, out) < 1e-5
 
@@ -168,6 +179,6 @@ def test_write_equalized_records_what_it_did_and_never_overwrites_its_input(
     assert meta["arch"] == "resnest14d_digits" and meta["reference"] == read_source(digits_onnx)["reference"]
     side = json.loads(Path(f"{dest}.json").read_text())
     record = side["equalization"]
-    assert len(record["equalized"]) == len(report.equalized) == 10
+    assert len(record["equalized"]) == len(report.equalized) == 15
     assert record["relative_change"] < 1e-5 and side["source"]["file"] == digits_onnx.name
-    assert "equalized 10 convolution pair(s)" in str(report)
+    assert str(report).startswith("equalized 15 convolution group(s)")

@@ -81,7 +81,7 @@ def test_plain_int8_loses_a_point_on_most_and_equalization_repairs_what_it_reach
     digits_onnx: Path, digits_calib: CalibrationData, tmp_path: Path
 ) -> None:
     """The CPU target's INT8 (ONNX Runtime, max calibration, default FP32 nodes) on the 899 test digits.
-    Measured: every spec loses 1.5-24 points; equalized first, the equalizable ones lose nothing."""
+    Measured: every spec loses 1.5-24 points; equalized first, none loses anything."""
     src = onnx.load(digits_onnx)
     x, labels = digits_calib.holdout, digits_calib.holdout_labels
     ref_ok = _logits(src, x).argmax(1) == labels
@@ -98,8 +98,8 @@ def test_plain_int8_loses_a_point_on_most_and_equalization_repairs_what_it_reach
         model, _ = from_spec(src, spec, probe)
         drop = paired_drop(ref_ok, int8_ok(model, spec.name))
         hard.append(drop.points >= 1.0)
-        if spec.name in ("blocks-128x", "everywhere-32x"):
-            assert spec.equalizable and drop.low > 1.0
+        if spec.name in ("blocks-128x", "stem-out-96x", "attention-64x"):  # blocks, branches, attention
+            assert drop.low > 0.5, f"{spec.name}: {drop}"
             repaired = paired_drop(ref_ok, int8_ok(equalize(model)[0], f"{spec.name}.eq"))
             assert repaired.points < 0.25, f"{spec.name}: {repaired}"
     assert sum(hard) >= len(SPECS) - 1, hard

@@ -27,8 +27,8 @@ Sites (``DIGITS_SITES``; one block per stage in ``resnest14d_digits``):
   branch alike, compensated in ``fc1`` (after the radix sum and global pool: the attention is
   unchanged) and in ``conv3`` (after the attention-weighted sum and the avd pool).
 
-Cross-layer equalization (``precision.equalize``) undoes ``stem.0``, ``stem.1`` and ``layerN.conv1``;
-``stem.2`` and ``layerN.attn`` are beyond it (a branching output, the split attention).
+Every site is one cross-layer equalization (``precision.equalize``) can undo exactly: a pair, the
+stem's branches, the split attention with one scale shared by its radix branches.
 """
 
 from __future__ import annotations
@@ -69,8 +69,6 @@ DIGITS_SITES: dict[str, Site] = {
     ),
     **{k: v for n in range(1, 5) for k, v in _block(n).items()},
 }
-#: sites cross-layer equalization can undo (the others stay hard after it)
-EQUALIZABLE = ("stem.0", "stem.1", *(f"layer{n}.conv1" for n in range(1, 5)))
 
 
 @dataclass(frozen=True)
@@ -82,10 +80,6 @@ class OutlierSpec:
     scale: float
     seed: int
     channels: int = 2
-
-    @property
-    def equalizable(self) -> bool:
-        return all(s in EQUALIZABLE for s in self.sites)
 
 
 #: the fixtures tests and ``benchmarks/int8_search.py`` use: stem, blocks, split-attention inputs and
