@@ -48,7 +48,8 @@ def test_every_spec_computes_the_same_function_with_outliers_of_its_scale(
     assert min(s.scale for s in SPECS) >= 16 and max(s.scale for s in SPECS) <= 256
     depths = {site.split(".")[0] for s in SPECS for site in s.sites}
     assert depths == {"stem", "layer1", "layer2", "layer3", "layer4"}
-    assert any(site.endswith(".attn") for s in SPECS for site in s.sites)  # split-attention outputs
+    kinds = {site.rsplit(".", 1)[-1] for s in SPECS for site in s.sites if site.startswith("layer")}
+    assert kinds == {"conv1", "attn", "out"}  # split-attention inputs and outputs, the residual stream
     for spec in SPECS:
         model, planted = from_spec(src, spec, probe)
         out = _logits(model, x)
@@ -56,7 +57,8 @@ def test_every_spec_computes_the_same_function_with_outliers_of_its_scale(
         assert (out.argmax(1) == ref.argmax(1)).all()
         assert sum(len(chs) for chs in planted.factors.values()) >= len(spec.sites)
         for site, factors in planted.factors.items():
-            tensor = next(n for n in model.graph.node if n.name == DIGITS_SITES[site].producer).output[0]
+            at = DIGITS_SITES[site].peak_at or DIGITS_SITES[site].producer
+            tensor = next(n for n in model.graph.node if n.name == at).output[0]
             peaks = channel_max(model, [tensor], probe)[tensor].reshape(DIGITS_SITES[site].radix, -1).max(0)
             planted_peak = peaks[list(factors)]
             others = np.delete(peaks, list(factors)).max()
@@ -81,7 +83,8 @@ def test_plain_int8_loses_a_point_on_most_and_equalization_repairs_what_it_reach
     digits_onnx: Path, digits_calib: CalibrationData, tmp_path: Path
 ) -> None:
     """The CPU target's INT8 (ONNX Runtime, max calibration, default FP32 nodes) on the 899 test digits.
-    Measured: every spec loses 1.5-24 points; equalized first, none loses anything."""
+    Measured: every spec loses 1.5-24 points; equalized first, none loses anything but the residual
+    stream's (an Add equalization does not touch), which stay hard."""
     src = onnx.load(digits_onnx)
     x, labels = digits_calib.holdout, digits_calib.holdout_labels
     ref_ok = _logits(src, x).argmax(1) == labels
@@ -102,4 +105,6 @@ def test_plain_int8_loses_a_point_on_most_and_equalization_repairs_what_it_reach
             assert drop.low > 0.5, f"{spec.name}: {drop}"
             repaired = paired_drop(ref_ok, int8_ok(equalize(model)[0], f"{spec.name}.eq"))
             assert repaired.points < 0.25, f"{spec.name}: {repaired}"
+        if spec.name == "residual1-32x":
+            assert paired_drop(ref_ok, int8_ok(equalize(model)[0], f"{spec.name}.eq")).low > 1.0
     assert sum(hard) >= len(SPECS) - 1, hard
