@@ -63,6 +63,7 @@ from resnest_deploy.precision.equalize_graph import Graph, Group, fold_batch_nor
 #: largest change of the logits, relative to their largest magnitude, a written file may show
 REL_TOL = 1e-5
 ROUNDS = 200  # passes over the groups at most: chained groups (the stem into the blocks) converge slowly
+CONVERGED = 1e-5  # a pass that moves no scale by more than this (relative) ends the balancing
 _EPS = 1e-12
 
 
@@ -154,7 +155,7 @@ def equalize(model: Any) -> tuple[Any, EqualizeReport]:
             s = np.where((r1 > _EPS) & (r2 > _EPS), np.sqrt(r1 / np.maximum(r2, _EPS)), 1.0)
             p.scale(g, s)
             moved = max(moved, float(np.max(np.abs(np.log(s)))))
-        if moved < 1e-6:
+        if moved < CONVERGED:
             break
     for p, b in zip(pairs, before, strict=True):
         after = _imbalance(*p.ranges(g))
