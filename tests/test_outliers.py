@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +110,22 @@ def test_plain_int8_loses_a_point_on_most_and_equalization_repairs_what_it_reach
         if spec.name == "residual1-32x":
             assert paired_drop(ref_ok, int8_ok(equalize(model)[0], f"{spec.name}.eq")).low > 1.0
     assert sum(hard) >= len(SPECS) - 1, hard
+
+
+def test_fixtures_equalization_and_statistics_need_no_torch(digits_onnx: Path, tmp_path: Path) -> None:
+    """They work on ONNX files alone: a process where ``import torch`` fails plants, equalizes, writes."""
+    code = (
+        "import runpy, sys, onnx\n"
+        f"runpy.run_path({str(Path(__file__).with_name('no_torch.py'))!r})\n"
+        "from resnest_deploy.precision.equalize import equalize, write_equalized\n"
+        "from resnest_deploy.precision.outliers import SPECS, from_spec\n"
+        "from resnest_deploy.stats import paired_drop\n"
+        f"model, planted = from_spec(onnx.load({str(digits_onnx)!r}), SPECS[0])\n"
+        "print(equalize(model)[1])\n"
+        f"write_equalized({str(digits_onnx)!r}, {str(tmp_path / 'e.onnx')!r})\n"
+        "print(paired_drop([True, True], [True, False]))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "equalized 15 convolution group(s)" in r.stdout and (tmp_path / "e.onnx").is_file()
+    assert r.stderr.strip().splitlines()[-1] == "torch modules: []"
