@@ -93,6 +93,25 @@ def test_resnest50_random_weights_logits_within_1e_5(tmp_path: Path) -> None:
     assert kinds == {"pair": 2 * 16 + 2, "branches": 1, "split attention": 16} and not report.skipped
 
 
+@pytest.mark.parametrize("arch", ["resnest50_fast_1s1x64d", "resnest50_fast_4s2x40d"])
+def test_radix_1_gates_and_radix_4_cardinality_2_attention_are_equalized_exactly(
+    arch: str, tmp_path: Path
+) -> None:
+    """Radix 1 (a sigmoid gate, no Split) and radix 4 x cardinality 2 (grouped fc1, radix softmax across
+    four branches): every block's attention is one group, and the logits do not move."""
+    from resnest_deploy.export import export_onnx
+    from resnest_deploy.models import load_model
+
+    model, info = load_model(arch, "random")
+    path = export_onnx(
+        model, tmp_path / "m.onnx", input_size=(64, 64), weights=info, parity_batches=(1,)
+    ).path
+    src = onnx.load(path)
+    out, report = equalize(src)
+    assert relative_change(src, out) < 1e-5
+    assert Counter(p.kind for p in report.equalized)["split attention"] == 16 and not report.skipped
+
+
 def _conv(name: str, x: str, w: np.ndarray, group: int = 1) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
     b = np.random.default_rng(len(name)).standard_normal(w.shape[0]).astype(np.float32)
     inits = [

@@ -33,8 +33,10 @@ shape is skipped with a sentence saying why):
   shared by every radix branch of channel ``c`` the radix sum is divided by ``s_c``, ``fc1``'s input
   channel ``c`` multiplied by it gives the same attention, the weighted sum is divided by ``s_c``, and
   ``conv3``'s input channel ``c`` multiplied by it restores it: exact, and done that way (``r1_c`` is
-  the largest over the branches). The gate ``fc1 -> ReLU -> fc2`` is a plain pair; ``fc2``'s output
-  goes to the softmax, so nothing past it is touched.
+  the largest over the branches). With radix 1 the attention is a sigmoid gate read by one ``Mul``:
+  the same argument without the sums. The gate ``fc1 -> ReLU -> fc2`` is a plain pair; ``fc2``'s
+  output goes to the softmax, so nothing past it is touched. Measured exact on every registered
+  layout (radix 1, 2, 4; cardinality 1, 2, 4).
 * Not done: ``conv3`` and the shortcut convolutions, which meet at an ``Add`` (the residual sum is
   not per branch), and any convolution whose output goes anywhere before its ReLU, or whose weights
   another node shares.

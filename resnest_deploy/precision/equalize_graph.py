@@ -141,14 +141,17 @@ def _names(readers: list[Any], tensor: str, g: Graph) -> str:
     return ", ".join(names)
 
 
-def _reach(g: Graph, tensor: str) -> list[Any] | str:
-    """The convolutions reading ``tensor`` directly or through per-channel pools, or why not only they."""
+def _reach(g: Graph, tensor: str, skip: Any = None) -> list[Any] | str:
+    """The convolutions reading ``tensor`` directly or through per-channel pools, or why not only they
+    (the node ``skip`` reading ``tensor`` itself is left out)."""
     convs, todo = [], [tensor]
     while todo:
         t = todo.pop()
         if t in g.outputs:
             return "its activation is a graph output"
         for r in g.consumers.get(t, []):
+            if r is skip and t == tensor:
+                continue
             if r.op_type == "Conv" and r.input[0] == t and t not in r.input[1:]:
                 convs.append(r)
             elif r.op_type in PASS_THROUGH and r.input[0] == t:
@@ -188,6 +191,8 @@ def _split_attention(g: Graph, act: str) -> tuple[list[Any], int] | str | None:
     readers = g.consumers.get(act, [])
     split = [r for r in readers if r.op_type == "Split"]
     mul = [r for r in readers if r.op_type == "Mul"]
+    if not split and len(mul) == 1 and list(mul[0].input).count(act) == 1 and act not in g.outputs:
+        return _gate(g, act, mul[0])
     if len(readers) != 2 or len(split) != 1 or len(mul) != 1 or act in g.outputs:
         return None
     pooled = _radix_sum(g, split[0])
@@ -201,6 +206,18 @@ def _split_attention(g: Graph, act: str) -> tuple[list[Any], int] | str | None:
             return f"in its split attention, {found.removeprefix('its ')}"
     assert isinstance(readers_pooled, list) and isinstance(readers_weighted, list)
     return readers_pooled + readers_weighted, pooled[1]
+
+
+def _gate(g: Graph, act: str, mul: Any) -> tuple[list[Any], int] | str:
+    """Radix 1: the activation goes (through pools) to ``fc1`` and to the ``Mul`` by a sigmoid gate
+    computed from it; the gate is unchanged when every other reader is compensated (in a DAG it cannot
+    depend on the ``Mul`` itself), so the product is scaled as the activation and ``conv3`` restores it."""
+    direct, gated = _reach(g, act, skip=mul), _reach(g, mul.output[0])
+    for found in (direct, gated):
+        if isinstance(found, str):
+            return f"in its attention gate, {found.removeprefix('its ')}"
+    assert isinstance(direct, list) and isinstance(gated, list)
+    return direct + gated, 1
 
 
 def group_of(g: Graph, conv: Any) -> Group | str | None:
@@ -228,5 +245,5 @@ def group_of(g: Graph, conv: Any) -> Group | str | None:
     wrong = [s.name for s in seconds if g.arrays[s.input[1]].shape[1] * conv_groups(s) != width]
     if wrong:
         return f"{wrong[0]} does not read its {width} channels one to one"
-    kind = "split attention" if radix > 1 else "pair" if len(seconds) == 1 else "branches"
+    kind = "split attention" if attention is not None else "pair" if len(seconds) == 1 else "branches"
     return Group(conv, seconds, radix, kind)
