@@ -208,3 +208,14 @@ def test_write_equalized_records_what_it_did_and_never_overwrites_its_input(
 
     result = CliRunner().invoke(app, ["check", str(dest), "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["passed"] is True
+
+
+def test_write_equalized_refuses_a_file_that_is_not_an_fp32_export(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    a, ia = _conv("a", "x", rng.standard_normal((8, 4, 3, 3)))
+    b, ib = _conv("b", "r", rng.standard_normal((5, 8, 3, 3)))
+    bare = tmp_path / "bare.onnx"
+    onnx.save(_graph([a, helper.make_node("Relu", ["a.y"], ["r"], name="r"), b], ia + ib, ["b.y"]), bare)
+    with pytest.raises(ArtifactError, match="not a resnest-deploy export"):
+        write_equalized(bare, tmp_path / "out.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare.onnx"]

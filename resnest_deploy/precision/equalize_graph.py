@@ -43,8 +43,11 @@ class Graph:
         return readers[0] if len(readers) == 1 and tensor not in self.outputs else None
 
     def own_weights(self, node: Any) -> bool:
-        """Weights (and bias) are initializers read by this node only."""
-        return all(n in self.init and self.uses.get(n) == 1 for n in node.input[1:3])
+        """Weights (and bias) are FP32 initializers read by this node only (FP16 or quantized weights
+        are not rescaled: that is for the FP32 source)."""
+        return all(
+            n in self.init and self.uses.get(n) == 1 and self.init[n].data_type == 1 for n in node.input[1:3]
+        )
 
     def store(self) -> None:
         numpy_helper = _deps.require("onnx.numpy_helper")
