@@ -21,7 +21,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from resnest_deploy import _io, deepstream, metadata, reference
-from resnest_deploy.cli._common import handle_errors, visible
+from resnest_deploy.cli._console import visible
+from resnest_deploy.cli._errors import handle_errors
 from resnest_deploy.cli.app import app
 from resnest_deploy.data import ImageError, Transform, to_rgb8
 from resnest_deploy.errors import ArtifactError

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from resnest_deploy import __version__
-from resnest_deploy.cli._common import OneLineErrors, reflow, run_app
+from resnest_deploy.cli._errors import OneLineErrors, run_app
 from resnest_deploy.cli.bench import bench_cmd
 from resnest_deploy.cli.build import build_cmd
 from resnest_deploy.cli.cache import cache_cmd
@@ -35,6 +35,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     cls=OneLineErrors,
 )
+
+
+def reflow(doc: str) -> str:
+    """A command's docstring as --help shows it: each prose paragraph one line, so the terminal wraps
+    it at any width (hard line breaks came out ragged); example blocks keep their lines."""
+    import inspect
+
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    kept = []
+    for paragraph in paragraphs:
+        lines = paragraph.splitlines()
+        if lines and (lines[0].rstrip().endswith(":") or any(ln.startswith("  ") for ln in lines)):
+            kept.append(paragraph)
+        else:
+            kept.append(" ".join(ln.strip() for ln in lines))
+    return "\n\n".join(kept)
 
 
 def _version(value: bool) -> None:

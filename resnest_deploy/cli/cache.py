@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from resnest_deploy.cli._common import JsonOpt, handle_errors, out, print_json
+from resnest_deploy.cli._common import JsonOpt
+from resnest_deploy.cli._console import out, print_json
+from resnest_deploy.cli._errors import handle_errors
 
 
 class CacheAction(str, Enum):

@@ -9,18 +9,10 @@ import typer
 from rich.table import Table
 
 from resnest_deploy import _deps
-from resnest_deploy.cli._common import (
-    ArchOpt,
-    InputFormat,
-    JsonOpt,
-    OutputOpt,
-    WeightsOpt,
-    default_path,
-    handle_errors,
-    out,
-    print_json,
-    progress,
-)
+from resnest_deploy.cli._common import ArchOpt, InputFormat, JsonOpt, OutputOpt, WeightsOpt, default_path
+from resnest_deploy.cli._console import out, print_json
+from resnest_deploy.cli._errors import handle_errors
+from resnest_deploy.cli._progress import progress
 from resnest_deploy.formats import DEFAULT_OPSET
 from resnest_deploy.limits import MAX_BATCH, check_positive
 

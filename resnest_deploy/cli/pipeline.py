@@ -18,13 +18,11 @@ from resnest_deploy.cli._common import (
     Target,
     VerboseOpt,
     WeightsOpt,
-    handle_errors,
-    out,
     parse_batches,
-    print_json,
-    progress,
-    search_executor,
 )
+from resnest_deploy.cli._console import out, print_json
+from resnest_deploy.cli._errors import handle_errors
+from resnest_deploy.cli._progress import progress, search_executor
 from resnest_deploy.cli.quantize import (
     CalibCountOpt,
     CalibDirOpt,

@@ -7,22 +7,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from resnest_deploy.cli._common import (
-    ArchOptional,
-    JsonOpt,
-    Provider,
-    ProviderOpt,
-    RayOpt,
-    WeightsOptional,
-    deprecated,
-    err,
-    executor,
-    handle_errors,
-    out,
-    print_json,
-    ray_typed,
-    styled,
-)
+from resnest_deploy.cli._common import ArchOptional, JsonOpt, Provider, ProviderOpt, RayOpt, WeightsOptional
+from resnest_deploy.cli._console import deprecated, err, out, print_json, styled
+from resnest_deploy.cli._errors import handle_errors
+from resnest_deploy.cli._progress import executor, ray_typed
 
 if TYPE_CHECKING:
     from resnest_deploy.predict import Prediction

@@ -8,23 +8,10 @@ from typing import Annotated, Any
 import typer
 
 from resnest_deploy._io import prepare_outputs
-from resnest_deploy.cli._common import (
-    CpuIsa,
-    JsonOpt,
-    Method,
-    RaySearchOpt,
-    Reduced,
-    Target,
-    VerboseOpt,
-    counting_bar,
-    handle_errors,
-    metrics_table,
-    out,
-    print_json,
-    progress,
-    search_executor,
-    styled,
-)
+from resnest_deploy.cli._common import CpuIsa, JsonOpt, Method, RaySearchOpt, Reduced, Target, VerboseOpt
+from resnest_deploy.cli._console import metrics_table, out, print_json, styled
+from resnest_deploy.cli._errors import handle_errors
+from resnest_deploy.cli._progress import counting_bar, progress, search_executor
 from resnest_deploy.compare import TOLERANCES, Tolerance
 from resnest_deploy.precision import calibration, calibration_for, convert, default_output, search
 from resnest_deploy.precision.calibration import HOLDOUT
