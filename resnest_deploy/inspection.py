@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from resnest_deploy import metadata
-from resnest_deploy._io import load_onnx, require_file, sha256_file
+from resnest_deploy._io import require_file, sha256_file
 from resnest_deploy.engine.flavour import engine_flavour
 from resnest_deploy.errors import ArtifactError, first_line
+from resnest_deploy.onnx_files import load_onnx
 from resnest_deploy.runners import artifact_kind
 
 

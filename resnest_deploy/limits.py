@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from resnest_deploy.errors import ResnestDeployError
+from resnest_deploy.errors import LimitError
 
 #: the largest batch any command accepts; TensorRT profiles and Triton configs stay far below it
 MAX_BATCH = 4096
@@ -16,10 +16,6 @@ MAX_BATCH = 4096
 MAX_THREADS = 256
 #: an input tensor may take at most this share of the memory available now
 MEMORY_SHARE = 0.25
-
-
-class LimitError(ResnestDeployError, ValueError):
-    exit_code = 2
 
 
 def available_bytes() -> int:

@@ -59,6 +59,20 @@ class OneLineErrors(TyperGroup):
         sys.exit(code)
 
 
+#: library parameters whose option is not ``--`` + the name with dashes
+_FLAGS: dict[str, str] = {
+    "onnx_path": "--onnx",
+    "ray_address": "--ray",
+    "workspace_gib": "--workspace",
+    "compute_capabilities": "--compute-capability",
+}
+
+
+def flag_for(param: str) -> str:
+    """The option a library parameter comes from: ``input_format`` -> ``--input-format``."""
+    return _FLAGS.get(param, "--" + param.replace("_", "-"))
+
+
 def fail(message: str, code: int) -> NoReturn:
     err.print(styled(("error:", "bold red"), " ", message), highlight=False)
     raise typer.Exit(code) from None
@@ -72,7 +86,7 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except ResnestDeployError as e:
-            fail(str(e), e.exit_code)
+            fail(e.naming(flag_for(e.param)) if e.param else str(e), e.exit_code)
         except MemoryError:
             fail("out of memory; use fewer or smaller inputs (--count, --chunk-size, --batch-sizes)", 1)
         except OSError as e:  # a full disk, a read-only folder, a file-size limit: name the path and why

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from resnest_deploy import _deps
-from resnest_deploy._io import external_tensors
+from resnest_deploy.onnx_files import external_tensors
 
 #: node-name patterns kept in FP32 by default: the attention gate and the classifier
 KEEP_FP32_NODES: tuple[str, ...] = (r"/conv2/fc[12]/", r"/rsoftmax/", r"^/fc/")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from resnest_deploy import _deps
-from resnest_deploy.errors import ResnestDeployError
+from resnest_deploy.errors import SearchError
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
 
 #: the budget `pipeline` searches with: points of top-1 (or of agreement with FP32) INT8 may lose
@@ -33,10 +33,6 @@ DEFAULT_MAX_DROP = 0.5
 #: the ops whose inputs carry Q/DQ in both quantizers' graphs
 COMPUTE_OPS = frozenset({"Conv", "Gemm", "MatMul"})
 _BLOCK = re.compile(r"^/(layer\d+)/\1\.(\d+)/(conv1|conv2|conv3|downsample)/(.*)$")
-
-
-class SearchError(ResnestDeployError):
-    pass
 
 
 def unit_of(node_name: str) -> str | None:

@@ -45,8 +45,9 @@ def tensorrt_options(path: str, device: int = 0) -> dict[str, str]:
     the second session starts in seconds), an optimization profile over the file's batch range, and
     the precision flags the file's own graph asks for."""
     from resnest_deploy import metadata
-    from resnest_deploy._io import load_onnx, sha256_file
+    from resnest_deploy._io import sha256_file
     from resnest_deploy.cache import cache_root
+    from resnest_deploy.onnx_files import load_onnx
 
     model = load_onnx(path)
     inp = model.graph.input[0]
@@ -108,7 +109,7 @@ def _loadable(path: str) -> str | bytes:
         return path
     except UnicodeEncodeError:
         pass
-    from resnest_deploy._io import external_tensors, load_onnx
+    from resnest_deploy.onnx_files import external_tensors, load_onnx
 
     if any(True for _ in external_tensors(load_onnx(path))):
         raise ArtifactError(

@@ -584,7 +584,7 @@ def write(docs: dict[str, dict[str, Any]], out: str | os.PathLike[str]) -> list[
     Every file is rendered and written to a temp file first; each is then linked into place (a link
     never replaces a file that appeared meanwhile); if any step fails, the files placed so far are
     removed, so a failed write never leaves half a set of manifests."""
-    from resnest_deploy._io import _new_temp, check_destination
+    from resnest_deploy._io import check_destination, new_temp
 
     yaml = _require("yaml")
 
@@ -601,7 +601,7 @@ def write(docs: dict[str, dict[str, Any]], out: str | os.PathLike[str]) -> list[
     try:
         for file, doc in docs.items():
             dest = check_destination(out / file)
-            temps.append((_new_temp(dest), dest))
+            temps.append((new_temp(dest), dest))
             try:
                 text = yaml.dump(doc, Dumper=Plain, sort_keys=False)
             except yaml.YAMLError as e:
