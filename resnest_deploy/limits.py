@@ -25,11 +25,17 @@ def available_bytes() -> int:
         return 1 << 40
 
 
-def check_positive(value: int, option: str, *, maximum: int | None = None) -> int:
+def check_positive(value: int, name: str, *, maximum: int | None = None) -> int:
+    """``value`` from 1 to ``maximum``. A ``name`` that is a parameter's (``batch_size``) is named
+    as the parameter (the CLI writes its flag); other names (``batch size``) are written as given."""
+    param = name if name.isidentifier() else None
+    label = "{param}" if param else name
     if value < 1:
-        raise LimitError(f"{option} must be at least 1, got {value}")
+        raise LimitError(f"{label} must be at least 1, got {value}", param=param)
     if maximum is not None and value > maximum:
-        raise LimitError(f"{option} {value} is more than the maximum {maximum}; choose a smaller one")
+        raise LimitError(
+            f"{label} {value} is more than the maximum {maximum}; choose a smaller one", param=param
+        )
     return value
 
 

@@ -102,7 +102,7 @@ def pipeline(
     if precision not in ("fp32", *PRECISIONS):
         raise ConversionError(f"unknown precision {precision!r}; choose fp32, {', '.join(PRECISIONS)}")
     for b in batches:
-        check_positive(b, "--batch-sizes", maximum=MAX_BATCH)
+        check_positive(b, "batch_sizes", maximum=MAX_BATCH)
     check_count(calib_count)
     weights_file = weights if weights not in ("pretrained", "random") and "://" not in weights else None
     prepare_outputs([out / f"{arch}.onnx", out / "report.json", out / "report.md"], [weights_file, calib_npy])

@@ -71,7 +71,7 @@ def open_runner(
     kind = artifact_kind(artifact)
     text = os.fspath(artifact)
     if threads is not None:
-        check_positive(threads, "--threads", maximum=MAX_THREADS)
+        check_positive(threads, "threads", maximum=MAX_THREADS)
     if kind == "torch":
         from resnest_deploy.runners.torch import TorchRunner
 
