@@ -68,22 +68,38 @@ class LazyCommands(OneLineErrors):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._listing = False
+        self.listing = False
+        self.commands = _Commands(self)
         for name in COMMANDS:
-            self.commands[name] = _Listed(name=name, help=reflow(_docstring(name)))
-
-    def get_command(self, ctx: Any, cmd_name: str) -> Any:
-        found = self.commands.get(cmd_name)
-        if isinstance(found, _Listed) and not self._listing:
-            found = self.commands[cmd_name] = _command(cmd_name)
-        return found
+            dict.__setitem__(self.commands, name, _Listed(name=name, help=reflow(_docstring(name))))
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
-        self._listing = True
+        self.listing = True
         try:
             super().format_help(ctx, formatter)
         finally:
-            self._listing = False
+            self.listing = False
+
+
+class _Commands(dict[str, Any]):
+    """The group's commands by name: one looked up is imported then (one listed for the root
+    --help stays its name and help)."""
+
+    def __init__(self, group: LazyCommands) -> None:
+        super().__init__()
+        self.group = group
+
+    def __getitem__(self, name: str) -> Any:
+        found = super().__getitem__(name)
+        if isinstance(found, _Listed) and not self.group.listing:
+            found = _command(name)
+            super().__setitem__(name, found)
+        return found
+
+    def get(self, name: str, default: Any = None) -> Any:
+        if name not in self:
+            return default
+        return self[name]
 
 
 class _Listed(TyperCommand):
