@@ -71,7 +71,7 @@ class LazyCommands(OneLineErrors):
         self.listing = False
         self.commands = _Commands(self)
         for name in COMMANDS:
-            dict.__setitem__(self.commands, name, _Listed(name=name, help=reflow(_docstring(name))))
+            dict.__setitem__(self.commands, name, None)  # nothing read until listed or run
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         self.listing = True
@@ -82,8 +82,8 @@ class LazyCommands(OneLineErrors):
 
 
 class _Commands(dict[str, Any]):
-    """The group's commands by name: one looked up is imported then (one listed for the root
-    --help stays its name and help)."""
+    """The group's commands by name: one looked up is imported then; one listed for the root --help
+    is its name and docstring only, read from the source."""
 
     def __init__(self, group: LazyCommands) -> None:
         super().__init__()
@@ -91,9 +91,11 @@ class _Commands(dict[str, Any]):
 
     def __getitem__(self, name: str) -> Any:
         found = super().__getitem__(name)
-        if isinstance(found, _Listed) and not self.group.listing:
+        if self.group.listing and found is None:
+            found = _Listed(name=name, help=reflow(_docstring(name)))
+        elif not self.group.listing and (found is None or isinstance(found, _Listed)):
             found = _command(name)
-            super().__setitem__(name, found)
+        super().__setitem__(name, found)
         return found
 
     def get(self, name: str, default: Any = None) -> Any:
