@@ -1,4 +1,7 @@
-"""File helpers: artifacts appear whole or not at all, never over an input, never from a lying file.
+"""File helpers: artifacts appear whole or not at all, never over an input; sidecars, hashes, JSON.
+
+Reading ONNX files (checked, external data kept inside their folder) is :mod:`onnx_files`; telling
+a live process from a gone one is :mod:`_process`.
 
 Every file the tool writes goes to a temp name beside its destination first. The temp name carries
 the writer's pid, so a later run can tell the leftovers of a killed run (pid gone) from a live
@@ -19,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from resnest_deploy import _deps
+from resnest_deploy._process import pid_alive
 from resnest_deploy.errors import ArtifactError, first_line
 
 SIDECAR_SUFFIX = ".json"
@@ -34,25 +37,13 @@ def _temp_name(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 def clean_partials(folder: Path) -> list[Path]:
     """Remove temp files that killed runs left in ``folder`` (their writer's pid is gone)."""
     removed = []
     with contextlib.suppress(OSError):
         for entry in folder.iterdir():
             m = _PARTIAL.match(entry.name)
-            if m and not _alive(int(m.group(1))) and entry.is_file() and not entry.is_symlink():
+            if m and not pid_alive(int(m.group(1))) and entry.is_file() and not entry.is_symlink():
                 with contextlib.suppress(OSError):
                     entry.unlink()
                     removed.append(entry)
@@ -100,7 +91,8 @@ def _umask() -> int:
     return mask
 
 
-def _new_temp(dest: Path) -> Path:
+def new_temp(dest: Path) -> Path:
+    """A new, empty temp file beside ``dest`` (its folder made, killed runs' leftovers removed)."""
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         clean_partials(dest.parent)
@@ -123,7 +115,7 @@ def _install(tmp: Path, dest: Path) -> None:
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path beside ``dest``; rename it over ``dest`` only if the block succeeds."""
     dest = check_destination(dest)
-    tmp = _new_temp(dest)
+    tmp = new_temp(dest)
     try:
         yield tmp
         _install(tmp, dest)
@@ -136,12 +128,12 @@ class ArtifactPair:
 
     def __init__(self, dest: Path) -> None:
         self.dest = dest
-        self.tmp = _new_temp(dest)
+        self.tmp = new_temp(dest)
         self._sidecar_tmp: Path | None = None
 
     def write_sidecar(self, data: dict[str, Any]) -> Path:
         if self._sidecar_tmp is None:
-            self._sidecar_tmp = _new_temp(sidecar_path(self.dest))
+            self._sidecar_tmp = new_temp(sidecar_path(self.dest))
         self._sidecar_tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
         return sidecar_path(self.dest)
 
@@ -224,98 +216,6 @@ def read_json_object(path: str | os.PathLike[str], what: str, fix: str) -> dict[
     return data
 
 
-def all_tensors(model: Any) -> Iterator[Any]:
-    """Every ``TensorProto`` of an ``onnx.ModelProto``: initializers, the values and indices of sparse
-    initializers, tensors in node attributes (dense and sparse), in subgraphs and in functions.
-    ``onnx.external_data_helper`` skips sparse tensors, which ONNX Runtime reads all the same."""
-
-    def of_sparse(sparse: Any) -> Iterator[Any]:
-        yield sparse.values
-        yield sparse.indices
-
-    def of_attributes(attributes: Any) -> Iterator[Any]:
-        for a in attributes:
-            if a.HasField("t"):
-                yield a.t
-            yield from a.tensors
-            if a.HasField("sparse_tensor"):
-                yield from of_sparse(a.sparse_tensor)
-            for sparse in a.sparse_tensors:
-                yield from of_sparse(sparse)
-            if a.HasField("g"):
-                yield from of_graph(a.g)
-            for g in a.graphs:
-                yield from of_graph(g)
-
-    def of_graph(graph: Any) -> Iterator[Any]:
-        yield from graph.initializer
-        for sparse in graph.sparse_initializer:
-            yield from of_sparse(sparse)
-        for node in graph.node:
-            yield from of_attributes(node.attribute)
-
-    yield from of_graph(model.graph)
-    for function in model.functions:
-        for node in function.node:
-            yield from of_attributes(node.attribute)
-
-
-def external_tensors(model: Any) -> Iterator[Any]:
-    """The tensors of an ``onnx.ModelProto`` whose bytes live in external-data files."""
-    onnx = _deps.require("onnx")
-    for tensor in all_tensors(model):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            yield tensor
-
-
-def external_files(model: Any) -> list[str]:
-    """The external-data file names a model uses (relative to its folder), each once."""
-    names = []
-    for tensor in external_tensors(model):
-        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
-        if location not in names:
-            names.append(location)
-    return names
-
-
-def check_external_data(model: Any, path: Path) -> None:
-    """External weights must be plain files inside the model's own folder: no absolute paths, no
-    ``..``, no symlinks. Parsers (TensorRT's among them) would otherwise read any file the user can
-    read into the artifact."""
-    base = path.resolve().parent
-    for tensor in external_tensors(model):
-        info = {e.key: e.value for e in tensor.external_data}
-        location = info.get("location", "")
-        bad = f"{path} names external data {location!r} for {tensor.name!r}"
-        rel = Path(location)
-        if not location or rel.is_absolute() or ".." in rel.parts:
-            raise ArtifactError(f"{bad}, which is not a plain file name beside it; refusing to read it")
-        full = base / rel
-        if full.resolve() != full or full.is_symlink():
-            raise ArtifactError(f"{bad}, which is a symlink; copy the real file beside the model")
-        if not full.is_file():
-            raise ArtifactError(f"{bad}, which does not exist; keep the data file beside the model")
-        with contextlib.suppress(ValueError):
-            end = int(info.get("offset", 0)) + int(info.get("length", 0))
-            if end > full.stat().st_size:
-                raise ArtifactError(f"{bad}, which is shorter than the model says; the file is truncated")
-
-
-def load_onnx(path: str | os.PathLike[str]) -> Any:
-    """The ``onnx.ModelProto`` at ``path`` (external weights left on disk, but checked), or one line
-    saying why not."""
-    onnx = _deps.require("onnx")
-    path = require_file(path, "ONNX file")
-    try:
-        model = onnx.load(os.fspath(path), load_external_data=False)
-    except Exception as e:
-        raise ArtifactError(f"{path} is not a readable ONNX file ({first_line(e, 120)}); re-export it") from e
-    if not model.graph.node or not model.graph.input or not model.graph.output:
-        raise ArtifactError(f"{path} holds no ONNX graph (empty or not an ONNX file); re-export it")
-    check_external_data(model, path)
-    return model
-
-
 def require_file(path: str | os.PathLike[str], what: str = "file") -> Path:
     p = Path(path)
     if not p.is_file():
@@ -335,5 +235,3 @@ def prepare_outputs(
     for o in outs:
         check_destination(o, with_sidecar=with_sidecar)
 
-
-new_temp, process_alive = _new_temp, _alive  # public names for serving/ (H4, issue 30)

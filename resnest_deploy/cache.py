@@ -3,6 +3,7 @@
 What comes back from the cache is used only if the manifest is a JSON object written for the same
 key and the file's bytes still hash to what the manifest recorded. A missing, corrupt, replaced or
 foreign entry is a miss (and is recomputed and rewritten), never an error and never trusted.
+Listing and clearing what is kept (`resnest-deploy cache`) is :mod:`resnest_deploy.cache_listing`.
 """
 
 from __future__ import annotations
@@ -256,7 +257,7 @@ class CacheFolder:
 
         with contextlib.suppress(OSError, ArtifactError):
             sizes = _files(self.path)
-            old = _manifest(self.path)
+            old = read_manifest(self.path)
             if old and {n: f.get("size") for n, f in old.get("files", {}).items()} == sizes:
                 return  # nothing new since the last seal
             from resnest_deploy.metadata import now
@@ -270,7 +271,8 @@ class CacheFolder:
                 )
 
 
-def _manifest(folder: Path) -> dict[str, Any] | None:
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """A runtime entry's manifest if it is a JSON object listing files, else None (never trusted more)."""
     try:
         m = read_json_object(folder / MANIFEST, "cache manifest", "")
     except ArtifactError:
@@ -281,7 +283,7 @@ def _manifest(folder: Path) -> dict[str, Any] | None:
 def _verify(folder: Path, kind: str, key: CacheKey) -> set[str]:
     """The files of an intact entry for ``key`` in ``folder`` (none: not one); files the manifest
     does not list are removed."""
-    m = _manifest(folder)
+    m = read_manifest(folder)
     if m is None or m.get("kind") != kind or m.get("key") != key.fields():
         return set()
     listed: dict[str, Any] = m["files"]
@@ -293,11 +295,11 @@ def _verify(folder: Path, kind: str, key: CacheKey) -> set[str]:
             return set()
     for p in folder.iterdir():  # written by an interrupted run, or by someone else: not ours
         if p.name != MANIFEST and p.name not in listed:
-            _remove(p)
+            remove_entry(p)
     return set(listed)
 
 
-def _remove(p: Path) -> None:
+def remove_entry(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p)
     else:
@@ -306,7 +308,7 @@ def _remove(p: Path) -> None:
 
 def _empty(folder: Path) -> None:
     for p in folder.iterdir():
-        _remove(p)
+        remove_entry(p)
 
 
 def for_artifact(
@@ -327,95 +329,3 @@ def for_artifact(
 
 
 # --- what `resnest-deploy cache list|clear` shows and removes -------------------------------------
-
-
-@dataclass(frozen=True)
-class Listed:
-    kind: str
-    entry: str  # the folder or file name under the kind's folder
-    size_bytes: int
-    files: int
-    modified: str  # UTC, ISO 8601
-    valid: bool | None  # manifest intact (None where the runtime keeps its own checks)
-    key: dict[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return asdict(self)
-
-
-def _size(p: Path) -> tuple[int, int]:
-    if p.is_file() or p.is_symlink():
-        return p.lstat().st_size, 1
-    total = count = 0
-    for q in p.rglob("*"):
-        if q.is_file() and not q.is_symlink():
-            total, count = total + q.stat().st_size, count + 1
-    return total, count
-
-
-def _mtime(p: Path) -> str:
-    import datetime as dt
-
-    return dt.datetime.fromtimestamp(p.lstat().st_mtime, dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _listed_file(kind: Kind, p: Path) -> Listed | None:
-    """A calibration entry: a file and its manifest (``Cache``'s layout)."""
-    suffix = "".join(p.suffixes)
-    if p.name.endswith((".manifest.json", ".partial")) or suffix not in (".npz", ".onnx"):
-        return None
-    manifest = p.with_name(p.name + ".manifest.json")
-    size, n = _size(p)
-    if manifest.is_file():
-        size, n = size + manifest.stat().st_size, n + 1
-    stem = p.name.split(".")[0]
-    valid = stem.isalnum() and Cache(kind.folder, suffix).get(stem) is not None
-    return Listed(kind.name, p.name, size, n, _mtime(p), valid, {})
-
-
-def _listed_folder(kind: Kind, p: Path) -> Listed | None:
-    """A runtime cache folder; its manifest is read (not re-hashed: opening it does that)."""
-    if not p.is_dir() or p.is_symlink():
-        return None
-    size, n = _size(p)
-    m = _manifest(p) if kind.layout == "folders" else None
-    valid = None if kind.layout == "raw" else m is not None
-    key = m.get("key") if m else None
-    return Listed(kind.name, p.name, size, n, _mtime(p), valid, key if isinstance(key, dict) else {})
-
-
-def list_entries(kinds: list[str] | None = None, root: Path | None = None) -> list[Listed]:
-    """Every entry the tool keeps under ``root`` (the cache root), by kind."""
-    root = root or cache_root()
-    out: list[Listed] = []
-    for name in kinds or list(KINDS):
-        kind = KINDS[name]
-        base = root / kind.folder
-        if not base.is_dir():
-            continue
-        lister = _listed_file if kind.layout == "files" else _listed_folder
-        out += [e for e in (lister(kind, p) for p in sorted(base.iterdir())) if e is not None]
-    return out
-
-
-def clear(
-    kinds: list[str] | None = None, older_than_days: float | None = None, root: Path | None = None
-) -> list[Listed]:
-    """Remove the entries of ``kinds`` (all by default), or only those older than a number of days;
-    returns what was removed."""
-    import time
-
-    removed = []
-    root = root or cache_root()
-    for e in list_entries(kinds, root):
-        p = root / KINDS[e.kind].folder / e.entry
-        if older_than_days is not None and time.time() - p.lstat().st_mtime < older_than_days * 86400:
-            continue
-        with contextlib.suppress(OSError):
-            _remove(p)
-            if KINDS[e.kind].layout == "files":
-                p.with_name(p.name + ".manifest.json").unlink(missing_ok=True)
-            removed.append(e)
-    return removed

@@ -78,6 +78,75 @@ class CheckReport:
         return metadata.RANDOM_WEIGHTS_NOTE if self.weights == "random" else None
 
 
+@dataclass(frozen=True)
+class _Reference:
+    """Where the PyTorch FP32 logits come from: a kept .npz, the sidecars' record, or PyTorch now."""
+
+    name: str
+    kept_apart: bool
+    recorded: bool
+
+
+Case = tuple[np.ndarray, np.ndarray, dict[str, Any]]
+
+
+def _references(
+    lineup: Lineup,
+    ref: _Reference,
+    images: str | os.PathLike[str] | None,
+    count: int,
+    batch: int,
+    inputs: tuple[np.ndarray, dict[str, Any]] | None,
+    say: Callable[[str], None],
+) -> tuple[list[Case], dict[str, Any]]:
+    """Per artifact: its inputs, the reference logits on them, and a description of the inputs."""
+    if ref.kept_apart:
+        cases = [reference.load(ref.name, i.input_size, lineup.arch) for i in lineup.infos]
+        described = {**cases[0][2], "kind": f"probe inputs of {ref.name} ({cases[0][2]['kind']})"}
+        say(f"reference: PyTorch FP32 logits kept in {ref.name}, {described['count']} probe inputs")
+    elif ref.recorded:
+        cases = [reference.recorded(i.meta, i.name, i.input_size) for i in lineup.infos]
+        described = {**cases[0][2], "kind": f"recorded probe inputs ({cases[0][2]['kind']})"}
+        say(f"reference: PyTorch FP32 logits recorded at export, {described['count']} probe inputs")
+        say(f"note: {reference.RECORDED_CAVEAT}")
+        described["caveat"] = reference.RECORDED_CAVEAT
+    else:
+        from resnest_deploy.runners.torch import TorchRunner
+
+        x, described = inputs or lineup.inputs(images, count)
+        say(f"reference: PyTorch FP32 {lineup.arch} on {len(x)} {described['kind']} inputs")
+        with TorchRunner(lineup.model) as torch_runner:
+            cases = [(x, torch_runner.infer_batched(x, batch), described)] * len(lineup.infos)
+    return cases, described
+
+
+def _judged(
+    lineup: Lineup,
+    info: Any,
+    x: np.ndarray,
+    expected: np.ndarray,
+    limits: dict[str, Tolerance],
+    provider: str,
+    batch: int,
+    say: Callable[[str], None],
+) -> CheckResult:
+    """One artifact run on ``x`` and judged against ``expected`` at its precision's tolerance."""
+    say(f"running {info.name}")
+    with lineup.runner(info, RunnerOptions.from_provider(provider)) as runner:
+        metrics = compare(expected, runner.infer_batched(x, batch))
+        backend = runner.backend
+        # an FP32 file computed in BF16 is judged as BF16; an INT8 file stays INT8
+        precision = runner.computes_in if runner.computes_in and info.precision == "fp32" else info.precision
+    tol = limits.get(precision, limits["fp32"])
+    # FP32 files of random weights stay judged: the same function computed, a structural fact
+    judged = not (lineup.weights == "random" and precision != "fp32")
+    problems = tol.violations(metrics)
+    kept = problems if judged else UNCHECKED.violations(metrics)
+    result = CheckResult(info.name, backend, precision, metrics, tol, kept, judged)
+    result.outside_tolerance = [] if judged else problems
+    return result
+
+
 def check(
     artifacts: Sequence[str | os.PathLike[str]],
     *,
@@ -113,46 +182,18 @@ def check(
     )
     if recorded and (images is not None or inputs is not None):
         raise ArtifactError(
-            "recorded references exist for their probe inputs only; drop --images, or compare on your "
-            "images where PyTorch is installed: pip install 'resnest-deploy[export]'"
+            "recorded references exist for their probe inputs only; drop {param}, or compare on your "
+            "images where PyTorch is installed: pip install 'resnest-deploy[export]'",
+            param="images",
         )
     lineup = Lineup.of(artifacts, arch, weights, reference=not recorded)
     limits = {**TOLERANCES, **(tolerances or {})}
-    if kept_apart:
-        cases = [reference.load(reference_from, i.input_size, lineup.arch) for i in lineup.infos]
-        described = {**cases[0][2], "kind": f"probe inputs of {reference_from} ({cases[0][2]['kind']})"}
-        say(f"reference: PyTorch FP32 logits kept in {reference_from}, {described['count']} probe inputs")
-    elif recorded:
-        cases = [reference.recorded(i.meta, i.name, i.input_size) for i in lineup.infos]
-        described = {**cases[0][2], "kind": f"recorded probe inputs ({cases[0][2]['kind']})"}
-        say(f"reference: PyTorch FP32 logits recorded at export, {described['count']} probe inputs")
-        say(f"note: {reference.RECORDED_CAVEAT}")
-        described["caveat"] = reference.RECORDED_CAVEAT
-    else:
-        from resnest_deploy.runners.torch import TorchRunner
-
-        x, described = inputs or lineup.inputs(images, count)
-        say(f"reference: PyTorch FP32 {lineup.arch} on {len(x)} {described['kind']} inputs")
-        with TorchRunner(lineup.model) as ref:
-            cases = [(x, ref.infer_batched(x, batch), described)] * len(lineup.infos)
-    results = []
-    for info, (x, expected, _) in zip(lineup.infos, cases, strict=True):
-        say(f"running {info.name}")
-        with lineup.runner(info, RunnerOptions.from_provider(provider)) as runner:
-            metrics = compare(expected, runner.infer_batched(x, batch))
-            backend = runner.backend
-            # an FP32 file computed in BF16 is judged as BF16; an INT8 file stays INT8
-            precision = (
-                runner.computes_in if runner.computes_in and info.precision == "fp32" else info.precision
-            )
-        tol = limits.get(precision, limits["fp32"])
-        # FP32 files of random weights stay judged: the same function computed, a structural fact
-        judged = not (lineup.weights == "random" and precision != "fp32")
-        problems = tol.violations(metrics)
-        kept = problems if judged else UNCHECKED.violations(metrics)
-        result = CheckResult(info.name, backend, precision, metrics, tol, kept, judged)
-        result.outside_tolerance = [] if judged else problems
-        results.append(result)
+    origin = _Reference(reference_from, kept_apart, recorded)
+    cases, described = _references(lineup, origin, images, count, batch, inputs, say)
+    results = [
+        _judged(lineup, info, x, expected, limits, provider, batch, say)
+        for info, (x, expected, _) in zip(lineup.infos, cases, strict=True)
+    ]
     source = (
         f"{reference.RUNTIME}, kept in {reference_from}"
         if kept_apart

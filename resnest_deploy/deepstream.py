@@ -119,7 +119,7 @@ def _batch_size(io: interface.Io, asked: int | None, path: Path) -> int:
     """The engine profile's maximum, a static export batch, or what was asked (dynamic ONNX)."""
     most = io.batch_max
     if asked is not None:
-        check_positive(asked, "--batch-size", maximum=MAX_BATCH)
+        check_positive(asked, "batch_size", maximum=MAX_BATCH)
     if asked is not None and most is not None and asked > most:
         raise ArtifactError(
             f"batch-size {asked} is above what {path.name} takes ({most}); ask for at most {most}"

@@ -148,6 +148,136 @@ def _named_as_traced(optimized: Any, traced: Any) -> Any:
     return optimized
 
 
+def _checked_input(
+    arch: str | None, opset: int, batch: int | str, input_size: Sequence[int] | None, input_format: str
+) -> tuple[tuple[int, int], InputForm | None]:
+    """The input's H W (the arch's pretrained size by default) and, for a frames input, its form."""
+    spec = get_spec(arch) if arch else None
+    size = cast(
+        tuple[int, int],
+        tuple(input_size) if input_size else (spec.pretrained.input_size,) * 2 if spec else (224, 224),
+    )  # _validate checks it really has two entries
+    _validate(opset, batch, size)
+    formats.check_format(input_format)
+    if input_format != "float" and spec is None:
+        raise ExportError(
+            f"{{param}} {input_format} needs a registered arch (its mean and std)", param="input_format"
+        )
+    frames = None
+    if input_format != "float" and spec is not None:
+        frames = InputForm(input_format, spec.pretrained.mean, spec.pretrained.std)
+    return size, frames
+
+
+def _dynamic_axes(batch: int | str, dynamic_hw: bool, input_format: str) -> dict[str, dict[int, str]]:
+    axes: dict[str, dict[int, str]] = {}
+    if batch == "dynamic":
+        axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+    if dynamic_hw:
+        hw_axes = (1, 2) if input_format == "uint8-nhwc" else (2, 3)
+        axes.setdefault(INPUT_NAME, {}).update(dict(zip(hw_axes, ("height", "width"), strict=True)))
+    return axes
+
+
+def _parity(
+    model: torch.nn.Module,
+    serialized: bytes,
+    batches: Sequence[int],
+    size: tuple[int, int],
+    frames: InputForm | None,
+    tolerance: Tolerance,
+    say: Progress,
+) -> dict[str, Metrics]:
+    """ONNX Runtime against PyTorch at each batch; raises when a batch is outside ``tolerance``."""
+    host = frames.from_normalised if frames is not None else (lambda x: x)
+    parity: dict[str, Metrics] = {}
+    with OnnxRuntimeRunner(serialized, name="exported ONNX") as ort_runner, TorchRunner(model) as ref:
+        for b in batches:
+            say(f"parity check in ONNX Runtime at batch {b}")
+            x = parity_inputs(b, size, frames=frames)  # PyTorch gets the host transform's output
+            m = compare(ref.infer(x), ort_runner.infer(host(x)))
+            parity[f"batch={b}"] = m
+            assert_close(m, tolerance, f"ONNX export at batch {b}")
+    return parity
+
+
+def _recorded_reference(
+    model: torch.nn.Module, arch: str | None, size: tuple[int, int], frames: InputForm | None
+) -> dict[str, Any] | None:
+    """PyTorch's outputs on the arch's probe inputs, kept in the sidecar for a later ``check``."""
+    if not arch or get_spec(arch) is None:
+        return None
+    probe, probed = reference.probe_inputs(arch, size, frames=frames is not None)
+    if probe is None or probed is None:
+        return None
+    with TorchRunner(model) as ref:
+        return reference.record(ref.infer(probe), probed)
+
+
+@dataclass(frozen=True)
+class _Exported:
+    """What the sidecar says about one export (everything but the file's own hash and graph)."""
+
+    arch: str | None
+    opset: int
+    batch: int | str
+    size: tuple[int, int]
+    dynamic_hw: bool
+    input_format: str
+    num_classes: int
+    weights: WeightsInfo | None
+
+
+def _metadata(e: _Exported, parity: dict[str, Metrics], recorded: dict[str, Any] | None) -> dict[str, Any]:
+    spec = get_spec(e.arch) if e.arch else None
+    input_shape = formats.shape(
+        e.input_format,
+        "batch" if e.batch == "dynamic" else int(e.batch),
+        "height" if e.dynamic_hw else e.size[0],
+        "width" if e.dynamic_hw else e.size[1],
+    )
+    return {
+        "format": "onnx",
+        "arch": e.arch,
+        "precision": "fp32",
+        "weights": asdict(e.weights) if e.weights else None,
+        "opset": e.opset,
+        "input": {
+            "name": INPUT_NAME,
+            "shape": input_shape,
+            "dtype": formats.dtype(e.input_format),
+            "layout": "NHWC" if e.input_format == "uint8-nhwc" else "NCHW",
+            "format": formats.form_record(e.input_format, *(spec.pretrained.mean, spec.pretrained.std))
+            if spec
+            else None,
+        },
+        "output": {"name": OUTPUT_NAME, "shape": [input_shape[0], e.num_classes], "dtype": "float32"},
+        "num_classes": e.num_classes,
+        "preprocessing": metadata.preprocessing(spec, e.size) if spec else None,
+        "reference": recorded,
+        "parity": {
+            "reference": "pytorch fp32 cpu",
+            "runtime": "onnxruntime cpu",
+            **{k: v.as_dict() for k, v in parity.items()},
+        },
+        "created": metadata.now(),
+        "tools": metadata.tool_versions(),
+    }
+
+
+def _write(proto: Any, path: Path, meta: dict[str, Any]) -> Path:
+    """The file and its sidecar, installed together once the full ONNX checker passes."""
+    onnx = _deps.require("onnx")
+    with artifact_pair(path) as pair:
+        onnx.save(proto, pair.tmp)
+        try:
+            onnx.checker.check_model(str(pair.tmp), full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise ExportError(f"exported graph fails onnx.checker: {first_line(e)}") from e
+        meta |= metadata.file_and_graph(pair.tmp, path.name, proto)
+        return pair.write_sidecar(meta)
+
+
 def export_onnx(
     model: torch.nn.Module,
     path: str | os.PathLike[str],
@@ -168,37 +298,21 @@ def export_onnx(
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     arch = getattr(model, "arch", None)
-    spec = get_spec(arch) if arch else None
-    size = cast(
-        tuple[int, int],
-        tuple(input_size) if input_size else (spec.pretrained.input_size,) * 2 if spec else (224, 224),
-    )  # _validate checks it really has two entries
-    _validate(opset, batch, size)
-    formats.check_format(input_format)
-    if input_format != "float" and spec is None:
-        raise ExportError(f"--input-format {input_format} needs a registered arch (its mean and std)")
-    frames = None
-    if input_format != "float" and spec is not None:
-        frames = InputForm(input_format, spec.pretrained.mean, spec.pretrained.std)
+    size, frames = _checked_input(arch, opset, batch, input_size, input_format)
     path = Path(path)
     prepare_outputs([path], [weights.location if weights and weights.kind == "file" else None])
     _check_finite(model)
     model = model.eval()
 
-    axes: dict[str, dict[int, str]] = {}
-    if batch == "dynamic":
-        axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
-    if dynamic_hw:
-        hw_axes = (1, 2) if input_format == "uint8-nhwc" else (2, 3)
-        axes.setdefault(INPUT_NAME, {}).update(dict(zip(hw_axes, ("height", "width"), strict=True)))
     trace_batch = 1 if batch == "dynamic" else int(batch)
     graph_model = _FramesIn(model, frames).eval() if frames is not None else model
     host = frames.from_normalised if frames is not None else (lambda x: x)
     example = torch.from_numpy(host(parity_inputs(trace_batch, size, frames=frames)))
-
     say(f"tracing {arch or type(model).__name__} at {trace_batch}x3x{size[0]}x{size[1]}, opset {opset}")
     try:
-        proto = onnx.load_from_string(_trace(graph_model, example, opset, axes))
+        proto = onnx.load_from_string(
+            _trace(graph_model, example, opset, _dynamic_axes(batch, dynamic_hw, input_format))
+        )
     except Exception as e:
         raise ExportError(f"torch.onnx.export failed: {first_line(e)}") from e
     if simplify:
@@ -210,75 +324,21 @@ def export_onnx(
     )
 
     batches = list(parity_batches) if batch == "dynamic" else [int(batch)]
-    parity: dict[str, Metrics] = {}
-    serialized = proto.SerializeToString()
-    with OnnxRuntimeRunner(serialized, name="exported ONNX") as ort_runner, TorchRunner(model) as ref:
-        for b in batches:
-            say(f"parity check in ONNX Runtime at batch {b}")
-            x = parity_inputs(b, size, frames=frames)  # PyTorch gets the host transform's output
-            m = compare(ref.infer(x), ort_runner.infer(host(x)))
-            parity[f"batch={b}"] = m
-            assert_close(m, tolerance, f"ONNX export at batch {b}")
-
+    parity = _parity(model, proto.SerializeToString(), batches, size, frames, tolerance, say)
     say("recording PyTorch reference outputs on the probe inputs")
-    probe, probed = (None, None)
-    if spec and arch:
-        probe, probed = reference.probe_inputs(arch, size, frames=frames is not None)
-    recorded = None
-    if probe is not None and probed is not None:
-        with TorchRunner(model) as ref:
-            recorded = reference.record(ref.infer(probe), probed)
-
-    input_shape = formats.shape(
-        input_format,
-        "batch" if batch == "dynamic" else int(batch),
-        "height" if dynamic_hw else size[0],
-        "width" if dynamic_hw else size[1],
-    )
+    recorded = _recorded_reference(model, arch, size, frames)
     num_classes = int(cast(torch.nn.Linear, model.get_submodule("fc")).out_features)
-    meta: dict[str, Any] = {
-        "format": "onnx",
-        "arch": arch,
-        "precision": "fp32",
-        "weights": asdict(weights) if weights else None,
-        "opset": opset,
-        "input": {
-            "name": INPUT_NAME,
-            "shape": input_shape,
-            "dtype": formats.dtype(input_format),
-            "layout": "NHWC" if input_format == "uint8-nhwc" else "NCHW",
-            "format": formats.form_record(input_format, *(spec.pretrained.mean, spec.pretrained.std))
-            if spec
-            else None,
-        },
-        "output": {"name": OUTPUT_NAME, "shape": [input_shape[0], num_classes], "dtype": "float32"},
-        "num_classes": num_classes,
-        "preprocessing": metadata.preprocessing(spec, size) if spec else None,
-        "reference": recorded,
-        "parity": {
-            "reference": "pytorch fp32 cpu",
-            "runtime": "onnxruntime cpu",
-            **{k: v.as_dict() for k, v in parity.items()},
-        },
-        "created": metadata.now(),
-        "tools": metadata.tool_versions(),
-    }
+    exported = _Exported(arch, opset, batch, size, dynamic_hw, input_format, num_classes, weights)
+    meta = _metadata(exported, parity, recorded)
     metadata.embed(proto, meta)
     say("running the full ONNX checker and writing")
-    with artifact_pair(path) as pair:
-        onnx.save(proto, pair.tmp)
-        try:
-            onnx.checker.check_model(str(pair.tmp), full_check=True)
-        except onnx.checker.ValidationError as e:
-            raise ExportError(f"exported graph fails onnx.checker: {first_line(e)}") from e
-        meta |= metadata.file_and_graph(pair.tmp, path.name, proto)
-        sidecar = pair.write_sidecar(meta)
+    sidecar = _write(proto, path, meta)
     return ExportReport(
         path=path,
         sidecar=sidecar,
         arch=arch,
         opset=opset,
-        input_shape=input_shape,
+        input_shape=meta["input"]["shape"],
         nodes=meta["graph"]["nodes"],
         op_counts=meta["graph"]["op_counts"],
         parity=parity,

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from resnest_deploy import metadata
-from resnest_deploy._io import load_onnx, require_file
+from resnest_deploy._io import require_file
 from resnest_deploy.artifacts import Artifact
 from resnest_deploy.engine.flavour import engine_flavour
 from resnest_deploy.errors import ArtifactError, first_line
+from resnest_deploy.onnx_files import load_onnx
 
 
 def describe(path: str | os.PathLike[str], layers: bool = True) -> dict[str, Any]:

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from resnest_deploy import formats
-from resnest_deploy._io import load_onnx
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.limits import MAX_BATCH
+from resnest_deploy.onnx_files import load_onnx
 
 ONNX_TYPES = {1: "float32", 10: "float16", 2: "uint8"}  # onnx.TensorProto elem types
 MAX_SIDE = 8192  # an input's height or width

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from resnest_deploy.errors import ResnestDeployError
+from resnest_deploy.errors import LimitError
 
 #: the largest batch any command accepts; TensorRT profiles and Triton configs stay far below it
 MAX_BATCH = 4096
@@ -18,10 +18,6 @@ MAX_THREADS = 256
 MEMORY_SHARE = 0.25
 
 
-class LimitError(ResnestDeployError, ValueError):
-    exit_code = 2
-
-
 def available_bytes() -> int:
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -29,11 +25,17 @@ def available_bytes() -> int:
         return 1 << 40
 
 
-def check_positive(value: int, option: str, *, maximum: int | None = None) -> int:
+def check_positive(value: int, name: str, *, maximum: int | None = None) -> int:
+    """``value`` from 1 to ``maximum``. A ``name`` that is a parameter's (``batch_size``) is named
+    as the parameter (the CLI writes its flag); other names (``batch size``) are written as given."""
+    param = name if name.isidentifier() else None
+    label = "{param}" if param else name
     if value < 1:
-        raise LimitError(f"{option} must be at least 1, got {value}")
+        raise LimitError(f"{label} must be at least 1, got {value}", param=param)
     if maximum is not None and value > maximum:
-        raise LimitError(f"{option} {value} is more than the maximum {maximum}; choose a smaller one")
+        raise LimitError(
+            f"{label} {value} is more than the maximum {maximum}; choose a smaller one", param=param
+        )
     return value
 
 

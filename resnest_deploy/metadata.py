@@ -13,10 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from resnest_deploy._io import load_onnx, read_json_object, sha256_file, sidecar_path
+from resnest_deploy._io import read_json_object, sha256_file, sidecar_path
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.formats import INPUT_FORMATS
 from resnest_deploy.models.registry import ModelSpec
+from resnest_deploy.onnx_files import load_onnx
 
 METADATA_KEY = "resnest_deploy"
 _TOOLS = (

@@ -143,7 +143,7 @@ def test_what_a_user_reads_numbers_each_flagged_row_once_and_rows_travel_whole()
     from dataclasses import replace
 
     from resnest_deploy.bench import BenchResult
-    from resnest_deploy.cli._common import SafeConsole
+    from resnest_deploy.cli._console import SafeConsole
     from resnest_deploy.reports import bench as report
 
     with Sleeper(30, 0) as slow_one, Sleeper(2, 0.1) as fast_eight, Sleeper(5, 0) as steady:

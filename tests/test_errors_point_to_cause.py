@@ -114,3 +114,42 @@ def test_a_jetson_target_on_tensorrt_rtx_names_the_way_forward(digits_onnx, tmp_
         f"resnest-deploy build --onnx {digits_onnx.name} --backend tensorrt --batch-profile 1,8,32"
         in r.stderr
     )
+
+
+def test_every_library_error_is_a_resnest_deploy_error_defined_in_errors_py():
+    """One place for error classes: the old import sites give the same class, and data's ImageError
+    is one a command prints as one line. (serving/'s own errors move with the serving split.)"""
+    import ast
+    from pathlib import Path
+
+    import resnest_deploy
+    from resnest_deploy import data, errors, executors, limits
+    from resnest_deploy.engine import build
+
+    for old, name in (
+        (limits, "LimitError"),
+        (data, "ImageError"),
+        (build, "BuildError"),
+        (executors, "ClusterError"),
+    ):
+        assert getattr(old, name) is getattr(errors, name)
+        assert issubclass(getattr(errors, name), errors.ResnestDeployError)
+    package = Path(resnest_deploy.__file__).parent
+    elsewhere = [
+        f"{path.relative_to(package)}:{node.name}"
+        for path in package.rglob("*.py")
+        if path.name != "errors.py" and "serving" not in path.parts
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef) and node.name.endswith("Error")
+    ]
+    assert elsewhere == []
+
+
+def test_a_library_message_names_its_parameter_and_the_cli_its_flag(digits_onnx, tmp_path):
+    from resnest_deploy.errors import BuildError
+
+    e = BuildError("{param} applies to TensorRT-RTX only", param="compute_capabilities")
+    assert str(e) == "compute_capabilities applies to TensorRT-RTX only"
+    r = cli.invoke(app, ["check", str(digits_onnx), "--reference", "recorded", "--images", str(tmp_path)])
+    assert r.exit_code == 1
+    assert "error: recorded references exist for their probe inputs only; drop --images," in r.stderr

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from resnest_deploy import _io, metadata
+from resnest_deploy import _io, metadata, onnx_files
 from resnest_deploy.bench import bench
 from resnest_deploy.cache import CACHE_ENV
 from resnest_deploy.check import check
@@ -520,5 +520,5 @@ def test_a_sparse_initializers_external_data_is_checked_like_every_other(digits_
     onnx.save(model, path)
     (tmp_path / "secret.data").write_bytes(np.full(10, 1e6, np.float32).tobytes())
     with pytest.raises(ArtifactError, match=r"'fc\.bias', which is not a plain file name beside it"):
-        _io.load_onnx(path)
+        onnx_files.load_onnx(path)
     assert "refusing to read it" in refused(["inspect", str(path)])

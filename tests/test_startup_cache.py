@@ -280,7 +280,7 @@ def test_serve_records_start_to_ready_and_its_models_warm_from_the_cache(
 def test_tensorrt_rtx_runtime_caches_are_kept_per_engine_gpu_and_version(tmp_path, monkeypatch):
     """The runner opens its runtime cache once it knows its GPU and TensorRT-RTX version (a GPU step
     of scripts/gpu_check.py runs it); here: what the registry hands it back, and when not."""
-    from resnest_deploy import cache
+    from resnest_deploy import cache, cache_listing
 
     monkeypatch.setenv("RESNEST_DEPLOY_CACHE", str(tmp_path / "root"))
     engine = tmp_path / "m.plan"
@@ -303,5 +303,7 @@ def test_tensorrt_rtx_runtime_caches_are_kept_per_engine_gpu_and_version(tmp_pat
     assert not opened().hit
     engine.write_bytes(b"another engine")
     assert not opened().hit
-    listed = [e for e in cache.list_entries(["tensorrt-rtx-runtime"]) if e.kind == "tensorrt-rtx-runtime"]
+    listed = [
+        e for e in cache_listing.list_entries(["tensorrt-rtx-runtime"]) if e.kind == "tensorrt-rtx-runtime"
+    ]
     assert listed

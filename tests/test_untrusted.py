@@ -21,7 +21,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from resnest_deploy import _io, deepstream, metadata, reference
-from resnest_deploy.cli._common import handle_errors, visible
+from resnest_deploy.cli._console import visible
+from resnest_deploy.cli._errors import handle_errors
 from resnest_deploy.cli.app import app
 from resnest_deploy.data import ImageError, Transform, to_rgb8
 from resnest_deploy.errors import ArtifactError
@@ -74,8 +75,14 @@ def test_nvinfer_configs_take_names_from_the_graph_and_refuse_values_that_break_
     with pytest.raises(ArtifactError, match="cannot hold"):
         deepstream.write(digits_onnx, tmp_path / "c\n[class-attrs-all].txt")
     assert not list(tmp_path.glob("c*"))
-    with pytest.raises(LimitError, match=r"--batch-size 1000000000 is more than the maximum 4096"):
+    with pytest.raises(LimitError, match=r"^batch_size 1000000000 is more than the maximum 4096") as e:
         deepstream.nvinfer_config(digits_onnx, batch_size=1_000_000_000)
+    assert e.value.param == "batch_size"  # the library names its parameter; the CLI, its flag:
+    said = runner.invoke(
+        app, ["deepstream", str(digits_onnx), "--batch-size", "1000000000", "-o", str(tmp_path / "x.txt")]
+    )
+    assert said.exit_code == 2
+    assert "error: --batch-size 1000000000 is more than the maximum 4096" in said.output
 
 
 @pytest.mark.parametrize(

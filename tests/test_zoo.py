@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from resnest_deploy.cli.app import app
 from resnest_deploy.models import count_params
-from resnest_deploy.zoo import COLUMNS, graph_stats
+from resnest_deploy.reports.zoo import COLUMNS
+from resnest_deploy.zoo import graph_stats
 from resnest_deploy.zoo_figures import cpu_peak, published
 
 cli = CliRunner()

@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from resnest_deploy.cli._common import CpuIsa, Method, Reduced, Target, counting_bar
+from resnest_deploy.cli._common import CpuIsa, Method, Reduced, Target
+from resnest_deploy.cli._progress import counting_bar
 from resnest_deploy.compare import TOLERANCES, Tolerance
 from resnest_deploy.errors import ResnestDeployError
 from resnest_deploy.precision import CalibrationOptions, calibration_for

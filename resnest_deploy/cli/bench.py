@@ -15,14 +15,10 @@ from resnest_deploy.cli._common import (
     OvHint,
     Provider,
     WeightsOptional,
-    deprecated,
-    err,
-    handle_errors,
-    out,
     parse_batches,
-    print_json,
-    styled,
 )
+from resnest_deploy.cli._console import deprecated, err, out, print_json, styled
+from resnest_deploy.cli._errors import handle_errors
 from resnest_deploy.limits import MAX_THREADS
 from resnest_deploy.runners import TORCH_NAMES
 

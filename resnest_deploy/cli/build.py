@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 from resnest_deploy._io import prepare_outputs
-from resnest_deploy.cli._common import Backend, JsonOpt, Precision, handle_errors, out, print_json, progress
+from resnest_deploy.cli._common import Backend, JsonOpt, Precision
+from resnest_deploy.cli._console import out, print_json
+from resnest_deploy.cli._errors import handle_errors
 from resnest_deploy.cli._options import (
     CalibCountOpt,
     CalibDirOpt,
@@ -16,6 +18,7 @@ from resnest_deploy.cli._options import (
     calibration_with_bar,
     flags_named,
 )
+from resnest_deploy.cli._progress import progress
 from resnest_deploy.engine import build_engine, parse_batch_range
 from resnest_deploy.precision import (
     CalibrationOptions,

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from resnest_deploy.cli._common import JsonOpt, handle_errors, out, print_json
+from resnest_deploy.cli._common import JsonOpt
+from resnest_deploy.cli._console import out, print_json
+from resnest_deploy.cli._errors import handle_errors
 
 
 class CacheAction(str, Enum):
@@ -57,7 +59,8 @@ def cache_cmd(
       resnest-deploy cache list --kind openvino --json
       resnest-deploy cache clear --older-than 30
     """
-    from resnest_deploy.cache import cache_root, clear, list_entries
+    from resnest_deploy.cache import cache_root
+    from resnest_deploy.cache_listing import clear, list_entries
 
     kinds = _kinds(kind)
     if older_than is not None and action is not CacheAction.clear:

@@ -16,13 +16,10 @@ from resnest_deploy.cli._common import (
     Provider,
     ProviderOpt,
     WeightsOptional,
-    handle_errors,
-    metrics_table,
-    out,
-    print_json,
-    progress,
-    styled,
 )
+from resnest_deploy.cli._console import metrics_table, out, print_json, styled
+from resnest_deploy.cli._errors import handle_errors
+from resnest_deploy.cli._progress import progress
 
 
 @handle_errors

@@ -16,14 +16,10 @@ from resnest_deploy.cli._common import (
     ProviderOpt,
     RayOpt,
     WeightsOptional,
-    counting_bar,
-    err,
-    executor,
-    handle_errors,
-    out,
-    print_json,
-    styled,
 )
+from resnest_deploy.cli._console import err, out, print_json, styled
+from resnest_deploy.cli._errors import handle_errors
+from resnest_deploy.cli._progress import counting_bar, executor
 
 
 @handle_errors

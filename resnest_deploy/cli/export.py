@@ -9,18 +9,10 @@ import typer
 from rich.table import Table
 
 from resnest_deploy import _deps
-from resnest_deploy.cli._common import (
-    ArchOpt,
-    InputFormat,
-    JsonOpt,
-    OutputOpt,
-    WeightsOpt,
-    default_path,
-    handle_errors,
-    out,
-    print_json,
-    progress,
-)
+from resnest_deploy.cli._common import ArchOpt, InputFormat, JsonOpt, OutputOpt, WeightsOpt, default_path
+from resnest_deploy.cli._console import out, print_json
+from resnest_deploy.cli._errors import handle_errors
+from resnest_deploy.cli._progress import progress
 from resnest_deploy.formats import DEFAULT_OPSET
 from resnest_deploy.limits import MAX_BATCH, check_positive
 
@@ -39,6 +31,36 @@ def _batch_dim(value: str) -> int | str:
         ) from None
 
 
+InputFormatOpt = Annotated[
+    InputFormat,
+    typer.Option(
+        "--input-format",
+        help="What the file takes: 'float' (normalised NCHW, as the eval transform gives), "
+        "'uint8-nhwc' / 'uint8-nchw' (raw RGB camera frames; normalised in the graph), or "
+        "'deepstream' (x/255 - mean, as nvinfer feeds it; 1/std folded into the first conv).",
+    ),
+]
+ReferenceOutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--reference-out",
+        help="Also save the PyTorch reference outputs to REF.npz, to keep apart from the file "
+        "(check --reference REF.npz then proves the file still computes what its weights did).",
+    ),
+]
+
+
+def _check_reference_out(reference_out: Path | None, destination: Path) -> None:
+    """Before any work: the kept-apart reference is an .npz file that spares the export."""
+    if reference_out is None:
+        return
+    from resnest_deploy._io import prepare_outputs
+
+    if reference_out.suffix != ".npz":
+        raise typer.BadParameter("the reference file must end in .npz", param_hint="--reference-out")
+    prepare_outputs([reference_out], [destination], with_sidecar=False)
+
+
 @handle_errors
 def export_cmd(
     arch: ArchOpt,
@@ -54,24 +76,9 @@ def export_cmd(
     dynamic_hw: Annotated[
         bool, typer.Option("--dynamic-hw", help="Also leave height and width free.")
     ] = False,
-    input_format: Annotated[
-        InputFormat,
-        typer.Option(
-            "--input-format",
-            help="What the file takes: 'float' (normalised NCHW, as the eval transform gives), "
-            "'uint8-nhwc' / 'uint8-nchw' (raw RGB camera frames; normalised in the graph), or "
-            "'deepstream' (x/255 - mean, as nvinfer feeds it; 1/std folded into the first conv).",
-        ),
-    ] = InputFormat.float,
+    input_format: InputFormatOpt = InputFormat.float,
     simplify: Annotated[bool, typer.Option(help="Fold batch norms/constants, drop Identity nodes.")] = True,
-    reference_out: Annotated[
-        Path | None,
-        typer.Option(
-            "--reference-out",
-            help="Also save the PyTorch reference outputs to REF.npz, to keep apart from the file "
-            "(check --reference REF.npz then proves the file still computes what its weights did).",
-        ),
-    ] = None,
+    reference_out: ReferenceOutOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Export a ResNeSt to ONNX and prove it matches PyTorch in ONNX Runtime.
@@ -92,12 +99,7 @@ def export_cmd(
 
     dim = _batch_dim(batch_dim)
     destination = output or default_path(arch, f"{arch}.onnx")
-    if reference_out is not None:
-        from resnest_deploy._io import prepare_outputs
-
-        if reference_out.suffix != ".npz":
-            raise typer.BadParameter("the reference file must end in .npz", param_hint="--reference-out")
-        prepare_outputs([reference_out], [destination], with_sidecar=False)
+    _check_reference_out(reference_out, destination)
     with progress(not json_out) as say:
         say(f"loading {arch} ({weights} weights)")
         model, info = load_model(arch, weights)

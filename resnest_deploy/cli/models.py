@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from resnest_deploy.cli._common import JsonOpt, handle_errors, out, print_json
+from resnest_deploy.cli._common import JsonOpt
+from resnest_deploy.cli._console import out, print_json
+from resnest_deploy.cli._errors import handle_errors
 from resnest_deploy.models.catalog import catalog
 
 

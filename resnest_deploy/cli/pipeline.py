@@ -18,13 +18,10 @@ from resnest_deploy.cli._common import (
     Target,
     VerboseOpt,
     WeightsOpt,
-    handle_errors,
-    out,
     parse_batches,
-    print_json,
-    progress,
-    search_executor,
 )
+from resnest_deploy.cli._console import out, print_json
+from resnest_deploy.cli._errors import handle_errors
 from resnest_deploy.cli._options import (
     CalibCountOpt,
     CalibDirOpt,
@@ -38,6 +35,7 @@ from resnest_deploy.cli._options import (
     flags_named,
     user_tolerance,
 )
+from resnest_deploy.cli._progress import progress, search_executor
 from resnest_deploy.precision import CalibrationOptions, RunOptions, calibration
 from resnest_deploy.precision.search import DEFAULT_MAX_DROP
 

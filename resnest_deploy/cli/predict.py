@@ -7,22 +7,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from resnest_deploy.cli._common import (
-    ArchOptional,
-    JsonOpt,
-    Provider,
-    ProviderOpt,
-    RayOpt,
-    WeightsOptional,
-    deprecated,
-    err,
-    executor,
-    handle_errors,
-    out,
-    print_json,
-    ray_typed,
-    styled,
-)
+from resnest_deploy.cli._common import ArchOptional, JsonOpt, Provider, ProviderOpt, RayOpt, WeightsOptional
+from resnest_deploy.cli._console import deprecated, err, out, print_json, styled
+from resnest_deploy.cli._errors import handle_errors
+from resnest_deploy.cli._progress import executor, ray_typed
 
 if TYPE_CHECKING:
     from resnest_deploy.predict import Prediction
@@ -34,15 +22,76 @@ def _is_artifact(name: str) -> bool:
     return name in TORCH_NAMES or Path(name).suffix.lower() in (".onnx", *ENGINE_SUFFIXES)
 
 
+InputsArg = Annotated[
+    list[str],
+    typer.Argument(
+        help="The artifact (an ONNX file, an engine, or 'torch') and then image files or folders "
+        "(every image under them); like check, eval and bench, the artifact comes first."
+    ),
+]
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Ask a served model instead (`serve`, or any Triton serving a resnest-deploy "
+        "repository): http://HOST:PORT or grpc://HOST:PORT. Then every argument is an image.",
+    ),
+]
+ServedModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="The served model's name (with --server; `serve` prints it as 'serving NAME'). Without "
+        "it, the server's only model, where the server lists its models (serve does not).",
+    ),
+]
+RowsOutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Write one row per image (path, classes, labels, probabilities) to a .jsonl or "
+        ".parquet file instead of printing; with --ray, a folder of part files by that name.",
+    ),
+]
+
+
+def _refuse_local_options(
+    output: Path | None,
+    ray_address: str | None,
+    artifact: str | None,
+    weights: str | None,
+    provider: Provider,
+) -> None:
+    """With --server the server runs the model: options that choose what runs here are refused."""
+    if output is not None or ray_typed(ray_address):
+        raise typer.BadParameter(
+            "-o and --ray run the model here or on a cluster; with --server the server runs it",
+            param_hint="--server",
+        )
+    if artifact is not None or weights is not None or provider is not Provider.cpu:
+        raise typer.BadParameter(
+            "--artifact, --weights and --provider choose what runs locally; the server runs its own model",
+            param_hint="--server",
+        )
+
+
+def _artifact_and_images(inputs: list[str], artifact: str | None) -> tuple[str, list[str]]:
+    """The artifact and the images, from the arguments (artifact first) or the old spellings."""
+    if artifact is not None:
+        deprecated("predict IMAGES --artifact A", "predict A IMAGES")
+        chosen, images = artifact, inputs
+    elif _is_artifact(inputs[0]):
+        chosen, images = inputs[0], inputs[1:]
+    else:
+        deprecated("predict IMAGES (PyTorch implied)", "predict torch IMAGES")
+        chosen, images = "torch", inputs
+    if not images:
+        raise typer.BadParameter("give at least one image after the artifact", param_hint="INPUTS")
+    return chosen, images
+
+
 @handle_errors
 def predict_cmd(
-    inputs: Annotated[
-        list[str],
-        typer.Argument(
-            help="The artifact (an ONNX file, an engine, or 'torch') and then image files or folders "
-            "(every image under them); like check, eval and bench, the artifact comes first."
-        ),
-    ],
+    inputs: InputsArg,
     artifact: Annotated[
         str | None, typer.Option(hidden=True, help="Deprecated: give the artifact first instead.")
     ] = None,
@@ -50,30 +99,10 @@ def predict_cmd(
     weights: WeightsOptional = None,
     topk: Annotated[int, typer.Option(min=1, max=1000, help="Classes to show per image.")] = 5,
     provider: ProviderOpt = Provider.cpu,
-    server: Annotated[
-        str | None,
-        typer.Option(
-            help="Ask a served model instead (`serve`, or any Triton serving a resnest-deploy "
-            "repository): http://HOST:PORT or grpc://HOST:PORT. Then every argument is an image.",
-        ),
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="The served model's name (with --server; `serve` prints it as 'serving NAME'). Without "
-            "it, the server's only model, where the server lists its models (serve does not).",
-        ),
-    ] = None,
+    server: ServerOpt = None,
+    model: ServedModelOpt = None,
     json_out: JsonOpt = False,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            help="Write one row per image (path, classes, labels, probabilities) to a .jsonl or "
-            ".parquet file instead of printing; with --ray, a folder of part files by that name.",
-        ),
-    ] = None,
+    output: RowsOutputOpt = None,
     ray_address: RayOpt = None,
 ) -> None:
     """Classify images (files, or folders of them) with any artifact, or with a served model;
@@ -92,57 +121,19 @@ def predict_cmd(
       resnest-deploy predict models/resnest50/resnest50.onnx photos/
     """
     if server is not None:
-        if output is not None or ray_typed(ray_address):
-            raise typer.BadParameter(
-                "-o and --ray run the model here or on a cluster; with --server the server runs it",
-                param_hint="--server",
-            )
-        if artifact is not None or weights is not None or provider is not Provider.cpu:
-            raise typer.BadParameter(
-                "--artifact, --weights and --provider choose what runs locally; the server runs its own "
-                "model",
-                param_hint="--server",
-            )
+        _refuse_local_options(output, ray_address, artifact, weights, provider)
         _predict_served(inputs, server, model, arch, topk, json_out)
         return
     if model is not None:
         raise typer.BadParameter("--model names a served model; give --server too", param_hint="--model")
-    if artifact is not None:
-        deprecated("predict IMAGES --artifact A", "predict A IMAGES")
-        chosen, images = artifact, inputs
-    elif _is_artifact(inputs[0]):
-        chosen, images = inputs[0], inputs[1:]
-    else:
-        deprecated("predict IMAGES (PyTorch implied)", "predict torch IMAGES")
-        chosen, images = "torch", inputs
-    if not images:
-        raise typer.BadParameter("give at least one image after the artifact", param_hint="INPUTS")
-    from resnest_deploy.predict import predict, predict_to_file
+    chosen, images = _artifact_and_images(inputs, artifact)
+    from resnest_deploy.predict import predict
     from resnest_deploy.runners.options import RunnerOptions
 
     if output is not None:
-        with executor(ray_address) as ex:
-            report = predict_to_file(
-                [Path(i) for i in images],
-                output,
-                chosen,
-                arch=arch,
-                weights=weights,
-                topk=topk,
-                options=RunnerOptions.from_provider(provider.value),
-                executor=ex,
-            )
-        if json_out:
-            print_json({"output": report.output, "rows": report.rows, "skipped": report.skipped})
-            return
-        out.print(f"{report.rows} predictions written to {report.output}")
-        if report.skipped:
-            err.print(
-                styled(
-                    (f"skipped {len(report.skipped)} unreadable file(s)", "yellow"),
-                    f", e.g. {report.skipped[0]}",
-                )
-            )
+        _predict_rows(
+            [Path(i) for i in images], output, chosen, arch, weights, topk, provider, ray_address, json_out
+        )
         return
     with executor(ray_address) as ex:
         preds = predict(
@@ -157,6 +148,45 @@ def predict_cmd(
     from resnest_deploy.artifacts import weights_note
 
     show(preds, json_out, weights_note([chosen], weights))
+
+
+def _predict_rows(
+    images: list[Path],
+    output: Path,
+    chosen: str,
+    arch: str | None,
+    weights: str | None,
+    topk: int,
+    provider: Provider,
+    ray_address: str | None,
+    json_out: bool,
+) -> None:
+    """Predictions written as rows to ``output`` (here, or on the Ray cluster's workers)."""
+    from resnest_deploy.predict import predict_to_file
+    from resnest_deploy.runners.options import RunnerOptions
+
+    with executor(ray_address) as ex:
+        report = predict_to_file(
+            images,
+            output,
+            chosen,
+            arch=arch,
+            weights=weights,
+            topk=topk,
+            options=RunnerOptions.from_provider(provider.value),
+            executor=ex,
+        )
+    if json_out:
+        print_json({"output": report.output, "rows": report.rows, "skipped": report.skipped})
+        return
+    out.print(f"{report.rows} predictions written to {report.output}")
+    if report.skipped:
+        err.print(
+            styled(
+                (f"skipped {len(report.skipped)} unreadable file(s)", "yellow"),
+                f", e.g. {report.skipped[0]}",
+            )
+        )
 
 
 def _predict_served(

@@ -8,22 +8,9 @@ from typing import Annotated
 import typer
 
 from resnest_deploy._io import prepare_outputs
-from resnest_deploy.cli._common import (
-    CpuIsa,
-    JsonOpt,
-    Method,
-    RaySearchOpt,
-    Reduced,
-    Target,
-    VerboseOpt,
-    handle_errors,
-    metrics_table,
-    out,
-    print_json,
-    progress,
-    search_executor,
-    styled,
-)
+from resnest_deploy.cli._common import CpuIsa, JsonOpt, Method, RaySearchOpt, Reduced, Target, VerboseOpt
+from resnest_deploy.cli._console import metrics_table, out, print_json, styled
+from resnest_deploy.cli._errors import handle_errors
 from resnest_deploy.cli._options import (
     CalibCountOpt,
     CalibDirOpt,
@@ -40,6 +27,7 @@ from resnest_deploy.cli._options import (
     flags_named,
     user_tolerance,
 )
+from resnest_deploy.cli._progress import progress, search_executor
 from resnest_deploy.precision import (
     CalibrationOptions,
     ConversionConfig,

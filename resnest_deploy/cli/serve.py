@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from resnest_deploy.cli._common import Provider, ProviderOpt, err, handle_errors, out
+from resnest_deploy.cli._common import Provider, ProviderOpt
+from resnest_deploy.cli._console import err, out
+from resnest_deploy.cli._errors import handle_errors
 from resnest_deploy.cli._flags import named_as_flags
 from resnest_deploy.cli.triton import NAMES_FLAG, InstancesOpt, MaxBatchOpt, NamesOpt, QueueDelayOpt
 

@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from resnest_deploy.cli._common import JsonOpt, handle_errors, out, print_json
+from resnest_deploy.cli._common import JsonOpt
+from resnest_deploy.cli._console import out, print_json
+from resnest_deploy.cli._errors import handle_errors
 from resnest_deploy.cli._flags import named_as_flags
 
 #: the library's ``names`` is the repeated ``--name`` here

@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from resnest_deploy.cli._common import JsonOpt, err, handle_errors, out, print_json
+from resnest_deploy.cli._common import JsonOpt
+from resnest_deploy.cli._console import err, out, print_json
+from resnest_deploy.cli._errors import handle_errors
 
 
 def _names(text: str, option: str) -> tuple[str, ...]:
@@ -57,7 +59,8 @@ def zoo_cmd(
       resnest-deploy zoo --all -o zoo-all
     """
     from resnest_deploy.models import list_models
-    from resnest_deploy.zoo import DEFAULT_ARCHS, ZooConfig, estimate_s, run_zoo, write_outputs
+    from resnest_deploy.reports.zoo import write_outputs
+    from resnest_deploy.zoo import DEFAULT_ARCHS, ZooConfig, estimate_s, run_zoo
 
     if archs and all_archs:
         raise typer.BadParameter("give --archs or --all, not both", param_hint="--all")

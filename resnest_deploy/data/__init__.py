@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from resnest_deploy.errors import ArtifactError
+from resnest_deploy.errors import ArtifactError, ImageError
 from resnest_deploy.models.registry import PretrainedCfg
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
@@ -86,10 +86,6 @@ class Transform:
         x: np.ndarray = self.frame(image).astype(np.float32) / np.float32(255.0)
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1))
-
-
-class ImageError(ValueError):
-    """An image that decodes but cannot be turned into model input without guessing."""
 
 
 #: images above this many pixels are refused before decoding (a 30000x30000 header is a bomb)

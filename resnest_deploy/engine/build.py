@@ -16,20 +16,24 @@ from pathlib import Path
 from typing import Any
 
 from resnest_deploy import _deps, metadata
-from resnest_deploy._io import artifact_pair, load_onnx, prepare_outputs, require_file, sha256_file
+from resnest_deploy._io import artifact_pair, prepare_outputs, require_file, sha256_file
 from resnest_deploy.engine.flavour import Flavour, detect, polygraphy_trt
-from resnest_deploy.errors import ArtifactError, ResnestDeployError, first_line
+from resnest_deploy.engine.settings import (
+    capture_log,
+    create_config,
+    refuse_jetson,
+    resolve_timing_cache,
+    target_of,
+)
+from resnest_deploy.errors import ArtifactError, BuildError, first_line
 from resnest_deploy.formats import InputForm
 from resnest_deploy.interface import ONNX_TYPES
 from resnest_deploy.limits import MAX_BATCH
+from resnest_deploy.onnx_files import load_onnx
 
 Progress = Callable[[str], None]
 #: no GPU has more memory than this; larger numbers are typos (1e12) rather than wishes
 MAX_WORKSPACE_GIB = 1024
-
-
-class BuildError(ResnestDeployError):
-    pass
 
 
 @dataclass
@@ -97,28 +101,104 @@ def _onnx_io(path: Path) -> tuple[str, list[int | str], dict[str, Any]]:
     return inp.name, dims, meta
 
 
-def _capture_log(logger: Any) -> tuple[Callable[[], list[str]], Callable[[], None]]:
-    """Keep the builder's warnings and errors for the sidecar instead of printing them."""
-    seen: list[str] = []
-    originals = {name: getattr(logger, name) for name in ("warning", "error")}
-    severity = logger.module_severity
+@dataclass(frozen=True)
+class _Source:
+    """The ONNX file an engine is built from: its input, profile shapes and metadata."""
 
-    def recorder(level: str) -> Callable[..., None]:
-        def record(message: str, *args: Any, **kwargs: Any) -> None:
-            seen.append(f"{level}: {str(message).strip()}")
+    path: Path
+    input_name: str
+    shapes: dict[str, list[int]]
+    meta: dict[str, Any]
 
-        return record
 
-    for name in originals:
-        setattr(logger, name, recorder(name))
-    logger.module_severity = logger.CRITICAL
+def _source(
+    onnx_path: Path, batch: tuple[int, int, int], workspace_gib: float | None, opt_level: int | None
+) -> _Source:
+    """The build's input checked before any work: one 3-channel image input, a batch range the file
+    allows, and settings in range."""
+    if workspace_gib is not None and not (0 < workspace_gib <= MAX_WORKSPACE_GIB):
+        raise BuildError(
+            f"workspace {workspace_gib} GiB is not a size in (0, {MAX_WORKSPACE_GIB}] GiB; e.g. {{param}} 4",
+            param="workspace_gib",
+        )
+    input_name, dims, meta = _onnx_io(onnx_path)
+    nhwc = InputForm.of(meta).layout == "NHWC"
+    if len(dims) != 4 or dims[3 if nhwc else 1] != 3:
+        want = "N,H,W,3" if nhwc else "N,3,H,W"
+        raise ArtifactError(f"{onnx_path} input {input_name!r} has shape {dims}; expected {want}")
+    if isinstance(dims[0], int) and (batch[0] != dims[0] or batch[2] != dims[0]):
+        raise BuildError(
+            f"{onnx_path} has a static batch of {dims[0]} but batch range "
+            f"{','.join(map(str, batch))} was asked; "
+            f"re-export with --batch-dim dynamic or build with --batch-profile {dims[0]}"
+        )
+    if opt_level is not None and not 0 <= opt_level <= 5:
+        raise BuildError(f"optimization level {opt_level} is out of range; use 0..5")
+    hw = [d for d in (dims[1:3] if nhwc else dims[2:]) if isinstance(d, int)]
+    if len(hw) != 2:  # dynamic H/W: build for the arch's eval size
+        size = meta.get("preprocessing", {}) or {}
+        hw = [int(v) for v in size.get("input_size", (224, 224))]
+    per_image = [*hw, 3] if nhwc else [3, *hw]
+    shapes = {k: [b, *per_image] for k, b in zip(("min", "opt", "max"), batch, strict=True)}
+    return _Source(onnx_path, input_name, shapes, meta)
 
-    def restore() -> None:
-        for name, fn in originals.items():
-            setattr(logger, name, fn)
-        logger.module_severity = severity
 
-    return (lambda: list(dict.fromkeys(seen))), restore
+def _plan(
+    flavour: Flavour, src: _Source, make_config: Callable[[Any, Any], Any], timing_cache: Any
+) -> tuple[bytes, list[str]]:
+    """The serialized engine and the builder's deduplicated warnings and errors."""
+    pg = polygraphy_trt(flavour)
+    logger = _deps.require("polygraphy.logger").G_LOGGER
+    exc_type = _deps.require("polygraphy.exception").PolygraphyException
+    log, restore = capture_log(logger)
+    try:
+        network = pg.NetworkFromOnnxPath(str(src.path), strongly_typed=flavour.needs_strongly_typed_flag)
+        profile = pg.Profile().add(src.input_name, **{k: tuple(v) for k, v in src.shapes.items()})
+        engine = pg.EngineBytesFromNetwork(
+            network, make_config(pg, profile), save_timing_cache=str(timing_cache) if timing_cache else None
+        )
+        plan = bytes(engine())
+    except exc_type as e:
+        errors = [m for m in log() if m.startswith("error:") and "cuda" not in m.lower()]
+        detail = errors[0].removeprefix("error: ") if errors else first_line(e)
+        raise BuildError(f"{flavour.backend} cannot build {src.path.name}: {detail[:240]}") from e
+    finally:
+        restore()
+    return plan, log()
+
+
+@dataclass(frozen=True)
+class _Settings:
+    tf32: bool
+    opt_level: int | None
+    workspace_gib: float | None
+    compute_capabilities: Sequence[tuple[int, int]] | None
+
+
+def _sidecar(src: _Source, flavour: Flavour, settings: _Settings) -> dict[str, Any]:
+    """What the engine's sidecar says of its source and build (the build's own record is added after)."""
+    meta = src.meta
+    return {
+        "format": "tensorrt-engine",
+        "arch": meta.get("arch"),
+        "weights": meta.get("weights"),
+        "precision": meta["precision"],
+        "num_classes": meta.get("num_classes"),  # the graph's
+        "preprocessing": meta.get("preprocessing"),
+        "reference": meta.get("reference"),
+        "source_onnx": {"path": str(src.path), "sha256": sha256_file(src.path)},
+        "tensorrt": {
+            "flavour": flavour.backend,
+            "version": flavour.version,
+            "strongly_typed": True,
+            "tf32": settings.tf32,  # FP32 layers may use TF32 math only when asked
+            "opt_level": settings.opt_level,
+            "workspace_gib": settings.workspace_gib,
+        },
+        "target": {"compute_capabilities": target_of(flavour, settings.compute_capabilities)},
+        "input": {**meta["input"], "profile": src.shapes},  # the file's form: what to feed it
+        "output": meta["output"],
+    }
 
 
 def build_engine(
@@ -144,96 +224,30 @@ def build_engine(
     onnx_path = require_file(onnx_path, "ONNX file")
     output = Path(output) if output else onnx_path.with_suffix(".plan")
     prepare_outputs([output], [onnx_path])
-    if workspace_gib is not None and not (0 < workspace_gib <= MAX_WORKSPACE_GIB):
-        raise BuildError(
-            f"workspace {workspace_gib} GiB is not a size in (0, {MAX_WORKSPACE_GIB}] GiB; e.g. --workspace 4"
-        )
-    input_name, dims, meta = _onnx_io(onnx_path)
-    nhwc = InputForm.of(meta).layout == "NHWC"
-    if len(dims) != 4 or dims[3 if nhwc else 1] != 3:
-        want = "N,H,W,3" if nhwc else "N,3,H,W"
-        raise ArtifactError(f"{onnx_path} input {input_name!r} has shape {dims}; expected {want}")
-    if isinstance(dims[0], int) and (batch[0] != dims[0] or batch[2] != dims[0]):
-        raise BuildError(
-            f"{onnx_path} has a static batch of {dims[0]} but batch range "
-            f"{','.join(map(str, batch))} was asked; "
-            f"re-export with --batch-dim dynamic or build with --batch-profile {dims[0]}"
-        )
-    if opt_level is not None and not 0 <= opt_level <= 5:
-        raise BuildError(f"optimization level {opt_level} is out of range; use 0..5")
-    hw = [d for d in (dims[1:3] if nhwc else dims[2:]) if isinstance(d, int)]
-    if len(hw) != 2:  # dynamic H/W: build for the arch's eval size
-        size = meta.get("preprocessing", {}) or {}
-        hw = [int(v) for v in size.get("input_size", (224, 224))]
-    per_image = [*hw, 3] if nhwc else [3, *hw]
-    shapes = {k: [b, *per_image] for k, b in zip(("min", "opt", "max"), batch, strict=True)}
-
+    src = _source(onnx_path, batch, workspace_gib, opt_level)
     flavour = detect(backend)
     if flavour.is_rtx:
         refuse_jetson(compute_capabilities or (), onnx_path, batch)
-    timing_note = str(timing_cache) if timing_cache else None
-    if timing_cache and flavour.is_rtx:  # its builder ignores timing caches (a no-op since RTX 1.2)
-        timing_cache, timing_note = None, f"{timing_cache} not used: TensorRT-RTX has no timing cache"
-    registry = None
-    if timing_cache is None and cache_timing and not flavour.is_rtx:
-        registry = timing_cache_folder(f"{flavour.backend} {flavour.version}")
-        if registry is not None:
-            timing_cache = registry.path / TIMING_CACHE_FILE
-            timing_note = f"{timing_cache} ({'reused' if registry.hit else 'new'}, cache registry)"
+    timing_cache, timing_note, registry = resolve_timing_cache(flavour, timing_cache, cache_timing)
     say(f"building with {flavour.backend} {flavour.version}, batch {batch[0]}..{batch[2]} (opt {batch[1]})")
-    pg = polygraphy_trt(flavour)
-    logger = _deps.require("polygraphy.logger").G_LOGGER
-    exc_type = _deps.require("polygraphy.exception").PolygraphyException
-    log, restore = _capture_log(logger)
-    started = time.perf_counter()
-    try:
-        network = pg.NetworkFromOnnxPath(str(onnx_path), strongly_typed=flavour.needs_strongly_typed_flag)
-        profile = pg.Profile().add(input_name, **{k: tuple(v) for k, v in shapes.items()})
-        config = _create_config(
+
+    def make_config(pg: Any, profile: Any) -> Any:
+        return create_config(
             pg, flavour, profile, workspace_gib, timing_cache, opt_level, compute_capabilities, tf32
         )
-        engine = pg.EngineBytesFromNetwork(
-            network, config, save_timing_cache=str(timing_cache) if timing_cache else None
-        )
-        plan = bytes(engine())
-    except exc_type as e:
-        errors = [m for m in log() if m.startswith("error:") and "cuda" not in m.lower()]
-        detail = errors[0].removeprefix("error: ") if errors else first_line(e)
-        raise BuildError(f"{flavour.backend} cannot build {onnx_path.name}: {detail[:240]}") from e
-    finally:
-        restore()
+
+    started = time.perf_counter()
+    plan, builder_log = _plan(flavour, src, make_config, timing_cache)
     seconds = time.perf_counter() - started
     if registry is not None:
         registry.seal()
-
-    precision = meta["precision"]
-    sidecar_data: dict[str, Any] = {
-        "format": "tensorrt-engine",
-        "arch": meta.get("arch"),
-        "weights": meta.get("weights"),
-        "precision": precision,
-        "num_classes": meta.get("num_classes"),  # the graph's
-        "preprocessing": meta.get("preprocessing"),
-        "reference": meta.get("reference"),
-        "source_onnx": {"path": str(onnx_path), "sha256": sha256_file(onnx_path)},
-        "tensorrt": {
-            "flavour": flavour.backend,
-            "version": flavour.version,
-            "strongly_typed": True,
-            "tf32": tf32,  # FP32 layers may use TF32 math only when asked
-            "opt_level": opt_level,
-            "workspace_gib": workspace_gib,
-        },
-        "target": {"compute_capabilities": _target(flavour, compute_capabilities)},
-        "input": {**meta["input"], "profile": shapes},  # the file's form: what to feed it
-        "output": meta["output"],
-        "build_seconds": round(seconds, 3),
-        "timing_cache": timing_note,
+    sidecar_data = _sidecar(src, flavour, _Settings(tf32, opt_level, workspace_gib, compute_capabilities))
+    sidecar_data |= {"build_seconds": round(seconds, 3), "timing_cache": timing_note}
+    sidecar_data |= {
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "builder_log": log(),
-        "created": metadata.now(),
-        "tools": metadata.tool_versions(),
+        "builder_log": builder_log,
     }
+    sidecar_data |= {"created": metadata.now(), "tools": metadata.tool_versions()}
     with artifact_pair(output) as pair:
         pair.tmp.write_bytes(plan)
         sidecar_data |= metadata.file_entry(pair.tmp, output.name)
@@ -243,96 +257,10 @@ def build_engine(
         sidecar,
         flavour.backend,
         flavour.version,
-        precision,
-        shapes,
+        src.meta["precision"],
+        src.shapes,
         seconds,
         output.stat().st_size,
-        sidecar_data["builder_log"],
+        builder_log,
         sidecar_data,
     )
-
-
-TIMING_CACHE_FILE = "timing.cache"
-
-
-def timing_cache_folder(runtime: str) -> Any:
-    """The registry's timing-cache folder for ``runtime`` on GPU 0 (not per network: TensorRT
-    shares layer timings between builds), or None without a usable cache or a visible GPU."""
-    from resnest_deploy import _cuda
-    from resnest_deploy.cache import CacheFolder, CacheKey
-
-    capability = _cuda.compute_capability(0)
-    if capability is None:
-        return None
-    return CacheFolder.open("tensorrt-timing", CacheKey(runtime, f"gpu:{capability}", ""))
-
-
-def _target(flavour: Flavour, compute_capabilities: Sequence[tuple[int, int]] | None) -> list[str] | str:
-    """What the engine will run on; a list is checked against the GPU when the engine is loaded."""
-    if compute_capabilities:
-        return [f"{a}.{b}" for a, b in compute_capabilities]
-    if flavour.is_rtx:
-        return "TensorRT-RTX default (JIT on device)"
-    try:  # full TensorRT builds for the GPU it runs on
-        from resnest_deploy._cuda import Cuda
-
-        props = Cuda()("cudaGetDeviceProperties", 0)
-        return [f"{props.major}.{props.minor}"]
-    except ResnestDeployError:
-        return "this machine's GPU"
-
-
-#: the GPUs of NVIDIA's Jetson modules, which TensorRT-RTX does not build for (it targets RTX and
-#: data-centre GPUs); JetPack ships full TensorRT on the device instead
-JETSON = {(5, 3): "Jetson Nano", (6, 2): "Jetson TX2", (7, 2): "Jetson Xavier", (8, 7): "Jetson Orin"}
-
-
-def refuse_jetson(
-    compute_capabilities: Sequence[tuple[int, int]], onnx_path: Path, batch: tuple[int, int, int]
-) -> None:
-    """A Jetson target on TensorRT-RTX: refused with the way that works (build on the device)."""
-    for major, minor in compute_capabilities:
-        cc = (int(major), int(minor))
-        if cc in JETSON:
-            profile = ",".join(map(str, batch))
-            raise BuildError(
-                f"compute capability {major}.{minor} is {JETSON[cc]}, which TensorRT-RTX does not "
-                "build for; build on the device itself with the full TensorRT that JetPack ships: copy "
-                f"{onnx_path.name} there and run `resnest-deploy build --onnx {onnx_path.name} --backend "
-                f"tensorrt --batch-profile {profile}` (docs/engines.md, 'Jetson')"
-            )
-
-
-def _create_config(
-    pg: Any,
-    flavour: Flavour,
-    profile: Any,
-    workspace_gib: float | None,
-    timing_cache: Any,
-    opt_level: int | None,
-    compute_capabilities: Sequence[tuple[int, int]] | None,
-    tf32: bool,
-) -> Any:
-    """Polygraphy's config loader for the flavour. FP32 layers run in FP32 unless ``tf32``:
-    ``CreateConfig`` clears TF32 by default, ``CreateConfigRTX`` leaves TensorRT-RTX's default (on),
-    so for RTX the flag is cleared (or set) explicitly afterwards."""
-    kwargs: dict[str, Any] = {"profiles": [profile], "builder_optimization_level": opt_level}
-    if timing_cache and Path(timing_cache).is_file():
-        kwargs["load_timing_cache"] = str(timing_cache)
-    if workspace_gib:
-        trt = flavour.module
-        kwargs["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: int(workspace_gib * (1 << 30))}
-    if flavour.is_rtx:
-        rtx = _deps.require("polygraphy.backend.tensorrt_rtx")
-        config = rtx.CreateConfigRTX(compute_capabilities=list(compute_capabilities or []) or None, **kwargs)
-        flag = flavour.module.BuilderFlag.TF32
-
-        def set_tf32(_builder: Any, _network: Any, cfg: Any) -> None:
-            (cfg.set_flag if tf32 else cfg.clear_flag)(flag)
-
-        return pg.PostprocessConfig(config, set_tf32)
-    if compute_capabilities:
-        raise BuildError(
-            "--compute-capability applies to TensorRT-RTX only; full TensorRT builds for this GPU"
-        )
-    return pg.CreateConfig(tf32=tf32, **kwargs)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from resnest_deploy.errors import ResnestDeployError
+from resnest_deploy.errors import ClusterError
 from resnest_deploy.executors.work import Classifier, ClassifyJob, ImageOutcome, decode
 
 __all__ = [
@@ -32,10 +32,6 @@ R = TypeVar("R")
 
 #: the CLI's progress: called with the number of images just finished
 Progress = Callable[[int], None]
-
-
-class ClusterError(ResnestDeployError):
-    """A cluster job that cannot give a complete, exact answer (lost images, a refusing node)."""
 
 
 class Executor(Protocol):

@@ -105,8 +105,9 @@ def tensorrt_options(path: str, device: int = 0) -> dict[str, str]:
     the second session starts in seconds), an optimization profile over the file's batch range, and
     the precision flags the file's own graph asks for."""
     from resnest_deploy import metadata
-    from resnest_deploy._io import load_onnx, sha256_file
+    from resnest_deploy._io import sha256_file
     from resnest_deploy.cache import cache_root
+    from resnest_deploy.onnx_files import load_onnx
 
     model = load_onnx(path)
     inp = model.graph.input[0]
@@ -138,7 +139,7 @@ def loadable(path: str) -> str | bytes:
         return path
     except UnicodeEncodeError:
         pass
-    from resnest_deploy._io import external_tensors, load_onnx
+    from resnest_deploy.onnx_files import external_tensors, load_onnx
 
     if any(True for _ in external_tensors(load_onnx(path))):
         raise ArtifactError(
@@ -184,7 +185,7 @@ def warn_if_saturating(path: str) -> None:
     is asked first (once per process), so the file is read only where the answer matters; its
     metadata is untrusted and an unreadable one is checked where it is used, not here."""
     from resnest_deploy import metadata
-    from resnest_deploy._io import load_onnx
+    from resnest_deploy.onnx_files import load_onnx
 
     if not int8_kernels_saturate():
         return

@@ -15,16 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resnest_deploy.compare import Tolerance
-from resnest_deploy.errors import ResnestDeployError
+from resnest_deploy.errors import ConversionError
 from resnest_deploy.precision import fp16
 from resnest_deploy.precision.calibration import DEFAULT_COUNT
 
 if TYPE_CHECKING:
     from resnest_deploy.executors import Executor
-
-
-class ConversionError(ResnestDeployError):
-    pass
 
 
 class Choice(str, Enum):

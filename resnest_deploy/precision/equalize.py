@@ -58,8 +58,9 @@ from typing import Any
 import numpy as np
 
 from resnest_deploy import _deps, metadata
-from resnest_deploy._io import artifact_pair, external_tensors, load_onnx, prepare_outputs, sha256_file
+from resnest_deploy._io import artifact_pair, prepare_outputs, sha256_file
 from resnest_deploy.errors import ArtifactError, ResnestDeployError
+from resnest_deploy.onnx_files import external_tensors, load_onnx
 from resnest_deploy.precision.equalize_graph import Graph, Group, fold_batch_norms, group_of
 
 #: largest change of the logits, relative to their largest magnitude, a written file may show

@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from resnest_deploy import _deps
-from resnest_deploy._io import external_tensors
 from resnest_deploy.models.config import RESNEST_PARTS
+from resnest_deploy.onnx_files import external_tensors
 from resnest_deploy.precision import config
 
 # what each target's quantizer offers and the CPUs a CPU-target file is made for: defined once there

@@ -17,12 +17,11 @@ import numpy as np
 
 from resnest_deploy import _deps, data, metadata
 from resnest_deploy.cache import Cache
-from resnest_deploy.errors import ResnestDeployError, first_line
+from resnest_deploy.errors import ConversionError, ResnestDeployError, first_line
 from resnest_deploy.formats import InputForm
 from resnest_deploy.precision import fp16, int8
 from resnest_deploy.precision.calibration import CalibrationData
 from resnest_deploy.precision.config import ConversionConfig
-from resnest_deploy.precision.config import ConversionError as ConversionError
 
 PARITY_RANDOM = 16  # seeded inputs when no held-out images exist (FP16 without calibration images)
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from resnest_deploy import _deps, metrics
-from resnest_deploy.errors import ResnestDeployError
+from resnest_deploy.errors import SearchError
 from resnest_deploy.models import parts
 from resnest_deploy.models.config import RESNEST_PARTS, ModelParts
 from resnest_deploy.precision.qdq import layers_without_qdq as layers_without_qdq
@@ -35,10 +35,6 @@ from resnest_deploy.runners.options import RunnerOptions
 DEFAULT_MAX_DROP = 0.5
 #: the ops whose inputs carry Q/DQ in both quantizers' graphs
 COMPUTE_OPS = frozenset({"Conv", "Gemm", "MatMul"})
-
-
-class SearchError(ResnestDeployError):
-    pass
 
 
 def unit_of(node_name: str, names: ModelParts = RESNEST_PARTS) -> str | None:

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from resnest_deploy import metadata
-from resnest_deploy._io import load_onnx, require_file
+from resnest_deploy._io import require_file
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.formats import InputForm
+from resnest_deploy.onnx_files import load_onnx
 
 
 def default_output(src: str | os.PathLike[str], precision: str, target: str) -> Path:

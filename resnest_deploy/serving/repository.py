@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from resnest_deploy import metadata
-from resnest_deploy._io import atomic_path, external_files, load_onnx
+from resnest_deploy._io import atomic_path
 from resnest_deploy.errors import ArtifactError, ArtifactParameterError
+from resnest_deploy.onnx_files import external_files, load_onnx
 from resnest_deploy.serving.config import ModelEntry, model_config
 
 __all__ = ["PYTHON_MODEL", "ModelEntry", "model_config", "write_repository"]

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from resnest_deploy._io import process_alive
+from resnest_deploy._process import pid_alive
 from resnest_deploy.errors import ServeError
 from resnest_deploy.serving.triton_install import STUB, Ports, TritonInstall, free_ports
 
@@ -116,7 +116,7 @@ def clean_stale_runs(root: Path | None = None) -> list[Path]:
     with contextlib.suppress(OSError):
         for entry in root.iterdir():
             m = re.match(rf"^{RUN_PREFIX}(\d+)-", entry.name)
-            if m and not process_alive(int(m.group(1))) and entry.is_dir() and not entry.is_symlink():
+            if m and not pid_alive(int(m.group(1))) and entry.is_dir() and not entry.is_symlink():
                 with contextlib.suppress(OSError):
                     if entry.stat().st_uid == os.getuid():
                         _kill_stubs(entry)
@@ -254,7 +254,7 @@ class TritonServer:
             self.failure = f"tritonserver stopped: {self.why_not_ready()}"
         else:
             for model, pid in self.stubs.items():
-                if not process_alive(pid) or _zombie(pid):
+                if not pid_alive(pid) or _zombie(pid):
                     self.failure = (
                         f"the python backend process of model {model!r} (pid {pid}) died and Triton does "
                         "not restart it"
