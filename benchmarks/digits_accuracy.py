@@ -18,10 +18,10 @@ from _timing import save
 from resnest_deploy.compare import compare
 from resnest_deploy.data import Transform, digits, digits_batch
 from resnest_deploy.export import export_onnx
+from resnest_deploy.loaders import open_runner
 from resnest_deploy.metadata import machine
 from resnest_deploy.models import get_spec, load_model
 from resnest_deploy.precision import ConversionConfig, calibration, convert
-from resnest_deploy.runners import open_runner
 
 ARCH = "resnest14d_digits"
 

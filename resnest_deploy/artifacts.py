@@ -155,14 +155,15 @@ def resolve_arch(arch: str | None, infos: Sequence[Artifact]) -> str:
             if info.arch and info.arch != arch:
                 raise ArtifactError(
                     f"{info.name} was made from {info.arch}, not {arch}; "
-                    f"pass --arch {info.arch} or the right file"
+                    f"pass {{arch={info.arch}}} or the right file",
+                    param="arch",
                 )
         return arch
     if len(recorded) == 1:
         return recorded.pop()
     if not recorded:
         raise ArtifactError(
-            "cannot tell the arch: the artifacts carry no resnest-deploy metadata; pass --arch"
+            "cannot tell the arch: the artifacts carry no resnest-deploy metadata; pass {arch}", param="arch"
         )
     raise ArtifactError(
         f"the artifacts come from different archs ({', '.join(sorted(recorded))}); check them apart"

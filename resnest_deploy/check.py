@@ -182,7 +182,7 @@ def check(
     )
     if recorded and (images is not None or inputs is not None):
         raise ArtifactError(
-            "recorded references exist for their probe inputs only; drop {param}, or compare on your "
+            "recorded references exist for their probe inputs only; drop {images}, or compare on your "
             "images where PyTorch is installed: pip install 'resnest-deploy[export]'",
             param="images",
         )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:
@@ -11,23 +12,41 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     return text.splitlines()[0][:limit] if text else type(exc).__name__
 
 
-class ResnestDeployError(Exception):
-    """Base class; the CLI prints these as one line and exits non-zero.
+#: how a parameter is written: ``(name, value)`` -> text; the library writes ``name`` / ``name=value``
+Naming = Callable[[str, str | None], str]
 
-    A message about one parameter names it as ``{param}`` with ``param=`` given: the library's
-    message reads ``threads must be ...``, and the CLI writes the option the user typed there
-    (``--threads must be ...``) without the library knowing its flags."""
+
+def as_parameter(name: str, value: str | None = None) -> str:
+    """The library's way to write a parameter: ``cpu_isa``, ``target=cpu``."""
+    return name if value is None else f"{name}={value}"
+
+
+class ResnestDeployError(Exception):
+    """Base class; the CLI prints these as one line and exits non-zero (``exit_code``).
+
+    A message may name parameters, as ``{name}`` or ``{name=value}`` placeholders, each listed in
+    ``param``: ``str(error)`` reads ``threads must be ...`` / ``use target=cpu``, and the CLI,
+    through :meth:`naming`, writes the options a user typed there (``--threads``, ``--target cpu``)
+    without the library knowing its flags. The template and its names are strings, so an error
+    pickles and travels as JSON (a worker's error reads the same in the parent)."""
 
     exit_code = 1
 
-    def __init__(self, message: str = "", *, param: str | None = None) -> None:
+    def __init__(
+        self, message: str = "", *, param: str | tuple[str, ...] = (), exit_code: int | None = None
+    ) -> None:
         self.template = message
-        self.param = param
-        super().__init__(self.naming(param) if param else message)
+        self.params = (param,) if isinstance(param, str) else tuple(param)
+        if exit_code is not None:
+            self.exit_code = exit_code
+        super().__init__(self.naming(as_parameter))
 
-    def naming(self, name: str) -> str:
-        """The message with the parameter called ``name`` (a CLI flag, a config field)."""
-        return self.template.replace("{param}", name)
+    def naming(self, name: Naming) -> str:
+        """The message with each of its parameters written by ``name`` (a CLI flag, a field)."""
+        if not self.params:
+            return self.template
+        pattern = re.compile(r"\{(" + "|".join(map(re.escape, self.params)) + r")(?:=([^{}]*))?\}")
+        return pattern.sub(lambda m: name(m[1], m[2]), self.template)
 
 
 class UnknownArchError(ResnestDeployError, ValueError):
@@ -68,6 +87,10 @@ class ParityError(ResnestDeployError):
 
 class ConversionError(ResnestDeployError):
     """An FP16 / INT8 conversion that cannot run or whose result is refused."""
+
+
+class EqualizeError(ResnestDeployError):
+    """The equalized graph does not compute what its source computes."""
 
 
 class SearchError(ResnestDeployError):
@@ -122,34 +145,3 @@ class HttpRejected(ResnestDeployError):
 
 class GrpcRejected(ResnestDeployError):
     """A gRPC call the front ends itself (INVALID_ARGUMENT) before anything reaches Triton."""
-
-
-class ParameterError(ResnestDeployError, ValueError):
-    """A refused parameter value. The message names each parameter through a function, so the
-    library says ``p99_ms`` and the CLI, through :meth:`as_flags`, says ``--p99-ms``."""
-
-    def __init__(self, render: Callable[..., str], *, exit_code: int = 1) -> None:
-        super().__init__(render(str))
-        self.render, self.exit_code = render, exit_code
-
-    def as_flags(self, flags: Mapping[str, str] | None = None) -> ParameterError:
-        """The same error naming each parameter as its CLI option: ``flags`` where it names one,
-        else ``--`` and the name with ``-`` for ``_``."""
-        known = dict(flags or {})
-        named = type(self).__new__(type(self))  # the same class: a ServeParameterError stays one
-        named.__dict__.update(self.__dict__)
-        named.args = (self.render(lambda p: known.get(p) or "--" + p.replace("_", "-")),)
-        return named
-
-
-class ServeParameterError(ParameterError, ServeError):
-    """A parameter of ``serve`` refused: a port, a file it would write."""
-
-
-class ArtifactParameterError(ParameterError, ArtifactError):
-    """A parameter refused where an :class:`ArtifactError` was raised before (a model name, a batch
-    size, a repository or manifest setting): callers that catch ArtifactError still do."""
-
-
-class ClientParameterError(ParameterError, ClientError):
-    """A parameter of a served prediction refused: the server's address, the model, the arch."""

@@ -161,7 +161,8 @@ def _checked_input(
     formats.check_format(input_format)
     if input_format != "float" and spec is None:
         raise ExportError(
-            f"{{param}} {input_format} needs a registered arch (its mean and std)", param="input_format"
+            f"{{input_format}} {input_format} needs a registered arch (its mean and std)",
+            param="input_format",
         )
     frames = None
     if input_format != "float" and spec is not None:

@@ -28,8 +28,8 @@ def available_bytes() -> int:
 def check_positive(value: int, name: str, *, maximum: int | None = None) -> int:
     """``value`` from 1 to ``maximum``. A ``name`` that is a parameter's (``batch_size``) is named
     as the parameter (the CLI writes its flag); other names (``batch size``) are written as given."""
-    param = name if name.isidentifier() else None
-    label = "{param}" if param else name
+    param = name if name.isidentifier() else ()
+    label = f"{{{name}}}" if param else name
     if value < 1:
         raise LimitError(f"{label} must be at least 1, got {value}", param=param)
     if maximum is not None and value > maximum:
@@ -52,7 +52,10 @@ def check_tensor(count: int, input_hw: tuple[int, int], option: str) -> None:
     need = count * 3 * input_hw[0] * input_hw[1] * 4
     have = available_bytes()
     if need > MEMORY_SHARE * have:
+        param = option if option.isidentifier() else ()
+        label = f"{{{option}}}" if param else option
         raise LimitError(
-            f"{option} {count} needs {need / 2**30:.1f} GiB for its {input_hw[0]}x{input_hw[1]} inputs "
-            f"alone and {have / 2**30:.1f} GiB is free; choose a smaller one"
+            f"{label} {count} needs {need / 2**30:.1f} GiB for its {input_hw[0]}x{input_hw[1]} inputs "
+            f"alone and {have / 2**30:.1f} GiB is free; choose a smaller one",
+            param=param,
         )

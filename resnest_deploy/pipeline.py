@@ -70,7 +70,7 @@ class PipelineConfig:
             # the conversion's choices checked now, before anything is made
             self.conversion(str(self.precision), str(self.target), True)
         for b in self.batches:
-            check_positive(b, "--batch-sizes", maximum=MAX_BATCH)
+            check_positive(b, "batch_sizes", maximum=MAX_BATCH)
         check_count(self.calibration.count)
 
     @property
@@ -111,9 +111,7 @@ class _Run:
             result = fn()
         except Exception as e:  # a bug is reported too, as such, before it propagates
             reason = (
-                self.wording(str(e))
-                if isinstance(e, ResnestDeployError)
-                else f"internal error: {first_line(e)}"
+                self.wording(e) if isinstance(e, ResnestDeployError) else f"internal error: {first_line(e)}"
             )
             self.report["steps"][name] = {"status": "failed", "reason": reason}
             self.report["status"] = f"failed at {name}"

@@ -137,7 +137,7 @@ def check_runtime_arm64(image: str, keep: Path) -> str:
 def check_serve(image: str, onnx_file: Path) -> str:
     import tritonclient.http as httpclient
 
-    from resnest_deploy.runners import open_runner
+    from resnest_deploy.loaders import open_runner
     from resnest_deploy.serving.server import Ports
 
     ports = Ports.free()

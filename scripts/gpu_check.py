@@ -143,7 +143,7 @@ def rtx_runtime_cache(engine: Path) -> str:
     """Two fresh processes over one cache root: the first writes TensorRT-RTX's runtime cache (the
     kernels it compiled), the second finds it verified and answers the same."""
     code = (
-        "import sys, json, numpy as np; from resnest_deploy.runners import open_runner\n"
+        "import sys, json, numpy as np; from resnest_deploy.loaders import open_runner\n"
         "r = open_runner(sys.argv[1]); x = np.random.default_rng(0).standard_normal((4, 3, 32, 32), "
         "dtype=np.float32)\n"
         "with r: y = r.infer(x)\n"

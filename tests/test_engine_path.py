@@ -92,7 +92,7 @@ def test_the_header_decides_the_flavour_wherever_an_engine_is_read(form_engines,
     with pytest.raises(ArtifactError, match=r"built by tensorrt-rtx \(its header says so\)"):
         model_config(lying)
     assert inspection.describe(lying)["flavour"] == "tensorrt-rtx"
-    from resnest_deploy.runners import open_runner
+    from resnest_deploy.loaders import open_runner
 
     assert open_runner(lying).backend == "tensorrt-rtx"
 

@@ -148,7 +148,7 @@ def test_every_library_error_is_a_resnest_deploy_error_defined_in_errors_py():
 def test_a_library_message_names_its_parameter_and_the_cli_its_flag(digits_onnx, tmp_path):
     from resnest_deploy.errors import BuildError
 
-    e = BuildError("{param} applies to TensorRT-RTX only", param="compute_capabilities")
+    e = BuildError("{compute_capabilities} applies to TensorRT-RTX only", param="compute_capabilities")
     assert str(e) == "compute_capabilities applies to TensorRT-RTX only"
     r = cli.invoke(app, ["check", str(digits_onnx), "--reference", "recorded", "--images", str(tmp_path)])
     assert r.exit_code == 1

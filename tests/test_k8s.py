@@ -15,7 +15,7 @@ from helpers import as_full_tensorrt
 from typer.testing import CliRunner
 
 from resnest_deploy.cli.app import app
-from resnest_deploy.errors import ArtifactError, ParameterError
+from resnest_deploy.errors import ArtifactError
 from resnest_deploy.serving import kubernetes
 from resnest_deploy.serving.repository import write_repository
 
@@ -69,7 +69,7 @@ def test_a_python_backend_repository_gets_valid_manifests_that_serve_its_files(p
 def test_engines_get_nvidias_image_a_gpu_and_kserve_when_asked(digits_onnx, tmp_path):
     plan = full_tensorrt_stand_in(digits_onnx, tmp_path)
     write_repository([plan], tmp_path / "trt")
-    with pytest.raises(ParameterError, match=r"pass image nvcr\.io/nvidia/tritonserver"):
+    with pytest.raises(ArtifactError, match=r"pass image nvcr\.io/nvidia/tritonserver"):
         kubernetes.manifests(tmp_path / "trt", name="r50")
     image = "nvcr.io/nvidia/tritonserver:24.08-py3"
     docs = kubernetes.manifests(tmp_path / "trt", name="r50", image=image)
@@ -156,9 +156,9 @@ def test_what_the_schemas_refuse_is_refused(python_repo):
     with pytest.raises(ArtifactError, match="Deployment is not valid"):
         kubernetes.validate(docs)
     for bad in ("Digits", "a_b", "x" * 64):
-        with pytest.raises(ParameterError, match=r"^name .* is not a DNS label"):
+        with pytest.raises(ArtifactError, match=r"^name .* is not a DNS label"):
             kubernetes.manifests(python_repo, name=bad)
-    with pytest.raises(ParameterError, match=r"KServe's Triton runtime.* without python_backend"):
+    with pytest.raises(ArtifactError, match=r"KServe's Triton runtime.* without python_backend"):
         kubernetes.manifests(python_repo, name="digits", kserve=True)
 
 
@@ -166,7 +166,7 @@ def test_the_hpa_target_follows_littles_law_with_headroom():
     assert kubernetes.hpa_target(1200, 50) == 30
     assert kubernetes.hpa_target(40, 100) == 2
     assert kubernetes.hpa_target(5, 100) == 1  # never zero
-    with pytest.raises(ParameterError, match=r"^throughput 0 / p99_ms 100"):
+    with pytest.raises(ArtifactError, match=r"^throughput 0 / p99_ms 100"):
         kubernetes.hpa_target(0, 100)
 
 

@@ -10,8 +10,9 @@ from resnest_deploy.check import check
 from resnest_deploy.cli.app import app
 from resnest_deploy.data import Transform, digits, digits_batch
 from resnest_deploy.errors import ArtifactError
+from resnest_deploy.loaders import open_runner
 from resnest_deploy.models import get_spec
-from resnest_deploy.runners import RunnerOptions, open_runner
+from resnest_deploy.runners import RunnerOptions
 
 OPENVINO = RunnerOptions.from_provider("openvino")
 

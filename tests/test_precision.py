@@ -242,19 +242,30 @@ def calibration_methods(target: str) -> tuple[str, ...]:
     return int8.METHODS if target == "cpu" else int8.TENSORRT_METHODS
 
 
-def test_the_cli_names_flags_where_the_library_names_parameters():
-    from resnest_deploy.cli._options import as_flags
+def test_the_cli_names_flags_where_the_library_names_parameters(tmp_path):
+    import pickle
 
-    assert as_flags("cpu_isa is for target=cpu INT8 files") == "--cpu-isa is for --target cpu INT8 files"
-    assert (
-        as_flags("pass calib_dir=DIR (images) or calib_npy=FILE")
-        == "pass --calib-dir DIR (images) or --calib-npy FILE"
+    from resnest_deploy.cli._errors import flag_for
+    from resnest_deploy.errors import ResnestDeployError
+
+    with pytest.raises(ResnestDeployError) as e:
+        ConversionConfig("int8", "tensorrt", cpu_isa="vnni")
+    assert str(e.value) == "cpu_isa is for target=cpu INT8 files (their weights); drop it here"
+    assert e.value.naming(flag_for) == (
+        "--cpu-isa is for --target cpu INT8 files (their weights); drop it here"
     )
-    assert as_flags("the target precision of max_drop") == "the target precision of --max-drop"
-    # a parameter's name inside a path is the path's
-    assert as_flags("no images under /d/calib_dir; point calib_dir at images") == (
-        "no images under /d/calib_dir; point --calib-dir at images"
+    # a parameter's name inside a path is the path's: only the placeholders are named
+    folder = tmp_path / "calib_dir"
+    folder.mkdir()
+    with pytest.raises(ResnestDeployError) as e:
+        calibration.from_images(folder, DIGITS)
+    assert e.value.naming(flag_for) == (
+        f"no images (jpg/png/webp) under {folder}; point --calib-dir at a folder of images"
     )
+    # the names travel with the error (a worker process, a JSON line): they are strings
+    back = pickle.loads(pickle.dumps(e.value))
+    assert type(back) is type(e.value) and back.naming(flag_for) == e.value.naming(flag_for)
+    assert flag_for("method", "max") == "--calibration max" and flag_for("keep_fp32_nodes") == "--keep-fp32"
 
 
 def test_empty_and_undecodable_calibration_folders(tmp_path):

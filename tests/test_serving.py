@@ -29,8 +29,8 @@ from resnest_deploy.cli.app import app
 from resnest_deploy.data import Transform, digits, digits_batch
 from resnest_deploy.engine import build_engine
 from resnest_deploy.errors import ArtifactError
+from resnest_deploy.loaders import open_runner
 from resnest_deploy.models import get_spec
-from resnest_deploy.runners import open_runner
 from resnest_deploy.serving.repository import write_repository
 from resnest_deploy.serving.server import Ports, ServeError, running
 

@@ -561,7 +561,7 @@ def test_an_onnx_file_with_external_weights_is_served_with_them(digits_onnx, tmp
     import numpy as np
     import onnx
 
-    from resnest_deploy.runners import open_runner
+    from resnest_deploy.loaders import open_runner
 
     (tmp_path / "src").mkdir()
     path = tmp_path / "src" / "ext.onnx"

@@ -15,7 +15,8 @@ from resnest_deploy import cache
 from resnest_deploy.cache import CACHE_ENV, MANIFEST, CacheFolder, CacheKey
 from resnest_deploy.cli.app import app
 from resnest_deploy.data import random_inputs
-from resnest_deploy.runners import RunnerOptions, open_runner
+from resnest_deploy.loaders import open_runner
+from resnest_deploy.runners import RunnerOptions
 from resnest_deploy.runners.onnxruntime import OPTIMIZED
 
 cli = CliRunner()

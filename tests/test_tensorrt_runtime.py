@@ -10,8 +10,9 @@ import pytest
 from resnest_deploy._cuda import cudart, gpu_count
 from resnest_deploy.engine import build_engine, detect
 from resnest_deploy.errors import ArtifactError, MissingDependencyError
+from resnest_deploy.loaders import open_runner
 from resnest_deploy.loaders.tensorrt import check_compatible
-from resnest_deploy.runners import RunnerOptions, open_runner
+from resnest_deploy.runners import RunnerOptions
 from resnest_deploy.runners.tensorrt import Profile, TensorRTRunner, numpy_dtype
 
 

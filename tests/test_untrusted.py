@@ -254,7 +254,8 @@ def test_eval_refuses_labels_the_model_cannot_produce_and_reports_what_it_skippe
 
 def test_an_onnx_only_provider_given_an_engine_is_refused(digits_onnx, tmp_path):
     from resnest_deploy.engine import build_engine
-    from resnest_deploy.runners import RunnerOptions, open_runner
+    from resnest_deploy.loaders import open_runner
+    from resnest_deploy.runners import RunnerOptions
 
     engine = build_engine(digits_onnx, tmp_path / "e.plan", batch=(1, 2, 4)).path
     with pytest.raises(ArtifactError, match=r"--provider openvino runs \.onnx files"):

@@ -160,7 +160,7 @@ def bench(
     plan = plan or BenchPlan(**options)
     lineup = Lineup.of(artifacts, arch, weights)
     for b in plan.batches:
-        check_batch(b, lineup.size, "--batch-sizes")
+        check_batch(b, lineup.size, "batch_sizes")
     rows: list[BenchResult] = []
     loads: list[LoadReport | None] = []
     for info in lineup.infos:

@@ -32,11 +32,14 @@ class BenchPlan:
     def __post_init__(self) -> None:
         object.__setattr__(self, "batches", tuple(self.batches))
         if self.iterations is not None:
-            check_positive(self.iterations, "--iterations")
+            check_positive(self.iterations, "iterations")
         if self.seconds is not None and not (0 < self.seconds <= 3600):
-            raise LimitError(f"--time must be more than 0 and at most 3600 seconds, got {self.seconds}")
+            raise LimitError(
+                f"{{seconds}} must be more than 0 and at most 3600 seconds, got {self.seconds}",
+                param="seconds",
+            )
         if self.warmup is not None and self.warmup < 0:
-            raise LimitError(f"--warmup must be 0 or more, got {self.warmup}")
+            raise LimitError(f"{{warmup}} must be 0 or more, got {self.warmup}", param="warmup")
 
     @property
     def min_calls(self) -> int:

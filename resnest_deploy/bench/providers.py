@@ -61,7 +61,7 @@ def _in_own_process(job: dict[str, Any], on_cell: Callable[[BenchResult], None] 
             text=True,
         )
         try:
-            error = None
+            error: dict[str, Any] | None = None
             assert proc.stdout is not None
             for line in proc.stdout:
                 message = json.loads(line)
@@ -70,7 +70,7 @@ def _in_own_process(job: dict[str, Any], on_cell: Callable[[BenchResult], None] 
                 elif "rows" in message:
                     rows += [BenchResult.from_dict(d) for d in message["rows"]]
                 elif "error" in message:
-                    error = str(message["error"])
+                    error = message["error"]
             code = proc.wait()
         finally:
             if proc.poll() is None:  # interrupted: stop our own child, by its pid
@@ -79,9 +79,19 @@ def _in_own_process(job: dict[str, Any], on_cell: Callable[[BenchResult], None] 
         if code:
             log.seek(0)
             tail = [ln for ln in log.read().decode(errors="replace").splitlines() if ln.strip()]
-            why = error or (tail[-1] if tail else f"exit status {code}")
-            raise ResnestDeployError(f"--provider {job['plan']['provider']}: {why}")
+            raise _failed(job["plan"]["provider"], error, tail[-1] if tail else f"exit status {code}")
     return rows
+
+
+def _failed(provider: str, error: dict[str, Any] | None, last_line: str) -> ResnestDeployError:
+    """The worker's error as the parent raises it: its message and the parameters it names (they
+    travel as the JSON line's ``template`` and ``params``), after the provider that failed."""
+    named = f"{{provider={provider}}}: "
+    if error is None:
+        return ResnestDeployError(named + last_line, param="provider")
+    params = ("provider", *(str(p) for p in error.get("params", ())))
+    code = int(error.get("exit_code", 1))
+    return ResnestDeployError(named + str(error["template"]), param=params, exit_code=code)
 
 
 def worker(argv: Sequence[str]) -> int:
@@ -101,7 +111,7 @@ def worker(argv: Sequence[str]) -> int:
             on_cell=lambda r: send({"cell": r.as_dict()}),
         )
     except ResnestDeployError as e:
-        send({"error": str(e)})
+        send({"error": {"template": e.template, "params": list(e.params), "exit_code": e.exit_code}})
         return 1
     send({"rows": [r.as_dict() for r in rows]})
     return 0

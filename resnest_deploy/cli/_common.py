@@ -134,3 +134,22 @@ def parse_batches(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise typer.BadParameter("batch sizes must be positive, e.g. 1,8,32", param_hint="--batch-sizes")
     return values
+
+
+# --- a model repository's settings: `triton` writes them, `serve` writes and serves them
+NamesOpt = Annotated[
+    list[str] | None, typer.Option("--name", help="Model name per artifact (default: the file's stem).")
+]
+MaxBatchOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="max_batch_size (default: the engine profile's maximum, else 32)."),
+]
+QueueDelayOpt = Annotated[
+    int, typer.Option(min=0, max=10_000_000, help="Dynamic batching: max_queue_delay_microseconds.")
+]
+InstancesOpt = Annotated[
+    int,
+    typer.Option(
+        min=1, max=64, help="Model instances (instance_group count); CPU instances split the cores."
+    ),
+]

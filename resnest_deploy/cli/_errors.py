@@ -59,18 +59,24 @@ class OneLineErrors(TyperGroup):
         sys.exit(code)
 
 
-#: library parameters whose option is not ``--`` + the name with dashes
+#: library parameters whose option is not ``--`` + the name with dashes (the one table)
 _FLAGS: dict[str, str] = {
     "onnx_path": "--onnx",
     "ray_address": "--ray",
     "workspace_gib": "--workspace",
     "compute_capabilities": "--compute-capability",
+    "keep_fp32_nodes": "--keep-fp32",
+    "method": "--calibration",
+    "names": "--name",
+    "seconds": "--time",
 }
 
 
-def flag_for(param: str) -> str:
-    """The option a library parameter comes from: ``input_format`` -> ``--input-format``."""
-    return _FLAGS.get(param, "--" + param.replace("_", "-"))
+def flag_for(param: str, value: str | None = None) -> str:
+    """The option a library parameter comes from: ``input_format`` -> ``--input-format``, and
+    ``target=cpu`` -> ``--target cpu``. Every command renders library errors through it."""
+    flag = _FLAGS.get(param, "--" + param.replace("_", "-"))
+    return flag if value is None else f"{flag} {value}"
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -86,7 +92,7 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except ResnestDeployError as e:
-            fail(e.naming(flag_for(e.param)) if e.param else str(e), e.exit_code)
+            fail(e.naming(flag_for), e.exit_code)
         except MemoryError:
             fail("out of memory; use fewer or smaller inputs (--count, --chunk-size, --batch-sizes)", 1)
         except OSError as e:  # a full disk, a read-only folder, a file-size limit: name the path and why

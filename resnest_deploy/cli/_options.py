@@ -1,12 +1,9 @@
 """Options that `quantize`, `build` and `pipeline` share, declared once: the calibration group
 (where the images come from, how many, which method), the conversion's choices (derived from
-``precision.config``), the parity bars, and the mapping of a library parameter to its flag."""
+``precision.config``) and the parity bars."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -15,48 +12,8 @@ import typer
 from resnest_deploy.cli._common import CpuIsa, Method, Reduced, Target
 from resnest_deploy.cli._progress import counting_bar
 from resnest_deploy.compare import TOLERANCES, Tolerance
-from resnest_deploy.errors import ResnestDeployError
 from resnest_deploy.precision import CalibrationOptions, calibration_for
 from resnest_deploy.precision.calibration import CalibrationData
-
-#: a library parameter and the flag that sets it: library messages name the one, the CLI the other
-PARAM_FLAGS = {
-    "max_drop": "--max-drop",
-    "cpu_isa": "--cpu-isa",
-    "keep_fp32_nodes": "--keep-fp32",
-    "calib_dir": "--calib-dir",
-    "calib_npy": "--calib-npy",
-    "calib_count": "--calib-count",
-    "target": "--target",
-    "precision": "--precision",
-    "method": "--calibration",
-}
-# ``name=value`` for every parameter; a bare name only where it cannot be an ordinary word
-# (never inside a path or a longer name: ``/data/calib_dir/`` stays as written)
-_PARAM = re.compile(
-    r"(?<![\w/.=-])(?:("
-    + "|".join(PARAM_FLAGS)
-    + r")=|("
-    + "|".join(p for p in PARAM_FLAGS if "_" in p)
-    + r")(?![\w/.=-]))"
-)
-
-
-def as_flags(message: str) -> str:
-    """A library message with its parameters written as the flags that set them."""
-    return _PARAM.sub(lambda m: f"{PARAM_FLAGS[m[1]]} " if m[1] else PARAM_FLAGS[m[2]], message)
-
-
-@contextmanager
-def flags_named() -> Iterator[None]:
-    """Library errors raised inside read in flags (``cpu_isa`` -> ``--cpu-isa``), as users type them."""
-    try:
-        yield
-    except ResnestDeployError as e:
-        if e.args and isinstance(e.args[0], str):
-            e.args = (as_flags(e.args[0]), *e.args[1:])
-        raise
-
 
 PrecisionOpt = Annotated[
     Reduced, typer.Option("--precision", "-p", help="fp16 or int8 (an FP32 file is what `export` makes).")

@@ -16,7 +16,6 @@ from resnest_deploy.cli._options import (
     CalibDirOpt,
     CalibNpyOpt,
     calibration_with_bar,
-    flags_named,
 )
 from resnest_deploy.cli._progress import progress
 from resnest_deploy.engine import build_engine, parse_batch_range
@@ -85,12 +84,11 @@ def build_cmd(
     if precision is not Precision.fp32:
         converted = default_output(onnx, precision.value, "tensorrt")
         prepare_outputs([converted, output or converted.with_suffix(".plan")], [onnx, calib_npy])
-        with flags_named():
-            config = ConversionConfig(precision.value, "tensorrt")
-            options = CalibrationOptions(calib_dir, calib_npy, calib_count)
-            calib = calibration_with_bar(onnx, options, True, json_out)
-            with progress(not json_out) as say:
-                onnx = convert(onnx, None, config, calib, RunOptions(progress=say)).path
+        config = ConversionConfig(precision.value, "tensorrt")
+        options = CalibrationOptions(calib_dir, calib_npy, calib_count)
+        calib = calibration_with_bar(onnx, options, True, json_out)
+        with progress(not json_out) as say:
+            onnx = convert(onnx, None, config, calib, RunOptions(progress=say)).path
     with progress(not json_out) as say:
         report = build_engine(
             onnx,

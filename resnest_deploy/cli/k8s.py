@@ -10,7 +10,6 @@ import typer
 from resnest_deploy.cli._common import JsonOpt
 from resnest_deploy.cli._console import out, print_json
 from resnest_deploy.cli._errors import handle_errors
-from resnest_deploy.cli._flags import named_as_flags
 
 RepoArg = Annotated[Path, typer.Argument(help="A model repository written by `resnest-deploy triton`.")]
 OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Folder for the manifests (created).")]
@@ -122,26 +121,24 @@ def k8s_cmd(
         job = rayjob.RayJobOptions(
             name, namespace, image, images_claim, storage_class, ray_workers, worker_cpus, worker_gpus
         )
-        with named_as_flags():
-            docs, checked = rayjob.job_manifests(repo, job)
+        docs, checked = rayjob.job_manifests(repo, job)
         _write(docs, checked, output, json_out, f"the images go into PVC {images_claim} first")
         return
-    with named_as_flags():
-        options = kubernetes.ManifestOptions(
-            name,
-            namespace,
-            image,
-            p99_ms,
-            throughput,
-            min_replicas,
-            max_replicas,
-            memory_mib,
-            start_seconds,
-            storage_class,
-            kserve,
-            metrics_namespace or "monitoring",
-        )
-        docs = kubernetes.manifests(repo, options)
+    options = kubernetes.ManifestOptions(
+        name,
+        namespace,
+        image,
+        p99_ms,
+        throughput,
+        min_replicas,
+        max_replicas,
+        memory_mib,
+        start_seconds,
+        storage_class,
+        kserve,
+        metrics_namespace or "monitoring",
+    )
+    docs = kubernetes.manifests(repo, options)
     checked = kubernetes.validate(docs)
     if _write(docs, checked, output, json_out, f"the repository goes into PVC {name}-models first"):
         note = kubernetes.image_note(docs, "--image")

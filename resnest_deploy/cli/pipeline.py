@@ -21,7 +21,7 @@ from resnest_deploy.cli._common import (
     parse_batches,
 )
 from resnest_deploy.cli._console import out, print_json
-from resnest_deploy.cli._errors import handle_errors
+from resnest_deploy.cli._errors import flag_for, handle_errors
 from resnest_deploy.cli._options import (
     CalibCountOpt,
     CalibDirOpt,
@@ -31,8 +31,6 @@ from resnest_deploy.cli._options import (
     MinTop1Opt,
     PipelineMethodOpt,
     TargetOpt,
-    as_flags,
-    flags_named,
     user_tolerance,
 )
 from resnest_deploy.cli._progress import progress, search_executor
@@ -90,25 +88,22 @@ def pipeline_cmd(
     from resnest_deploy.pipeline import PipelineConfig, pipeline
 
     searching = precision.value == "int8"
-    with flags_named():
-        config = PipelineConfig(
-            arch,
-            weights,
-            precision,
-            target,
-            CalibrationOptions(calib_dir, calib_npy, calib_count),
-            method,
-            DEFAULT_MAX_DROP if max_drop is None else max_drop,
-            user_tolerance(precision.value, min_cosine, min_top1)
-            if precision is not Precision.fp32
-            else None,
-            images,
-            output_dir,
-            build,
-            batches=tuple(parse_batches(batch_sizes)),
-        )
-        with search_executor(ray_address, searching) as ex, progress(not json_out) as say:
-            report = pipeline(config, RunOptions(say, ex, verbose, words=as_flags))
+    config = PipelineConfig(
+        arch,
+        weights,
+        precision,
+        target,
+        CalibrationOptions(calib_dir, calib_npy, calib_count),
+        method,
+        DEFAULT_MAX_DROP if max_drop is None else max_drop,
+        user_tolerance(precision.value, min_cosine, min_top1) if precision is not Precision.fp32 else None,
+        images,
+        output_dir,
+        build,
+        batches=tuple(parse_batches(batch_sizes)),
+    )
+    with search_executor(ray_address, searching) as ex, progress(not json_out) as say:
+        report = pipeline(config, RunOptions(say, ex, verbose, words=flag_for))
     if json_out:
         print_json(report)
         return

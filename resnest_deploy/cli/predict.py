@@ -202,11 +202,9 @@ def _predict_served(
             f"with --server every argument is an image; {inputs[0]!r} is a model: serve it, or drop --server",
             param_hint="INPUTS",
         )
-    from resnest_deploy.cli._flags import named_as_flags
-    from resnest_deploy.serving.client import predict_served
+        from resnest_deploy.serving.client import predict_served
 
-    with named_as_flags():  # the library names its parameters (server, model, arch), we our options
-        preds, served = predict_served(inputs, server, model=model, arch=arch, topk=topk)
+    preds, served = predict_served(inputs, server, model=model, arch=arch, topk=topk)
     err.print(
         f"{served.name} at {server}: {served.form.name} input, preprocessing from {served.transform_source}",
         style="dim",

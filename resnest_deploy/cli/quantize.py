@@ -24,7 +24,6 @@ from resnest_deploy.cli._options import (
     PrecisionOpt,
     TargetOpt,
     calibration_with_bar,
-    flags_named,
     user_tolerance,
 )
 from resnest_deploy.cli._progress import progress, search_executor
@@ -93,24 +92,23 @@ def quantize_cmd(
         raise typer.BadParameter(
             "the sensitivity chart comes from the search: add --max-drop", param_hint="--plot"
         )
-    with flags_named():
-        config = ConversionConfig(
-            precision,
-            target,
-            method,
-            keep_fp32_nodes=None if keep_fp32 is None else tuple(keep_fp32),
-            tolerance=user_tolerance(precision.value, min_cosine, min_top1),
-            max_drop=max_drop,
-            cpu_isa=cpu_isa,
-        )
-        prepare_outputs([output or default_output(onnx, precision.value, target.value)], [onnx, calib_npy])
-        if plot is not None:
-            prepare_outputs([plot], [onnx, calib_npy], with_sidecar=False)
-        options = CalibrationOptions(calib_dir, calib_npy, calib_count)
-        calib = calibration_with_bar(onnx, options, cache, json_out)
-        searching = precision.value == "int8" and max_drop is not None
-        with search_executor(ray_address, searching) as ex, progress(not json_out) as say:
-            report = convert(onnx, output, config, calib, RunOptions(say, ex, verbose, cache))
+    config = ConversionConfig(
+        precision,
+        target,
+        method,
+        keep_fp32_nodes=None if keep_fp32 is None else tuple(keep_fp32),
+        tolerance=user_tolerance(precision.value, min_cosine, min_top1),
+        max_drop=max_drop,
+        cpu_isa=cpu_isa,
+    )
+    prepare_outputs([output or default_output(onnx, precision.value, target.value)], [onnx, calib_npy])
+    if plot is not None:
+        prepare_outputs([plot], [onnx, calib_npy], with_sidecar=False)
+    options = CalibrationOptions(calib_dir, calib_npy, calib_count)
+    calib = calibration_with_bar(onnx, options, cache, json_out)
+    searching = precision.value == "int8" and max_drop is not None
+    with search_executor(ray_address, searching) as ex, progress(not json_out) as say:
+        report = convert(onnx, output, config, calib, RunOptions(say, ex, verbose, cache))
     if plot and report.search is not None:
         rendered.plot(report.search.ranking, plot, report.search.metric_name)
     if json_out:

@@ -7,11 +7,16 @@ from typing import Annotated
 
 import typer
 
-from resnest_deploy.cli._common import Provider, ProviderOpt
+from resnest_deploy.cli._common import (
+    InstancesOpt,
+    MaxBatchOpt,
+    NamesOpt,
+    Provider,
+    ProviderOpt,
+    QueueDelayOpt,
+)
 from resnest_deploy.cli._console import err, out
 from resnest_deploy.cli._errors import handle_errors
-from resnest_deploy.cli._flags import named_as_flags
-from resnest_deploy.cli.triton import NAMES_FLAG, InstancesOpt, MaxBatchOpt, NamesOpt, QueueDelayOpt
 
 
 @handle_errors
@@ -75,19 +80,18 @@ def serve_cmd(
             err.print(f"start to ready: {took:.2f} s (process start, models loaded and warmed up)")
         err.print("Ctrl-C stops the server")
 
-    with named_as_flags(NAMES_FLAG):
-        serve_forever(
-            artifacts,
-            ports,
-            on_ready=ready,
-            names=name,
-            max_batch_size=max_batch_size,
-            queue_delay_us=queue_delay_us,
-            provider=provider.value,
-            instances=instances,
-            log=log,
-            drain_timeout=drain_timeout,
-            admin_api=admin_api,
-            status_file=status_file,
-            say=err.print,
-        )
+    serve_forever(
+        artifacts,
+        ports,
+        on_ready=ready,
+        names=name,
+        max_batch_size=max_batch_size,
+        queue_delay_us=queue_delay_us,
+        provider=provider.value,
+        instances=instances,
+        log=log,
+        drain_timeout=drain_timeout,
+        admin_api=admin_api,
+        status_file=status_file,
+        say=err.print,
+    )

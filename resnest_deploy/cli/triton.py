@@ -7,31 +7,11 @@ from typing import Annotated
 
 import typer
 
-from resnest_deploy.cli._common import JsonOpt
+from resnest_deploy.cli._common import InstancesOpt, JsonOpt, MaxBatchOpt, NamesOpt, QueueDelayOpt
 from resnest_deploy.cli._console import out, print_json
 from resnest_deploy.cli._errors import handle_errors
-from resnest_deploy.cli._flags import named_as_flags
-
-#: the library's ``names`` is the repeated ``--name`` here
-NAMES_FLAG = {"names": "--name"}
 
 RepoOpt = Annotated[Path, typer.Option("--repo", help="Model repository folder (created; models are added).")]
-NamesOpt = Annotated[
-    list[str] | None, typer.Option("--name", help="Model name per artifact (default: the file's stem).")
-]
-MaxBatchOpt = Annotated[
-    int | None,
-    typer.Option(min=1, help="max_batch_size (default: the engine profile's maximum, else 32)."),
-]
-QueueDelayOpt = Annotated[
-    int, typer.Option(min=0, max=10_000_000, help="Dynamic batching: max_queue_delay_microseconds.")
-]
-InstancesOpt = Annotated[
-    int,
-    typer.Option(
-        min=1, max=64, help="Model instances (instance_group count); CPU instances split the cores."
-    ),
-]
 
 
 @handle_errors
@@ -65,18 +45,17 @@ def triton_cmd(
     """
     from resnest_deploy.serving.repository import write_repository
 
-    with named_as_flags(NAMES_FLAG):
-        entries = write_repository(
-            list(artifacts),
-            repo,
-            names=name,
-            python_backend=python_backend,
-            max_batch_size=max_batch_size,
-            queue_delay_us=queue_delay_us,
-            gpu=gpu,
-            tensorrt_accelerator=tensorrt_accelerator,
-            instances=instances,
-        )
+    entries = write_repository(
+        list(artifacts),
+        repo,
+        names=name,
+        python_backend=python_backend,
+        max_batch_size=max_batch_size,
+        queue_delay_us=queue_delay_us,
+        gpu=gpu,
+        tensorrt_accelerator=tensorrt_accelerator,
+        instances=instances,
+    )
     if json_out:
         print_json(
             [

@@ -118,7 +118,8 @@ def _source(
     allows, and settings in range."""
     if workspace_gib is not None and not (0 < workspace_gib <= MAX_WORKSPACE_GIB):
         raise BuildError(
-            f"workspace {workspace_gib} GiB is not a size in (0, {MAX_WORKSPACE_GIB}] GiB; e.g. {{param}} 4",
+            f"workspace {workspace_gib} GiB is not a size in (0, {MAX_WORKSPACE_GIB}] GiB; "
+            "e.g. {workspace_gib} 4",
             param="workspace_gib",
         )
     input_name, dims, meta = _onnx_io(onnx_path)

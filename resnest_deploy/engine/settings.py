@@ -135,7 +135,7 @@ def create_config(
         return pg.PostprocessConfig(config, set_tf32)
     if compute_capabilities:
         raise BuildError(
-            "{param} applies to TensorRT-RTX only; full TensorRT builds for this GPU",
+            "{compute_capabilities} applies to TensorRT-RTX only; full TensorRT builds for this GPU",
             param="compute_capabilities",
         )
     return pg.CreateConfig(tf32=tf32, **kwargs)

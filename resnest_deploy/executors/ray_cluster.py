@@ -67,7 +67,8 @@ class RayExecutor:
         if Path(job.artifact.path).suffix.lower() != ".onnx":
             raise ArtifactError(
                 f"{job.artifact.path}: the Ray executor runs .onnx files (ONNX Runtime, OpenVINO); "
-                "run engines without --ray"
+                "run engines without {ray_address}",
+                param="ray_address",
             )
         blob = Path(job.artifact.path).read_bytes()
         if sha256(blob) != job.artifact.sha256:

@@ -19,7 +19,8 @@ from typing import Any
 from resnest_deploy.errors import ResnestDeployError, first_line
 from resnest_deploy.executors import ClusterError
 
-_START_ONE = "start one with `ray start --head` or give its address (--ray HOST:6379, or RAY_ADDRESS)"
+#: names ``ray_address`` (the CLI: ``--ray``); ``ray start`` is Ray's own command line
+_START_ONE = "start one with `ray start --head` or give its address ({ray_address=HOST:6379}, or RAY_ADDRESS)"
 
 
 def connect(ray: Any, address: str) -> bool:
@@ -38,7 +39,7 @@ def connect(ray: Any, address: str) -> bool:
             )
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ClusterError(
-            f"cannot reach a Ray cluster at {address!r} ({first_line(e)}); {_START_ONE}"
+            f"cannot reach a Ray cluster at {address!r} ({first_line(e)}); {_START_ONE}", param="ray_address"
         ) from None
     return True
 
@@ -66,7 +67,8 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as e:
         raise ClusterError(
-            f"cannot reach a Ray cluster at {address!r} ({e.strerror or e}); {_START_ONE}"
+            f"cannot reach a Ray cluster at {address!r} ({e.strerror or e}); {_START_ONE}",
+            param="ray_address",
         ) from None
 
 

@@ -43,7 +43,7 @@ def open_runner(
     kind = artifact_kind(artifact)
     text = os.fspath(artifact)
     if options.threads is not None:
-        check_positive(options.threads, "--threads", maximum=MAX_THREADS)
+        check_positive(options.threads, "threads", maximum=MAX_THREADS)
     if kind == "torch":
         return _torch(text, options, model)
     if kind == "engine":
@@ -62,11 +62,12 @@ def _torch(text: str, options: RunnerOptions, model: Any) -> Runner:
     from resnest_deploy.runners.torch import TorchRunner
 
     if model is None:
-        raise ArtifactError("'torch' needs a model: pass --arch (and --weights)")
+        raise ArtifactError("'torch' needs a model: pass {arch} (and {weights})", param=("arch", "weights"))
     if options.backend not in ("auto", "torch") or options.provider != "cpu":
         raise ArtifactError(
-            f"--provider {options.provider_name} does not apply to PyTorch; write 'torch:cuda' to run it "
-            "on a GPU"
+            f"{{provider={options.provider_name}}} does not apply to PyTorch; write 'torch:cuda' to run it "
+            "on a GPU",
+            param="provider",
         )
     where = text.partition(":")[2] or "cpu"
     return TorchRunner(model, where, name=f"torch-{where}")
@@ -219,7 +220,8 @@ def _openvino(text: str, options: RunnerOptions) -> Runner:
     if options.ov_precision == "bf16" and "BF16" not in openvino_capabilities():
         raise ArtifactError(
             "this CPU has no BF16 support (AVX-512-BF16 or AMX), so OpenVINO would emulate or refuse it; "
-            "use --provider openvino (f32)"
+            "use {provider=openvino} (f32)",
+            param="provider",
         )
     folder = runtime_cache("openvino", text) if options.cache else None
     return OpenVINORunner(text, options, name=Path(text).name, cache=folder)
@@ -260,7 +262,8 @@ def _tensorrt(text: str, options: RunnerOptions) -> Runner:
 
     if options.backend not in ("auto", "tensorrt") or options.provider not in ("cpu", "tensorrt", "cuda"):
         raise ArtifactError(
-            f"--provider {options.provider_name} runs .onnx files; an engine runs in TensorRT on its GPU"
+            f"{{provider={options.provider_name}}} runs .onnx files; an engine runs in TensorRT on its GPU",
+            param="provider",
         )
     return TensorRTRunner(
         EngineLoader.of(text),

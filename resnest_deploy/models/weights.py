@@ -49,7 +49,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> StateDict:
     """Read a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file into a flat, prefix-free state dict."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"checkpoint not found: {path}; check the path or use --weights pretrained|random")
+        raise WeightsError(
+            f"checkpoint not found: {path}; check the path or use {{weights=pretrained|random}}",
+            param="weights",
+        )
     try:
         if path.suffix == ".safetensors":
             st = _deps.require("safetensors.torch")
@@ -109,11 +112,13 @@ def _download(url: str, dest: Path, *, allowed: bool = True) -> Path:
     if not allowed:
         raise WeightsError(
             f"the reference weights {url} named by the artifact's metadata are not cached here, and URLs "
-            f"read from a file are never fetched; pass --weights {url} to download them"
+            f"read from a file are never fetched; pass {{weights}} {url} to download them",
+            param="weights",
         )
     if is_offline():
         raise WeightsError(
-            f"offline and {dest.name} is not cached at {dest}; copy the file there or pass --weights PATH"
+            f"offline and {dest.name} is not cached at {dest}; copy the file there or pass {{weights=PATH}}",
+            param="weights",
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".partial")
@@ -132,7 +137,8 @@ def _download(url: str, dest: Path, *, allowed: bool = True) -> Path:
         reason = getattr(e, "reason", None) or str(e) or type(e).__name__
         raise WeightsError(
             f"cannot download {url} ({reason}); retry to resume, or fetch it elsewhere and put it at {dest} "
-            "or pass --weights PATH"
+            "or pass {weights=PATH}",
+            param="weights",
         ) from e
     size = partial.stat().st_size
     if total and size != total:
@@ -207,7 +213,8 @@ def _fetch_timm(spec: ModelSpec) -> tuple[Path, str]:
             raise WeightsError(
                 f"cannot get {repo}/{filename}: not in the Hugging Face cache and the Hub is unreachable "
                 f"or HF_HUB_OFFLINE is set; run `hf download {repo} {filename}` while online, "
-                "or pass --weights PATH"
+                "or pass {weights=PATH}",
+                param="weights",
             ) from e
         except hub.errors.EntryNotFoundError as e:  # the repo lacks this file: try the next format
             errors.append(first_line(e))
@@ -215,9 +222,12 @@ def _fetch_timm(spec: ModelSpec) -> tuple[Path, str]:
             reason = first_line(e)
             raise WeightsError(
                 f"cannot get {repo}/{filename} from the Hugging Face Hub ({reason}); download it "
-                f"(`hf download {repo} {filename}`) while online, or pass --weights PATH"
+                f"(`hf download {repo} {filename}`) while online, or pass {{weights=PATH}}",
+                param="weights",
             ) from e
-    raise WeightsError(f"{repo} has no weights file ({'; '.join(errors)}); pass --weights PATH")
+    raise WeightsError(
+        f"{repo} has no weights file ({'; '.join(errors)}); pass {{weights=PATH}}", param="weights"
+    )
 
 
 def resolve(
@@ -236,7 +246,8 @@ def resolve(
             weights = recorded.location
         else:
             raise WeightsError(
-                f"the artifact records weights {recorded.describe()!r} without a checksum; pass --weights"
+                f"the artifact records weights {recorded.describe()!r} without a checksum; pass {{weights}}",
+                param="weights",
             )
     if weights is None or str(weights) == "random":
         return None, WeightsInfo("random")
@@ -260,7 +271,8 @@ def resolve(
     if recorded is not None and recorded.sha256 and info.sha256 != recorded.sha256:
         raise WeightsError(
             f"{w} is not the checkpoint the artifact was made from (sha256 {str(info.sha256)[:12]}, "
-            f"recorded {str(recorded.sha256)[:12]}); pass --weights with the right one"
+            f"recorded {str(recorded.sha256)[:12]}); pass {{weights}} with the right one",
+            param="weights",
         )
     return load_checkpoint(path), info
 

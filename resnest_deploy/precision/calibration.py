@@ -35,7 +35,10 @@ class CalibrationData:
 
     def __post_init__(self) -> None:
         if len(self.calib) == 0:
-            raise ArtifactError("no calibration inputs; give calib_dir with images or calib_npy")
+            raise ArtifactError(
+                "no calibration inputs; give {calib_dir} with images or {calib_npy}",
+                param=("calib_dir", "calib_npy"),
+            )
         for name, x in (("calibration", self.calib), ("held-out", self.holdout)):
             if x.dtype != np.float32 or x.ndim != 4 or x.shape[1] != 3:
                 raise ArtifactError(f"{name} inputs must be N x 3 x H x W float32, got {x.dtype} {x.shape}")
@@ -49,7 +52,9 @@ class CalibrationData:
 
 def check_count(count: int) -> int:
     if count < 1:
-        raise ArtifactError(f"calib_count must be at least 1, got {count}; 256 or more is typical")
+        raise ArtifactError(
+            f"{{calib_count}} must be at least 1, got {count}; 256 or more is typical", param="calib_count"
+        )
     return count
 
 
@@ -78,7 +83,10 @@ def from_images(
     check_count(count)
     paths = data.find_images(root)
     if not paths:
-        raise ArtifactError(f"no images (jpg/png/webp) under {root}; point calib_dir at a folder of images")
+        raise ArtifactError(
+            f"no images (jpg/png/webp) under {root}; point {{calib_dir}} at a folder of images",
+            param="calib_dir",
+        )
     chosen = data.sample(paths, count + HOLDOUT, seed)
     key = hashlib.sha256(f"{data.fingerprint(chosen, transform)}:{count}:{seed}".encode()).hexdigest()[:20]
     source: dict[str, Any] = {
@@ -140,7 +148,8 @@ def from_npy(path: str | os.PathLike[str], input_size: tuple[int, int]) -> Calib
     if x.dtype.kind != "f":
         raise ArtifactError(
             f"{path} holds {x.dtype} data; calibration needs preprocessed float inputs ({fix}), "
-            "or give the images with calib_dir"
+            "or give the images with {calib_dir}",
+            param="calib_dir",
         )
     want = (3, *input_size)
     if x.ndim != 4 or tuple(x.shape[1:]) != want:
@@ -186,7 +195,7 @@ def resolve(
     from resnest_deploy.models import get_spec
 
     if calib_dir is not None and calib_npy is not None:
-        raise ArtifactError("give calib_dir or calib_npy, not both")
+        raise ArtifactError("give {calib_dir} or {calib_npy}, not both", param=("calib_dir", "calib_npy"))
     if calib_npy is not None:
         return from_npy(calib_npy, input_size)
     transform = data.Transform.from_pretrained(get_spec(arch).pretrained, *input_size)

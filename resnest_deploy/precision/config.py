@@ -3,7 +3,7 @@
 ``ConversionConfig`` travels unchanged from the CLI (which derives its option choices from these
 enums) through ``pipeline`` and ``precision.convert`` to ``Job``, whose cache key is made of its
 fields. Messages name parameters (``max_drop``, ``cpu_isa``, ``target=cpu``); the CLI maps them to
-its flags (``cli._options.PARAM_FLAGS``).
+its flags (``cli._errors.flag_for``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resnest_deploy.compare import Tolerance
-from resnest_deploy.errors import ConversionError
+from resnest_deploy.errors import ConversionError, Naming, ResnestDeployError
 from resnest_deploy.precision import fp16
 from resnest_deploy.precision.calibration import DEFAULT_COUNT
 
@@ -85,7 +85,7 @@ def _choice(kind: type[Choice], value: Any, name: str) -> Any:
         return kind(value.value if isinstance(value, Enum) else value)
     except ValueError:
         choices = ", ".join(c.value for c in kind)
-        raise ConversionError(f"unknown {name} {value!r}; choose one of {choices}") from None
+        raise ConversionError(f"unknown {{{name}}} {value!r}; choose one of {choices}", param=name) from None
 
 
 @dataclass(frozen=True)
@@ -108,11 +108,15 @@ class ConversionConfig:
         target = _choice(Target, self.target, "target")
         cpu_isa = _choice(CpuIsa, self.cpu_isa, "cpu_isa")
         if cpu_isa != CpuIsa.any and (target, precision) != (Target.cpu, Reduced.int8):
-            raise ConversionError("cpu_isa is for target=cpu INT8 files (their weights); drop it here")
+            raise ConversionError(
+                "{cpu_isa} is for {target=cpu} INT8 files (their weights); drop it here",
+                param=("cpu_isa", "target"),
+            )
         if precision == Reduced.fp16 and target == Target.cpu:
             raise ConversionError(
                 "FP16 is a GPU format (ONNX Runtime's CPU kernels run it slower than FP32); "
-                "use target=tensorrt, or precision=int8 target=cpu for a faster CPU model"
+                "use {target=tensorrt}, or {precision=int8} {target=cpu} for a faster CPU model",
+                param=("target", "precision"),
             )
         method = str(self.method.value if isinstance(self.method, Enum) else self.method)
         allowed = CPU_METHODS if target == Target.cpu else TENSORRT_METHODS
@@ -121,7 +125,9 @@ class ConversionConfig:
                 f"calibration method {method!r} is not available for {target}; use {', '.join(allowed)}"
             )
         if self.max_drop is not None and not 0 <= self.max_drop <= 100:
-            raise ConversionError(f"max_drop is in points of top-1, 0..100; got {self.max_drop}")
+            raise ConversionError(
+                f"{{max_drop}} is in points of top-1, 0..100; got {self.max_drop}", param="max_drop"
+            )
         set_ = object.__setattr__
         set_(self, "precision", precision)
         set_(self, "target", target)
@@ -188,15 +194,15 @@ class RunOptions:
     executor: Executor | None = None
     verbose: bool = False
     use_cache: bool = True
-    #: how a failure reads in a written report (the CLI: its flags for the library's parameters)
-    words: Callable[[str], str] | None = None
+    #: how a failure's parameters read in a written report (the CLI: as its flags)
+    words: Naming | None = None
 
     def say(self, message: str) -> None:
         if self.progress is not None:
             self.progress(message)
 
-    def wording(self, message: str) -> str:
-        return self.words(message) if self.words is not None else message
+    def wording(self, error: ResnestDeployError) -> str:
+        return error.naming(self.words) if self.words is not None else str(error)
 
 
 def precision_of(value: Precision | str) -> Precision:

@@ -56,7 +56,10 @@ def convert(
     run = run or RunOptions()
     verbose = run.verbose or _verbosity.verbose()
     if config.precision == "int8" and calib is None:
-        raise ConversionError("INT8 needs calibration data; pass calib_dir=DIR (images) or calib_npy=FILE")
+        raise ConversionError(
+            "INT8 needs calibration data; pass {calib_dir=DIR} (images) or {calib_npy=FILE}",
+            param=("calib_dir", "calib_npy"),
+        )
     onnx = _deps.require("onnx")
     started = time.perf_counter()
     src = Path(src)
@@ -130,7 +133,8 @@ def _made(job: Job, tmp: Path, random: bool, run: RunOptions, verbose: bool) -> 
     if graph != config.precision:
         raise ConversionError(
             f"the {config.precision} conversion left a {graph} graph (no node was converted: does "
-            "keep_fp32_nodes match everything?); keep fewer nodes in FP32"
+            "{keep_fp32_nodes} match everything?); keep fewer nodes in FP32",
+            param="keep_fp32_nodes",
         )
     return made
 

@@ -174,8 +174,9 @@ def check_plot_path(path: str | os.PathLike[str]) -> None:
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix not in formats:
         raise ArtifactError(
-            f"--plot {path}: cannot draw a {suffix or 'suffix-less'} file; end the name with one of "
-            f"{', '.join('.' + f for f in sorted(formats))} (e.g. latency.png)"
+            f"{{plot}} {path}: cannot draw a {suffix or 'suffix-less'} file; end the name with one of "
+            f"{', '.join('.' + f for f in sorted(formats))} (e.g. latency.png)",
+            param="plot",
         )
 
 

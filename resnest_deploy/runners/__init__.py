@@ -1,4 +1,4 @@
-"""Backends behind one interface (after Polygraphy's runners); ``open_runner`` picks one.
+"""Backends behind one interface (after Polygraphy's runners); ``loaders.open_runner`` picks one.
 
 A runner is handed what it runs and a :class:`RunnerOptions`; everything checked or set up before
 it runs (what a file says of itself, compatibility, providers, cache folders, CPU probes) is the
@@ -7,8 +7,6 @@ engine is opened.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from resnest_deploy.artifacts import ENGINE_SUFFIXES, TORCH_NAMES, artifact_kind
 from resnest_deploy.runners.base import Runner
@@ -21,14 +19,5 @@ __all__ = [
     "Runner",
     "RunnerOptions",
     "artifact_kind",
-    "open_runner",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """``open_runner`` lives with the loaders, which import this package's runners."""
-    if name == "open_runner":
-        from resnest_deploy.loaders import open_runner
-
-        return open_runner
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

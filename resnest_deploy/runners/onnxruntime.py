@@ -81,12 +81,14 @@ class OnnxRuntimeRunner(Runner):
         problem = driver_problem() if gpu else None
         if problem:  # said first: no package makes a GPU appear
             raise ArtifactError(
-                f"--provider {self.provider} needs an NVIDIA GPU, and {problem}; use --provider cpu"
+                f"{{provider={self.provider}}} needs an NVIDIA GPU, and {problem}; use {{provider=cpu}}",
+                param="provider",
             )
         if PROVIDERS[self.provider][0] not in available:
             raise ArtifactError(
                 f"onnxruntime has no {PROVIDERS[self.provider][0]} here (available: {', '.join(available)}); "
-                "use --provider cpu or install onnxruntime-gpu with CUDA"
+                "use {provider=cpu} or install onnxruntime-gpu with CUDA",
+                param="provider",
             )
         ort.set_default_logger_severity(ort_severity())  # the provider bridge logs through it
         opts = ort.SessionOptions()
@@ -109,7 +111,8 @@ class OnnxRuntimeRunner(Runner):
             del self.session
             raise ArtifactError(
                 f"onnxruntime could not start {PROVIDERS[self.provider][0]} (no usable GPU, or its CUDA "
-                f"libraries are missing) and would run on {active[0]}; use --provider cpu"
+                f"libraries are missing) and would run on {active[0]}; use {{provider=cpu}}",
+                param="provider",
             )
         self._keep_optimized()
         inp = self.session.get_inputs()[0]

@@ -115,7 +115,8 @@ class OpenVINORunner(Runner):
             compiled = self.core.compile_model(model, "CPU", config)
         except Exception as e:
             raise ArtifactError(
-                f"OpenVINO cannot compile {self.path} for the CPU: {_cause(e)}; use --provider cpu"
+                f"OpenVINO cannot compile {self.path} for the CPU: {_cause(e)}; use {{provider=cpu}}",
+                param="provider",
             ) from e
         if self.cache_folder is not None:
             import contextlib

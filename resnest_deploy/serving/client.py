@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from resnest_deploy import _deps, data, formats
-from resnest_deploy.errors import ArtifactError, ClientError, ClientParameterError, first_line
+from resnest_deploy.errors import ArtifactError, ClientError, first_line
 from resnest_deploy.limits import MAX_BATCH
 from resnest_deploy.models import get_spec
 from resnest_deploy.predict import Prediction, top_predictions
@@ -44,23 +44,22 @@ class Endpoint:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         scheme = parts.scheme.lower()
         if scheme not in _DEFAULT_PORT:
-            raise ClientParameterError(
-                lambda n: (
-                    f"{n('server')} {url!r}: unknown scheme {scheme!r}; use http://HOST:PORT or "
-                    "grpc://HOST:PORT"
-                )
+            raise ClientError(
+                (f"{{server}} {url!r}: unknown scheme {scheme!r}; use http://HOST:PORT or grpc://HOST:PORT"),
+                param="server",
             )
         if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.username:
-            raise ClientParameterError(
-                lambda n: (
-                    f"{n('server')} {url!r} is not HOST:PORT with a scheme; e.g. http://127.0.0.1:8000 "
+            raise ClientError(
+                (
+                    f"{{server}} {url!r} is not HOST:PORT with a scheme; e.g. http://127.0.0.1:8000 "
                     "or grpc://127.0.0.1:8001"
-                )
+                ),
+                param="server",
             )
         try:
             port = parts.port or _DEFAULT_PORT[scheme]
         except ValueError:
-            raise ClientParameterError(lambda n: f"{n('server')} {url!r} has an invalid port") from None
+            raise ClientError(f"{{server}} {url!r} has an invalid port", param="server") from None
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         return cls(scheme, f"{host}:{port}")
 
@@ -271,11 +270,12 @@ def describe(config: dict[str, Any], name: str, arch: str | None = None) -> Serv
     else:
         arch = arch or params.get("arch")
         if not arch:
-            raise ClientParameterError(
-                lambda n: (
+            raise ClientError(
+                (
                     f"model {name!r} records no preprocessing and no arch (not served by "
-                    f"resnest-deploy?); pass {n('arch')} to preprocess as that arch was evaluated"
-                )
+                    f"resnest-deploy?); pass {{arch}} to preprocess as that arch was evaluated"
+                ),
+                param="arch",
             )
         transform = data.Transform.from_pretrained(get_spec(arch).pretrained, *hw)
         source = f"the {arch} registry entry"
@@ -300,12 +300,13 @@ def choose_model(conn: Connection, model: str | None) -> str:
         names = conn.models()
     except ClientError as e:
         why = str(e)
-        raise ClientParameterError(
-            lambda n: f"name the model with {n('model')} (`serve` prints 'serving NAME'); {why}"
+        raise ClientError(
+            f"name the model with {{model}} (`serve` prints 'serving NAME'); {why}",
+            param="model",
         ) from None
     if len(names) != 1:
         listed = ", ".join(names) or "none ready"
-        raise ClientParameterError(lambda n: f"{conn.endpoint} serves {listed}; name one with {n('model')}")
+        raise ClientError(f"{conn.endpoint} serves {listed}; name one with {{model}}", param="model")
     return names[0]
 
 

@@ -25,8 +25,8 @@ from resnest_deploy._io import sha256_file
 from resnest_deploy.artifacts import deployable
 from resnest_deploy.data import Transform
 from resnest_deploy.engine.flavour import engine_flavour
-from resnest_deploy.errors import ArtifactError, ArtifactParameterError, ParameterError, UnknownArchError
-from resnest_deploy.limits import MAX_BATCH, LimitError, check_positive
+from resnest_deploy.errors import ArtifactError, UnknownArchError
+from resnest_deploy.limits import MAX_BATCH, check_positive
 from resnest_deploy.models import ModelSpec, get_spec
 from resnest_deploy.serving.pbtxt import Enum, to_text
 
@@ -109,18 +109,19 @@ def model_config(
 ) -> ModelEntry:
     """The config.pbtxt of one artifact (nothing written). Everything in it comes from the file
     itself, within this tool's bounds: metadata is only trusted for what the graph cannot say.
-    Messages name parameters; the CLI names its options (:class:`ParameterError`)."""
+    Messages name parameters (``{name}``); the CLI writes them as its options."""
     info = deployable(artifact, "a Triton model")
     path, kind, meta = Path(info.name), info.kind, info.meta
     name = path.stem if name is None else name
     if len(name) > MAX_NAME or not _NAME.fullmatch(name):
-        raise ArtifactParameterError(
-            lambda n: (
+        raise ArtifactError(
+            (
                 f"model name {name[:MAX_NAME]!r} is not a valid Triton model name (letters, digits, "
-                f"'_', '.', '-', at most {MAX_NAME}); pass {n('name')}"
-            )
+                f"'_', '.', '-', at most {MAX_NAME}); pass {{name}}"
+            ),
+            param="name",
         )
-    _positive(instances, "instances", 64)
+    check_positive(instances, "instances", maximum=64)
     io = info.io
     notes = _engine_notes(path, name, kind, meta) if kind == "engine" and not python_backend else []
     if io.batch_min > 1:
@@ -143,8 +144,9 @@ def model_config(
     config["model_warmup"] = _warmup(io, batch)
     if tensorrt_accelerator:
         if kind != "onnx" or python_backend:
-            raise ArtifactParameterError(
-                lambda n: f"{n('tensorrt_accelerator')} applies to ONNX files served by onnxruntime_onnx"
+            raise ArtifactError(
+                "{tensorrt_accelerator} applies to ONNX files served by onnxruntime_onnx",
+                param="tensorrt_accelerator",
             )
         config["optimization"] = _accelerator(meta)
     provenance = _provenance(path, meta, io)
@@ -152,8 +154,9 @@ def model_config(
         if provider not in ("cpu", "openvino", "openvino-bf16", "cuda", "tensorrt"):
             raise ArtifactError(f"unknown provider {provider!r} for a python-backend model")
         if kind == "engine" and provider not in ("cpu", "tensorrt", "cuda"):
-            raise ArtifactParameterError(
-                lambda n: f"{n('provider')} {provider} runs .onnx files; an engine runs in TensorRT"
+            raise ArtifactError(
+                f"{{provider}} {provider} runs .onnx files; an engine runs in TensorRT",
+                param="provider",
             )
         provenance["provider"] = provider
         if not gpu:  # several CPU instances share the cores instead of each taking them all
@@ -163,15 +166,6 @@ def model_config(
     return ModelEntry(name, path, platform, batch, text, notes, io.input_dims, io.num_classes)
 
 
-def _positive(value: int, param: str, maximum: int) -> None:
-    """:func:`check_positive`, naming the parameter as the caller knows it."""
-    try:
-        check_positive(value, param, maximum=maximum)
-    except LimitError as e:
-        message = str(e).removeprefix(param)
-        raise ParameterError(lambda n: n(param) + message, exit_code=e.exit_code) from None
-
-
 def _engine_notes(path: Path, name: str, kind: str, meta: dict[str, Any]) -> list[str]:
     """An engine served by tensorrt_plan: full TensorRT's, and the container its version needs."""
     flavour = engine_flavour(path)
@@ -179,7 +173,8 @@ def _engine_notes(path: Path, name: str, kind: str, meta: dict[str, Any]) -> lis
         raise ArtifactError(
             f"{path} was built by {flavour} (its header says so), but Triton's tensorrt_plan backend is "
             "full TensorRT: rebuild with --backend tensorrt, or serve the ONNX file (onnxruntime_onnx, "
-            "optionally with --tensorrt-accelerator)"
+            "optionally with {tensorrt_accelerator})",
+            param="tensorrt_accelerator",
         )
     version = (meta.get("tensorrt") or {}).get("version", "?")
     return [
@@ -196,23 +191,25 @@ def _batch(io: Any, kind: str, path: Path, max_batch_size: int | None) -> int:
     if max_batch_size is not None:
         if limit is not None and max_batch_size > limit:
             what = "engine's optimization profile" if kind == "engine" else "export's static batch"
-            raise ArtifactParameterError(
-                lambda n: (
+            raise ArtifactError(
+                (
                     f"max_batch_size {max_batch_size} is above the {what} maximum ({limit}) of "
-                    f"{path.name}; use {n('max_batch_size')} {limit} or rebuild with a larger --batch-profile"
-                )
+                    f"{path.name}; use {{max_batch_size}} {limit} or rebuild with a larger --batch-profile"
+                ),
+                param="max_batch_size",
             )
-        _positive(max_batch_size, "max_batch_size", MAX_BATCH)
+        check_positive(max_batch_size, "max_batch_size", maximum=MAX_BATCH)
     batch: int = max_batch_size or (limit if limit is not None else DEFAULT_MAX_BATCH)
     if io.static_batch and batch != limit:
         raise ArtifactError(f"{path.name} has a static batch of {limit}; it cannot batch {batch}")
     itemsize = {"uint8": 1, "float16": 2}.get(io.dtype, 4)
     if batch * io.sample_elements * itemsize > MAX_WARMUP_BYTES:
-        raise ArtifactParameterError(
-            lambda n: (
+        raise ArtifactError(
+            (
                 f"a batch of {batch} {io.input_dims} inputs needs more than {MAX_WARMUP_BYTES >> 20} "
-                f"MiB; choose a smaller {n('max_batch_size')}"
-            )
+                f"MiB; choose a smaller {{max_batch_size}}"
+            ),
+            param="max_batch_size",
         )
     return batch
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from resnest_deploy import metadata
 from resnest_deploy._io import atomic_path
-from resnest_deploy.errors import ArtifactError, ArtifactParameterError
+from resnest_deploy.errors import ArtifactError
 from resnest_deploy.onnx_files import external_files, load_onnx
 from resnest_deploy.serving.config import ModelEntry, model_config
 
@@ -48,15 +48,17 @@ def write_repository(
     folder inside the repository and renamed into place whole."""
     repo = Path(repo)
     if names is not None and len(names) != len(artifacts):
-        raise ArtifactParameterError(
-            lambda n: f"{len(names)} {n('names')} for {len(artifacts)} artifacts; give one per artifact"
+        raise ArtifactError(
+            f"{len(names)} {{names}} for {len(artifacts)} artifacts; give one per artifact",
+            param="names",
         )
     entries = [model_config(a, name=names[i] if names else None, **options) for i, a in enumerate(artifacts)]
     seen: set[str] = set()
     for e in entries:
         if e.name in seen:
-            raise ArtifactParameterError(
-                lambda n, d=e.name: f"two artifacts would be model {d!r}; name them apart with {n('names')}"
+            raise ArtifactError(
+                f"two artifacts would be model {e.name!r}; name them apart with {{names}}",
+                param="names",
             )
         seen.add(e.name)
         if repo.resolve() in e.artifact.resolve().parents:
@@ -64,7 +66,7 @@ def write_repository(
                 f"{e.artifact} is inside the repository {repo}; write the repository elsewhere"
             )
     if repo.exists() and not repo.is_dir():
-        raise ArtifactParameterError(lambda n: f"{repo} is a file, not a folder; choose another {n('repo')}")
+        raise ArtifactError(f"{repo} is a file, not a folder; choose another {{repo}}", param="repo")
     try:
         repo.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -73,8 +75,9 @@ def write_repository(
         for e in entries:
             if (repo / e.name).exists() or (repo / e.name).is_symlink():
                 taken = repo / e.name
-                raise ArtifactParameterError(
-                    lambda n, t=taken: f"{t} exists; choose another {n('repo')} or remove it"
+                raise ArtifactError(
+                    f"{taken} exists; choose another {{repo}} or remove it",
+                    param="repo",
                 )
         for e in entries:
             _write_model(repo, e)

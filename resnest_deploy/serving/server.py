@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from resnest_deploy._io import refuse_overwrite, write_json
-from resnest_deploy.errors import ArtifactError, ServeError, ServeParameterError
+from resnest_deploy.errors import ArtifactError, ServeError
 from resnest_deploy.serving.front import Front, FrontLimits
 from resnest_deploy.serving.grpc_front import GrpcFront
 from resnest_deploy.serving.repository import ModelEntry, write_repository
@@ -66,14 +66,14 @@ def refuse_outputs(
         try:
             refuse_overwrite([path], artifacts)
         except ArtifactError:
-            raise ServeParameterError(
-                lambda n, o=option, p=path: (
-                    f"{n(o)} {p} is one of the served files (or its sidecar); choose another path"
-                )
+            raise ServeError(
+                (f"{{{option}}} {path} is one of the served files (or its sidecar); choose another path"),
+                param=option,
             ) from None
     if log is not None and status_file is not None and _same_file(log, status_file):
-        raise ServeParameterError(
-            lambda n: f"{n('log')} and {n('status_file')} both name {log}; give each its own file"
+        raise ServeError(
+            f"{{log}} and {{status_file}} both name {log}; give each its own file",
+            param=("log", "status_file"),
         )
 
 
@@ -132,8 +132,9 @@ def running(
             guard.bind()
         except OSError as e:
             why = e.strerror
-            raise ServeParameterError(
-                lambda n: f"cannot listen on HTTP {why}; choose another {n('http_port')}"
+            raise ServeError(
+                f"cannot listen on HTTP {why}; choose another {{http_port}}",
+                param="http_port",
             ) from None
         server.guard = guard
         guard.start()  # answers not-ready until Triton is
@@ -152,7 +153,7 @@ def running(
                 server.grpc_front.start()
             except OSError as e:
                 why = str(e)
-                raise ServeParameterError(lambda n: f"{why}; choose another {n('grpc_port')}") from None
+                raise ServeError(f"{why}; choose another {{grpc_port}}", param="grpc_port") from None
             server.start(install.backend_dir(run_dir / "backends"), run_dir)
             server.wait_ready(ready_timeout, should_stop)
             guard.set_ready(True)

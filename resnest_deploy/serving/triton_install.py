@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnest_deploy.errors import MissingDependencyError, ServeParameterError
+from resnest_deploy.errors import MissingDependencyError, ServeError
 
 INSTALL_HINT = "pip install --no-deps 'nvidia-pytriton>=0.7'"
 #: the environment variable that tells model.py where this interpreter's environment is described
@@ -122,8 +122,9 @@ class Ports:
     def check_free(self) -> None:
         """Refuse, in one line, a port something else holds (Triton would fail less clearly)."""
         if len({self.http, self.grpc, self.metrics}) != 3:
-            raise ServeParameterError(
-                lambda n: f"{n('http_port')}, {n('grpc_port')} and {n('metrics_port')} must differ ({self})"
+            raise ServeError(
+                f"{{http_port}}, {{grpc_port}} and {{metrics_port}} must differ ({self})",
+                param=("http_port", "grpc_port", "metrics_port"),
             )
         for option, port in (
             ("http_port", self.http),
@@ -131,7 +132,7 @@ class Ports:
             ("metrics_port", self.metrics),
         ):
             if not 1 <= port <= 65535:
-                raise ServeParameterError(lambda n, o=option, p=port: f"{n(o)} {p} is not a port number")
+                raise ServeError(f"{{{option}}} {port} is not a port number", param=option)
             family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
             with socket.socket(family, socket.SOCK_STREAM) as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Triton binds: TIME_WAIT is free
@@ -139,11 +140,12 @@ class Ports:
                     s.bind((self.host, port))
                 except OSError as e:
                     where, why = f"{self.host}:{port}", e.strerror
-                    raise ServeParameterError(
-                        lambda n, a=where, w=why, o=option: (
-                            f"cannot listen on {a} ({w}); choose another {n(o)} "
-                            f"or {n('host')} (or stop what holds the port)"
-                        )
+                    raise ServeError(
+                        (
+                            f"cannot listen on {where} ({why}); choose another {{{option}}} "
+                            f"or {{host}} (or stop what holds the port)"
+                        ),
+                        param=(option, "host"),
                     ) from None
 
     @classmethod

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from resnest_deploy import _deps
-from resnest_deploy.errors import ArtifactError, ArtifactParameterError, MissingDependencyError
+from resnest_deploy.errors import ArtifactError, MissingDependencyError
 
 if TYPE_CHECKING:
     from resnest_deploy.serving.kubernetes.repository import RepoModel
@@ -90,46 +90,50 @@ class ManifestOptions:
         check_names(self.name, self.namespace, self.image, self.storage_class)
         startup_probe(self.start_seconds)
         if not DNS.fullmatch(self.metrics_namespace):
-            raise ArtifactParameterError(
-                lambda n: (
-                    f"{n('metrics_namespace')} {self.metrics_namespace!r} is not a DNS label: the "
+            raise ArtifactError(
+                (
+                    f"{{metrics_namespace}} {self.metrics_namespace!r} is not a DNS label: the "
                     "namespace Prometheus runs in (`kubectl get pods -A | grep prometheus`), e.g. monitoring"
-                )
+                ),
+                param="metrics_namespace",
             )
         if self.throughput is not None:
             hpa_target(self.throughput, self.p99_ms)
         lo, hi = self.min_replicas, self.max_replicas
         if not 1 <= lo <= hi <= 1000:
-            raise ArtifactParameterError(
-                lambda _n: f"replicas must satisfy 1 <= min ({lo}) <= max ({hi}) <= 1000"
+            raise ArtifactError(
+                f"replicas must satisfy 1 <= min ({lo}) <= max ({hi}) <= 1000",
             )
 
 
 def check_names(name: str, namespace: str, image: str | None, storage_class: str | None) -> None:
     """What the API server or the kubelet would refuse, refused here in one line each."""
     if not _DNS_1035.fullmatch(name):
-        raise ArtifactParameterError(
-            lambda n: (
-                f"{n('name')} {name!r} is not a DNS label (RFC 1035, as a Service's name must be): "
+        raise ArtifactError(
+            (
+                f"{{name}} {name!r} is not a DNS label (RFC 1035, as a Service's name must be): "
                 "up to 63 lowercase letters, digits and '-', starting with a letter and ending with a letter "
                 "or digit"
-            )
+            ),
+            param="name",
         )
     if not DNS.fullmatch(namespace):
-        raise ArtifactParameterError(
-            lambda n: (
-                f"{n('namespace')} {namespace!r} is not a DNS label: up to 63 lowercase letters, "
+        raise ArtifactError(
+            (
+                f"{{namespace}} {namespace!r} is not a DNS label: up to 63 lowercase letters, "
                 "digits and '-', starting and ending with a letter or digit"
-            )
+            ),
+            param="namespace",
         )
     if image is not None:
         check_image(image)
     if storage_class and (len(storage_class) > 253 or not _SUBDOMAIN.fullmatch(storage_class)):
-        raise ArtifactParameterError(
-            lambda n: (
-                f"{n('storage_class')} {storage_class!r} is not a StorageClass name (a DNS subdomain: "
+        raise ArtifactError(
+            (
+                f"{{storage_class}} {storage_class!r} is not a StorageClass name (a DNS subdomain: "
                 "lowercase letters, digits, '-' and '.', up to 253); `kubectl get storageclass` lists yours"
-            )
+            ),
+            param="storage_class",
         )
 
 
@@ -138,22 +142,24 @@ def check_image(image: str) -> None:
     pin: a tag can be moved, a digest names the bytes) as they verify it."""
     m = _IMAGE.fullmatch(image) if len(image) <= 4096 else None
     if m is None:
-        raise ArtifactParameterError(
-            lambda n: (
-                f"{n('image')} {image!r} is not an image reference: "
+        raise ArtifactError(
+            (
+                f"{{image}} {image!r} is not an image reference: "
                 "[registry[:port]/]path[:tag][@digest], e.g. nvcr.io/nvidia/tritonserver:24.08-py3 "
                 "(no spaces, line breaks or upper-case path)"
-            )
+            ),
+            param="image",
         )
     algorithm, hex_ = m.group("algorithm"), m.group("hex")
     if algorithm is not None and (
         algorithm not in _DIGEST_HEX or len(hex_) != _DIGEST_HEX[algorithm] or hex_ != hex_.lower()
     ):
-        raise ArtifactParameterError(
-            lambda n: (
-                f"{n('image')} {image!r}: the digest is not one a runtime verifies: give "
+        raise ArtifactError(
+            (
+                f"{{image}} {image!r}: the digest is not one a runtime verifies: give "
                 "repo@sha256:<64 lowercase hex> (`docker buildx imagetools inspect IMAGE` prints it)"
-            )
+            ),
+            param="image",
         )
 
 
@@ -161,11 +167,12 @@ def hpa_target(throughput: float, p99_ms: float) -> int:
     """Pending requests per pod to scale at: half of what keeps a pod's requests within the p99
     budget at its measured throughput (Little's law: in flight = throughput x latency)."""
     if not (0 < throughput <= MAX_THROUGHPUT and math.isfinite(p99_ms) and 0 < p99_ms <= 600_000):
-        raise ArtifactParameterError(
-            lambda n: (
-                f"{n('throughput')} {throughput} / {n('p99_ms')} {p99_ms}: give a measured throughput "
+        raise ArtifactError(
+            (
+                f"{{throughput}} {throughput} / {{p99_ms}} {p99_ms}: give a measured throughput "
                 f"in (0, {MAX_THROUGHPUT:g}] images/s and a p99 budget in (0, 600000] ms"
-            )
+            ),
+            param=("throughput", "p99_ms"),
         )
     return max(1, math.floor(0.5 * throughput * p99_ms / 1000.0))
 
@@ -176,11 +183,12 @@ def startup_probe(start_s: float | None = None) -> dict[str, Any]:
     killed, and a hung one is found within that budget."""
     measured = START_MEASURED_S if start_s is None else start_s
     if not (math.isfinite(measured) and 0 < measured <= 3600):
-        raise ArtifactParameterError(
-            lambda n: (
-                f"{n('start_seconds')} {start_s} is not a start-up time: give the seconds "
+        raise ArtifactError(
+            (
+                f"{{start_seconds}} {start_s} is not a start-up time: give the seconds "
                 "`serve --status-file` records as start_to_ready_s (0 < s <= 3600)"
-            )
+            ),
+            param="start_seconds",
         )
     budget = max(60.0, START_MARGIN * measured)
     return {
@@ -216,20 +224,22 @@ def server_image(models: list[RepoModel], options: ManifestOptions) -> tuple[str
         raise ArtifactError("the repository mixes python-backend and native models; serve them apart")
     if python.pop():
         if options.kserve:
-            raise ArtifactParameterError(
-                lambda n: (
+            raise ArtifactError(
+                (
                     "KServe's Triton runtime runs NVIDIA's image, which lacks this package for "
-                    f"python-backend models; write the repository without {n('python_backend')}, or use the "
+                    "python-backend models; write the repository without {python_backend}, or use the "
                     "plain manifests"
-                )
+                ),
+                param="python_backend",
             )
         return options.image or SERVE_IMAGE, True
     if options.image is None:
-        raise ArtifactParameterError(
-            lambda n: (
+        raise ArtifactError(
+            (
                 "ONNX Runtime and TensorRT models run in NVIDIA's Triton image, whose release must "
-                f"match the plans' TensorRT (TENSORRT_PAIRING.txt): pass {n('image')} "
+                "match the plans' TensorRT (TENSORRT_PAIRING.txt): pass {image} "
                 "nvcr.io/nvidia/tritonserver:<yy.mm>-py3"
-            )
+            ),
+            param="image",
         )
     return options.image, False
