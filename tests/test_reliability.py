@@ -190,7 +190,7 @@ def test_check_never_fetches_a_url_named_by_the_artifact(loopback, torch_home, t
     assert check([out], count=2).passed  # the cached, checksummed file is used
     shutil.rmtree(torch_home)
     handler.requests.clear()
-    with pytest.raises(WeightsError, match="never fetched; pass --weights"):
+    with pytest.raises(WeightsError, match="never fetched; pass weights"):
         check([out], count=2)
     assert handler.requests == []  # no request reached the server
     cached = url_cache_path(f"{base}/w.pth")

@@ -77,7 +77,7 @@ def test_nvinfer_configs_take_names_from_the_graph_and_refuse_values_that_break_
     assert not list(tmp_path.glob("c*"))
     with pytest.raises(LimitError, match=r"^batch_size 1000000000 is more than the maximum 4096") as e:
         deepstream.nvinfer_config(digits_onnx, batch_size=1_000_000_000)
-    assert e.value.param == "batch_size"  # the library names its parameter; the CLI, its flag:
+    assert e.value.params == ("batch_size",)  # the library names its parameter; the CLI, its flag:
     said = runner.invoke(
         app, ["deepstream", str(digits_onnx), "--batch-size", "1000000000", "-o", str(tmp_path / "x.txt")]
     )
@@ -258,7 +258,7 @@ def test_an_onnx_only_provider_given_an_engine_is_refused(digits_onnx, tmp_path)
     from resnest_deploy.runners import RunnerOptions
 
     engine = build_engine(digits_onnx, tmp_path / "e.plan", batch=(1, 2, 4)).path
-    with pytest.raises(ArtifactError, match=r"--provider openvino runs \.onnx files"):
+    with pytest.raises(ArtifactError, match=r"provider=openvino runs \.onnx files"):
         open_runner(engine, RunnerOptions.from_provider("openvino"))
 
 

@@ -134,7 +134,7 @@ def test_official_pretrained_downloads_through_the_mirror(loopback, torch_home, 
     assert handler.requests == [("GET", f"/mirror/{spec.pretrained.file}")]
     assert info.kind == "pretrained" and info.location == f"{base}/mirror/{spec.pretrained.file}"
     assert (torch_home / str(spec.pretrained.file)).read_bytes() == body and "fc.weight" in state_dict
-    with pytest.raises(WeightsError, match=r"cannot download .*/resnest50-528c19ca\.pth .*--weights PATH"):
+    with pytest.raises(WeightsError, match=r"cannot download .*/resnest50-528c19ca\.pth .*weights=PATH"):
         create_model("resnest50", "pretrained")  # the mirror does not have it: 404, one line
 
 
@@ -163,7 +163,7 @@ def test_interrupted_download_leaves_no_cache_entry(loopback, torch_home, ckpt_1
 def test_offline_official_names_the_missing_file(torch_home, monkeypatch):
     monkeypatch.setenv("RESNEST_DEPLOY_OFFLINE", "1")
     with pytest.raises(
-        WeightsError, match=r"offline and resnest50-528c19ca\.pth is not cached at .*--weights PATH"
+        WeightsError, match=r"offline and resnest50-528c19ca\.pth is not cached at .*weights=PATH"
     ):
         create_model("resnest50", "pretrained")
 

@@ -69,6 +69,7 @@ _FLAGS: dict[str, str] = {
     "method": "--calibration",
     "names": "--name",
     "seconds": "--time",
+    "batch": "--batch-profile",
 }
 
 

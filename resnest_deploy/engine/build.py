@@ -131,7 +131,8 @@ def _source(
         raise BuildError(
             f"{onnx_path} has a static batch of {dims[0]} but batch range "
             f"{','.join(map(str, batch))} was asked; "
-            f"re-export with --batch-dim dynamic or build with --batch-profile {dims[0]}"
+            f"re-export with --batch-dim dynamic or build with {{batch={dims[0]}}}",
+            param="batch",
         )
     if opt_level is not None and not 0 <= opt_level <= 5:
         raise BuildError(f"optimization level {opt_level} is out of range; use 0..5")
