@@ -284,3 +284,19 @@ def test_report_headings_are_distinct_and_a_users_bar_is_said_in_the_convert_row
         "| convert | ok | m/r.int8.onnx (accepted outside the default tolerance: cosine 0.950000 < 0.98) |"
         in md
     )
+
+
+def test_a_bench_workers_error_keeps_the_parameters_it_names(digits_onnx):
+    """A provider timed in its own process sends its error as JSON: the message and the parameters it
+    names travel, so the CLI still writes them as its options."""
+    from resnest_deploy.bench import BenchPlan
+    from resnest_deploy.bench.providers import bench_providers
+    from resnest_deploy.cli._errors import flag_for
+    from resnest_deploy.errors import ResnestDeployError
+
+    plan = BenchPlan(batches=(1,), iterations=2, warmup=0, threads=1_000_000)
+    with pytest.raises(ResnestDeployError) as e:
+        bench_providers([digits_onnx], plan, ["cpu", "openvino"])
+    assert str(e.value).startswith("provider=cpu: threads 1000000 is more than the maximum")
+    assert e.value.naming(flag_for).startswith("--provider cpu: --threads 1000000 is more than the maximum")
+    assert e.value.exit_code == 2  # the worker's LimitError's code
