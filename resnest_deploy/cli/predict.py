@@ -202,7 +202,7 @@ def _predict_served(
             f"with --server every argument is an image; {inputs[0]!r} is a model: serve it, or drop --server",
             param_hint="INPUTS",
         )
-        from resnest_deploy.serving.client import predict_served
+    from resnest_deploy.serving.client import predict_served
 
     preds, served = predict_served(inputs, server, model=model, arch=arch, topk=topk)
     err.print(
