@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,33 @@ def test_the_audit_sees_an_offender(tmp_path):
     assert node.end_lineno - node.lineno + 1 == 81 > MAX_FUNCTION_LINES
     imports = _imported(ast.parse("def g():\n    from resnest_deploy.bench import bench\n"))
     assert imports == [("resnest_deploy.bench", ["bench"])]
+
+
+def _literal_text(node: ast.expr) -> str:
+    """The literal parts of a message (a string, an f-string, or their concatenation)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(_literal_text(v) for v in node.values if isinstance(v, ast.Constant))
+    if isinstance(node, ast.BinOp):
+        return _literal_text(node.left) + _literal_text(node.right)
+    return ""
+
+
+def test_a_library_message_names_a_parameter_only_where_it_declares_it():
+    """``{name}`` in an error's message is a parameter (the CLI writes its flag) only when the error
+    lists it in ``param=``; otherwise the braces would reach the user as written."""
+    placeholder = re.compile(r"\{([a-z_][a-z0-9_]*)(?:=[^{}]*)?\}")
+    offenders = []
+    for path in _modules():
+        if path.parts[-2] == "cli":
+            continue
+        for node in ast.walk(_tree(path)):
+            if not (isinstance(node, ast.Call) and node.args and isinstance(node.func, ast.Name)):
+                continue
+            if not node.func.id.endswith(("Error", "Rejected")):
+                continue
+            named = placeholder.findall(_literal_text(node.args[0]))
+            if named and not any(k.arg == "param" for k in node.keywords):
+                offenders.append(f"{_name(path)}:{node.lineno} {named}")
+    assert offenders == []
