@@ -220,6 +220,7 @@ def test_without_a_cluster_one_line_names_the_fix(digits_onnx, folder):
     r = _cli("eval", "--images", str(folder), str(digits_onnx), "--ray", "127.0.0.1:1")
     assert r.returncode != 0 and r.stdout == ""
     assert r.stderr.count("error:") == 1 and "cannot reach a Ray cluster at '127.0.0.1:1'" in r.stderr
+    assert "(--ray HOST:6379, or RAY_ADDRESS)" in r.stderr  # the library names ray_address, the CLI its flag
 
 
 def test_without_the_extra_the_error_names_it(digits_onnx, folder):
