@@ -280,7 +280,7 @@ def test_a_worker_node_killed_mid_job_costs_no_image_and_counts_none_twice(clust
 
     paths, _ = image_list([folder])
     items = [(i, str(p)) for i, p in enumerate(paths)]
-    job = _job(str(digits_onnx), None, None, 5, "cpu")
+    job = _job(str(digits_onnx), None, None, 5, None)  # default runner options: the CPU
     here = LocalExecutor().classify(job, items).outcomes
     killed: dict[str, object] = {}
 
