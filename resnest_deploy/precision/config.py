@@ -166,14 +166,16 @@ class ConversionConfig:
 @dataclass(frozen=True)
 class CalibrationOptions:
     """Where calibration images come from: a folder of images or a preprocessed .npy (neither: the
-    arch's bundled data, if it has any), and how many to calibrate on."""
+    arch's bundled data, if it has any), and how many to calibrate on; ``eval_dir``: a labelled
+    folder, kept apart from them, that the conversion is judged on (``CalibrationData.evaluation``)."""
 
     calib_dir: Path | None = None
     calib_npy: Path | None = None
     count: int = DEFAULT_COUNT
+    eval_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        for name in ("calib_dir", "calib_npy"):
+        for name in ("calib_dir", "calib_npy", "eval_dir"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
