@@ -24,6 +24,7 @@ from resnest_deploy.cli._options import (
     MinTop1Opt,
     PrecisionOpt,
     TargetOpt,
+    as_flags,
     calibration_with_bar,
     flags_named,
     user_tolerance,
@@ -119,7 +120,8 @@ def quantize_cmd(
         calib = calibration_with_bar(onnx, options, cache, json_out)
         searching = precision.value == "int8" and max_drop is not None
         with search_executor(ray_address, searching) as ex, progress(not json_out) as say:
-            report = convert(onnx, output, config, calib, RunOptions(say, ex, verbose, cache))
+            run = RunOptions(say, ex, verbose, cache, words=as_flags)
+            report = convert(onnx, output, config, calib, run)
     if plot and report.search is not None:
         rendered.plot(report.search.ranking, plot, report.search.metric_name)
     if json_out:

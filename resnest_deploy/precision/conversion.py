@@ -34,6 +34,7 @@ from resnest_deploy.precision.results import (
     MethodScore,
     Tournament,
     conversion_section,
+    kind_words,
 )
 from resnest_deploy.precision.search import SearchResult
 from resnest_deploy.precision.source import default_output, input_hw, read_source
@@ -112,8 +113,10 @@ def _say_if_unresolved(n: int, max_drop: float, held_out: bool, run: RunOptions)
     needed = stats.images_needed(max_drop)
     what = "held-out" if held_out else "evaluation"
     run.say(
-        f"note: {n} {what} images cannot resolve a {max_drop:g}-point budget (one image is "
-        f"{100 / n:.2f} points); give eval_dir with at least {needed} labelled images"
+        run.wording(
+            f"note: {n} {what} images cannot resolve a {max_drop:g}-point budget (one image is "
+            f"{100 / n:.2f} points); give eval_dir with at least {needed} labelled images"
+        )
     )
 
 
@@ -231,7 +234,7 @@ def _judged(
     metric = made.metric
     if metric is not None and job.calib is not None:
         judged_on = job.calib.judged_on()
-        inputs = f"{len(metric.x)} {judged_on.source.get('kind', 'held-out')} inputs"
+        inputs = f"{len(metric.x)} {kind_words(str(judged_on.source.get('kind', 'held-out')))}"
         run.say(f"measuring against the FP32 source in ONNX Runtime on {inputs}")
         logits = metric.logits(made.model)
         parity, measured = compare(metric.reference, logits), arithmetic(precision, target)

@@ -63,10 +63,21 @@ class Evaluation:
             dict(data.get("references") or {}),
         )
 
+    @property
+    def what(self) -> str:
+        """The kind in words: ``evaluation images``, ``held-out images``, ``held-out npy inputs``."""
+        return kind_words(self.kind)
+
     def __str__(self) -> str:
-        where = f" {self.path}" if self.path else ""
+        where = f" in {self.path}" if self.path else ""
         label = "labelled" if self.labelled else "unlabelled: agreement with FP32"
-        return f"{self.count} {self.kind} images{where} ({label})"
+        return f"{self.count} {self.what}{where} ({label})"
+
+
+def kind_words(kind: str) -> str:
+    if kind == "eval_dir":
+        return "evaluation images"
+    return kind if kind.endswith(("images", "digits")) else f"{kind} inputs"
 
 
 @dataclass(frozen=True)
