@@ -386,10 +386,18 @@ def search(
         if fp32 - reached > max_drop
         else f"within the {max_drop} points allowed but not the parity gate ({'; '.join(judged.problems)})"
     )
+    steps = [t for t in result.trials if "kept_fp32" in t]
+    best = max(steps, key=lambda t: (t["metric"], t["cosine"]), default=None)
+    closest = (
+        f"; the best reached: {len(best['kept_fp32'])} unit(s) in FP32 -> {best['metric']:.2f}, "
+        f"cosine {best['cosine']:.6f}"
+        if best is not None
+        else ""
+    )
     raise SearchError(
         f"even {len(kept)} of {len(ranked)} units in FP32 reach only {reached:.2f} against FP32's "
-        f"{fp32:.2f} ({metric.name}, cosine {judged.parity.cosine:.6f}): {why}; nothing written: keep this "
-        "model in FP16/FP32, or calibrate on more representative images"
+        f"{fp32:.2f} ({metric.name}, cosine {judged.parity.cosine:.6f}): {why}{closest}; nothing written: "
+        "keep this model in FP16/FP32, or calibrate on more representative images"
     )
 
 
