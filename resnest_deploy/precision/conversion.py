@@ -34,7 +34,6 @@ from resnest_deploy.precision.results import (
     MethodScore,
     Tournament,
     conversion_section,
-    kind_words,
 )
 from resnest_deploy.precision.search import SearchResult
 from resnest_deploy.precision.source import default_output, input_hw, read_source
@@ -234,7 +233,8 @@ def _judged(
     metric = made.metric
     if metric is not None and job.calib is not None:
         judged_on = job.calib.judged_on()
-        inputs = f"{len(metric.x)} {kind_words(str(judged_on.source.get('kind', 'held-out')))}"
+        n = len(metric.x)
+        inputs = f"{n} evaluation images" if job.calib.evaluation else f"{n} held-out calibration inputs"
         run.say(f"measuring against the FP32 source in ONNX Runtime on {inputs}")
         logits = metric.logits(made.model)
         parity, measured = compare(metric.reference, logits), arithmetic(precision, target)
