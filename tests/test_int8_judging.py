@@ -259,3 +259,11 @@ def test_an_older_sidecar_without_the_judging_fields_still_reads(digits_converte
     section = {k: v for k, v in meta["conversion"].items() if k not in ("evaluation", "drop", "acceptance")}
     old = ConversionReport.from_metadata({**meta, "conversion": {**section, "schema": 2}}, report.path)
     assert old.evaluation is None and old.drop is None and old.acceptance is None
+
+
+def test_quantize_and_pipeline_take_an_evaluation_set_in_the_calibration_group():
+    for command in ("quantize", "pipeline"):
+        r = CliRunner().invoke(app, [command, "--help"], terminal_width=200)
+        assert r.exit_code == 0 and "--eval-dir" in r.output, command
+    r = CliRunner().invoke(app, ["quantize", "--onnx", "m.onnx", "-p", "fp16", "--eval-dir", "val"])
+    assert r.exit_code == 2 and "judges INT8" in r.output
