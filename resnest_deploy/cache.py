@@ -119,6 +119,7 @@ KINDS: dict[str, Kind] = {
             "ort-tensorrt", "ort-tensorrt", "ONNX Runtime TensorRT-provider engines (its own checks)", "raw"
         ),
         Kind("calibration", "calib", "INT8 calibration images and models", "files"),
+        Kind("references", "references", "FP32 logits of evaluation sets, per source file and set", "files"),
     )
 }
 

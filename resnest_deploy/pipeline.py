@@ -195,7 +195,9 @@ def _made(
 
         def convert_step() -> dict[str, Any]:
             c = config.calibration
-            made.calib = calibration.resolve(config.arch, (h, w), c.calib_dir, c.calib_npy, c.count)
+            made.calib = calibration.resolve(
+                config.arch, (h, w), c.calib_dir, c.calib_npy, c.count, eval_dir=c.eval_dir
+            )
             return _conversion(fp32, config.conversion(precision, target, True), made.calib, run)
 
         made.files.append(Path(steps.step("convert", convert_step)["path"]))

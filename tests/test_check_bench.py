@@ -216,6 +216,10 @@ def test_pipeline_end_to_end_offline(tmp_path):
         assert steps[step]["conversion"]["search"]["max_drop_points"] == 0.5
     assert md.count("| calibration | plain INT8 |") == 2 and "| distribution | " in md
     assert md.count("![INT8 sensitivity](") == 2
+    # judged on the 899 labelled held-out digits: the drop with its interval, for both files
+    assert (
+        md.count("top-1 drop against FP32 on 899 held-out digits (labelled)") == 2 and md.count("95% CI") == 2
+    )
     headings = [ln for ln in md.splitlines() if ln.startswith("#")]
     assert len(headings) == len(set(headings)), headings  # one heading per section, none repeated
     assert "for speed and structure only" not in md  # trained weights: judged, no note

@@ -114,7 +114,10 @@ def test_sidecar_records_precision_calibration_and_parity(digits_converted):
         # the conversion section had a schema version
         report = ConversionReport.from_sidecar(path)
         assert (report.precision, report.target) == (key.split("-")[0], meta["target"])
-        assert report.parity.samples == 899 and meta["conversion"]["schema"] == 2
+        assert report.parity.samples == 899 and meta["conversion"]["schema"] == 3
+        if key.startswith("int8"):  # judged on the 899 labelled test digits: top-1 drop with its interval
+            assert report.evaluation is not None and report.evaluation.count == 899
+            assert report.evaluation.labelled and report.drop is not None and report.drop.n == 899
         old = {**meta, "conversion": {k: v for k, v in meta["conversion"].items() if k != "schema"}}
         assert ConversionReport.from_metadata(old, path).parity == report.parity
 

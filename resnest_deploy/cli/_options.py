@@ -34,6 +34,15 @@ CalibDirOpt = Annotated[
 CalibNpyOpt = Annotated[
     Path | None, typer.Option(help="Preprocessed N x 3 x H x W float32 .npy instead of images.")
 ]
+EvalDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Labelled folder (class folders 0, 1, ... or synset ids, as `eval` reads them) kept apart "
+        "from --calib-dir: INT8 is judged on all of it (the drop with its 95% interval, --max-drop's "
+        "search, the parity gate). Default: the held-out part of the calibration images, by their "
+        "class folders when they have them, else agreement with FP32.",
+    ),
+]
 CalibCountOpt = Annotated[
     int, typer.Option(min=1, help="Images to calibrate on (sampled with a fixed seed).")
 ]
@@ -114,5 +123,6 @@ def calibration_with_bar(
     onnx: Path, options: CalibrationOptions, cache: bool, quiet: bool
 ) -> CalibrationData | None:
     """The calibration set of ``onnx``'s arch, with a progress bar while images are preprocessed."""
-    with counting_bar("preprocessing calibration images", not quiet) as (on_total, advance):
+    what = "calibration and evaluation images" if options.eval_dir else "calibration images"
+    with counting_bar(f"preprocessing {what}", not quiet) as (on_total, advance):
         return calibration_for(onnx, options, cache, advance, on_total)

@@ -26,6 +26,7 @@ from resnest_deploy.cli._options import (
     CalibCountOpt,
     CalibDirOpt,
     CalibNpyOpt,
+    EvalDirOpt,
     MaxDropOpt,
     MinCosineOpt,
     MinTop1Opt,
@@ -49,6 +50,7 @@ def pipeline_cmd(
     calib_dir: CalibDirOpt = None,
     calib_npy: CalibNpyOpt = None,
     calib_count: CalibCountOpt = calibration.DEFAULT_COUNT,
+    eval_dir: EvalDirOpt = None,
     method: PipelineMethodOpt = Method.auto,
     max_drop: MaxDropOpt = DEFAULT_MAX_DROP,
     min_cosine: MinCosineOpt = None,
@@ -81,6 +83,7 @@ def pipeline_cmd(
       resnest-deploy pipeline --arch resnest14d_digits --precision int8          # offline, bundled data
       resnest-deploy pipeline --arch resnest50 --precision int8 --calib-dir ~/imagenet/calib
       resnest-deploy pipeline --arch resnest50 -p int8 --calib-dir DIR --calibration max --max-drop 1
+      resnest-deploy pipeline --arch resnest50 -p int8 --calib-dir DIR --eval-dir VAL --max-drop 0.25
       resnest-deploy pipeline --arch resnest50 -p int8 --calib-dir DIR --ray HEAD:6379
       resnest-deploy pipeline --arch resnest50 --weights random -p int8 --calib-dir photos/   # offline
     """
@@ -93,7 +96,7 @@ def pipeline_cmd(
         weights,
         precision,
         target,
-        CalibrationOptions(calib_dir, calib_npy, calib_count),
+        CalibrationOptions(calib_dir, calib_npy, calib_count, eval_dir),
         method,
         DEFAULT_MAX_DROP if max_drop is None else max_drop,
         user_tolerance(precision.value, min_cosine, min_top1) if precision is not Precision.fp32 else None,

@@ -10,12 +10,13 @@ import typer
 from resnest_deploy._io import prepare_outputs
 from resnest_deploy.cli._common import CpuIsa, JsonOpt, Method, RaySearchOpt, Reduced, Target, VerboseOpt
 from resnest_deploy.cli._console import metrics_table, out, print_json, styled
-from resnest_deploy.cli._errors import handle_errors
+from resnest_deploy.cli._errors import flag_for, handle_errors
 from resnest_deploy.cli._options import (
     CalibCountOpt,
     CalibDirOpt,
     CalibNpyOpt,
     CpuIsaOpt,
+    EvalDirOpt,
     KeepOpt,
     MaxDropOpt,
     MethodOpt,
@@ -47,6 +48,7 @@ def quantize_cmd(
     calib_dir: CalibDirOpt = None,
     calib_npy: CalibNpyOpt = None,
     calib_count: CalibCountOpt = calibration.DEFAULT_COUNT,
+    eval_dir: EvalDirOpt = None,
     method: MethodOpt = Method.max,
     keep_fp32: KeepOpt = None,
     max_drop: MaxDropOpt = None,
@@ -70,8 +72,12 @@ def quantize_cmd(
     """Convert an FP32 export to FP16 or INT8 and measure it against the FP32 file.
 
     The check runs in ONNX Runtime on held-out images (calibration never sees them: a fifth of
-    --calib-dir's images when there are few, up to 64) and fails, writing nothing, if top-1
-    agreement or cosine similarity fall below the precision's bar; --min-cosine / --min-top1
+    --calib-dir's images when there are few, up to 64), or on all of --eval-dir's labelled images,
+    and fails, writing nothing, if top-1 agreement or cosine similarity fall below the precision's
+    bar. INT8 reports its top-1 drop there (labels from class folders, else agreement with FP32)
+    with a 95% interval (Tango's score interval, paired per image). --max-drop keeps units in FP32
+    until the drop's point estimate is within the budget AND the parity bar holds: what the search
+    accepts is written, or nothing is, with the best result reached. --min-cosine / --min-top1
     accept a file below it, recorded in its metadata. A file made from random weights is measured,
     not judged: it is for speed and structure only (a network never trained has near-uniform logits).
     INT8 calibrates with max unless --calibration says otherwise (`pipeline` defaults to auto).
@@ -85,6 +91,7 @@ def quantize_cmd(
       resnest-deploy quantize --onnx m.onnx -p int8 --target cpu --calib-npy calib.npy
       resnest-deploy quantize --onnx m.onnx -p int8 --target cpu --cpu-isa vnni
       resnest-deploy quantize --onnx m.onnx -p int8 --calibration auto --max-drop 0.25
+      resnest-deploy quantize --onnx m.onnx -p int8 --calib-dir train/ --eval-dir val/ --max-drop 0.25
       resnest-deploy quantize --onnx m.onnx -p int8 --max-drop 0.25 --ray auto
       resnest-deploy quantize --onnx m.onnx -p int8 --min-cosine 0.95   # accept a looser file, recorded
     """
@@ -104,11 +111,13 @@ def quantize_cmd(
     prepare_outputs([output or default_output(onnx, precision.value, target.value)], [onnx, calib_npy])
     if plot is not None:
         prepare_outputs([plot], [onnx, calib_npy], with_sidecar=False)
-    options = CalibrationOptions(calib_dir, calib_npy, calib_count)
+    if eval_dir is not None and precision.value != "int8":
+        raise typer.BadParameter("the evaluation set judges INT8: add -p int8", param_hint="--eval-dir")
+    options = CalibrationOptions(calib_dir, calib_npy, calib_count, eval_dir)
     calib = calibration_with_bar(onnx, options, cache, json_out)
     searching = precision.value == "int8" and max_drop is not None
     with search_executor(ray_address, searching) as ex, progress(not json_out) as say:
-        report = convert(onnx, output, config, calib, RunOptions(say, ex, verbose, cache))
+        report = convert(onnx, output, config, calib, RunOptions(say, ex, verbose, cache, words=flag_for))
     if plot and report.search is not None:
         rendered.plot(report.search.ranking, plot, report.search.metric_name)
     if json_out:

@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable
 
 from resnest_deploy.precision import calibration
-from resnest_deploy.precision.calibration import CalibrationData
+from resnest_deploy.precision.calibration import CalibrationData, EvaluationSet
 from resnest_deploy.precision.config import (
     PRECISIONS,
     TARGETS,
@@ -33,7 +33,13 @@ from resnest_deploy.precision.conversion import convert
 from resnest_deploy.precision.cost import LatencyCost, Timing
 from resnest_deploy.precision.job import CONVERSION_VERSION, MODELS_CACHE
 from resnest_deploy.precision.parity import gate_record, measure_parity
-from resnest_deploy.precision.results import CONVERSION_SCHEMA, ConversionReport, MethodScore, Tournament
+from resnest_deploy.precision.results import (
+    CONVERSION_SCHEMA,
+    ConversionReport,
+    Evaluation,
+    MethodScore,
+    Tournament,
+)
 from resnest_deploy.precision.source import default_output, input_hw, read_source
 
 __all__ = [
@@ -48,6 +54,8 @@ __all__ = [
     "ConversionError",
     "ConversionReport",
     "CpuIsa",
+    "Evaluation",
+    "EvaluationSet",
     "LatencyCost",
     "Method",
     "MethodScore",
@@ -74,9 +82,11 @@ def calibration_for(
     advance: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> CalibrationData | None:
-    """The calibration set for an export: its arch's transform at its input size."""
+    """The calibration set for an export: its arch's transform at its input size, with the
+    evaluation set of ``options.eval_dir`` (labels checked against the export's classes)."""
     options = options or CalibrationOptions()
     meta = read_source(src)
+    classes = meta.get("num_classes")
     return calibration.resolve(
         meta["arch"],
         input_hw(meta),
@@ -86,4 +96,6 @@ def calibration_for(
         use_cache=use_cache,
         advance=advance,
         on_total=on_total,
+        eval_dir=options.eval_dir,
+        num_classes=int(classes) if isinstance(classes, int) else None,
     )

@@ -1,13 +1,19 @@
 """Calibration data: real images preprocessed as the arch was evaluated, ``.npy`` arrays, or the
-bundled digits; with a held-out part for parity and a cache so a rerun skips decoding."""
+bundled digits; with a held-out part for parity and a cache so a rerun skips decoding.
+
+Labels follow ``eval``'s rules (``data.labelled_folder``: class folders named by class index or
+ImageNet synset id; a label the model cannot produce is refused): a calibration folder laid out that
+way gives its held-out part labels, and an evaluation set (``EvaluationSet``, ``eval_dir``) must be
+laid out that way. The evaluation set travels with the calibration data (``CalibrationData.evaluation``)
+so that the conversion judges on it without another parameter."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,57 @@ HOLDOUT = 64  # images kept out of calibration to measure the converted model on
 IMAGES_CACHE = Cache("calib", ".npz")
 
 
+def _check_inputs(name: str, x: np.ndarray) -> None:
+    if x.dtype != np.float32 or x.ndim != 4 or x.shape[1] != 3:
+        raise ArtifactError(f"{name} inputs must be N x 3 x H x W float32, got {x.dtype} {x.shape}")
+    if not np.isfinite(x).all():
+        raise ArtifactError(f"{name} inputs contain NaN or Inf; fix or drop those samples")
+
+
+def _check_labels(name: str, labels: np.ndarray | None, n: int) -> np.ndarray | None:
+    if labels is None:
+        return None
+    y = np.asarray(labels)
+    if y.ndim != 1 or len(y) != n or y.dtype.kind not in "iu" or (len(y) and y.min() < 0):
+        raise ArtifactError(
+            f"{name} labels must be one non-negative class index per input ({n}), got {y.shape}"
+        )
+    return y.astype(np.int64)
+
+
+@dataclass
+class EvaluationSet:
+    """Labelled (or not) inputs the conversion is judged on, kept apart from calibration: the
+    budget, the search and the reported drop are measured on all of them. ``source`` is what the
+    sidecar records (path, count, labelled)."""
+
+    x: np.ndarray  # N, 3, H, W float32
+    labels: np.ndarray | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.x) == 0:
+            raise ArtifactError(
+                "the evaluation set has no inputs; give {eval_dir} with labelled images", param="eval_dir"
+            )
+        _check_inputs("evaluation", self.x)
+        self.labels = _check_labels("evaluation", self.labels, len(self.x))
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
+
+    def digest(self) -> str:
+        """The inputs and labels themselves: what the FP32 references are cached under."""
+        h = hashlib.sha256(np.ascontiguousarray(self.x).tobytes())
+        h.update(b"labels:" + (b"-" if self.labels is None else self.labels.astype("<i8").tobytes()))
+        return h.hexdigest()
+
+    def record(self) -> dict[str, Any]:
+        """For the sidecar: where the set came from, how many, labelled or not."""
+        return {**self.source, "count": len(self.x), "labelled": self.labelled}
+
+
 @dataclass
 class CalibrationData:
     calib: np.ndarray  # N, 3, H, W float32, what the quantizer sees
@@ -32,6 +89,10 @@ class CalibrationData:
     source: dict[str, Any] = field(default_factory=dict)  # recorded in the sidecar
     #: the held-out inputs' classes, when known (INT8 search then measures top-1 against them)
     holdout_labels: np.ndarray | None = None
+    #: a separate labelled set to judge on (``eval_dir``): replaces the held-out part for judging
+    evaluation: EvaluationSet | None = None
+    #: the image files calibrated on (resolved), when they are files: an evaluation set must avoid them
+    files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.calib) == 0:
@@ -40,14 +101,32 @@ class CalibrationData:
                 param=("calib_dir", "calib_npy"),
             )
         for name, x in (("calibration", self.calib), ("held-out", self.holdout)):
-            if x.dtype != np.float32 or x.ndim != 4 or x.shape[1] != 3:
-                raise ArtifactError(f"{name} inputs must be N x 3 x H x W float32, got {x.dtype} {x.shape}")
-            if not np.isfinite(x).all():
-                raise ArtifactError(f"{name} inputs contain NaN or Inf; fix or drop those samples")
+            _check_inputs(name, x)
+        self.holdout_labels = _check_labels("held-out", self.holdout_labels, len(self.holdout))
 
     def digest(self) -> str:
         """Identifies the calibration inputs themselves, however they were obtained."""
         return hashlib.sha256(np.ascontiguousarray(self.calib).tobytes()).hexdigest()
+
+    def judged_on(self) -> EvaluationSet:
+        """What the conversion is judged on: the evaluation set, else the held-out part (its labels
+        when the calibration folder had them)."""
+        if self.evaluation is not None:
+            return self.evaluation
+        kind = self.source.get("kind", "calibration")
+        where: dict[str, Any] = {k: self.source[k] for k in ("path", "split") if k in self.source}
+        return EvaluationSet(self.holdout, self.holdout_labels, {"kind": f"held-out {kind}", **where})
+
+    def with_evaluation(self, evaluation: EvaluationSet, eval_files: Sequence[str] = ()) -> CalibrationData:
+        """This data judged on ``evaluation``; refused when it shares an image file with calibration."""
+        shared = sorted(set(self.files) & set(eval_files))
+        if shared:
+            raise ArtifactError(
+                f"the evaluation set shares {len(shared)} image(s) with the calibration images "
+                f"(e.g. {shared[0]}); give {{eval_dir}} a folder kept apart from {{calib_dir}}",
+                param=("eval_dir", "calib_dir"),
+            )
+        return replace(self, evaluation=evaluation)
 
 
 def check_count(count: int) -> int:
@@ -70,6 +149,30 @@ def _split(x: np.ndarray, holdout: int) -> tuple[np.ndarray, np.ndarray]:
     return x[: len(x) - k], x[len(x) - k :]
 
 
+def synsets_for(num_classes: int | None) -> list[str] | None:
+    """ImageNet synset ids name classes only for a 1000-class model (as ``eval`` reads them)."""
+    from resnest_deploy.data.classes import imagenet_classes
+
+    names = imagenet_classes()
+    return [s for s, _ in names] if num_classes == len(names) else None
+
+
+def folder_labels(root: str | os.PathLike[str], num_classes: int | None) -> dict[Path, int] | None:
+    """Image path -> class when ``root`` is laid out as ``eval`` reads labels (every image in a
+    sub-folder named by class index or synset id), else ``None`` (a plain folder of images). A
+    class folder the model cannot produce is refused, as by ``eval``."""
+    root = Path(root)
+    entries = list(root.iterdir())
+    if any(e.is_file() and e.suffix.lower() in data.IMAGE_SUFFIXES for e in entries):
+        return None
+    folders = [e for e in entries if e.is_dir()]
+    names = synsets_for(num_classes)
+    known = set(names or ())
+    if not folders or not all((f.name.isascii() and f.name.isdigit()) or f.name in known for f in folders):
+        return None
+    return dict(data.labelled_folder(root, names, num_classes))
+
+
 def from_images(
     root: str | os.PathLike[str],
     transform: data.Transform,
@@ -78,8 +181,10 @@ def from_images(
     use_cache: bool = True,
     advance: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    num_classes: int | None = None,
 ) -> CalibrationData:
-    """``count`` images (plus a held-out set) sampled deterministically from ``root``."""
+    """``count`` images (plus a held-out set) sampled deterministically from ``root``. Class folders
+    (``folder_labels``) label the held-out part; ``num_classes`` refuses labels the model lacks."""
     check_count(count)
     paths = data.find_images(root)
     if not paths:
@@ -87,17 +192,22 @@ def from_images(
             f"no images (jpg/png/webp) under {root}; point {{calib_dir}} at a folder of images",
             param="calib_dir",
         )
+    labels = folder_labels(root, num_classes)
     chosen = data.sample(paths, count + HOLDOUT, seed)
-    key = hashlib.sha256(f"{data.fingerprint(chosen, transform)}:{count}:{seed}".encode()).hexdigest()[:20]
+    labelled = "labelled" if labels is not None else "unlabelled"
+    key = hashlib.sha256(
+        f"{data.fingerprint(chosen, transform)}:{count}:{seed}:{labelled}".encode()
+    ).hexdigest()[:20]
     source: dict[str, Any] = {
         "kind": "images",
         "path": str(Path(root).resolve()),
         "seed": seed,
         "found": len(paths),
+        "labelled": labels is not None,
     }
     hit = _cached_images(key) if use_cache else None
     if hit is not None:
-        return CalibrationData(hit.calib, hit.holdout, {**source, **hit.source})
+        return replace(hit, source={**source, **hit.source})
     if on_total:
         on_total(len(chosen))
     loaded = data.load_images(chosen, transform, advance)
@@ -107,25 +217,95 @@ def from_images(
             f"(e.g. {loaded.skipped[0][0].name}: {loaded.skipped[0][1]}); check the files"
         )
     x = loaded.array
-    calib, holdout = (x[:count], x[count:]) if len(x) > count else _split(x, HOLDOUT)
+    k = len(x) - count if len(x) > count else max(1, min(HOLDOUT, len(x) // 5))
+    if len(x) <= count and len(x) < 2:
+        _split(x, HOLDOUT)  # refuses, saying why
+    calib, holdout = x[: len(x) - k], x[len(x) - k :]
+    files = tuple(str(q.resolve()) for q in loaded.paths[: len(x) - k])
+    y = None if labels is None else np.array([labels[q] for q in loaded.paths[len(x) - k :]], np.int64)
     skipped = [f"{p}: {why}" for p, why in loaded.skipped]
     if use_cache:
         buf = io.BytesIO()
-        np.savez(buf, calib=calib, holdout=holdout, skipped=np.array(skipped, dtype=str))
+        np.savez(
+            buf,
+            calib=calib,
+            holdout=holdout,
+            skipped=np.array(skipped, dtype=str),
+            holdout_labels=np.zeros(0, np.int64) if y is None else y,
+            labelled=np.array(y is not None),
+            files=np.array(files, dtype=str),
+        )
         IMAGES_CACHE.put(key, {"kind": "images", "root": str(Path(root).resolve())}, buf.getvalue())
-    return CalibrationData(calib, holdout, {**source, **_counts(calib, holdout, skipped)})
+    return CalibrationData(calib, holdout, {**source, **_counts(calib, holdout, skipped)}, y, None, files)
 
 
 def _cached_images(key: str) -> CalibrationData | None:
-    """A verified cache entry, or ``None``: a damaged or foreign entry is a miss."""
+    """A verified cache entry, or ``None``: a damaged or foreign entry is a miss (one written before
+    labels were kept, too)."""
     entry = IMAGES_CACHE.get(key)
     if entry is None:
         return None
     try:
         with np.load(entry.path, allow_pickle=False) as z:
             calib, holdout, skipped = z["calib"], z["holdout"], [str(s) for s in z["skipped"]]
+            y = z["holdout_labels"] if bool(z["labelled"]) else None
+            files = tuple(str(f) for f in z["files"])
         counts = _counts(calib, holdout, skipped)
-        return CalibrationData(calib, holdout, {**counts, "cache": str(entry.path)})
+        return CalibrationData(calib, holdout, {**counts, "cache": str(entry.path)}, y, None, files)
+    except (OSError, ValueError, KeyError, ArtifactError):
+        return None
+
+
+def from_eval_dir(
+    root: str | os.PathLike[str],
+    transform: data.Transform,
+    num_classes: int | None = None,
+    use_cache: bool = True,
+    advance: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> tuple[EvaluationSet, tuple[str, ...]]:
+    """Every image of a labelled folder (``eval``'s layout), decoded once (cached by the files and
+    the transform), and the resolved files (to check they are apart from calibration)."""
+    items = data.labelled_folder(root, synsets_for(num_classes), num_classes)
+    paths = [p for p, _ in items]
+    labels = dict(items)
+    key = hashlib.sha256(f"eval:{data.fingerprint(paths, transform)}:{num_classes}".encode()).hexdigest()[:20]
+    source: dict[str, Any] = {"kind": "eval_dir", "path": str(Path(root).resolve()), "found": len(paths)}
+    hit = _cached_evaluation(key) if use_cache else None
+    if hit is not None:
+        evaluation, files = hit
+        return EvaluationSet(evaluation.x, evaluation.labels, {**source, **evaluation.source}), files
+    if on_total:
+        on_total(len(paths))
+    loaded = data.load_images(paths, transform, advance)
+    if not len(loaded.array):
+        raise ArtifactError(f"none of the {len(paths)} images under {root} could be decoded; check the files")
+    y = np.array([labels[q] for q in loaded.paths], np.int64)
+    files = tuple(str(q.resolve()) for q in loaded.paths)
+    skipped = [f"{p}: {why}" for p, why in loaded.skipped]
+    if use_cache:
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            x=loaded.array,
+            labels=y,
+            files=np.array(files, dtype=str),
+            skipped=np.array(skipped, dtype=str),
+        )
+        IMAGES_CACHE.put(key, {"kind": "eval_dir", "root": source["path"]}, buf.getvalue())
+    return EvaluationSet(loaded.array, y, {**source, "skipped": skipped}), files
+
+
+def _cached_evaluation(key: str) -> tuple[EvaluationSet, tuple[str, ...]] | None:
+    entry = IMAGES_CACHE.get(key)
+    if entry is None:
+        return None
+    try:
+        with np.load(entry.path, allow_pickle=False) as z:
+            x, y, files, skipped = z["x"], z["labels"], z["files"], [str(s) for s in z["skipped"]]
+        return EvaluationSet(x, y, {"skipped": skipped, "cache": str(entry.path)}), tuple(
+            str(f) for f in files
+        )
     except (OSError, ValueError, KeyError, ArtifactError):
         return None
 
@@ -190,17 +370,33 @@ def resolve(
     use_cache: bool = True,
     advance: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    eval_dir: str | os.PathLike[str] | None = None,
+    num_classes: int | None = None,
 ) -> CalibrationData | None:
-    """The calibration set a command line asks for; the digits model brings its own."""
+    """The calibration set a command line asks for (the digits model brings its own), with the
+    evaluation set of ``eval_dir`` when given. ``num_classes``: the model's (default: the arch's)."""
     from resnest_deploy.models import get_spec
 
     if calib_dir is not None and calib_npy is not None:
         raise ArtifactError("give {calib_dir} or {calib_npy}, not both", param=("calib_dir", "calib_npy"))
+    spec = get_spec(arch)
+    num_classes = num_classes or spec.arch.num_classes
+    transform = data.Transform.from_pretrained(spec.pretrained, *input_size)
+    found: CalibrationData | None
     if calib_npy is not None:
-        return from_npy(calib_npy, input_size)
-    transform = data.Transform.from_pretrained(get_spec(arch).pretrained, *input_size)
-    if calib_dir is not None:
-        return from_images(calib_dir, transform, count, seed, use_cache, advance, on_total)
-    if get_spec(arch).pretrained.bundled:
-        return from_digits(transform, count, seed)
-    return None
+        found = from_npy(calib_npy, input_size)
+    elif calib_dir is not None:
+        found = from_images(calib_dir, transform, count, seed, use_cache, advance, on_total, num_classes)
+    elif spec.pretrained.bundled:
+        found = from_digits(transform, count, seed)
+    else:
+        found = None
+    if eval_dir is None:
+        return found
+    if found is None:
+        raise ArtifactError(
+            "{eval_dir} judges an INT8 conversion: give {calib_dir} or {calib_npy} to calibrate on too",
+            param=("eval_dir", "calib_dir", "calib_npy"),
+        )
+    evaluation, files = from_eval_dir(eval_dir, transform, num_classes, use_cache, advance, on_total)
+    return found.with_evaluation(evaluation, files)

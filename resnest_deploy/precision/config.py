@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resnest_deploy.compare import Tolerance
-from resnest_deploy.errors import ConversionError, Naming, ResnestDeployError
+from resnest_deploy.errors import ConversionError, Naming, ResnestDeployError, as_parameter
 from resnest_deploy.precision import fp16
 from resnest_deploy.precision.calibration import DEFAULT_COUNT
 
@@ -172,14 +172,16 @@ class ConversionConfig:
 @dataclass(frozen=True)
 class CalibrationOptions:
     """Where calibration images come from: a folder of images or a preprocessed .npy (neither: the
-    arch's bundled data, if it has any), and how many to calibrate on."""
+    arch's bundled data, if it has any), and how many to calibrate on; ``eval_dir``: a labelled
+    folder, kept apart from them, that the conversion is judged on (``CalibrationData.evaluation``)."""
 
     calib_dir: Path | None = None
     calib_npy: Path | None = None
     count: int = DEFAULT_COUNT
+    eval_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        for name in ("calib_dir", "calib_npy"):
+        for name in ("calib_dir", "calib_npy", "eval_dir"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
@@ -203,6 +205,10 @@ class RunOptions:
 
     def wording(self, error: ResnestDeployError) -> str:
         return error.naming(self.words) if self.words is not None else str(error)
+
+    def name(self, param: str, value: str | None = None) -> str:
+        """A parameter as the caller writes it in a progress line (the CLI: its flag)."""
+        return (self.words or as_parameter)(param, value)
 
 
 def precision_of(value: Precision | str) -> Precision:

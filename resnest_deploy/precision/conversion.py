@@ -11,9 +11,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from resnest_deploy import _deps, _verbosity, metadata
+from resnest_deploy import _deps, _verbosity, metadata, stats
 from resnest_deploy._io import artifact_pair, prepare_outputs, sha256_file
-from resnest_deploy.compare import TOLERANCES, UNCHECKED, Metrics, assert_close
+from resnest_deploy.compare import TOLERANCES, UNCHECKED, Metrics, assert_close, compare
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.formats import InputForm
 from resnest_deploy.precision import search
@@ -21,9 +21,16 @@ from resnest_deploy.precision.calibration import CalibrationData
 from resnest_deploy.precision.config import ConversionConfig, ConversionError, Method, RunOptions
 from resnest_deploy.precision.cost import LatencyCost, latency_cost
 from resnest_deploy.precision.job import Job, cached_convert, quiet_modelopt, random_inputs
-from resnest_deploy.precision.parity import gate_record, held_out_metric, measure_parity
+from resnest_deploy.precision.parity import (
+    References,
+    arithmetic,
+    gate_record,
+    held_out_metric,
+    measure_parity,
+)
 from resnest_deploy.precision.results import (
     ConversionReport,
+    Evaluation,
     MethodScore,
     Tournament,
     conversion_section,
@@ -47,8 +54,11 @@ def convert(
     (resnest50 on 256 images: about 45 s here); the parity check always runs.
 
     INT8 only: ``method="auto"`` calibrates with every method the target's quantizer offers and keeps
-    the best on the held-out inputs; ``max_drop`` keeps the most sensitive units in FP32 until the
-    budget is met (``precision.search``), whose trials ``run.executor`` may run elsewhere.
+    the best on the evaluation set; ``max_drop`` keeps the most sensitive units in FP32 until the
+    budget AND the parity gate hold on it (``search.ACCEPTANCE``: what the search accepts is what is
+    written), whose trials ``run.executor`` may run elsewhere. The evaluation set is ``calib``'s
+    (``CalibrationData.evaluation``, from ``eval_dir``), else its held-out part; its FP32 logits are
+    cached per (source file, set). The drop is reported with its 95% interval (``stats.paired_drop``).
 
     A source made from random weights is measured but not judged: its near-uniform logits make
     any INT8 file look far from them (``metadata.random_weights``).
@@ -70,6 +80,8 @@ def convert(
     output = Path(output) if output else default_output(src, str(config.precision), str(config.target))
     prepare_outputs([output], [src])
     random = metadata.random_weights(meta)
+    if config.precision == "int8" and config.max_drop is not None and calib is not None:
+        _say_if_unresolved(len(calib.judged_on().x), config.max_drop, calib.evaluation is None, run)
     with artifact_pair(output) as pair, quiet_modelopt(verbose):
         job = Job(src, sha256_file(src), config, calib, InputForm.of(meta), hw)
         made = _made(job, pair.tmp, random, run, verbose)
@@ -90,6 +102,21 @@ def convert(
         made.tournament,
         made.found,
         made.cost,
+        made.evaluation,
+        made.drop,
+        made.found.acceptance if made.found is not None else None,
+    )
+
+
+def _say_if_unresolved(n: int, max_drop: float, held_out: bool, run: RunOptions) -> None:
+    """One line before any work when ``n`` images cannot resolve the budget (``stats.resolves``)."""
+    if max_drop <= 0 or stats.resolves(n, max_drop):
+        return
+    needed = stats.images_needed(max_drop)
+    what = "held-out" if held_out else "evaluation"
+    run.say(
+        f"note: {n} {what} images cannot resolve a {max_drop:g}-point budget (one image is "
+        f"{100 / n:.2f} points); give {run.name('eval_dir')} with at least {needed} labelled images"
     )
 
 
@@ -105,6 +132,13 @@ class _Made:
     skipped: dict[str, str] = field(default_factory=dict)
     found: SearchResult | None = None
     cost: LatencyCost | None = None
+    references: References | None = None
+    evaluation: Evaluation | None = None
+    drop: stats.Drop | None = None
+
+
+#: a search on at least this many images says first what it will cost
+ESTIMATE_FROM = 500
 
 
 def _made(job: Job, tmp: Path, random: bool, run: RunOptions, verbose: bool) -> _Made:
@@ -113,19 +147,20 @@ def _made(job: Job, tmp: Path, random: bool, run: RunOptions, verbose: bool) -> 
     job = replace(
         job, config=config if config.method != Method.auto else config.with_method(config.methods[0])
     )
-    metric = None
-    if config.precision == "int8" and (config.auto or config.max_drop is not None):
-        assert job.calib is not None
-        metric = held_out_metric(job.src, job, job.calib)
+    metric, refs = None, None
+    if config.precision == "int8" and job.calib is not None:
+        bar = None if random else config.tolerance or TOLERANCES[str(config.precision)]
+        metric, refs = held_out_metric(job.src, job, job.calib, bar, run.use_cache)
     if config.auto:
         assert metric is not None
         made = _tournament(job, metric, tmp, run, verbose)
     else:
         model, settings = cached_convert(job, tmp, run.say, run.use_cache, verbose)
         made = _Made(job, model, settings, metric)
-    made.skipped = skipped
+    made.skipped, made.references = skipped, refs
     if config.max_drop is not None and metric is not None:
         plain = made.model
+        _say_estimate(plain, metric, run)
         made.model, made.found = search.search(plain, metric, config.max_drop, run.say, run.executor)
         if made.found.kept_fp32:
             made.cost = latency_cost(plain, made.model, metric.x[:1], str(config.target), run.say)
@@ -137,6 +172,23 @@ def _made(job: Job, tmp: Path, random: bool, run: RunOptions, verbose: bool) -> 
             param="keep_fp32_nodes",
         )
     return made
+
+
+def _say_estimate(plain: Any, metric: search.Metric, run: RunOptions) -> None:
+    """Before a search on a large set: images x trials x the measured time per image, and where to
+    run it faster. The time is one run of the plain file on the set (the search's first trial)."""
+    n = len(metric.x)
+    if n < ESTIMATE_FROM:
+        return
+    started = time.perf_counter()
+    metric(plain)
+    per_image = (time.perf_counter() - started) / n
+    trials = len(search.units(plain)) + 2
+    cluster = run.name("ray_address", "ADDRESS")
+    run.say(
+        f"search: about {n} images x {trials} trials x {per_image * 1000:.2f} ms per image = "
+        f"{n * trials * per_image:.0f} s here; {cluster} runs the trials on a cluster"
+    )
 
 
 def _for_random_weights(
@@ -175,22 +227,38 @@ def _tournament(job: Job, metric: search.Metric, tmp: Path, run: RunOptions, ver
 def _judged(
     meta: dict[str, Any], made: _Made, random: bool, run: RunOptions
 ) -> tuple[Metrics, dict[str, Any]]:
-    """Parity against the FP32 source on held-out inputs (seeded random ones without data), the gate
-    applied, and the metadata of the file to write."""
+    """Parity against the FP32 source on the evaluation set (seeded random inputs without data),
+    the gate applied, the drop measured, and the metadata of the file to write. An INT8 file is run
+    exactly as the search ran its candidates (``Metric.logits``), against the same references, so
+    the gate cannot overrule what the search accepted."""
     job, config = made.job, made.job.config
     precision, target = str(config.precision), str(config.target)
-    x = job.feed(job.calib.holdout if job.calib is not None else random_inputs(job))
-    inputs = (
-        f"{len(x)} held-out calibration inputs" if job.calib is not None else f"{len(x)} seeded random inputs"
-    )
-    run.say(f"measuring against the FP32 source in ONNX Runtime on {inputs}")
-    reference = made.metric.reference if made.metric is not None else None  # the same held-out inputs
-    parity, measured = measure_parity(job.src, made.model, x, precision, target, reference)
+    metric = made.metric
+    if metric is not None and job.calib is not None:
+        judged_on = job.calib.judged_on()
+        n = len(metric.x)
+        inputs = f"{n} evaluation images" if job.calib.evaluation else f"{n} held-out calibration inputs"
+        run.say(f"measuring against the FP32 source in ONNX Runtime on {inputs}")
+        logits = metric.logits(made.model)
+        parity, measured = compare(metric.reference, logits), arithmetic(precision, target)
+        made.drop = metric.drop(logits)
+        made.evaluation = _evaluation(judged_on.record(), metric, config.max_drop, made.references)
+    else:
+        x = job.feed(job.calib.holdout if job.calib is not None else random_inputs(job))
+        inputs = (
+            f"{len(x)} held-out calibration inputs"
+            if job.calib is not None
+            else f"{len(x)} seeded random inputs"
+        )
+        run.say(f"measuring against the FP32 source in ONNX Runtime on {inputs}")
+        parity, measured = measure_parity(job.src, made.model, x, precision, target)
     bar = UNCHECKED if random else config.tolerance or TOLERANCES[precision]
     assert_close(parity, bar, f"{precision} ({target}) model")
     if random:
         run.say(f"{job.src.name} is {metadata.RANDOM_WEIGHTS_NOTE}")
-    section = conversion_section(made.settings, made.tournament, made.skipped, made.found, made.cost)
+    section = conversion_section(
+        made.settings, made.tournament, made.skipped, made.found, made.cost, made.evaluation, made.drop
+    )
     return parity, {
         **meta,
         "precision": precision,
@@ -207,3 +275,19 @@ def _judged(
         "created": metadata.now(),
         "tools": metadata.tool_versions(),
     }
+
+
+def _evaluation(
+    record: dict[str, Any], metric: search.Metric, max_drop: float | None, refs: References | None
+) -> Evaluation:
+    budget = max_drop is not None and max_drop > 0
+    return Evaluation(
+        str(record.get("kind", "held-out")),
+        None if record.get("path") is None else str(record["path"]),
+        len(metric.x),
+        metric.labels is not None,
+        metric.name,
+        stats.resolves(len(metric.x), max_drop) if budget and max_drop is not None else None,
+        stats.images_needed(max_drop) if budget and max_drop is not None else None,
+        refs.record() if refs is not None else {},
+    )

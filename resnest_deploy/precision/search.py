@@ -12,6 +12,12 @@ split-attention convolution, its attention gate (fc1, fc2), its last convolution
 and the classifier. The metric is top-1 against labels when the data has them, else top-1 agreement
 with the FP32 file; a TensorRT-target file is run as TensorRT computes it (Q/DQ as float ops), a
 CPU-target file with the CPU's int8 kernels.
+
+One acceptance rule (``ACCEPTANCE``): a candidate is accepted when its drop's point estimate on the
+evaluation set is within the budget AND it passes the parity gate (``Metric.bar``) on the same set,
+computed the same way; so what the search accepts, the conversion writes (never "budget met" and then
+a parity error). The drop's 95% interval (``stats.paired_drop``, Tango's score interval) is reported,
+not required to lie within the budget: a set that can resolve the budget keeps it narrow.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from resnest_deploy import _deps, metrics
+from resnest_deploy import _deps, metrics, stats
+from resnest_deploy.compare import Metrics, Tolerance, compare
 from resnest_deploy.errors import SearchError
 from resnest_deploy.models import parts
 from resnest_deploy.models.config import RESNEST_PARTS, ModelParts
@@ -33,6 +40,12 @@ from resnest_deploy.runners.options import RunnerOptions
 
 #: the budget `pipeline` searches with: points of top-1 (or of agreement with FP32) INT8 may lose
 DEFAULT_MAX_DROP = 0.5
+#: what the search accepts, recorded in the sidecar: the budget and the parity gate, both on one set
+ACCEPTANCE = "budget_and_parity"
+ACCEPTANCE_TEXT = (
+    "drop (point estimate) within max_drop and the parity gate met, both on the evaluation set; "
+    "the 95% interval is shown, not required within the budget"
+)
 #: the ops whose inputs carry Q/DQ in both quantizers' graphs
 COMPUTE_OPS = frozenset({"Conv", "Gemm", "MatMul"})
 
@@ -95,14 +108,30 @@ def without_qdq(model: Any, keep_fp32: Sequence[str], source: Any = None) -> Any
 
 
 @dataclass(frozen=True)
+class Judgement:
+    """One candidate on the evaluation set: the metric, its parity with FP32, and whether the
+    acceptance rule (``ACCEPTANCE``) takes it."""
+
+    value: float
+    parity: Metrics
+    problems: tuple[str, ...]  # the parity gate's violations (empty: met)
+    logits: np.ndarray
+
+    def accepted(self, fp32: float, max_drop: float) -> bool:
+        return fp32 - self.value <= max_drop and not self.problems
+
+
+@dataclass(frozen=True)
 class Metric:
-    """Top-1 against labels, or top-1 agreement with the FP32 file when there are none."""
+    """Top-1 against labels, or top-1 agreement with the FP32 file when there are none; ``bar``:
+    the parity gate a candidate must pass too (None: the budget alone)."""
 
     x: np.ndarray
     labels: np.ndarray | None
     reference: np.ndarray  # FP32 logits on x
     fake_quant: bool  # TensorRT's arithmetic (Q/DQ as float ops) or the CPU's int8 kernels
     source: Any = None  # the FP32 ModelProto: original weights for units put back in FP32
+    bar: Tolerance | None = None
 
     @property
     def name(self) -> str:
@@ -115,10 +144,24 @@ class Metric:
         """Per image: right by this metric (what a paired test of two files reads)."""
         return metrics.correct(logits, self.labels, self.reference)
 
-    def __call__(self, model: Any) -> float:
+    def logits(self, model: Any) -> np.ndarray:
+        """``model`` run on ``x`` the way its target runs it (one way, everywhere: search and gate)."""
         options = RunnerOptions(fake_quant=self.fake_quant)
         with OnnxRuntimeRunner(model.SerializeToString(), options) as runner:
-            return self.of_logits(runner.infer_batched(self.x, 64))
+            return runner.infer_batched(self.x, 64)
+
+    def __call__(self, model: Any) -> float:
+        return self.of_logits(self.logits(model))
+
+    def judge(self, model: Any) -> Judgement:
+        logits = self.logits(model)
+        parity = compare(self.reference, logits)
+        problems = tuple(self.bar.violations(parity)) if self.bar is not None else ()
+        return Judgement(self.of_logits(logits), parity, problems, logits)
+
+    def drop(self, logits: np.ndarray) -> stats.Drop:
+        """FP32's metric minus the candidate's, paired per image, with its 95% interval."""
+        return stats.paired_drop(self.outcomes(self.reference), self.outcomes(logits))
 
     @property
     def fp32(self) -> float:
@@ -130,6 +173,7 @@ class Sensitivity:
     unit: str
     metric_fp32_alone: float  # the held-out metric with only this unit in FP32
     gain: float  # points over plain INT8
+    cosine: float | None = None  # mean logit cosine to FP32 with only this unit in FP32
 
 
 @dataclass(frozen=True)
@@ -152,14 +196,25 @@ class TrialInputs:
         )
 
 
-def trial(inputs: TrialInputs, layers: tuple[str, ...]) -> float:
-    """One search trial as a plain function of picklable inputs: the metric with ``layers`` (compute
-    node names) back in FP32; the same number wherever it runs."""
+def _trial_judged(inputs: TrialInputs, layers: tuple[str, ...]) -> tuple[float, float]:
     onnx = _deps.require("onnx")
     model = onnx.load_from_string(inputs.model)
     source = onnx.load_from_string(inputs.source) if inputs.source is not None else None
     metric = Metric(inputs.x, inputs.labels, inputs.reference, inputs.fake_quant, source)
-    return metric(layers_without_qdq(model, list(layers), source))
+    judged = metric.judge(layers_without_qdq(model, list(layers), source))
+    return judged.value, judged.parity.cosine
+
+
+def trial(inputs: TrialInputs, layers: tuple[str, ...]) -> float:
+    """One search trial as a plain function of picklable inputs: the metric with ``layers`` (compute
+    node names) back in FP32; the same number wherever it runs."""
+    return _trial_judged(inputs, layers)[0]
+
+
+def trial_with_cosine(inputs: TrialInputs, layers: tuple[str, ...]) -> tuple[float, float]:
+    """A trial and its mean logit cosine to FP32: the sensitivity pass ranks by the metric, then by
+    what the parity gate reads."""
+    return _trial_judged(inputs, layers)
 
 
 def sensitivity(
@@ -176,15 +231,17 @@ def sensitivity(
         values = []
         for unit, layers in found.items():
             say(f"sensitivity: {unit} in FP32")
-            values.append(metric(layers_without_qdq(model, layers, metric.source)))
+            judged = metric.judge(layers_without_qdq(model, layers, metric.source))
+            values.append((judged.value, judged.parity.cosine))
     else:
         say(f"sensitivity: {len(found)} units in FP32, one trial each ({executor.name})")
-        values = executor.map(trial, TrialInputs.of(model, metric), [tuple(v) for v in found.values()])
+        items = [tuple(v) for v in found.values()]
+        values = executor.map(trial_with_cosine, TrialInputs.of(model, metric), items)
     ranked = [
-        Sensitivity(unit, round(alone, 3), round(alone - plain, 3))
-        for unit, alone in zip(found, values, strict=True)
+        Sensitivity(unit, round(alone, 3), round(alone - plain, 3), round(cosine, 6))
+        for unit, (alone, cosine) in zip(found, values, strict=True)
     ]
-    ranked.sort(key=lambda s: (-s.gain, s.unit))
+    ranked.sort(key=lambda s: (-s.gain, -(s.cosine or 0.0), s.unit))
     return plain, ranked
 
 
@@ -202,9 +259,18 @@ class SearchResult:
     layers_fp32: dict[str, int] = field(default_factory=dict)
     #: the compute nodes of ``kept_fp32`` that stay FP32 (the others went back to INT8)
     kept_fp32_layers: list[str] = field(default_factory=list)
+    #: the chosen file's drop against FP32 on the evaluation set, paired per image, with its interval
+    drop: stats.Drop | None = None
+    #: what the search accepted a candidate by (``ACCEPTANCE``; older sidecars: the budget alone)
+    acceptance: str = ACCEPTANCE
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "acceptance": {
+                "rule": self.acceptance,
+                "text": ACCEPTANCE_TEXT if self.acceptance == ACCEPTANCE else "",
+            },
+            "drop": self.drop.as_dict() if self.drop is not None else None,
             "metric": self.metric_name,
             "fp32": self.fp32_metric,
             "plain_int8": self.int8_metric,
@@ -221,9 +287,15 @@ class SearchResult:
     def from_dict(cls, data: Mapping[str, Any]) -> SearchResult:
         """A search read back from a sidecar's ``conversion.search`` (what ``as_dict`` wrote)."""
         ranking = [
-            Sensitivity(str(s["unit"]), float(s["metric_fp32_alone"]), float(s["gain"]))
+            Sensitivity(
+                str(s["unit"]),
+                float(s["metric_fp32_alone"]),
+                float(s["gain"]),
+                None if s.get("cosine") is None else float(s["cosine"]),
+            )
             for s in data.get("sensitivity") or []
         ]
+        drop, acceptance = data.get("drop"), data.get("acceptance")
         return cls(
             float(data["fp32"]),
             float(data["plain_int8"]),
@@ -235,7 +307,24 @@ class SearchResult:
             [dict(t) for t in data.get("trials") or []],
             {str(k): int(v) for k, v in (data.get("layers_fp32") or {}).items()},
             [str(n) for n in data.get("kept_fp32_layers") or []],
+            drop_from_dict(drop) if isinstance(drop, Mapping) else None,
+            str(acceptance["rule"]) if isinstance(acceptance, Mapping) else "budget",
         )
+
+
+def drop_from_dict(data: Mapping[str, Any]) -> stats.Drop:
+    """A ``stats.Drop`` read back from what ``as_dict`` wrote (a sidecar: checked by its types)."""
+    return stats.Drop(
+        float(data["points"]),
+        float(data["low"]),
+        float(data["high"]),
+        int(data["n"]),
+        int(data["lost"]),
+        int(data["gained"]),
+        float(data["p_value"]),
+        str(data["method"]),
+        float(data["confidence"]),
+    )
 
 
 def search(
@@ -245,10 +334,11 @@ def search(
     progress: Callable[[str], None] | None = None,
     executor: Any = None,
 ) -> tuple[Any, SearchResult]:
-    """Keep the most sensitive units in FP32, one at a time, until the metric is within
-    ``max_drop`` points of FP32; the model that meets it, and what it cost. Refused when even every
-    unit but one in FP32 cannot meet the budget (then INT8 is not the tool for this model).
-    ``max_drop`` is checked where it is given (``precision.ConversionConfig``).
+    """Keep the most sensitive units in FP32, one at a time, until a candidate is accepted
+    (``ACCEPTANCE``: within ``max_drop`` points of FP32 and, when ``metric.bar`` is set, through
+    the parity gate, both on the evaluation set); the model accepted, and what it cost. Refused, with
+    the best result reached, when even every unit but one in FP32 is not accepted (then INT8 is not
+    the tool for this model). ``max_drop`` is checked where it is given (``precision.ConversionConfig``).
 
     The sensitivity pass goes through ``executor`` when given; the steps after it stay here, one
     after another: each keeps what the step before chose."""
@@ -263,52 +353,88 @@ def search(
     result = SearchResult(fp32, plain, plain, [], max_drop, metric.name, ranked)
     before, total = fp32_layers(model)
     result.layers_fp32 = {"plain": before, "chosen": before, "total": total}
-    if fp32 - plain <= max_drop:
+    judged = metric.judge(model)
+    if judged.accepted(fp32, max_drop):
+        result.drop = metric.drop(judged.logits)
         return model, result
+    if fp32 - plain <= max_drop:
+        say(f"search: plain INT8 is within the budget but not the parity gate ({'; '.join(judged.problems)})")
     found = units(model)
     kept: list[str] = []
     for s in ranked[:-1]:  # at least one unit stays INT8
         kept.append(s.unit)
         layers = [name for unit in kept for name in found[unit]]
         candidate = layers_without_qdq(model, layers, metric.source)
-        reached = metric(candidate)
-        result.trials.append({"kept_fp32": list(kept), "metric": round(reached, 3)})
-        say(f"search: {len(kept)} unit(s) in FP32 -> {reached:.2f} ({metric.name}; FP32 {fp32:.2f})")
-        if fp32 - reached <= max_drop:
-            candidate, reached, layers = _fewest_layers(
-                model, layers, (candidate, reached), metric, result, say
+        judged = metric.judge(candidate)
+        ok = judged.accepted(fp32, max_drop)
+        result.trials.append(_trial_record({"kept_fp32": list(kept)}, judged, ok))
+        say(
+            f"search: {len(kept)} unit(s) in FP32 -> {judged.value:.2f} ({metric.name}; FP32 {fp32:.2f})"
+            + _gate_words(judged)
+        )
+        if ok:
+            candidate, judged, layers = _fewest_layers(
+                model, layers, (candidate, judged), metric, result, say
             )
-            result.metric, result.kept_fp32, result.kept_fp32_layers = reached, kept, layers
+            result.metric, result.kept_fp32, result.kept_fp32_layers = judged.value, kept, layers
             result.layers_fp32["chosen"] = fp32_layers(candidate)[0]
+            result.drop = metric.drop(judged.logits)
             return candidate, result
-    raise SearchError(
-        f"even {len(kept)} of {len(ranked)} units in FP32 reach only "
-        f"{result.trials[-1]['metric']:.2f} against FP32's {fp32:.2f} ({metric.name}): more than the "
-        f"{max_drop} points allowed; keep this model in FP16/FP32, or calibrate on more representative images"
+    reached = result.trials[-1]["metric"] if result.trials else plain
+    why = (
+        f"more than the {max_drop} points allowed"
+        if fp32 - reached > max_drop
+        else f"within the {max_drop} points allowed but not the parity gate ({'; '.join(judged.problems)})"
     )
+    steps = [t for t in result.trials if "kept_fp32" in t]
+    best = max(steps, key=lambda t: (t["metric"], t["cosine"]), default=None)
+    closest = (
+        f"; the best reached: {len(best['kept_fp32'])} unit(s) in FP32 -> {best['metric']:.2f}, "
+        f"cosine {best['cosine']:.6f}"
+        if best is not None
+        else ""
+    )
+    raise SearchError(
+        f"even {len(kept)} of {len(ranked)} units in FP32 reach only {reached:.2f} against FP32's "
+        f"{fp32:.2f} ({metric.name}, cosine {judged.parity.cosine:.6f}): {why}{closest}; nothing written: "
+        "keep this model in FP16/FP32, or calibrate on more representative images"
+    )
+
+
+def _gate_words(judged: Judgement) -> str:
+    return f", parity gate: {'; '.join(judged.problems)}" if judged.problems else ""
+
+
+def _trial_record(record: dict[str, Any], judged: Judgement, ok: bool) -> dict[str, Any]:
+    return record | {
+        "metric": round(judged.value, 3),
+        "cosine": round(judged.parity.cosine, 6),
+        "parity_ok": not judged.problems,
+        "accepted": ok,
+    }
 
 
 def _fewest_layers(
     model: Any,
     layers: list[str],
-    met: tuple[Any, float],
+    met: tuple[Any, Judgement],
     metric: Metric,
     result: SearchResult,
     say: Callable[[str], None],
-) -> tuple[Any, float, list[str]]:
-    """Of the ``layers`` of the units kept in FP32, put each back in INT8 while the budget still
-    holds: a unit is often sensitive through one of its convolutions (the fixture's stem: the one
-    reading the outlier channel), and every FP32 layer costs CPU time."""
+) -> tuple[Any, Judgement, list[str]]:
+    """Of the ``layers`` of the units kept in FP32, put each back in INT8 while the candidate is
+    still accepted: a unit is often sensitive through one of its convolutions (the fixture's stem:
+    the one reading the outlier channel), and every FP32 layer costs CPU time."""
     fp32, (best, reached) = list(layers), met
     for name in layers:
         trial = [n for n in fp32 if n != name]
         if not trial:
             break
         candidate = layers_without_qdq(model, trial, metric.source)
-        value = metric(candidate)
-        ok = metric.fp32 - value <= result.max_drop
-        result.trials.append({"int8_again": name, "metric": round(value, 3), "kept": ok})
-        say(f"search: {name} back in INT8 -> {value:.2f} ({'kept' if ok else 'reverted'})")
+        judged = metric.judge(candidate)
+        ok = judged.accepted(metric.fp32, result.max_drop)
+        result.trials.append(_trial_record({"int8_again": name}, judged, ok) | {"kept": ok})
+        say(f"search: {name} back in INT8 -> {judged.value:.2f} ({'kept' if ok else 'reverted'})")
         if ok:
-            fp32, best, reached = trial, candidate, value
+            fp32, best, reached = trial, candidate, judged
     return best, reached, fp32

@@ -11,8 +11,9 @@ from typing import Any
 from resnest_deploy import _deps
 from resnest_deploy.precision.calibration import HOLDOUT
 from resnest_deploy.precision.cost import LatencyCost, Timing
-from resnest_deploy.precision.results import ConversionReport, Tournament
-from resnest_deploy.precision.search import SearchResult, Sensitivity
+from resnest_deploy.precision.results import ConversionReport, Evaluation, Tournament
+from resnest_deploy.precision.search import ACCEPTANCE, SearchResult, Sensitivity
+from resnest_deploy.stats import Drop
 
 
 def kept_summary(found: SearchResult | Any) -> str:
@@ -71,8 +72,34 @@ def search_line(found: SearchResult, plot: os.PathLike[str] | str | None = None)
     return (
         f"INT8 search ({found.metric_name}): FP32 {found.fp32_metric:.2f}, "
         f"plain INT8 {found.int8_metric:.2f}, "
-        f"chosen {found.metric:.2f}, kept in FP32: {kept_summary(found)}; "
+        f"chosen {found.metric:.2f}, kept in FP32: {kept_summary(found)}{why_kept(found)}; "
         f"most sensitive: {top}" + (f"; chart: {plot}" if plot else "")
+    )
+
+
+def why_kept(found: SearchResult) -> str:
+    """Why the kept units stayed FP32: each one's gain alone, and the rule that accepted them."""
+    if not found.kept_fp32:
+        return ""
+    gains = {s.unit: s.gain for s in found.ranking}
+    alone = ", ".join(f"{u} {gains[u]:+.2f} alone" for u in found.kept_fp32 if u in gains)
+    rule = (
+        "until the budget and the parity gate both held"
+        if found.acceptance == ACCEPTANCE
+        else "until the budget held"
+    )
+    return f" ({alone}; kept {rule})"
+
+
+def drop_line(evaluation: Evaluation | None, drop: Drop | None, metric: str | None = None) -> str | None:
+    """The evaluation set and the drop measured on it, with its interval: what a person judges by."""
+    if drop is None:
+        return None
+    name = metric or (evaluation.metric if evaluation is not None else "top-1")
+    where = f" on {evaluation}" if evaluation is not None else ""
+    cached = (evaluation.references.get("from") == "cache") if evaluation is not None else False
+    return f"INT8 {name} drop against FP32{where}: {drop}" + (
+        "; FP32 references from the cache" if cached else ""
     )
 
 
@@ -103,11 +130,21 @@ def summary_lines(report: ConversionReport, plot: os.PathLike[str] | str | None 
         lines.append(tournament_line(report.tournament))
     if report.search is not None:
         lines.append(search_line(report.search, plot))
+    judged = drop_line(report.evaluation, report.drop)
+    if judged:
+        lines.append(judged)
     return lines
 
 
-def search_markdown(found: SearchResult, tried: Tournament | None, cost: LatencyCost | None) -> list[str]:
-    """A search as markdown: the calibration table, the outcome and its cost, the top units."""
+def search_markdown(
+    found: SearchResult,
+    tried: Tournament | None,
+    cost: LatencyCost | None,
+    evaluation: Evaluation | None = None,
+    drop: Drop | None = None,
+) -> list[str]:
+    """A search as markdown: the calibration table, the outcome and its cost, the evaluation set and
+    the drop with its interval, the top units."""
     kept = kept_summary(found)
     kept = "none (INT8 everywhere)" if kept == "none" else kept
     lines = []
@@ -125,7 +162,12 @@ def search_markdown(found: SearchResult, tried: Tournament | None, cost: Latency
     return [
         *lines,
         f"FP32 {found.fp32_metric:.2f}, plain INT8 {found.int8_metric:.2f}, chosen {found.metric:.2f}; "
-        f"kept in FP32: {kept}." + (f" Its cost: {summary}." if summary else ""),
+        f"kept in FP32: {kept}{why_kept(found)}." + (f" Its cost: {summary}." if summary else ""),
+        *(
+            ["", f"{drop_line(evaluation, drop or found.drop, found.metric_name)}."]
+            if drop or found.drop
+            else []
+        ),
         "",
         "| unit | with only it in FP32 | recovers |",
         "|---|---|---|",

@@ -9,8 +9,8 @@ from typing import Any
 
 from resnest_deploy._io import atomic_path, write_json
 from resnest_deploy.precision.cost import LatencyCost
-from resnest_deploy.precision.results import Tournament
-from resnest_deploy.precision.search import SearchResult
+from resnest_deploy.precision.results import Evaluation, Tournament
+from resnest_deploy.precision.search import SearchResult, drop_from_dict
 from resnest_deploy.reports.conversion import search_markdown
 
 
@@ -115,16 +115,21 @@ def _search_section(key: str, step: dict[str, Any], short: Callable[[str], str])
     found = SearchResult.from_dict(recorded)
     tried = conversion.get("calibration_methods")
     latency = recorded.get("latency")
+    evaluation, drop = conversion.get("evaluation"), conversion.get("drop")
+    judged = Evaluation.from_dict(evaluation) if isinstance(evaluation, dict) else None
+    where = f"{judged.count} {judged.kind} images" if judged is not None else "held-out images"
     lines = [
         "",
         f"## INT8 search for {'the CPU' if key == 'convert-cpu' else 'TensorRT'}: "
-        f"{short(step.get('path', ''))} ({found.metric_name} on held-out images, "
+        f"{short(step.get('path', ''))} ({found.metric_name} on {where}, "
         f"budget {recorded['max_drop_points']} points)",
         "",
         *search_markdown(
             found,
             Tournament.from_dict(tried) if tried else None,
             LatencyCost.from_dict(latency) if isinstance(latency, dict) else None,
+            judged,
+            drop_from_dict(drop) if isinstance(drop, dict) else None,
         ),
     ]
     chart = step.get("sensitivity_chart")
