@@ -104,8 +104,9 @@ class Job:
 #: would convert differently (2: calibration data fed to the graph in its own input form; 3: ONNX
 #: Runtime's registries restored after ModelOpt, which had changed CPU graphs made after it; 4: the CPU
 #: target's weights follow ``cpu_isa``, not the converting machine; 5: TensorRT-target weights stored as
-#: INT8), so entries made by earlier code are misses, not reused.
-CONVERSION_VERSION = 5
+#: INT8; 6: nodes kept in FP32 read float inputs, ``int8.float_inputs``), so entries made by earlier code
+#: are misses, not reused.
+CONVERSION_VERSION = 6
 MODELS_CACHE = Cache("calib", ".onnx")
 
 

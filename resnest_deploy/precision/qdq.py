@@ -108,7 +108,11 @@ class _Surgery:
             if q is not None and q.op_type == "QuantizeLinear":
                 # the float activation before Q/DQ; ONNX Runtime's CPU quantizer drops a ReLU whose
                 # output a uint8 Q with zero point 0 clamps anyway: put the clamp back
+                # (after a pool or reshape it was never dropped: their input is clamped already)
                 before = self.float_of(q.input[0])
+                source = self.producers.get(q.input[0])
+                if getattr(source, "op_type", None) in TRANSPARENT_OPS:
+                    return before
                 return self._relu(before) if _clamps_at_zero(q, self.inits, self.numpy_helper) else before
             if weights and quantized in self.inits:  # int8 weights stored quantized: their float values
                 return self._weights(p, quantized)
@@ -168,14 +172,12 @@ def _dequantized(numpy_helper: Any, graph: Any, dq: Any, inits: dict[str, Any]) 
 
 
 def _drop_unread(graph: Any) -> None:
+    """Drop the Q/DQ nodes, and the pools and reshapes (now copied in float), that nothing reads."""
     outputs = {o.name for o in graph.output}
+    droppable = TRANSPARENT_OPS | {"QuantizeLinear", "DequantizeLinear"}
     while True:
         read = {i for n in graph.node for i in n.input} | outputs
-        dead = [
-            n
-            for n in graph.node
-            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not set(n.output) & read
-        ]
+        dead = [n for n in graph.node if n.op_type in droppable and not set(n.output) & read]
         if not dead:
             break
         for n in dead:
