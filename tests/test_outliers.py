@@ -85,7 +85,7 @@ def test_plain_int8_loses_a_point_on_most_and_equalization_repairs_what_it_reach
     digits_onnx: Path, digits_calib: CalibrationData, tmp_path: Path
 ) -> None:
     """The CPU target's INT8 (ONNX Runtime, max calibration, default FP32 nodes) on the 899 test digits.
-    Measured: every spec loses 1.5-24 points; equalized first, none loses anything but the residual
+    Measured: every spec loses 0.9-24 points; equalized first, none loses anything but the residual
     stream's (an Add equalization does not touch), which stay hard."""
     src = onnx.load(digits_onnx)
     x, labels = digits_calib.holdout, digits_calib.holdout_labels
@@ -104,7 +104,9 @@ def test_plain_int8_loses_a_point_on_most_and_equalization_repairs_what_it_reach
         drop = paired_drop(ref_ok, int8_ok(model, spec.name))
         hard.append(drop.points >= 1.0)
         if spec.name in ("blocks-128x", "stem-out-96x", "attention-64x"):  # blocks, branches, attention
-            assert drop.low > 0.5, f"{spec.name}: {drop}"
+            # significant: attention-64x lost 1.56 [0.65, 2.71] before the attention gate (FP32 by
+            # default) read its input in float; 0.89 [0.26, 1.79] since
+            assert drop.low > 0.2, f"{spec.name}: {drop}"
             repaired = paired_drop(ref_ok, int8_ok(equalize(model)[0], f"{spec.name}.eq"))
             assert repaired.points < 0.25, f"{spec.name}: {repaired}"
         if spec.name == "residual1-32x":
