@@ -74,6 +74,10 @@ class SearchError(ResnestDeployError):
     """The INT8 accuracy search cannot run (no labelled images, no unit to keep) or meet its bound."""
 
 
+class EqualizeError(ResnestDeployError):
+    """A cross-layer equalized graph that does not compute what its source computes."""
+
+
 class BuildError(ResnestDeployError):
     """A TensorRT / TensorRT-RTX engine that cannot be built here."""
 

@@ -59,7 +59,7 @@ import numpy as np
 
 from resnest_deploy import _deps, metadata
 from resnest_deploy._io import artifact_pair, prepare_outputs, sha256_file
-from resnest_deploy.errors import ArtifactError, ResnestDeployError
+from resnest_deploy.errors import ArtifactError, EqualizeError
 from resnest_deploy.onnx_files import external_tensors, load_onnx
 from resnest_deploy.precision.equalize_graph import Graph, Group, fold_batch_norms, group_of
 
@@ -68,10 +68,6 @@ REL_TOL = 1e-5
 ROUNDS = 200  # passes over the groups at most: chained groups (the stem into the blocks) converge slowly
 CONVERGED = 1e-5  # a pass that moves no scale by more than this (relative) ends the balancing
 _EPS = 1e-12
-
-
-class EqualizeError(ResnestDeployError):
-    """The equalized graph does not compute what its source computes."""
 
 
 @dataclass(frozen=True)
