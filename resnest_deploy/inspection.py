@@ -68,6 +68,35 @@ def _onnx(path: Path, artifact: Artifact) -> dict[str, Any]:
         "initializer_bytes": dict(stored.most_common()),
         "metadata": metadata.from_onnx(model),
         "sidecar": artifact.sidecar,
+        "quantized": quantized(model),
+    }
+
+
+#: the compute ops whose inputs an INT8 file quantizes (``precision.search.COMPUTE_OPS``)
+_COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def quantized(model: Any) -> dict[str, Any]:
+    """Which tensors an INT8 graph rounds to 8 bits (the activations a QuantizeLinear reads, the
+    weights stored as int8 for a DequantizeLinear) and which compute nodes read no Q/DQ'd input, so
+    run in FP32 (read from the graph: what runs, whatever the metadata says)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name for t in model.graph.initializer}
+    activations = sorted({n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"})
+    weights = sorted(
+        {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    )
+    compute = [n for n in model.graph.node if n.op_type in _COMPUTE_OPS]
+    fp32 = [
+        n.name
+        for n in compute
+        if not any(getattr(producers.get(i), "op_type", None) == "DequantizeLinear" for i in n.input)
+    ]
+    return {
+        "activations": activations,
+        "weights": weights,
+        "fp32_compute": fp32 if activations or weights else [],
+        "compute": len(compute),
     }
 
 

@@ -27,6 +27,7 @@ from resnest_deploy.precision.calibration import check_count
 from resnest_deploy.precision.config import (
     CalibrationOptions,
     ConversionConfig,
+    Equalize,
     Method,
     Precision,
     RunOptions,
@@ -61,6 +62,7 @@ class PipelineConfig:
     backend: str = "auto"
     batches: tuple[int, ...] = (1, 8)
     iterations: int = 20
+    equalize: Equalize | str = Equalize.off  # INT8: cross-layer equalization first (ConversionConfig)
 
     def __post_init__(self) -> None:
         get_spec(self.arch)
@@ -87,6 +89,7 @@ class PipelineConfig:
             self.method if searched else Method.max,
             tolerance=self.tolerance,
             max_drop=self.max_drop if searched else None,
+            equalize=self.equalize if precision == "int8" else Equalize.off,
         )
 
 

@@ -21,6 +21,7 @@ COMMANDS = [
     "k8s",
     "export",
     "quantize",
+    "equalize",
     "build",
     "check",
     "bench",

@@ -85,7 +85,7 @@ def test_plain_int8_loses_a_point_on_most_and_equalization_repairs_what_it_reach
     digits_onnx: Path, digits_calib: CalibrationData, tmp_path: Path
 ) -> None:
     """The CPU target's INT8 (ONNX Runtime, max calibration, default FP32 nodes) on the 899 test digits.
-    Measured: every spec loses 1.5-24 points; equalized first, none loses anything but the residual
+    Measured: every spec loses 0.9-24 points; equalized first, none loses anything but the residual
     stream's (an Add equalization does not touch), which stay hard."""
     src = onnx.load(digits_onnx)
     x, labels = digits_calib.holdout, digits_calib.holdout_labels
@@ -104,7 +104,9 @@ def test_plain_int8_loses_a_point_on_most_and_equalization_repairs_what_it_reach
         drop = paired_drop(ref_ok, int8_ok(model, spec.name))
         hard.append(drop.points >= 1.0)
         if spec.name in ("blocks-128x", "stem-out-96x", "attention-64x"):  # blocks, branches, attention
-            assert drop.low > 0.5, f"{spec.name}: {drop}"
+            # significant: attention-64x lost 1.56 [0.65, 2.71] before the attention gate (FP32 by
+            # default) read its input in float; 0.89 [0.26, 1.79] since
+            assert drop.low > 0.2, f"{spec.name}: {drop}"
             repaired = paired_drop(ref_ok, int8_ok(equalize(model)[0], f"{spec.name}.eq"))
             assert repaired.points < 0.25, f"{spec.name}: {repaired}"
         if spec.name == "residual1-32x":
@@ -129,3 +131,44 @@ def test_fixtures_equalization_and_statistics_need_no_torch(digits_onnx: Path, t
     assert r.returncode == 0, r.stderr
     assert "equalized 15 convolution group(s)" in r.stdout and (tmp_path / "e.onnx").is_file()
     assert r.stderr.strip().splitlines()[-1] == "torch modules: []"
+
+
+@pytest.mark.parametrize("target", ["cpu", "tensorrt"])
+def test_a_node_kept_in_fp32_reads_float_inputs_and_recovers_fp32_accuracy(
+    digits_onnx: Path, digits_calib: CalibrationData, tmp_path: Path, target: str
+) -> None:
+    """FP32 in and out. On ``stem-64x`` the outlier channels leave the stem's first convolution for
+    ``conv1.3``: kept in FP32 by name, it reads the float tensor (ONNX Runtime's quantizer left a Q/DQ
+    pair there, so the outliers were still rounded to 8 bits: 91.4 against FP32's 99.4 on the CPU) and
+    the file scores what FP32 does on the 899 held-out digits. The first block's ``conv1``, kept too,
+    reads a float copy of the max pool, whose Q/DQ stays for the shortcut that is still INT8."""
+    from resnest_deploy.precision import ConversionConfig, RunOptions, convert
+    from resnest_deploy.precision.qdq import quantized_inputs
+
+    spec = next(s for s in SPECS if s.name == "stem-64x")
+    src = tmp_path / "stem-64x.onnx"
+    onnx.save(from_spec(onnx.load(digits_onnx), spec)[0], src)
+    stem, block, shortcut = (
+        "/conv1/conv1.3/Conv",
+        "/layer1/layer1.0/conv1/Conv",
+        "/layer1/layer1.0/downsample/downsample.1/Conv",
+    )
+    x, labels = digits_calib.holdout, digits_calib.holdout_labels
+    fp32_ok = _logits(src, x).argmax(1) == labels
+    converted = {}
+    for name, kept in (("stem", (stem,)), ("both", (stem, block))):
+        keep = (*int8.KEEP_FP32_NODES, *(f"^{n}$" for n in kept))
+        config = ConversionConfig("int8", target, keep_fp32_nodes=keep)
+        converted[name] = convert(
+            src, tmp_path / f"kept-{name}.onnx", config, digits_calib, RunOptions(use_cache=False)
+        )
+    model = onnx.load(converted["stem"].path)
+    assert quantized_inputs(model, stem) == [] and quantized_inputs(model, "/conv1/conv1.6/Conv")
+    drop = paired_drop(fp32_ok, _logits(model, x).argmax(1) == labels)
+    assert drop.points < 0.12, drop  # measured: 0 on both targets (not one image lost)
+    model = onnx.load(converted["both"].path)
+    assert quantized_inputs(model, stem) == [] and quantized_inputs(model, block) == []
+    assert quantized_inputs(model, shortcut) == ["/maxpool/MaxPool_output_0"]  # kept for the INT8 reader
+    assert any(n.op_type == "MaxPool" and n.name.endswith("_fp32") for n in model.graph.node)
+    report = converted["both"]
+    assert "quantizer(s) removed" in report.metadata["conversion"]["scheme"]["fp32_inputs"]

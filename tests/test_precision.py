@@ -235,7 +235,12 @@ def test_a_conversion_config_is_checked_once_when_made():
         ConversionConfig("bf16")
     made = ConversionConfig("int8", "cpu", "auto", keep_fp32_nodes=["^/fc/"])
     assert made.keep_fp32_nodes == ("^/fc/",) and made.methods == calibration_methods("cpu")
-    assert made.key() == ["int8", "cpu", "auto", ["^/fc/"], ["Softmax"], "any"]
+    assert made.key() == ["int8", "cpu", "auto", ["^/fc/"], ["Softmax"], "any", "off"]
+    assert ConversionConfig("int8", equalize="auto").key()[-1] == "auto"
+    with pytest.raises(ResnestDeployError, match="equalize balances INT8 ranges"):
+        ConversionConfig("fp16", equalize="on")
+    with pytest.raises(ResnestDeployError, match="unknown equalize 'yes'; choose one of off, on, auto"):
+        ConversionConfig("int8", equalize="yes")
     assert ConversionConfig("int8").keep() == list(KEEP_FP32_NODES)  # the default: gate and classifier
 
 

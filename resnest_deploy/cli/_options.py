@@ -14,6 +14,7 @@ from resnest_deploy.cli._progress import counting_bar
 from resnest_deploy.compare import TOLERANCES, Tolerance
 from resnest_deploy.precision import CalibrationOptions, calibration_for
 from resnest_deploy.precision.calibration import CalibrationData
+from resnest_deploy.precision.config import Equalize
 
 PrecisionOpt = Annotated[
     Reduced, typer.Option("--precision", "-p", help="fp16 or int8 (an FP32 file is what `export` makes).")
@@ -108,6 +109,17 @@ KeepOpt = Annotated[
         "--keep-fp32",
         help="Node-name regex kept in FP32 (repeatable); replaces the default: for INT8 the attention "
         "gate and the classifier, for FP16 none (its softmax stays FP32 regardless).",
+    ),
+]
+
+
+EqualizeOpt = Annotated[
+    Equalize,
+    typer.Option(
+        help="INT8: cross-layer equalization of the FP32 source before calibration (exact in FP32: it "
+        "balances the channel ranges of convolutions joined by ReLU, so outlier channels stop taking the "
+        "INT8 range). 'auto' converts with and without it and keeps the better on the held-out images. "
+        "The equalized FP32 file alone: `resnest-deploy equalize`."
     ),
 ]
 

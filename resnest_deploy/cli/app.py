@@ -23,6 +23,7 @@ COMMANDS = (
     "models",
     "export",
     "quantize",
+    "equalize",
     "build",
     "check",
     "bench",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -55,6 +55,15 @@ def inspect_cmd(
             + ", ".join(f"{k} {v / 2**20:.2f} MiB ({v / total:.0%})" for k, v in stored.items())
             + f"; initializers by dtype: {info['initializer_dtypes']}"
         )
+        q = info["quantized"]
+        if q["activations"] or q["weights"]:
+            fp32 = q["fp32_compute"]
+            names = ", ".join(fp32[:4]) + (f" and {len(fp32) - 4} more" if len(fp32) > 4 else "")
+            out.print(
+                f"  quantized: {len(q['activations'])} activation tensors, {len(q['weights'])} int8 weights; "
+                f"{len(fp32)} of {q['compute']} compute layers in FP32{': ' + names if fp32 else ''} "
+                "(names: --json)"
+            )
     else:
         trt = meta.get("tensorrt") or {}
         out.print(
@@ -85,5 +94,36 @@ def inspect_cmd(
         cost = latency_summary(found)
         if cost:
             out.print(f"  {cost}")
+    for line in equalization_lines(meta, info.get("sidecar") or {}, conversion):
+        out.print(f"  {line}")
     if not info.get("sidecar"):
         out.print("  no sidecar JSON beside it", style="yellow")
+
+
+def equalization_lines(meta: dict[str, Any], sidecar: dict[str, Any], conversion: Any) -> list[str]:
+    """What cross-layer equalization did, from the metadata: of an equalized FP32 file (its own
+    ``equalization``) or of a conversion that equalized its source first (``conversion.equalization``)."""
+    record = meta.get("equalization") or sidecar.get("equalization")
+    if not isinstance(record, dict) and isinstance(conversion, dict):
+        record = conversion.get("equalization")
+    if not isinstance(record, dict):
+        return []
+    lines = []
+    results = record.get("results")
+    if isinstance(results, list):
+        tried = ", ".join(f"{r.get('equalize')} {float(r.get('metric') or 0):.2f}" for r in results)
+        lines.append(
+            f"equalization auto ({record.get('metric')}, plain INT8): {tried} -> {record.get('chosen')}"
+        )
+    if record.get("skipped") and isinstance(record["skipped"], str):
+        lines.append(f"equalization: {record.get('chosen', 'off')} ({record['skipped']})")
+    elif record.get("chosen", "on") == "on":
+        groups = record.get("groups", len(record.get("equalized") or []))
+        before, after = record.get("imbalance_before"), record.get("imbalance_after")
+        skipped = record.get("skipped") or []
+        lines.append(
+            f"equalized: {groups} convolution group(s), worst range ratio {float(before or 1):.3g} -> "
+            f"{float(after or 1):.3g}, {len(skipped)} left alone; logits moved "
+            f"{float(record.get('relative_change') or 0):.2g} of their scale"
+        )
+    return lines

@@ -26,6 +26,7 @@ from resnest_deploy.cli._options import (
     CalibCountOpt,
     CalibDirOpt,
     CalibNpyOpt,
+    EqualizeOpt,
     EvalDirOpt,
     MaxDropOpt,
     MinCosineOpt,
@@ -36,6 +37,7 @@ from resnest_deploy.cli._options import (
 )
 from resnest_deploy.cli._progress import progress, search_executor
 from resnest_deploy.precision import CalibrationOptions, RunOptions, calibration
+from resnest_deploy.precision.config import Equalize
 from resnest_deploy.precision.search import DEFAULT_MAX_DROP
 
 
@@ -53,6 +55,7 @@ def pipeline_cmd(
     eval_dir: EvalDirOpt = None,
     method: PipelineMethodOpt = Method.auto,
     max_drop: MaxDropOpt = DEFAULT_MAX_DROP,
+    equalize: EqualizeOpt = Equalize.off,
     min_cosine: MinCosineOpt = None,
     min_top1: MinTop1Opt = None,
     images: Annotated[
@@ -104,6 +107,7 @@ def pipeline_cmd(
         output_dir,
         build,
         batches=tuple(parse_batches(batch_sizes)),
+        equalize=equalize,
     )
     with search_executor(ray_address, searching) as ex, progress(not json_out) as say:
         report = pipeline(config, RunOptions(say, ex, verbose, words=flag_for))

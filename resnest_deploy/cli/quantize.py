@@ -16,6 +16,7 @@ from resnest_deploy.cli._options import (
     CalibDirOpt,
     CalibNpyOpt,
     CpuIsaOpt,
+    EqualizeOpt,
     EvalDirOpt,
     KeepOpt,
     MaxDropOpt,
@@ -37,6 +38,7 @@ from resnest_deploy.precision import (
     convert,
     default_output,
 )
+from resnest_deploy.precision.config import Equalize
 from resnest_deploy.reports import conversion as rendered
 
 
@@ -53,6 +55,7 @@ def quantize_cmd(
     keep_fp32: KeepOpt = None,
     max_drop: MaxDropOpt = None,
     cpu_isa: CpuIsaOpt = CpuIsa.any,
+    equalize: EqualizeOpt = Equalize.off,
     min_cosine: MinCosineOpt = None,
     min_top1: MinTop1Opt = None,
     plot: Annotated[
@@ -93,6 +96,7 @@ def quantize_cmd(
       resnest-deploy quantize --onnx m.onnx -p int8 --calibration auto --max-drop 0.25
       resnest-deploy quantize --onnx m.onnx -p int8 --calib-dir train/ --eval-dir val/ --max-drop 0.25
       resnest-deploy quantize --onnx m.onnx -p int8 --max-drop 0.25 --ray auto
+      resnest-deploy quantize --onnx m.onnx -p int8 --target cpu --equalize auto --max-drop 0.25
       resnest-deploy quantize --onnx m.onnx -p int8 --min-cosine 0.95   # accept a looser file, recorded
     """
     if plot is not None and max_drop is None:
@@ -107,6 +111,7 @@ def quantize_cmd(
         tolerance=user_tolerance(precision.value, min_cosine, min_top1),
         max_drop=max_drop,
         cpu_isa=cpu_isa,
+        equalize=equalize,
     )
     prepare_outputs([output or default_output(onnx, precision.value, target.value)], [onnx, calib_npy])
     if plot is not None:

@@ -65,6 +65,15 @@ class Method(Choice):
     auto = "auto"
 
 
+class Equalize(Choice):
+    """INT8: cross-layer equalization of the FP32 source before calibration (``precision.equalize``);
+    ``auto`` converts with and without it and keeps the better on the held-out metric."""
+
+    off = "off"
+    on = "on"
+    auto = "auto"
+
+
 class CpuIsa(Choice):
     """CPU target: the CPUs the file will run on (7-bit weights on ``any``, 8-bit on ``vnni``)."""
 
@@ -78,6 +87,7 @@ TENSORRT_METHODS: tuple[str, ...] = ("max", "entropy", "percentile")
 PRECISIONS: tuple[str, ...] = tuple(p.value for p in Reduced)
 TARGETS: tuple[str, ...] = tuple(t.value for t in Target)
 CPU_ISAS: tuple[str, ...] = tuple(i.value for i in CpuIsa)
+EQUALIZE: tuple[str, ...] = tuple(e.value for e in Equalize)
 
 
 def _choice(kind: type[Choice], value: Any, name: str) -> Any:
@@ -92,7 +102,9 @@ def _choice(kind: type[Choice], value: Any, name: str) -> Any:
 class ConversionConfig:
     """One conversion's settings. ``keep_fp32_nodes`` None: the precision's default (INT8: the
     attention gate and the classifier). ``max_drop`` (points, 0..100): INT8 search budget, None: no
-    search. ``tolerance``: replaces the precision's default parity bar (recorded)."""
+    search. ``tolerance``: replaces the precision's default parity bar (recorded). ``equalize``: INT8,
+    cross-layer equalization of the source first (``auto``: kept where the held-out metric says it
+    helps)."""
 
     precision: Reduced | str
     target: Target | str = Target.tensorrt
@@ -102,6 +114,7 @@ class ConversionConfig:
     tolerance: Tolerance | None = None
     max_drop: float | None = None
     cpu_isa: CpuIsa | str = CpuIsa.any
+    equalize: Equalize | str = Equalize.off
 
     def __post_init__(self) -> None:
         precision = _choice(Reduced, self.precision, "precision")
@@ -124,6 +137,11 @@ class ConversionConfig:
             raise ConversionError(
                 f"calibration method {method!r} is not available for {target}; use {', '.join(allowed)}"
             )
+        equalize = _choice(Equalize, self.equalize, "equalize")
+        if equalize != Equalize.off and precision != Reduced.int8:
+            raise ConversionError(
+                "equalize balances INT8 ranges; an FP16 file has none to balance: drop it here"
+            )
         if self.max_drop is not None and not 0 <= self.max_drop <= 100:
             raise ConversionError(
                 f"{{max_drop}} is in points of top-1, 0..100; got {self.max_drop}", param="max_drop"
@@ -132,6 +150,7 @@ class ConversionConfig:
         set_(self, "precision", precision)
         set_(self, "target", target)
         set_(self, "cpu_isa", cpu_isa)
+        set_(self, "equalize", equalize)
         set_(self, "method", _choice(Method, method, "method"))
         if self.keep_fp32_nodes is not None:
             set_(self, "keep_fp32_nodes", tuple(self.keep_fp32_nodes))
@@ -166,6 +185,7 @@ class ConversionConfig:
             self.keep(),
             list(self.keep_fp32_ops),
             str(self.cpu_isa) if self.target == Target.cpu else None,  # decides reduce_range
+            str(self.equalize),  # auto is resolved to on or off before anything is calibrated
         ]
 
 

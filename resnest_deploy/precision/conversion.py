@@ -16,7 +16,7 @@ from resnest_deploy._io import artifact_pair, prepare_outputs, sha256_file
 from resnest_deploy.compare import TOLERANCES, UNCHECKED, Metrics, assert_close, compare
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.formats import InputForm
-from resnest_deploy.precision import search
+from resnest_deploy.precision import equalizing, search
 from resnest_deploy.precision.calibration import CalibrationData
 from resnest_deploy.precision.config import ConversionConfig, ConversionError, Method, RunOptions
 from resnest_deploy.precision.cost import LatencyCost, latency_cost
@@ -143,6 +143,7 @@ ESTIMATE_FROM = 500
 
 def _made(job: Job, tmp: Path, random: bool, run: RunOptions, verbose: bool) -> _Made:
     """Calibrate (every method when auto), then search the units to keep in FP32 and time them."""
+    job = equalizing.equalized(job, tmp, random, run, verbose)  # the source calibration sees
     config, skipped = _for_random_weights(job.config, random, run.say)
     job = replace(
         job, config=config if config.method != Method.auto else config.with_method(config.methods[0])

@@ -41,7 +41,7 @@ import numpy as np
 from resnest_deploy import _deps
 from resnest_deploy.models.config import RESNEST_PARTS
 from resnest_deploy.onnx_files import external_tensors
-from resnest_deploy.precision import config
+from resnest_deploy.precision import config, qdq
 
 # what each target's quantizer offers and the CPUs a CPU-target file is made for: defined once there
 METHODS = config.CPU_METHODS
@@ -139,6 +139,7 @@ def quantize_tensorrt(
             output_path=os.fspath(dst),
             log_level="ERROR",
         )
+    scheme["fp32_inputs"] = float_inputs(dst, excluded)
     if cache is not None:
         quantized = onnx.load(dst, load_external_data=False)
         applied = {n.input[0] for n in quantized.graph.node if n.op_type == "QuantizeLinear"} & written
@@ -146,6 +147,22 @@ def quantize_tensorrt(
         if not applied:
             raise ValueError("no percentile range matched a quantized tensor; use method=max")
     return scheme
+
+
+def float_inputs(dst: Path, excluded: Sequence[str]) -> str:
+    """FP32 in and out: both quantizers leave a Q/DQ pair on the input of a node they exclude when
+    the tensor's producer is quantized (ONNX Runtime), or through a quantized pool, so an outlier
+    channel that made the node sensitive was still rounded to 8 bits. The excluded nodes read the
+    float tensor instead; a pair an INT8 consumer still reads stays for it. Rewrites ``dst``; what
+    it did, in words, for the sidecar."""
+    onnx = _deps.require("onnx")
+    model = onnx.load(dst)
+    before = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    fixed = qdq.layers_without_qdq(model, set(excluded))
+    removed = before - sum(n.op_type == "QuantizeLinear" for n in fixed.graph.node)
+    if removed or len(fixed.graph.node) != len(model.graph.node):
+        onnx.save(fixed, dst)
+    return f"the {len(excluded)} nodes kept in FP32 read float inputs ({removed} quantizer(s) removed)"
 
 
 #: the percentile of |activation| kept in range (ONNX Runtime's default); the rest is clipped
@@ -267,9 +284,11 @@ def quantize_cpu(
         )
     finally:
         prepped.unlink(missing_ok=True)
+    fp32_inputs = float_inputs(dst, excluded)
     return {
         "activations": "uint8 asymmetric",
         "weights": "int8 per-channel, " + ("7-bit (reduce_range)" if reduce_range else "8-bit"),
         "reduce_range": reduce_range,
         "runs_exactly_on": "any x86 or ARM CPU" if reduce_range else "x86 CPUs with VNNI, and ARM",
+        "fp32_inputs": fp32_inputs,
     }

@@ -9,7 +9,7 @@ import io
 import json
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,9 @@ class Job:
     #: the source's input form and size: calibration data (normalised NCHW) is fed to it in its form
     form: InputForm
     hw: tuple[int, int]
+    #: what cross-layer equalization did to ``src`` before calibration (``precision.equalizing``), for
+    #: the sidecar; not part of the key (``config.equalize`` is)
+    equalization: dict[str, Any] | None = field(default=None, compare=False)
 
     @property
     def precision(self) -> str:
@@ -101,13 +104,23 @@ class Job:
 #: would convert differently (2: calibration data fed to the graph in its own input form; 3: ONNX
 #: Runtime's registries restored after ModelOpt, which had changed CPU graphs made after it; 4: the CPU
 #: target's weights follow ``cpu_isa``, not the converting machine; 5: TensorRT-target weights stored as
-#: INT8), so entries made by earlier code are misses, not reused.
-CONVERSION_VERSION = 5
+#: INT8; 6: nodes kept in FP32 read float inputs, ``int8.float_inputs``), so entries made by earlier code
+#: are misses, not reused.
+CONVERSION_VERSION = 6
 MODELS_CACHE = Cache("calib", ".onnx")
 
 
 def cached_convert(
     job: Job, tmp: Path, say: Callable[[str], None], use_cache: bool, verbose: bool = False
+) -> tuple[Any, dict[str, Any]]:
+    model, settings = _cached_convert(job, tmp, say, use_cache, verbose)
+    if job.equalization is not None:
+        settings = settings | {"equalization": job.equalization}
+    return model, settings
+
+
+def _cached_convert(
+    job: Job, tmp: Path, say: Callable[[str], None], use_cache: bool, verbose: bool
 ) -> tuple[Any, dict[str, Any]]:
     if job.calib is None or not use_cache:
         return _convert(job, tmp, say, verbose)

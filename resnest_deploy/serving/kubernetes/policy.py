@@ -2,7 +2,7 @@
 memory and the autoscaler's target, each refused in one line naming the parameter.
 
 Messages name parameters (``name``, ``p99_ms``); the CLI names its options instead
-(:meth:`~resnest_deploy.errors.ParameterError.as_flags`)."""
+(the CLI writes parameters as its flags: ``cli._errors.flag_for``)."""
 
 from __future__ import annotations
 
