@@ -1,7 +1,7 @@
 """Issue 34's goals: INT8 judged on a labelled evaluation set of real size, on outlier fixtures,
 with and without cross-layer equalization, side by side with NNCF's accuracy-aware quantization.
 
-    python benchmarks/int8_search.py            # every fixture, both targets (about 50 min here)
+    python benchmarks/int8_search.py            # every fixture, both targets (about an hour, quiet box)
     python benchmarks/int8_search.py --quick    # 2 fixtures, CPU target, 3 rounds (a few minutes)
 
 Fixtures: ``precision.outliers.SPECS``, generated from the trained digits model with fixed seeds
