@@ -1,120 +1,678 @@
-"""INT8 search on a model where INT8 hurts, and on one where it does not, both targets, in one run.
+"""Issue 34's goals: INT8 judged on a labelled evaluation set of real size, on outlier fixtures,
+with and without cross-layer equalization, side by side with NNCF's accuracy-aware quantization.
 
-    python benchmarks/int8_search.py
+    python benchmarks/int8_search.py            # every fixture, both targets (about an hour, quiet box)
+    python benchmarks/int8_search.py --quick    # 2 fixtures, CPU target, 3 rounds (a few minutes)
 
-The fixture (`precision.fixtures.outlier_digits`): the trained digits model with one stem channel
-scaled into an activation outlier and the next convolution scaled back, the same function in FP32.
-Plain INT8 quantizes every convolution with max calibration. The search (`--max-drop 0.25`) ranks
-the units by what leaving each alone in FP32 recovers and keeps the fewest in FP32 to meet the
-budget. CPU latency of the plain and the searched CPU file, each backend timed by `resnest-deploy
-bench` in its own process. Goals: plain INT8 misses the 0.25-point budget and the search meets it;
-the searched CPU file within 15% of plain INT8's latency; the digits model keeps nothing in FP32 and
-its search takes under a minute; the whole search on the fixture under 10 minutes. A 0.3 ms model's
-latency is noise-bound on a shared 2-core machine, so each file is timed at batch 1 and 32, in five
-`bench` processes per file taking turns, and the median reported.
-Results: results/int8_search.{json,md}.
+Fixtures: ``precision.outliers.SPECS``, generated from the trained digits model with fixed seeds
+(activation outliers 32x-256x in the stem, the blocks, the split attention, the residual stream; the
+same FP32 function). Evaluation set: the 899 held-out (test) digits written as a labelled folder
+(class folders 0-9), read back as ``eval`` reads one. Calibration: the training digits.
+
+Per fixture and target:
+
+* plain INT8 (the CLI's defaults: max calibration, attention gate and classifier in FP32), no
+  equalization: its drop on the evaluation set, measured, not judged;
+* ``quantize --max-drop 0.25 --eval-dir <899 digits>`` with ``--equalize on`` and ``off``: whether it
+  wrote a file or refused its own result, the file's drop with its 95% interval
+  (``stats.paired_drop``: Tango's score interval on the paired per-image outcomes), the units the
+  search kept in FP32;
+* CPU target: the anchor, NNCF 3.4's ``quantize_with_accuracy_control`` (``_nncf_anchor``) on the
+  same FP32 file with ``max_drop=0.0025`` (a fraction), ``RestoreMode.ACTIVATIONS_AND_WEIGHTS``,
+  validated on the same 899 labelled digits: its drop (measured here as ours are), what it reverted,
+  its compute layers left in float, whether our INT8 parity gate (``compare.TOLERANCES``) passes on
+  its file; and CPU latency (ONNX Runtime; OpenVINO when installed) of plain, equalized, searched and
+  NNCF's file, median of ``ROUNDS`` ``bench`` processes taking turns (``_timing.interleaved_p50``).
+
+Then resnest50 (random weights, 224x224) with outliers planted by the same ``outlier_fixture`` at
+its stem and first split-attention inputs (those sites are block-local, so the digits model's node
+names hold in resnest50; the residual-stream sites are not), probed on seeded random inputs: plain,
+equalized and "searched" CPU INT8 latency. Random weights cannot be searched (near-uniform logits),
+so the searched file keeps in FP32 the units the digits searches kept (CPU target, equalization off),
+through ``search.without_qdq`` as the search does. The equalized FP32 files of the digits model and
+of resnest50 are checked against their sources (logits within 1e-5 relative). Each goal line of the
+issue is judged yes / no / pending at the end.
+
+``ours()`` is the one call to our library: after issues 34's ``--eval-dir`` (engineer A) and
+``equalize`` field (engineer B) merge, fix it there alone. Results: results/int8_search.{json,md}
+(``--quick``: results/int8_search.quick.{json,md}).
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import math
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+from _nncf_anchor import MAX_DROP as NNCF_MAX_DROP
+from _nncf_anchor import anchor
 from _timing import interleaved_p50, save
+from PIL import Image
 
-from resnest_deploy.data import Transform
-from resnest_deploy.export import export_onnx
+from resnest_deploy import data
+from resnest_deploy.compare import TOLERANCES, UNCHECKED, compare
+from resnest_deploy.errors import ResnestDeployError
 from resnest_deploy.metadata import machine
-from resnest_deploy.models import get_spec, load_model
-from resnest_deploy.precision import ConversionReport, calibration
-from resnest_deploy.precision.fixtures import outlier_digits, quantize_every_conv
+from resnest_deploy.models import get_spec
+from resnest_deploy.precision import ConversionConfig, ConversionReport, RunOptions, convert
+from resnest_deploy.precision.calibration import DEFAULT_COUNT, CalibrationData
+from resnest_deploy.precision.equalize import relative_change, write_equalized
+from resnest_deploy.precision.outliers import DIGITS_SITES, SPECS, from_spec, outlier_fixture
+from resnest_deploy.precision.search import fp32_layers, without_qdq
+from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
+from resnest_deploy.runners.options import RunnerOptions
+from resnest_deploy.stats import images_needed, paired_drop, resolves
 
-BUDGET = 0.25
-ROUNDS = 5  # interleaved bench processes per file and setting; the median is reported
+BUDGET = 0.25  # points of top-1
+ROUNDS = 5  # bench processes per file taking turns; the median is reported
+QUICK_FIXTURES = ("stem-64x", "residual1-32x")  # one equalization undoes, one it cannot reach
+SMALL_SET = 64  # the held-out count of today's calibration split: cannot resolve 0.25 points
+#: resnest50's planted sites: block-local ones, whose node names the digits model shares
+R50_SITES = ("stem.0", "layer1.conv1", "layer2.conv1")
+R50_SCALE = 64.0
+EQUAL_FP32_BAR = 1e-5
 
 
-def run(name: str, src: Path, folder: Path) -> dict:
-    calib = calibration.from_digits(Transform.from_pretrained(get_spec("resnest14d_digits").pretrained))
-    out: dict = {}
+# --- the evaluation set and calibration -----------------------------------------------------------
 
-    def made(kind: str, target: str, **search: float) -> ConversionReport:
-        return quantize_every_conv(src, folder / f"{name}.{kind}.{target}.onnx", target, calib, **search)
 
-    for target in ("cpu", "tensorrt"):
-        plain = made("plain", target)
-        started = time.perf_counter()
-        searched = made("searched", target, max_drop=BUDGET)
-        seconds = time.perf_counter() - started
-        found = searched.search
-        assert found is not None
-        row = {
-            "fp32": round(found.fp32_metric, 2),
-            "plain_int8": round(found.int8_metric, 2),
-            "searched": round(found.metric, 2),
-            "kept_fp32": found.kept_fp32,
-            "units": len(found.ranking),
-            "most_sensitive": found.ranking[0].unit,
-            "search_seconds": round(seconds, 1),
-        }
-        row["layers_fp32"] = found.layers_fp32
+@dataclass
+class Sets:
+    """Calibration (training digits) and the labelled evaluation folder, decoded once."""
+
+    calib: np.ndarray
+    eval_dir: Path
+    x: np.ndarray
+    labels: np.ndarray
+
+    def calibration(self, count: int | None = None) -> CalibrationData:
+        """Today's way to hand the evaluation set to ``convert``: as the held-out part (labelled)."""
+        x, labels = (self.x, self.labels) if count is None else (self.x[:count], self.labels[:count])
+        source = {"kind": "images", "path": str(self.eval_dir), "used": len(self.calib), "held_out": len(x)}
+        return CalibrationData(self.calib, x, source, labels)
+
+
+def digits_sets(folder: Path) -> Sets:
+    """The 899 test digits as ``folder/eval/<class>/NNNN.png``, read back through ``eval``'s reader;
+    calibration: ``DEFAULT_COUNT`` training digits, drawn as ``calibration.from_digits`` draws them."""
+    transform = data.Transform.from_pretrained(get_spec("resnest14d_digits").pretrained)
+    images, labels = data.digits("test")
+    root = folder / "eval"
+    for i, (im, label) in enumerate(zip(images, labels, strict=True)):
+        (root / str(int(label))).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(root / str(int(label)) / f"{i:04d}.png")
+    items = data.labelled_folder(root, num_classes=10)
+    loaded = data.load_images([p for p, _ in items], transform)
+    if loaded.skipped or len(loaded.array) != len(images):
+        raise SystemExit(
+            f"error: the evaluation folder read back {len(loaded.array)} of {len(images)} digits"
+        )
+    by_path = dict(items)
+    train, _ = data.digits("train")
+    idx = np.sort(np.random.default_rng(0).permutation(len(train))[:DEFAULT_COUNT])
+    calib = data.digits_batch(train[idx], transform)
+    return Sets(calib, root, loaded.array, np.array([by_path[p] for p in loaded.paths]))
+
+
+# --- the one call to our library (fix here after A's and B's branches merge) ------------------------
+
+
+def ours(
+    src: Path,
+    out: Path,
+    target: str,
+    sets: Sets,
+    *,
+    max_drop: float | None,
+    equalize: bool,
+    say: Callable[[str], None],
+    eval_count: int | None = None,
+) -> ConversionReport:
+    """``quantize --target T [--max-drop B --eval-dir DIR] --equalize on|off`` through the library.
+
+    After issue 34 merges this is one call (A: the evaluation set; B: the ``equalize`` field):
+
+        config = ConversionConfig("int8", target, max_drop=max_drop, equalize="on" if equalize else "off",
+                                  tolerance=None if max_drop is not None else UNCHECKED)
+        return convert(src, out, config, calib, RunOptions(say, use_cache=False))  # + the eval set, A's way
+
+    Today: the evaluation set travels as the calibration data's labelled held-out part (what
+    ``--max-drop`` measures on main), and equalization is ``write_equalized`` on the source before
+    converting, which is what B's field does. Without a budget the file is measured, not judged."""
+    if equalize:
+        equalized = out.with_name(f"{out.stem}.equalized-source.onnx")
+        write_equalized(src, equalized)
+        src = equalized
+    tolerance = None if max_drop is not None else UNCHECKED
+    config = ConversionConfig("int8", target, max_drop=max_drop, tolerance=tolerance)
+    return convert(src, out, config, sets.calibration(eval_count), RunOptions(say, use_cache=False))
+
+
+# --- measuring a written file on the evaluation set ----------------------------------------------
+
+
+def logits(path: Path, x: np.ndarray, target: str = "cpu") -> np.ndarray:
+    """As the target computes the file: CPU int8 kernels, or TensorRT's Q/DQ as float ops."""
+    options = RunnerOptions(fake_quant=target == "tensorrt")
+    with OnnxRuntimeRunner(path, options) as runner:
+        return runner.infer_batched(x, 64)
+
+
+def judged(path: Path, target: str, sets: Sets, ref: np.ndarray) -> dict[str, Any]:
+    """Top-1 on the evaluation set, the paired drop against FP32 with its interval, our parity gate."""
+    out = logits(path, sets.x, target)
+    drop = paired_drop(ref.argmax(1) == sets.labels, out.argmax(1) == sets.labels)
+    parity = compare(ref, out)
+    return {
+        "top1": round(100 * float(np.mean(out.argmax(1) == sets.labels)), 2),
+        "drop": round(drop.points, 2),
+        "ci95": [round(drop.low, 2), round(drop.high, 2)],
+        "lost": drop.lost,
+        "gained": drop.gained,
+        "cosine": round(parity.cosine, 6),
+        "parity_gate": not TOLERANCES["int8"].violations(parity),
+        "fp32_layers": list(fp32_layers(_load(path))),
+    }
+
+
+def _load(path: Path) -> Any:
+    import onnx
+
+    return onnx.load(path)
+
+
+def _attempt(run: Callable[[], ConversionReport]) -> tuple[ConversionReport | None, str | None, float]:
+    started = time.perf_counter()
+    try:
+        report = run()
+    except ResnestDeployError as e:
+        return None, str(e).splitlines()[0], time.perf_counter() - started
+    return report, None, time.perf_counter() - started
+
+
+# --- one fixture ---------------------------------------------------------------------------------
+
+
+def fixture(
+    name: str, src: Path, folder: Path, sets: Sets, targets: tuple[str, ...], timing: dict[str, Any]
+) -> dict[str, Any]:
+    ref = logits(src, sets.x)
+    fp32_top1 = round(100 * float(np.mean(ref.argmax(1) == sets.labels)), 2)
+    row: dict[str, Any] = {"fp32_top1": fp32_top1}
+    lines: list[str] = []
+
+    def say(message: str) -> None:
+        lines.append(message)
+
+    for target in targets:
+        t: dict[str, Any] = {}
+        for kind, max_drop, eq in (
+            ("plain", None, False),
+            ("equalized", None, True),
+            ("searched", BUDGET, False),
+            ("searched_equalized", BUDGET, True),
+        ):
+            out = folder / f"{name}.{kind}.{target}.onnx"
+            print(f"  {name} {target} {kind}", flush=True)
+            report, refused, seconds = _attempt(
+                lambda out=out, target=target, max_drop=max_drop, eq=eq: ours(
+                    src, out, target, sets, max_drop=max_drop, equalize=eq, say=say
+                )
+            )
+            entry: dict[str, Any] = {"seconds": round(seconds, 1), "refused": refused}
+            if report is not None:
+                entry |= judged(report.path, target, sets, ref)
+                entry["path"] = str(report.path)
+                if report.search is not None:
+                    entry["kept_fp32"] = report.search.kept_fp32
+                    entry["kept_fp32_layers"] = report.search.kept_fp32_layers
+                    entry["search_metric"] = round(report.search.metric, 2)
+            t[kind] = entry
         if target == "cpu":
-            files = {"plain": plain.path, "searched": searched.path}
-            for provider in ("cpu", "openvino"):
-                for batch in (1, 32):
-                    timed = interleaved_p50(files, ROUNDS, provider=provider, batch=batch)
-                    for kind, t in timed.items():
-                        row[f"{provider}_b{batch}_{kind}_ms"] = t["p50_ms"]
-                        row[f"{provider}_b{batch}_{kind}_rounds"] = t["rounds"]
-        out[target] = row
+            print(f"  {name} cpu nncf", flush=True)
+            nncf_out = folder / f"{name}.nncf.cpu.onnx"
+            found = anchor(src, nncf_out, sets.calib, sets.x, sets.labels)
+            t["nncf"] = judged(nncf_out, "cpu", sets, ref) | {
+                "seconds": round(found.seconds, 1),
+                "reverted": found.reverted,
+                "quantized_ops": found.quantized_ops,
+                "nncf_fp32_metric": found.fp32_metric,
+                "nncf_plain_drop": None
+                if found.fp32_metric is None or found.plain_metric is None
+                else round(100 * (found.fp32_metric - found.plain_metric), 2),
+                "path": str(nncf_out),
+            }
+            t["latency"] = latency(
+                {
+                    k: Path(t[k]["path"])
+                    for k in ("plain", "equalized", "searched", "searched_equalized", "nncf")
+                    if t[k].get("path")
+                },
+                timing,
+            )
+        row[target] = t
+    return row
+
+
+def latency(files: dict[str, Path], timing: dict[str, Any]) -> dict[str, Any]:
+    """p50 ms per backend and batch, each file in ``bench`` processes of its own, taking turns."""
+    out: dict[str, Any] = {}
+    for provider in timing["providers"]:
+        for batch in timing["batches"]:
+            timed = interleaved_p50(
+                files, timing["rounds"], provider=provider, batch=batch, iterations=timing["iterations"]
+            )
+            out[f"{provider}_b{batch}"] = {
+                k: {"p50_ms": round(float(v["p50_ms"]), 3), "rounds": v["rounds"]} for k, v in timed.items()
+            }
     return out
 
 
+# --- resnest50 with planted outliers -------------------------------------------------------------
+
+
+def resnest50(folder: Path, keep_units: list[str], timing: dict[str, Any]) -> dict[str, Any]:
+    """Plain, equalized and searched-like CPU INT8 of random-weight resnest50 with planted outliers;
+    the equalized FP32 files of it and of its clean source, checked against their sources."""
+    import onnx
+
+    from resnest_deploy import metadata
+    from resnest_deploy.export import export_onnx
+    from resnest_deploy.models import load_model
+
+    model, info = load_model("resnest50", "random")
+    clean = export_onnx(model, folder / "r50.onnx", weights=info).path
+    probe = data.random_inputs(8, (224, 224), seed=3)
+    planted, where = outlier_fixture(
+        onnx.load(clean), 0, R50_SITES, R50_SCALE, probe=probe, known=DIGITS_SITES
+    )
+    src = folder / "r50.outliers.onnx"
+    onnx.save(planted, src)
+    calib = CalibrationData(
+        data.random_inputs(32, (224, 224), seed=1), data.random_inputs(8, (224, 224), seed=2)
+    )
+    row: dict[str, Any] = {"planted": str(where)}
+    equal = {}
+    for name, path in (("clean", clean), ("outliers", src)):
+        eq_path = folder / f"r50.{name}.equalized.onnx"
+        write_equalized(path, eq_path)
+        equal[name] = float(relative_change(onnx.load(path), onnx.load(eq_path)))
+    row["equalized_fp32_relative_change"] = equal
+    files = {}
+    for kind, source in (("plain", src), ("equalized", folder / "r50.outliers.equalized.onnx")):
+        out = folder / f"r50.{kind}.int8-cpu.onnx"
+        convert(
+            source,
+            out,
+            ConversionConfig("int8", "cpu", tolerance=UNCHECKED),
+            calib,
+            RunOptions(use_cache=False),
+        )
+        files[kind] = out
+    plain = onnx.load(files["plain"])
+    searched = without_qdq(plain, keep_units, onnx.load(src))
+    metadata.embed(searched, metadata.from_onnx(plain) or {})
+    files["searched"] = folder / "r50.searched.int8-cpu.onnx"
+    onnx.save(searched, files["searched"])
+    row["searched_keeps"] = keep_units
+    row["fp32_layers"] = {k: list(fp32_layers(onnx.load(p))) for k, p in files.items()}
+    row["latency"] = latency(files, timing | {"batches": (1,), "iterations": timing["r50_iterations"]})
+    return row
+
+
+def digits_equalized(digits: Path, folder: Path) -> float:
+    import onnx
+
+    out = folder / "digits.equalized.onnx"
+    write_equalized(digits, out)
+    return float(relative_change(onnx.load(digits), onnx.load(out)))
+
+
+# --- the 64-image line ---------------------------------------------------------------------------
+
+
+def small_set_line(src: Path, folder: Path, sets: Sets) -> dict[str, Any]:
+    """``--max-drop 0.25`` judged on 64 labelled images: what it prints about resolving the budget.
+    Issue 34 asks for one line before any work; ``stats.resolves`` says the set cannot."""
+    lines: list[str] = []
+    _, refused, seconds = _attempt(
+        lambda: ours(
+            src,
+            folder / "small.int8-cpu.onnx",
+            "cpu",
+            sets,
+            max_drop=BUDGET,
+            equalize=False,
+            say=lines.append,
+            eval_count=SMALL_SET,
+        )
+    )
+    said = next((line for line in lines if "resolv" in line.lower()), None)
+    return {
+        "images": SMALL_SET,
+        "resolves": resolves(SMALL_SET, BUDGET),
+        "images_needed": images_needed(BUDGET),
+        "printed": said,
+        "refused": refused,
+        "seconds": round(seconds, 1),
+    }
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+def _ms(lat: dict[str, Any], key: str, kind: str) -> float | None:
+    v = lat.get(key, {}).get(kind)
+    return None if v is None else float(v["p50_ms"])
+
+
+def goals(
+    results: dict[str, Any],
+    targets: tuple[str, ...],
+    r50: dict[str, Any],
+    small: dict[str, Any],
+    equal_digits: float,
+    providers: tuple[str, ...],
+) -> list[tuple[str, str, str]]:
+    """The issue's goal lines, each judged yes / no / pending with the figures that decide it."""
+    fx = results["fixtures"]
+    rows: list[tuple[str, str, str]] = []
+    runs = [
+        (n, t, k, r[t][k]) for n, r in fx.items() for t in targets for k in ("searched", "searched_equalized")
+    ]
+    refusals = [f"{n} {t} {k}" for n, t, k, e in runs if e["refused"]]
+    over = [f"{n} {t} {k} ({e['drop']})" for n, t, k, e in runs if not e["refused"] and e["drop"] > BUDGET]
+    rows.append(
+        (
+            "no search run refuses its own result",
+            "yes" if not refusals else "no",
+            ", ".join(refusals) or f"{len(runs)} runs wrote a file",
+        )
+    )
+    rows.append(
+        (
+            f"every written file within {BUDGET} points on the evaluation set",
+            "yes" if not over else "no",
+            ", ".join(over) or "all within",
+        )
+    )
+    for t in targets:
+        eq = [r[t]["searched_equalized"] for r in fx.values()]
+        none = sum(1 for e in eq if not e["refused"] and not e.get("kept_fp32"))
+        need = math.ceil(5 / 6 * len(eq))
+        rows.append(
+            (
+                f"{t}: with equalization, at least 5 of 6 keep no unit in FP32",
+                "yes" if none >= need else "no",
+                f"{none} of {len(eq)} (need {need})",
+            )
+        )
+        hard = sum(1 for r in fx.values() if r[t]["plain"].get("drop", 0) >= 1.0)
+        rows.append(
+            (
+                f"{t}: plain INT8 loses >= 1 point on most fixtures",
+                "yes" if hard > len(fx) / 2 else "no",
+                f"{hard} of {len(fx)}",
+            )
+        )
+    if "cpu" in targets:
+        behind = []
+        for n, r in fx.items():
+            c, nn = r["cpu"], r["cpu"]["nncf"]
+            if nn["drop"] > BUDGET:
+                continue
+            e = c["searched_equalized"]
+            if e["refused"] or e["drop"] > BUDGET:
+                behind.append(f"{n}: ours not within budget")
+                continue
+            if e["fp32_layers"][0] > nn["fp32_layers"][0]:
+                behind.append(
+                    f"{n}: {e['fp32_layers'][0]} float compute layers vs NNCF's {nn['fp32_layers'][0]}"
+                )
+            for p in providers:
+                a, b = (
+                    _ms(c["latency"], f"{p}_b1", "searched_equalized"),
+                    _ms(c["latency"], f"{p}_b1", "nncf"),
+                )
+                if a is not None and b is not None and a > b:
+                    behind.append(f"{n}: {p} b1 {a:.3f} vs NNCF {b:.3f} ms")
+        rows.append(
+            (
+                "never behind NNCF (budget, float compute layers, CPU latency at batch 1; ours equalized)",
+                "yes" if not behind else "no",
+                "; ".join(behind) or "ahead or equal on every fixture",
+            )
+        )
+    for kind, bar in (("equalized", 1.05), ("searched", 1.10)):
+        ratios = {
+            p: _ms(r50["latency"], f"{p}_b1", kind) / _ms(r50["latency"], f"{p}_b1", "plain")  # type: ignore[operator]
+            for p in providers
+        }
+        rows.append(
+            (
+                f"resnest50 {kind} CPU INT8 within {round((bar - 1) * 100)}% of plain",
+                "yes" if all(v <= bar for v in ratios.values()) else "no",
+                ", ".join(f"{p} {v:.3f}x" for p, v in ratios.items()),
+            )
+        )
+    rows.append(
+        (
+            "64 held-out images: prints that the budget cannot be resolved",
+            "yes" if small["printed"] else "pending (needs issue 34's --eval-dir)",
+            small["printed"] or f"no such line; {small['images_needed']} images needed",
+        )
+    )
+    worst = max(equal_digits, *r50["equalized_fp32_relative_change"].values())
+    rows.append(
+        (
+            "equalized FP32 files (digits, resnest50) within 1e-5 relative",
+            "yes" if worst <= EQUAL_FP32_BAR else "no",
+            f"digits {equal_digits:.2g}, resnest50 {r50['equalized_fp32_relative_change']['clean']:.2g} "
+            f"(with outliers {r50['equalized_fp32_relative_change']['outliers']:.2g})",
+        )
+    )
+    rows.append(
+        (
+            "search wall time on the 899 digits; FP32 references' share near zero on a rerun",
+            "pending (needs issue 34's cached references)",
+            "search seconds per run in the table",
+        )
+    )
+    return rows
+
+
+def table(
+    results: dict[str, Any],
+    targets: tuple[str, ...],
+    providers: tuple[str, ...],
+    timing: dict[str, Any],
+    quick: bool,
+) -> str:
+    m = results["machine"]
+    fx = results["fixtures"]
+    lines = [
+        f"# INT8 on outlier fixtures, budget {BUDGET} points of top-1 on the 899 held-out digits"
+        + (" (--quick)" if quick else ""),
+        "",
+        f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}, {m['date'][:10]}.",
+    ]
+    if quick:
+        lines += [
+            "",
+            "**Quick run on a shared, loaded machine (other engineers' tests beside it): the "
+            "latencies are noise, not figures.**",
+        ]
+    lines += [
+        "",
+        "Drops in points against FP32 (95% CI, Tango score); kept: units the search kept in FP32; float: "
+        "compute layers (Conv, Gemm) left in float / all.",
+        "",
+        "| fixture | target | FP32 | plain drop | searched | kept | float | searched, equalized | kept "
+        "| float | NNCF drop | NNCF reverted | NNCF float | NNCF parity |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def drop(e: dict[str, Any]) -> str:
+        return (
+            f"refused: {e['refused']}"
+            if e.get("refused")
+            else f"{e['drop']} [{e['ci95'][0]}, {e['ci95'][1]}]"
+        )
+
+    for n, r in fx.items():
+        for t in targets:
+            c = r[t]
+            s, q = c["searched"], c["searched_equalized"]
+            nn = c.get("nncf")
+            nncf_cols = (
+                [
+                    drop(nn),
+                    ", ".join(nn["reverted"]) or "none",
+                    f"{nn['fp32_layers'][0]}/{nn['fp32_layers'][1]}",
+                    f"{'pass' if nn['parity_gate'] else 'fail'} ({nn['cosine']:.3f})",
+                ]
+                if nn
+                else ["", "", "", ""]
+            )
+            lines.append(
+                f"| {n} | {t} | {r['fp32_top1']:.2f} | {drop(c['plain'])} "
+                f"| {drop(s)} | {', '.join(s.get('kept_fp32') or []) or 'none'} "
+                f"| {'/'.join(map(str, s['fp32_layers'])) if not s['refused'] else ''} "
+                f"| {drop(q)} | {', '.join(q.get('kept_fp32') or []) or 'none'} "
+                f"| {'/'.join(map(str, q['fp32_layers'])) if not q['refused'] else ''} "
+                f"| {' | '.join(nncf_cols)} |"
+            )
+    if "cpu" in targets:
+        kinds = ("plain", "equalized", "searched", "searched_equalized", "nncf")
+        lines += [
+            "",
+            f"CPU latency of the CPU-target files, p50 ms, median of {timing['rounds']} `bench` processes "
+            "per file taking turns:",
+            "",
+            "| fixture | backend | batch | " + " | ".join(kinds) + " |",
+            "|---|---|---|" + "---|" * len(kinds),
+        ]
+        for n, r in fx.items():
+            for key in r["cpu"]["latency"]:
+                provider, batch = key.rsplit("_b", 1)
+                cells = [
+                    f"{v:.3f}" if (v := _ms(r["cpu"]["latency"], key, k)) is not None else "-" for k in kinds
+                ]
+                lines.append(f"| {n} | {provider} | {batch} | " + " | ".join(cells) + " |")
+    r50 = results["resnest50"]
+    lines += [
+        "",
+        f"resnest50 (random weights, 224x224) with planted outliers ({r50['planted']}); searched keeps "
+        f"{', '.join(r50['searched_keeps']) or 'nothing'} in FP32; CPU INT8 p50 ms at batch 1:",
+        "",
+        "| backend | plain | equalized | searched | equalized / plain | searched / plain |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in providers:
+        a, b, c = (_ms(r50["latency"], f"{p}_b1", k) for k in ("plain", "equalized", "searched"))
+        lines.append(f"| {p} | {a:.2f} | {b:.2f} | {c:.2f} | {b / a:.3f} | {c / a:.3f} |")  # type: ignore[operator]
+    small = results["small_set"]
+    lines += [
+        "",
+        f"64 held-out images: resolves {BUDGET} points: {small['resolves']} "
+        f"({small['images_needed']} needed); printed: {small['printed'] or 'nothing about it'}.",
+        "",
+        "| goal | met | figures |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {g} | {ok} | {why} |" for g, ok, why in results["goals"]]
+    return "\n".join(lines)
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 fixtures, CPU target, 3 rounds, batch 1, resnest50 20 iterations",
+    )
+    args = parser.parse_args()
+    providers = ("cpu", "openvino") if importlib.util.find_spec("openvino") else ("cpu",)
+    if args.quick:
+        specs = [s for s in SPECS if s.name in QUICK_FIXTURES]
+        targets: tuple[str, ...] = ("cpu",)
+        timing: dict[str, Any] = {
+            "rounds": 3,
+            "batches": (1,),
+            "providers": providers,
+            "iterations": 200,
+            "r50_iterations": 20,
+        }
+    else:
+        specs, targets = list(SPECS), ("cpu", "tensorrt")
+        timing = {
+            "rounds": ROUNDS,
+            "batches": (1, 32),
+            "providers": providers,
+            "iterations": 200,
+            "r50_iterations": 100,
+        }
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
+        import onnx
+
+        from resnest_deploy.export import export_onnx
+        from resnest_deploy.models import load_model
+
         folder = Path(tmp)
         model, info = load_model("resnest14d_digits", "pretrained")
         digits = export_onnx(model, folder / "digits.onnx", weights=info).path
-        results = {
-            "outlier digits (fixture)": run("outlier", outlier_digits(folder / "outlier.onnx"), folder),
-            "digits": run("digits", digits, folder),
-        }
-    m = machine()
-    lines = [
-        f"# INT8 search, budget {BUDGET} points of top-1 (held-out digits, every convolution quantized)",
-        "",
-        f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}, {m['date'][:10]}.",
-        "",
-        "| model | target | FP32 | plain INT8 | searched | kept in FP32 | FP32 layers plain / searched "
-        "| most sensitive | search s |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, by_target in results.items():
-        for target, r in by_target.items():
-            layers = r["layers_fp32"]
-            lines.append(
-                f"| {name} | {target} | {r['fp32']:.2f} | {r['plain_int8']:.2f} | {r['searched']:.2f} "
-                f"| {', '.join(r['kept_fp32']) or 'none'} ({len(r['kept_fp32'])}/{r['units']} units) "
-                f"| {layers['plain']} / {layers['chosen']} of {layers['total']} "
-                f"| {r['most_sensitive']} | {r['search_seconds']} |"
-            )
-    lines += [
-        "",
-        f"CPU latency of the CPU-target files, p50 ms, median of {ROUNDS} `bench` processes per file "
-        "taking turns (plain, searched, plain, ...):",
-        "",
-        "| model | backend | batch | plain INT8 | searched | searched / plain |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, by_target in results.items():
-        r = by_target["cpu"]
-        for provider, label in (("cpu", "onnxruntime"), ("openvino", "openvino")):
-            for batch in (1, 32):
-                plain, searched = (r[f"{provider}_b{batch}_{k}_ms"] for k in ("plain", "searched"))
-                lines.append(
-                    f"| {name} | {label} | {batch} | {plain:.3f} | {searched:.3f} | {searched / plain:.2f} |"
-                )
-    save("int8_search", {"machine": m, "budget_points": BUDGET, "results": results}, "\n".join(lines))
+        sets = digits_sets(folder)
+        source = onnx.load(digits)
+        fixtures: dict[str, Any] = {}
+        for spec in specs:
+            print(f"fixture {spec.name}", flush=True)
+            planted, where = from_spec(source, spec)
+            src = folder / f"{spec.name}.onnx"
+            onnx.save(planted, src)
+            fixtures[spec.name] = fixture(spec.name, src, folder, sets, targets, timing) | {
+                "planted": str(where)
+            }
+        kept = sorted({u for r in fixtures.values() for u in r["cpu"]["searched"].get("kept_fp32") or []})
+        print("resnest50", flush=True)
+        r50 = resnest50(folder, kept or ["stem"], timing)
+        print("64 held-out images", flush=True)
+        small = small_set_line(folder / f"{specs[0].name}.onnx", folder, sets)
+        equal_digits = digits_equalized(digits, folder)
+    for r in fixtures.values():
+        for t in targets:
+            for e in r[t].values():
+                if isinstance(e, dict):
+                    e.pop("path", None)
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "quick": args.quick,
+        "budget_points": BUDGET,
+        "nncf_max_drop": NNCF_MAX_DROP,
+        "evaluation_images": len(sets.x),
+        "calibration_images": len(sets.calib),
+        "timing": {k: list(v) if isinstance(v, tuple) else v for k, v in timing.items()},
+        "fixtures": fixtures,
+        "resnest50": r50,
+        "small_set": small,
+        "equalized_fp32_digits_relative_change": equal_digits,
+    }
+    results["goals"] = goals(results, targets, r50, small, equal_digits, providers)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    name = "int8_search.quick" if args.quick else "int8_search"
+    save(name, results, "(the table is written after the figures; see the JSON)")  # a long run is never lost
+    save(
+        name,
+        results,
+        table(results, targets, providers, timing, args.quick) + f"\n\nWall time {results['seconds']} s.",
+    )
 
 
 if __name__ == "__main__":
