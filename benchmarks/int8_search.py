@@ -33,8 +33,8 @@ through ``search.without_qdq`` as the search does. The equalized FP32 files of t
 of resnest50 are checked against their sources (logits within 1e-5 relative). Each goal line of the
 issue is judged yes / no / pending at the end.
 
-``ours()`` is the one call to our library: after issues 34's ``--eval-dir`` (engineer A) and
-``equalize`` field (engineer B) merge, fix it there alone. Results: results/int8_search.{json,md}
+``ours()`` is the one call to our library (``convert`` with the evaluation set in the calibration
+data and ``equalize`` a field of the config). Results: results/int8_search.{json,md}
 (``--quick``: results/int8_search.quick.{json,md}).
 """
 
@@ -62,7 +62,7 @@ from resnest_deploy.errors import ResnestDeployError
 from resnest_deploy.metadata import machine
 from resnest_deploy.models import get_spec
 from resnest_deploy.precision import ConversionConfig, ConversionReport, RunOptions, convert
-from resnest_deploy.precision.calibration import DEFAULT_COUNT, CalibrationData
+from resnest_deploy.precision.calibration import DEFAULT_COUNT, CalibrationData, EvaluationSet
 from resnest_deploy.precision.equalize import relative_change, write_equalized
 from resnest_deploy.precision.outliers import DIGITS_SITES, SPECS, from_spec, outlier_fixture
 from resnest_deploy.precision.search import fp32_layers, without_qdq
@@ -93,10 +93,17 @@ class Sets:
     labels: np.ndarray
 
     def calibration(self, count: int | None = None) -> CalibrationData:
-        """Today's way to hand the evaluation set to ``convert``: as the held-out part (labelled)."""
+        """What ``quantize --calib-dir train --eval-dir DIR`` hands ``convert``: the training digits
+        to calibrate on (the last fifth held out, unlabelled) and the labelled evaluation set (the
+        first ``count`` images of it for the too-small-set check)."""
         x, labels = (self.x, self.labels) if count is None else (self.x[:count], self.labels[:count])
-        source = {"kind": "images", "path": str(self.eval_dir), "used": len(self.calib), "held_out": len(x)}
-        return CalibrationData(self.calib, x, source, labels)
+        k = len(self.calib) // 5
+        source = {"kind": "images", "path": str(self.eval_dir), "count": len(x), "labelled": True}
+        evaluation = EvaluationSet(x, labels, source)
+        calib = CalibrationData(
+            self.calib[:-k], self.calib[-k:], {"kind": "digits", "used": len(self.calib) - k}
+        )
+        return calib.with_evaluation(evaluation)
 
 
 def digits_sets(folder: Path) -> Sets:
@@ -135,23 +142,13 @@ def ours(
     say: Callable[[str], None],
     eval_count: int | None = None,
 ) -> ConversionReport:
-    """``quantize --target T [--max-drop B --eval-dir DIR] --equalize on|off`` through the library.
-
-    After issue 34 merges this is one call (A: the evaluation set; B: the ``equalize`` field):
-
-        config = ConversionConfig("int8", target, max_drop=max_drop, equalize="on" if equalize else "off",
-                                  tolerance=None if max_drop is not None else UNCHECKED)
-        return convert(src, out, config, calib, RunOptions(say, use_cache=False))  # + the eval set, A's way
-
-    Today: the evaluation set travels as the calibration data's labelled held-out part (what
-    ``--max-drop`` measures on main), and equalization is ``write_equalized`` on the source before
-    converting, which is what B's field does. Without a budget the file is measured, not judged."""
-    if equalize:
-        equalized = out.with_name(f"{out.stem}.equalized-source.onnx")
-        write_equalized(src, equalized)
-        src = equalized
+    """``quantize --target T [--max-drop B] --eval-dir DIR --equalize on|off`` through the library:
+    the evaluation set in the calibration data, equalization a field of the config. Without a budget
+    the file is measured, not judged."""
     tolerance = None if max_drop is not None else UNCHECKED
-    config = ConversionConfig("int8", target, max_drop=max_drop, tolerance=tolerance)
+    config = ConversionConfig(
+        "int8", target, max_drop=max_drop, tolerance=tolerance, equalize="on" if equalize else "off"
+    )
     return convert(src, out, config, sets.calibration(eval_count), RunOptions(say, use_cache=False))
 
 
