@@ -43,37 +43,7 @@ def inspect_cmd(
     out.print(f"  arch {meta.get('arch', '?')}, precision {meta.get('precision', '?')}")
     if random_weights(meta):
         out.print(styled(("  note:", "yellow"), f" {RANDOM_WEIGHTS_NOTE}"))
-    if info["kind"] == "onnx":
-        for io in (*info["inputs"], *info["outputs"]):
-            out.print(f"  {io['name']}: {io['dtype']} {io['shape']}")
-        ops = ", ".join(f"{k} {v}" for k, v in info["op_counts"].items())
-        out.print(f"  opset {info['opset']}, {info['nodes']} nodes: {ops}")
-        stored = info["initializer_bytes"]
-        total = sum(stored.values()) or 1
-        out.print(
-            "  weights stored: "
-            + ", ".join(f"{k} {v / 2**20:.2f} MiB ({v / total:.0%})" for k, v in stored.items())
-            + f"; initializers by dtype: {info['initializer_dtypes']}"
-        )
-        q = info["quantized"]
-        if q["activations"] or q["weights"]:
-            fp32 = q["fp32_compute"]
-            names = ", ".join(fp32[:4]) + (f" and {len(fp32) - 4} more" if len(fp32) > 4 else "")
-            out.print(
-                f"  quantized: {len(q['activations'])} activation tensors, {len(q['weights'])} int8 weights; "
-                f"{len(fp32)} of {q['compute']} compute layers in FP32{': ' + names if fp32 else ''} "
-                "(names: --json)"
-            )
-    else:
-        trt = meta.get("tensorrt") or {}
-        out.print(
-            f"  built with {trt.get('flavour', '?')} {trt.get('version', '?')}; target {meta.get('target')}"
-        )
-        out.print(f"  profile {(meta.get('input') or {}).get('profile')}")
-        layers_info = info.get("layers")
-        out.print(
-            f"  layers: {len(layers_info)}" if isinstance(layers_info, list) else f"  layers: {layers_info}"
-        )
+    _print_graph(info, meta)
     conversion = meta.get("conversion") or (info.get("sidecar") or {}).get("conversion") or {}
     if isinstance(conversion, dict) and conversion.get("method"):
         out.print(f"  calibration: {conversion.get('method')}")
@@ -127,3 +97,38 @@ def equalization_lines(meta: dict[str, Any], sidecar: dict[str, Any], conversion
             f"{float(record.get('relative_change') or 0):.2g} of their scale"
         )
     return lines
+
+
+def _print_graph(info: dict[str, Any], meta: dict[str, Any]) -> None:
+    """An ONNX file's inputs, ops, stored weights and quantized tensors; an engine's build and layers."""
+    if info["kind"] == "onnx":
+        for io in (*info["inputs"], *info["outputs"]):
+            out.print(f"  {io['name']}: {io['dtype']} {io['shape']}")
+        ops = ", ".join(f"{k} {v}" for k, v in info["op_counts"].items())
+        out.print(f"  opset {info['opset']}, {info['nodes']} nodes: {ops}")
+        stored = info["initializer_bytes"]
+        total = sum(stored.values()) or 1
+        out.print(
+            "  weights stored: "
+            + ", ".join(f"{k} {v / 2**20:.2f} MiB ({v / total:.0%})" for k, v in stored.items())
+            + f"; initializers by dtype: {info['initializer_dtypes']}"
+        )
+        q = info["quantized"]
+        if q["activations"] or q["weights"]:
+            fp32 = q["fp32_compute"]
+            names = ", ".join(fp32[:4]) + (f" and {len(fp32) - 4} more" if len(fp32) > 4 else "")
+            out.print(
+                f"  quantized: {len(q['activations'])} activation tensors, {len(q['weights'])} int8 weights; "
+                f"{len(fp32)} of {q['compute']} compute layers in FP32{': ' + names if fp32 else ''} "
+                "(names: --json)"
+            )
+    else:
+        trt = meta.get("tensorrt") or {}
+        out.print(
+            f"  built with {trt.get('flavour', '?')} {trt.get('version', '?')}; target {meta.get('target')}"
+        )
+        out.print(f"  profile {(meta.get('input') or {}).get('profile')}")
+        layers_info = info.get("layers")
+        out.print(
+            f"  layers: {len(layers_info)}" if isinstance(layers_info, list) else f"  layers: {layers_info}"
+        )

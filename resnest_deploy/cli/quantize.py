@@ -41,6 +41,17 @@ from resnest_deploy.precision import (
 from resnest_deploy.precision.config import Equalize
 from resnest_deploy.reports import conversion as rendered
 
+PlotOpt = Annotated[
+    Path | None, typer.Option(help="With --max-drop: the sensitivity ranking as a bar chart (PNG).")
+]
+CacheOpt = Annotated[
+    bool, typer.Option(help="Reuse preprocessed images and calibrated models from an earlier run.")
+]
+QuantizedOpt = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Default: m.fp16.onnx, m.int8.onnx, m.int8-cpu.onnx."),
+]
+
 
 @handle_errors
 def quantize_cmd(
@@ -58,16 +69,9 @@ def quantize_cmd(
     equalize: EqualizeOpt = Equalize.off,
     min_cosine: MinCosineOpt = None,
     min_top1: MinTop1Opt = None,
-    plot: Annotated[
-        Path | None, typer.Option(help="With --max-drop: the sensitivity ranking as a bar chart (PNG).")
-    ] = None,
-    cache: Annotated[
-        bool, typer.Option(help="Reuse preprocessed images and calibrated models from an earlier run.")
-    ] = True,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Default: m.fp16.onnx, m.int8.onnx, m.int8-cpu.onnx."),
-    ] = None,
+    plot: PlotOpt = None,
+    cache: CacheOpt = True,
+    output: QuantizedOpt = None,
     verbose: VerboseOpt = False,
     json_out: JsonOpt = False,
     ray_address: RaySearchOpt = None,
@@ -99,10 +103,7 @@ def quantize_cmd(
       resnest-deploy quantize --onnx m.onnx -p int8 --target cpu --equalize auto --max-drop 0.25
       resnest-deploy quantize --onnx m.onnx -p int8 --min-cosine 0.95   # accept a looser file, recorded
     """
-    if plot is not None and max_drop is None:
-        raise typer.BadParameter(
-            "the sensitivity chart comes from the search: add --max-drop", param_hint="--plot"
-        )
+    _refuse_early(precision, plot, max_drop, eval_dir)
     config = ConversionConfig(
         precision,
         target,
@@ -116,8 +117,6 @@ def quantize_cmd(
     prepare_outputs([output or default_output(onnx, precision.value, target.value)], [onnx, calib_npy])
     if plot is not None:
         prepare_outputs([plot], [onnx, calib_npy], with_sidecar=False)
-    if eval_dir is not None and precision.value != "int8":
-        raise typer.BadParameter("the evaluation set judges INT8: add -p int8", param_hint="--eval-dir")
     options = CalibrationOptions(calib_dir, calib_npy, calib_count, eval_dir)
     calib = calibration_with_bar(onnx, options, cache, json_out)
     searching = precision.value == "int8" and max_drop is not None
@@ -129,6 +128,18 @@ def quantize_cmd(
         print_json(report.metadata | {"path": str(report.path), "sidecar": str(report.sidecar)})
         return
     _print(report, plot)
+
+
+def _refuse_early(
+    precision: Reduced, plot: Path | None, max_drop: float | None, eval_dir: Path | None
+) -> None:
+    """Options that cannot go together, refused before any file is read."""
+    if plot is not None and max_drop is None:
+        raise typer.BadParameter(
+            "the sensitivity chart comes from the search: add --max-drop", param_hint="--plot"
+        )
+    if eval_dir is not None and precision.value != "int8":
+        raise typer.BadParameter("the evaluation set judges INT8: add -p int8", param_hint="--eval-dir")
 
 
 def _print(report: ConversionReport, plot: Path | None) -> None:

@@ -22,9 +22,8 @@ not required to lie within the budget: a set that can resolve the budget keeps i
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,70 +31,21 @@ import numpy as np
 from resnest_deploy import _deps, metrics, stats
 from resnest_deploy.compare import Metrics, Tolerance, compare
 from resnest_deploy.errors import SearchError
-from resnest_deploy.models import parts
-from resnest_deploy.models.config import RESNEST_PARTS, ModelParts
 from resnest_deploy.precision.qdq import layers_without_qdq as layers_without_qdq
+from resnest_deploy.precision.search_result import ACCEPTANCE as ACCEPTANCE
+from resnest_deploy.precision.search_result import ACCEPTANCE_TEXT as ACCEPTANCE_TEXT
+from resnest_deploy.precision.search_result import SearchResult as SearchResult
+from resnest_deploy.precision.search_result import Sensitivity as Sensitivity
+from resnest_deploy.precision.search_result import drop_from_dict as drop_from_dict
+from resnest_deploy.precision.units import COMPUTE_OPS as COMPUTE_OPS
+from resnest_deploy.precision.units import fp32_layers as fp32_layers
+from resnest_deploy.precision.units import unit_of as unit_of
+from resnest_deploy.precision.units import units as units
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
 from resnest_deploy.runners.options import RunnerOptions
 
 #: the budget `pipeline` searches with: points of top-1 (or of agreement with FP32) INT8 may lose
 DEFAULT_MAX_DROP = 0.5
-#: what the search accepts, recorded in the sidecar: the budget and the parity gate, both on one set
-ACCEPTANCE = "budget_and_parity"
-ACCEPTANCE_TEXT = (
-    "drop (point estimate) within max_drop and the parity gate met, both on the evaluation set; "
-    "the 95% interval is shown, not required within the budget"
-)
-#: the ops whose inputs carry Q/DQ in both quantizers' graphs
-COMPUTE_OPS = frozenset({"Conv", "Gemm", "MatMul"})
-
-
-def unit_of(node_name: str, names: ModelParts = RESNEST_PARTS) -> str | None:
-    """The unit a node of an export belongs to (node names carry the module path; the model's
-    ``names`` of its parts say which)."""
-    if re.search(names.stem_nodes, node_name):
-        return "stem"
-    if re.search(names.classifier_nodes, node_name):
-        return "classifier"
-    m = re.search(names.block_nodes, node_name)
-    if m is None:
-        return None
-    layer, block, part, _ = m.groups()
-    where = f"{layer}.{block}"
-    if part == names.split_attention:
-        gate = any(re.search(p, node_name) for p in names.gate_nodes)
-        return f"{where} attention gate" if gate else f"{where} split-attention conv"
-    return f"{where} {part}"
-
-
-def units(model: Any) -> dict[str, list[str]]:
-    """Unit -> the names of its compute nodes that read a Q/DQ'd input (what INT8 touches)."""
-    recorded = next((p.value for p in model.metadata_props if p.key == "arch"), None)
-    names = parts(recorded)  # the family's names for a file that records no arch we know
-    found: dict[str, list[str]] = {}
-    for node in _quantized_compute(model):
-        unit = unit_of(node.name, names)
-        if unit is not None:
-            found.setdefault(unit, []).append(node.name)
-    return found
-
-
-def _quantized_compute(model: Any) -> list[Any]:
-    """The compute nodes (Conv, Gemm, MatMul) that read an input through a DequantizeLinear."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-    return [
-        n
-        for n in model.graph.node
-        if n.op_type in COMPUTE_OPS
-        and any(getattr(producers.get(i), "op_type", None) == "DequantizeLinear" for i in n.input)
-    ]
-
-
-def fp32_layers(model: Any) -> tuple[int, int]:
-    """How many compute layers (Conv, Gemm, MatMul) run in FP32, of all: what TensorRT will build
-    as FP32 kernels, and the cost a CPU-less latency figure stands for."""
-    compute = sum(n.op_type in COMPUTE_OPS for n in model.graph.node)
-    return compute - len(_quantized_compute(model)), compute
 
 
 def without_qdq(model: Any, keep_fp32: Sequence[str], source: Any = None) -> Any:
@@ -168,14 +118,6 @@ class Metric:
         return self.of_logits(self.reference)
 
 
-@dataclass
-class Sensitivity:
-    unit: str
-    metric_fp32_alone: float  # the held-out metric with only this unit in FP32
-    gain: float  # points over plain INT8
-    cosine: float | None = None  # mean logit cosine to FP32 with only this unit in FP32
-
-
 @dataclass(frozen=True)
 class TrialInputs:
     """What every trial of a pass shares, as bytes and arrays (no ModelProto, no session): an
@@ -243,88 +185,6 @@ def sensitivity(
     ]
     ranked.sort(key=lambda s: (-s.gain, -(s.cosine or 0.0), s.unit))
     return plain, ranked
-
-
-@dataclass
-class SearchResult:
-    fp32_metric: float
-    int8_metric: float
-    metric: float  # with ``kept_fp32``
-    kept_fp32: list[str]
-    max_drop: float
-    metric_name: str
-    ranking: list[Sensitivity] = field(default_factory=list)
-    trials: list[dict[str, Any]] = field(default_factory=list)
-    #: compute layers in FP32 (the default-kept gate and classifier included), plain and chosen, of all
-    layers_fp32: dict[str, int] = field(default_factory=dict)
-    #: the compute nodes of ``kept_fp32`` that stay FP32 (the others went back to INT8)
-    kept_fp32_layers: list[str] = field(default_factory=list)
-    #: the chosen file's drop against FP32 on the evaluation set, paired per image, with its interval
-    drop: stats.Drop | None = None
-    #: what the search accepted a candidate by (``ACCEPTANCE``; older sidecars: the budget alone)
-    acceptance: str = ACCEPTANCE
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "acceptance": {
-                "rule": self.acceptance,
-                "text": ACCEPTANCE_TEXT if self.acceptance == ACCEPTANCE else "",
-            },
-            "drop": self.drop.as_dict() if self.drop is not None else None,
-            "metric": self.metric_name,
-            "fp32": self.fp32_metric,
-            "plain_int8": self.int8_metric,
-            "chosen": self.metric,
-            "max_drop_points": self.max_drop,
-            "kept_fp32": self.kept_fp32,
-            "kept_fp32_layers": self.kept_fp32_layers,
-            "sensitivity": [s.__dict__ for s in self.ranking],
-            "trials": self.trials,
-            "layers_fp32": self.layers_fp32,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SearchResult:
-        """A search read back from a sidecar's ``conversion.search`` (what ``as_dict`` wrote)."""
-        ranking = [
-            Sensitivity(
-                str(s["unit"]),
-                float(s["metric_fp32_alone"]),
-                float(s["gain"]),
-                None if s.get("cosine") is None else float(s["cosine"]),
-            )
-            for s in data.get("sensitivity") or []
-        ]
-        drop, acceptance = data.get("drop"), data.get("acceptance")
-        return cls(
-            float(data["fp32"]),
-            float(data["plain_int8"]),
-            float(data["chosen"]),
-            [str(u) for u in data.get("kept_fp32") or []],
-            float(data["max_drop_points"]),
-            str(data["metric"]),
-            ranking,
-            [dict(t) for t in data.get("trials") or []],
-            {str(k): int(v) for k, v in (data.get("layers_fp32") or {}).items()},
-            [str(n) for n in data.get("kept_fp32_layers") or []],
-            drop_from_dict(drop) if isinstance(drop, Mapping) else None,
-            str(acceptance["rule"]) if isinstance(acceptance, Mapping) else "budget",
-        )
-
-
-def drop_from_dict(data: Mapping[str, Any]) -> stats.Drop:
-    """A ``stats.Drop`` read back from what ``as_dict`` wrote (a sidecar: checked by its types)."""
-    return stats.Drop(
-        float(data["points"]),
-        float(data["low"]),
-        float(data["high"]),
-        int(data["n"]),
-        int(data["lost"]),
-        int(data["gained"]),
-        float(data["p_value"]),
-        str(data["method"]),
-        float(data["confidence"]),
-    )
 
 
 def search(

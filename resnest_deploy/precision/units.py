@@ -1,0 +1,62 @@
+"""Units: what a user recognises in a ResNeSt (the stem, each block's convolutions, its attention
+gate, the classifier), found in an export by the node names the registry declares
+(``models.parts``); the INT8 search keeps whole units in FP32."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from resnest_deploy.models import parts
+from resnest_deploy.models.config import RESNEST_PARTS, ModelParts
+
+#: the ops whose inputs carry Q/DQ in both quantizers' graphs
+COMPUTE_OPS = frozenset({"Conv", "Gemm", "MatMul"})
+
+
+def unit_of(node_name: str, names: ModelParts = RESNEST_PARTS) -> str | None:
+    """The unit a node of an export belongs to (node names carry the module path; the model's
+    ``names`` of its parts say which)."""
+    if re.search(names.stem_nodes, node_name):
+        return "stem"
+    if re.search(names.classifier_nodes, node_name):
+        return "classifier"
+    m = re.search(names.block_nodes, node_name)
+    if m is None:
+        return None
+    layer, block, part, _ = m.groups()
+    where = f"{layer}.{block}"
+    if part == names.split_attention:
+        gate = any(re.search(p, node_name) for p in names.gate_nodes)
+        return f"{where} attention gate" if gate else f"{where} split-attention conv"
+    return f"{where} {part}"
+
+
+def units(model: Any) -> dict[str, list[str]]:
+    """Unit -> the names of its compute nodes that read a Q/DQ'd input (what INT8 touches)."""
+    recorded = next((p.value for p in model.metadata_props if p.key == "arch"), None)
+    names = parts(recorded)  # the family's names for a file that records no arch we know
+    found: dict[str, list[str]] = {}
+    for node in _quantized_compute(model):
+        unit = unit_of(node.name, names)
+        if unit is not None:
+            found.setdefault(unit, []).append(node.name)
+    return found
+
+
+def _quantized_compute(model: Any) -> list[Any]:
+    """The compute nodes (Conv, Gemm, MatMul) that read an input through a DequantizeLinear."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    return [
+        n
+        for n in model.graph.node
+        if n.op_type in COMPUTE_OPS
+        and any(getattr(producers.get(i), "op_type", None) == "DequantizeLinear" for i in n.input)
+    ]
+
+
+def fp32_layers(model: Any) -> tuple[int, int]:
+    """How many compute layers (Conv, Gemm, MatMul) run in FP32, of all: what TensorRT will build
+    as FP32 kernels, and the cost a CPU-less latency figure stands for."""
+    compute = sum(n.op_type in COMPUTE_OPS for n in model.graph.node)
+    return compute - len(_quantized_compute(model)), compute
