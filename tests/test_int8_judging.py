@@ -267,3 +267,30 @@ def test_quantize_and_pipeline_take_an_evaluation_set_in_the_calibration_group()
         assert r.exit_code == 0 and "--eval-dir" in r.output, command
     r = CliRunner().invoke(app, ["quantize", "--onnx", "m.onnx", "-p", "fp16", "--eval-dir", "val"])
     assert r.exit_code == 2 and "judges INT8" in r.output
+
+
+def test_a_residual_outlier_is_repaired_by_keeping_its_blocks_add_in_fp32(digits_onnx, tmp_path):
+    """``residual1-32x``: the outlier is in layer1's block output, where conv3 and the shortcut meet at
+    an ``Add`` whose Q/DQ no convolution's unit covers (21 of 22 such units in FP32 still reached only
+    97.44 against 99.44). Its own unit, ``layer1.0 residual``, puts the Add on float inputs: the file
+    written is within 0.25 points on the 899 held-out digits and passes the parity gate."""
+    from resnest_deploy.precision.qdq import quantized_inputs
+
+    spec = next(s for s in SPECS if s.name == "residual1-32x")
+    src = tmp_path / "residual1.onnx"
+    onnx.save(from_spec(onnx.load(digits_onnx), spec)[0], src)
+    out = tmp_path / "searched.onnx"
+    calib = calibration.from_digits(DIGITS)
+    report = convert(
+        src, out, ConversionConfig("int8", "cpu", max_drop=0.25), calib, RunOptions(use_cache=False)
+    )
+    found = report.search
+    assert found is not None and report.evaluation is not None and report.evaluation.count == 899
+    assert {f"layer{i}.0 residual" for i in range(1, 5)} <= {s.unit for s in found.ranking}
+    assert "layer1.0 residual" in found.kept_fp32 and len(found.kept_fp32) <= 3, found.kept_fp32
+    assert found.fp32_metric - found.int8_metric >= 1.0  # plain INT8 is hard here
+    assert report.drop is not None and report.drop.points <= 0.25 and report.drop.n == 899
+    assert report.parity.cosine >= TOLERANCES["int8"].cosine
+    model = onnx.load(out)
+    assert quantized_inputs(model, "/layer1/layer1.0/Add") == []  # FP32 in
+    assert quantized_inputs(model, "/layer2/layer2.0/Add")  # the other blocks' Adds stay INT8

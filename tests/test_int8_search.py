@@ -128,12 +128,13 @@ def test_within_the_kept_unit_only_the_planted_layer_stays_fp32_for_tensorrt_too
 
 
 def test_a_budget_no_choice_of_units_can_meet_is_refused_with_what_was_reached(hard, tmp_path):
-    """The loss planted outside every unit (a residual Add's input saturated) cannot be undone by
-    putting units back in FP32: refused, with the best reached, and nothing written."""
+    """The loss planted outside every unit (the input of a split attention's attention-weighted
+    ``Mul`` saturated: no convolution reads it, and it is not a block's residual ``Add``) cannot be
+    undone by putting units back in FP32: refused, with the best reached, and nothing written."""
     model = onnx.load(hard["src"].with_name("plain.cpu.onnx"))
     producers = {o: n for n in model.graph.node for o in n.output}
-    adds = [n for n in model.graph.node if n.op_type == "Add" and n.name.startswith("/layer2/")]
-    dq = producers[adds[0].input[0]]
+    mul = next(n for n in model.graph.node if n.name == "/layer2/layer2.0/conv2/Mul")
+    dq = producers[mul.input[0]]
     scale = next(t for t in model.graph.initializer if t.name == dq.input[1])
     scale.CopyFrom(numpy_helper.from_array(np.asarray(1e-6, np.float32), scale.name))  # saturates
     with pytest.raises(SearchError, match=r"units in FP32 reach only .* more than the 0\.5 points allowed"):

@@ -28,6 +28,9 @@ class ModelParts:
     split_attention: str = "conv2"
     #: ONNX nodes of the attention gate (fc1, fc2, the radix softmax) inside a split attention
     gate_nodes: tuple[str, ...] = (r"/conv2/fc[12]/", r"/rsoftmax/")
+    #: ONNX node of a block's residual ``Add`` (conv3 + shortcut, the block output): groups (stage,
+    #: block index); its Q/DQ'd inputs (and output) are rounded by no convolution's unit
+    residual_nodes: str = r"^/(layer\d+)/\1\.(\d+)/Add$"
 
     @property
     def keep_fp32_nodes(self) -> tuple[str, ...]:

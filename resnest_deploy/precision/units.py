@@ -1,5 +1,5 @@
 """Units: what a user recognises in a ResNeSt (the stem, each block's convolutions, its attention
-gate, the classifier), found in an export by the node names the registry declares
+gate, its residual ``Add``, the classifier), found in an export by the node names the registry declares
 (``models.parts``); the INT8 search keeps whole units in FP32."""
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from resnest_deploy.models.config import RESNEST_PARTS, ModelParts
 
 #: the ops whose inputs carry Q/DQ in both quantizers' graphs
 COMPUTE_OPS = frozenset({"Conv", "Gemm", "MatMul"})
+#: the op where a block's conv3 and shortcut meet (the residual stream): both quantizers put Q/DQ on
+#: its inputs (ModelOpt on the shortcut's alone) and on its output, which no convolution's unit covers
+RESIDUAL_OPS = frozenset({"Add"})
 
 
 def unit_of(node_name: str, names: ModelParts = RESNEST_PARTS) -> str | None:
@@ -21,6 +24,9 @@ def unit_of(node_name: str, names: ModelParts = RESNEST_PARTS) -> str | None:
         return "stem"
     if re.search(names.classifier_nodes, node_name):
         return "classifier"
+    m = re.search(names.residual_nodes, node_name)
+    if m is not None:
+        return f"{m.group(1)}.{m.group(2)} residual"
     m = re.search(names.block_nodes, node_name)
     if m is None:
         return None
@@ -33,11 +39,13 @@ def unit_of(node_name: str, names: ModelParts = RESNEST_PARTS) -> str | None:
 
 
 def units(model: Any) -> dict[str, list[str]]:
-    """Unit -> the names of its compute nodes that read a Q/DQ'd input (what INT8 touches)."""
+    """Unit -> the names of its nodes that read a Q/DQ'd input (what INT8 touches): compute nodes,
+    and each block's residual ``Add`` (its unit kept in FP32, the Add reads float inputs, and the Q/DQ
+    on its output goes where no INT8 consumer reads it)."""
     recorded = next((p.value for p in model.metadata_props if p.key == "arch"), None)
     names = parts(recorded)  # the family's names for a file that records no arch we know
     found: dict[str, list[str]] = {}
-    for node in _quantized_compute(model):
+    for node in [*_quantized_compute(model), *_quantized_residuals(model, names)]:
         unit = unit_of(node.name, names)
         if unit is not None:
             found.setdefault(unit, []).append(node.name)
@@ -51,6 +59,18 @@ def _quantized_compute(model: Any) -> list[Any]:
         n
         for n in model.graph.node
         if n.op_type in COMPUTE_OPS
+        and any(getattr(producers.get(i), "op_type", None) == "DequantizeLinear" for i in n.input)
+    ]
+
+
+def _quantized_residuals(model: Any, names: ModelParts) -> list[Any]:
+    """The blocks' residual Adds (by the registry's ``residual_nodes``) that read a DequantizeLinear."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    return [
+        n
+        for n in model.graph.node
+        if n.op_type in RESIDUAL_OPS
+        and re.search(names.residual_nodes, n.name)
         and any(getattr(producers.get(i), "op_type", None) == "DequantizeLinear" for i in n.input)
     ]
 
