@@ -177,3 +177,36 @@ def test_a_cpu_conversion_makes_the_same_graph_after_a_tensorrt_one_in_the_same_
     after = quantize_every_conv(hard["src"], tmp_path / "after.onnx", "cpu", hard["calib"])
     ops = Counter(n.op_type for n in onnx.load(after.path).graph.node)
     assert ops == Counter(n.op_type for n in hard["plain"]["cpu"].graph.node) and ops["Relu"] == 0
+
+
+@pytest.mark.parametrize("target", ["cpu", "tensorrt"])
+def test_a_kept_residual_unit_reads_float_and_hands_float_to_the_identity_shortcut(tmp_path, target):
+    """FP32 in and out for a block's residual ``Add`` (resnest26d: two blocks per stage, so layer1.1
+    adds layer1.0's output on an identity shortcut): kept, the Add reads no Q/DQ; the next Add reads
+    its output in float, while layer1.1's conv1, still INT8, keeps the Q/DQ it reads."""
+    from resnest_deploy.export import export_onnx
+    from resnest_deploy.models import load_model
+    from resnest_deploy.precision.qdq import quantized_inputs
+
+    calib = calibration.from_digits(TRANSFORM, count=64)
+    model, info = load_model("resnest26d", None, num_classes=10)
+    src = tmp_path / "r26.onnx"
+    export_onnx(model, src, input_size=tuple(calib.calib.shape[2:]), weights=info)
+    plain = onnx.load(quantize_every_conv(src, tmp_path / "plain.onnx", target, calib).path)
+    found = units(plain)
+    assert [u for u in found if u.endswith(" residual")] == [
+        f"layer{s}.{b} residual" for s in range(1, 5) for b in range(2)
+    ]
+    assert found["layer1.0 residual"] == ["/layer1/layer1.0/Add"]
+    block_out = "/layer1/layer1.0/act3/Relu_output_0"
+    assert block_out in quantized_inputs(plain, "/layer1/layer1.1/Add")  # the identity, rounded
+    kept = without_qdq(plain, ["layer1.0 residual"], onnx.load(src))
+    onnx.checker.check_model(kept)
+    assert quantized_inputs(kept, "/layer1/layer1.0/Add") == []
+    assert block_out not in quantized_inputs(kept, "/layer1/layer1.1/Add")  # FP32 out
+    assert quantized_inputs(kept, "/layer1/layer1.1/conv1/Conv") == [block_out]  # INT8 reader keeps it
+    x = calib.holdout[:32]
+    with OnnxRuntimeRunner(src) as runner:
+        reference = runner.infer_batched(x, 32)
+    logits = Metric(x, None, reference, target == "tensorrt").logits(kept)  # run as its target runs it
+    assert logits.shape == reference.shape and np.isfinite(logits).all()

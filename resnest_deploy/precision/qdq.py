@@ -16,6 +16,8 @@ import numpy as np
 
 from resnest_deploy import _deps
 
+#: the ops whose inputs carry Q/DQ in both quantizers' graphs (what INT8 computes)
+COMPUTE_OPS = frozenset({"Conv", "Gemm", "MatMul"})
 #: ops that move or pool values without mixing channels' scales: a quantized tensor that reaches a
 #: kept node through them is read in float by a float copy of them
 TRANSPARENT_OPS = frozenset(
@@ -47,14 +49,33 @@ def layers_without_qdq(model: Any, wanted: Collection[str], source: Any = None) 
     ``<name>_quantized``), else are dequantized; Q/DQ nodes nothing reads are dropped."""
     model = copy.deepcopy(model)
     surgery = _Surgery(model, source)
+    kept_outputs: set[str] = set()
     for node in list(model.graph.node):
         if node.name in wanted:
             for i, name in enumerate(node.input):
                 if name:
                     node.input[i] = surgery.float_of(name, weights=True)
+            if node.op_type not in COMPUTE_OPS:
+                kept_outputs.update(o for o in node.output if o)
+    _float_outputs(model.graph, surgery, kept_outputs)
     _drop_unread(model.graph)
     _topological(model.graph)
     return model
+
+
+def _float_outputs(graph: Any, surgery: _Surgery, kept: set[str]) -> None:
+    """FP32 out: a kept non-compute node's output (a block's residual ``Add``, through the ReLU after
+    it) is read in float by the elementwise nodes that read its Q/DQ (the next block's ``Add``, on an
+    identity shortcut); convolutions and the pools before them keep the Q/DQ while they are INT8."""
+    if not kept:
+        return
+    reader_ops = COMPUTE_OPS | TRANSPARENT_OPS | {"QuantizeLinear", "DequantizeLinear"}
+    for node in list(graph.node):
+        if node.op_type in reader_ops:
+            continue
+        for i, name in enumerate(node.input):
+            if name and surgery.quantized_from(name) in kept:
+                node.input[i] = surgery.float_of(name)
 
 
 def quantized_inputs(model: Any, node_name: str) -> list[str]:
@@ -129,6 +150,17 @@ class _Surgery:
             self.graph.node.append(clone)
             return f"{name}_fp32"
         return name
+
+    def quantized_from(self, name: str) -> str | None:
+        """The tensor a Q/DQ'd ``name`` was made from, before a ReLU between (ModelOpt keeps it)."""
+        dq = self.producers.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            return None
+        q = self.producers.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            return None
+        before = self.producers.get(q.input[0])
+        return str(before.input[0]) if before is not None and before.op_type == "Relu" else str(q.input[0])
 
     def _relu(self, name: str) -> str:
         if name not in self.added:

@@ -9,9 +9,8 @@ from typing import Any
 
 from resnest_deploy.models import parts
 from resnest_deploy.models.config import RESNEST_PARTS, ModelParts
+from resnest_deploy.precision.qdq import COMPUTE_OPS as COMPUTE_OPS
 
-#: the ops whose inputs carry Q/DQ in both quantizers' graphs
-COMPUTE_OPS = frozenset({"Conv", "Gemm", "MatMul"})
 #: the op where a block's conv3 and shortcut meet (the residual stream): both quantizers put Q/DQ on
 #: its inputs (ModelOpt on the shortcut's alone) and on its output, which no convolution's unit covers
 RESIDUAL_OPS = frozenset({"Add"})
