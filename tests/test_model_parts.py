@@ -61,13 +61,17 @@ def test_the_node_patterns_find_every_unit_of_a_real_export(digits_onnx):
 
 @pytest.mark.parametrize("arch", ["resnest14d_digits", "an_arch_we_do_not_know"])
 def test_units_of_a_quantized_file_follow_the_arch_it_records(arch):
-    """A file with Q/DQ on two convolutions' inputs: named by the family's parts whatever it records."""
+    """A file with Q/DQ on two convolutions' inputs and on a block's residual Add: named by the family's
+    parts whatever it records (a split attention's radix sum is no residual unit)."""
     nodes = [
         helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["x"], name="dq"),
         helper.make_node("Conv", ["x", "w"], ["y"], name="/conv1/conv1.0/Conv"),
         helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["y2"], name="dq2"),
         helper.make_node("Conv", ["y2", "w2"], ["out"], name="/layer2/layer2.0/conv2/fc1/Conv"),
         helper.make_node("Conv", ["out", "w3"], ["out2"], name="/somewhere/else/Conv"),
+        helper.make_node("DequantizeLinear", ["aq", "s", "z"], ["a"], name="dq3"),
+        helper.make_node("Add", ["a", "out2"], ["sum"], name="/layer1/layer1.0/Add"),  # the block's
+        helper.make_node("Add", ["a", "sum"], ["radix"], name="/layer1/layer1.0/conv2/Add_1"),  # not
     ]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("xq", TensorProto.UINT8, None)], [])
     model = helper.make_model(graph)
@@ -75,4 +79,5 @@ def test_units_of_a_quantized_file_follow_the_arch_it_records(arch):
     assert units(model) == {
         "stem": ["/conv1/conv1.0/Conv"],
         "layer2.0 attention gate": ["/layer2/layer2.0/conv2/fc1/Conv"],
+        "layer1.0 residual": ["/layer1/layer1.0/Add"],
     }
