@@ -140,7 +140,8 @@ class ConversionConfig:
         equalize = _choice(Equalize, self.equalize, "equalize")
         if equalize != Equalize.off and precision != Reduced.int8:
             raise ConversionError(
-                "equalize balances INT8 ranges; an FP16 file has none to balance: drop it here"
+                "{equalize} balances INT8 ranges; an FP16 file has none to balance: drop it here",
+                param="equalize",
             )
         if self.max_drop is not None and not 0 <= self.max_drop <= 100:
             raise ConversionError(

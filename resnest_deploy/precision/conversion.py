@@ -14,7 +14,7 @@ from typing import Any
 from resnest_deploy import _deps, _verbosity, metadata, stats
 from resnest_deploy._io import artifact_pair, prepare_outputs, sha256_file
 from resnest_deploy.compare import TOLERANCES, UNCHECKED, Metrics, assert_close, compare
-from resnest_deploy.errors import ArtifactError
+from resnest_deploy.errors import ArtifactError, ParityError
 from resnest_deploy.formats import InputForm
 from resnest_deploy.precision import equalizing, search
 from resnest_deploy.precision.calibration import CalibrationData
@@ -254,7 +254,10 @@ def _judged(
         run.say(f"measuring against the FP32 source in ONNX Runtime on {inputs}")
         parity, measured = measure_parity(job.src, made.model, x, precision, target)
     bar = UNCHECKED if random else config.tolerance or TOLERANCES[precision]
-    assert_close(parity, bar, f"{precision} ({target}) model")
+    try:
+        assert_close(parity, bar, f"{precision} ({target}) model")
+    except ParityError as e:
+        raise _with_a_way_forward(e, config) from None
     if random:
         run.say(f"{job.src.name} is {metadata.RANDOM_WEIGHTS_NOTE}")
     section = conversion_section(
@@ -291,4 +294,18 @@ def _evaluation(
         stats.resolves(len(metric.x), max_drop) if budget and max_drop is not None else None,
         stats.images_needed(max_drop) if budget and max_drop is not None else None,
         refs.record() if refs is not None else {},
+    )
+
+
+def _with_a_way_forward(error: ParityError, config: ConversionConfig) -> ParityError:
+    """A refused INT8 file, with what the user can do about it: search for the units to keep in
+    FP32, equalize first, or accept the file below the bar (recorded)."""
+    if config.precision != "int8" or config.max_drop is not None:
+        return error
+    tries = ["{max_drop=0.25} (the units INT8 hurts stay FP32)"]
+    if config.equalize == "off":
+        tries.append("{equalize=auto}")
+    return ParityError(
+        f"{error}; try {' or '.join(tries)}, or accept it with {{min_cosine}} (recorded)",
+        param=("max_drop", "equalize", "min_cosine"),
     )

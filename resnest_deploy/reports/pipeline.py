@@ -106,6 +106,10 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: how a report names the set a search was judged on (``Evaluation.kind``)
+_SET_WORDS = {"eval_dir": "evaluation images", "held-out npy": "held-out inputs"}
+
+
 def _search_section(key: str, step: dict[str, Any], short: Callable[[str], str]) -> list[str]:
     """A conversion step's INT8 search (read back into typed results), as a markdown section."""
     conversion = step.get("conversion") or {}
@@ -117,7 +121,7 @@ def _search_section(key: str, step: dict[str, Any], short: Callable[[str], str])
     latency = recorded.get("latency")
     evaluation, drop = conversion.get("evaluation"), conversion.get("drop")
     judged = Evaluation.from_dict(evaluation) if isinstance(evaluation, dict) else None
-    where = f"{judged.count} {judged.kind} images" if judged is not None else "held-out images"
+    where = f"{judged.count} {_SET_WORDS.get(judged.kind, judged.kind)}" if judged else "held-out images"
     lines = [
         "",
         f"## INT8 search for {'the CPU' if key == 'convert-cpu' else 'TensorRT'}: "
