@@ -234,4 +234,3 @@ def prepare_outputs(
     refuse_overwrite(outs, inputs)
     for o in outs:
         check_destination(o, with_sidecar=with_sidecar)
-

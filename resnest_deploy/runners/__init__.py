@@ -20,4 +20,3 @@ __all__ = [
     "RunnerOptions",
     "artifact_kind",
 ]
-
