@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resnest_deploy.errors import ArtifactError
-from resnest_deploy.serving.kubernetes.policy import DNS, check_image, require
+from resnest_deploy.serving.kubernetes.policy import DNS, check_image, pod_security, require
 from resnest_deploy.serving.kubernetes.repository import read_repository
 
 KUBERAY_VERSION = "v1.7.0"
@@ -95,13 +95,7 @@ def _pod(
         "metadata": {"labels": labels},
         "spec": {
             "automountServiceAccountToken": False,  # Ray's pods do not talk to the Kubernetes API
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": 10001,
-                "runAsGroup": 10001,
-                "fsGroup": 10001,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
+            "securityContext": pod_security(),
             "containers": [
                 {
                     "name": container,

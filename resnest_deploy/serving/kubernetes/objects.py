@@ -14,6 +14,7 @@ from resnest_deploy.serving.kubernetes.policy import (
     ManifestOptions,
     hpa_target,
     memory_request_mib,
+    pod_security,
     server_image,
     startup_probe,
 )
@@ -280,13 +281,7 @@ def _pod(
     return {
         "automountServiceAccountToken": False,  # Triton never calls the Kubernetes API
         "terminationGracePeriodSeconds": 30,  # serve drains in-flight requests within 10 s
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 10001,
-            "runAsGroup": 10001,
-            "fsGroup": 10001,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security(),
         "containers": [_container(models, image, python_backend, gpu, memory, startup)],
         "volumes": [
             {"name": "models", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}},

@@ -243,3 +243,15 @@ def server_image(models: list[RepoModel], options: ManifestOptions) -> tuple[str
             param="image",
         )
     return options.image, False
+
+
+def pod_security() -> dict[str, Any]:
+    """Every pod this tool writes (Triton's and Ray's): a non-root user of its own, the runtime's
+    default seccomp profile. A new dict each time: a manifest may be edited after it is built."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "fsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
