@@ -28,10 +28,11 @@ Then resnest50 (random weights, 224x224) with outliers planted by the same ``out
 its stem and first split-attention inputs (those sites are block-local, so the digits model's node
 names hold in resnest50; the residual-stream sites are not), probed on seeded random inputs: plain,
 equalized and "searched" CPU INT8 latency. Random weights cannot be searched (near-uniform logits),
-so the searched file keeps in FP32 the units the digits searches kept (CPU target, equalization off),
-through ``search.without_qdq`` as the search does. The equalized FP32 files of the digits model and
-of resnest50 are checked against their sources (logits within 1e-5 relative). Each goal line of the
-issue is judged yes / no / pending at the end.
+so the searched file starts where a searched conversion starts (every unit INT8 but the radix
+softmax) and keeps in FP32 the nodes the digits searches kept (CPU target, equalization off; the
+block-local names hold in resnest50), through ``search.layers_without_qdq`` as the search does.
+The equalized FP32 files of the digits model and of resnest50 are checked against their sources
+(logits within 1e-5 relative). Each goal line of the issue is judged yes / no / pending at the end.
 
 ``ours()`` is the one call to our library (``convert`` with the evaluation set in the calibration
 data and ``equalize`` a field of the config). Results: results/int8_search.{json,md}
@@ -61,11 +62,12 @@ from resnest_deploy.compare import TOLERANCES, UNCHECKED, compare
 from resnest_deploy.errors import ResnestDeployError
 from resnest_deploy.metadata import machine
 from resnest_deploy.models import get_spec
+from resnest_deploy.models.config import RESNEST_PARTS
 from resnest_deploy.precision import ConversionConfig, ConversionReport, RunOptions, convert
 from resnest_deploy.precision.calibration import DEFAULT_COUNT, CalibrationData, EvaluationSet
 from resnest_deploy.precision.equalize import relative_change, write_equalized
 from resnest_deploy.precision.outliers import DIGITS_SITES, SPECS, from_spec, outlier_fixture
-from resnest_deploy.precision.search import fp32_layers, without_qdq
+from resnest_deploy.precision.search import fp32_layers, layers_without_qdq
 from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
 from resnest_deploy.runners.options import RunnerOptions
 from resnest_deploy.stats import images_needed, paired_drop, resolves
@@ -275,7 +277,7 @@ def latency(files: dict[str, Path], timing: dict[str, Any]) -> dict[str, Any]:
 # --- resnest50 with planted outliers -------------------------------------------------------------
 
 
-def resnest50(folder: Path, keep_units: list[str], timing: dict[str, Any]) -> dict[str, Any]:
+def resnest50(folder: Path, keep_layers: list[str], timing: dict[str, Any]) -> dict[str, Any]:
     """Plain, equalized and searched-like CPU INT8 of random-weight resnest50 with planted outliers;
     the equalized FP32 files of it and of its clean source, checked against their sources."""
     import onnx
@@ -303,22 +305,24 @@ def resnest50(folder: Path, keep_units: list[str], timing: dict[str, Any]) -> di
         equal[name] = float(relative_change(onnx.load(path), onnx.load(eq_path)))
     row["equalized_fp32_relative_change"] = equal
     files = {}
-    for kind, source in (("plain", src), ("equalized", folder / "r50.outliers.equalized.onnx")):
+    searched_start = RESNEST_PARTS.searched_keep_fp32_nodes  # where a searched conversion starts
+    for kind, source, keep in (
+        ("plain", src, None),
+        ("equalized", folder / "r50.outliers.equalized.onnx", None),
+        ("search_start", src, searched_start),
+    ):
         out = folder / f"r50.{kind}.int8-cpu.onnx"
-        convert(
-            source,
-            out,
-            ConversionConfig("int8", "cpu", tolerance=UNCHECKED),
-            calib,
-            RunOptions(use_cache=False),
-        )
+        config = ConversionConfig("int8", "cpu", tolerance=UNCHECKED, keep_fp32_nodes=keep)
+        convert(source, out, config, calib, RunOptions(use_cache=False))
         files[kind] = out
-    plain = onnx.load(files["plain"])
-    searched = without_qdq(plain, keep_units, onnx.load(src))
-    metadata.embed(searched, metadata.from_onnx(plain) or {})
+    start = onnx.load(files.pop("search_start"))
+    present = {n.name for n in start.graph.node}
+    kept = [n for n in keep_layers if n in present]
+    searched = layers_without_qdq(start, kept, onnx.load(src))
+    metadata.embed(searched, metadata.from_onnx(start) or {})
     files["searched"] = folder / "r50.searched.int8-cpu.onnx"
     onnx.save(searched, files["searched"])
-    row["searched_keeps"] = keep_units
+    row["searched_keeps"] = kept
     row["fp32_layers"] = {k: list(fp32_layers(onnx.load(p))) for k, p in files.items()}
     row["latency"] = latency(files, timing | {"batches": (1,), "iterations": timing["r50_iterations"]})
     return row
@@ -637,9 +641,11 @@ def main() -> None:
             fixtures[spec.name] = fixture(spec.name, src, folder, sets, targets, timing) | {
                 "planted": str(where)
             }
-        kept = sorted({u for r in fixtures.values() for u in r["cpu"]["searched"].get("kept_fp32") or []})
+        kept = sorted(
+            {n for r in fixtures.values() for n in r["cpu"]["searched"].get("kept_fp32_layers") or []}
+        )
         print("resnest50", flush=True)
-        r50 = resnest50(folder, kept or ["stem"], timing)
+        r50 = resnest50(folder, kept, timing)
         print("64 held-out images", flush=True)
         small = small_set_line(folder / f"{specs[0].name}.onnx", folder, sets)
         equal_digits = digits_equalized(digits, folder)

@@ -181,6 +181,24 @@ def test_import_and_help_of_every_command_load_no_torch_and_no_backend():
     assert out.strip() == "[]"
 
 
+def test_help_and_models_load_no_numpy_nor_pillow():
+    """Every start of the CLI pays for what `--help` and `models` import: the conversion's choices
+    (precision.config) must not bring the conversion machinery, numpy or Pillow with them."""
+    code = (
+        "import sys\n"
+        "from resnest_deploy.cli.app import main\n"
+        "for argv in (['resnest-deploy', '--help'], ['resnest-deploy', 'models', '--json']):\n"
+        "    sys.argv = argv\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit as e:\n"
+        "        assert not e.code, e.code\n"
+        "print([m for m in ('numpy', 'PIL', 'resnest_deploy.precision.conversion') if m in sys.modules])\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_quantize_cli_writes_file_and_sidecar(digits_onnx, tmp_path):
     out = tmp_path / "d.int8-cpu.onnx"
     r = invoke(

@@ -128,17 +128,42 @@ def test_within_the_kept_unit_only_the_planted_layer_stays_fp32_for_tensorrt_too
 
 
 def test_a_budget_no_choice_of_units_can_meet_is_refused_with_what_was_reached(hard, tmp_path):
-    """The loss planted outside every unit (the input of a split attention's attention-weighted
-    ``Mul`` saturated: no convolution reads it, and it is not a block's residual ``Add``) cannot be
-    undone by putting units back in FP32: refused, with the best reached, and nothing written."""
+    """A loss planted in every unit (every activation's Q/DQ saturated): the search leaves at least
+    one unit in INT8, and whichever it is still loses: refused, with the best reached, and nothing
+    written."""
     model = onnx.load(hard["src"].with_name("plain.cpu.onnx"))
     producers = {o: n for n in model.graph.node for o in n.output}
-    mul = next(n for n in model.graph.node if n.name == "/layer2/layer2.0/conv2/Mul")
-    dq = producers[mul.input[0]]
-    scale = next(t for t in model.graph.initializer if t.name == dq.input[1])
-    scale.CopyFrom(numpy_helper.from_array(np.asarray(1e-6, np.float32), scale.name))  # saturates
+    inits = {t.name: t for t in model.graph.initializer}
+    for dq in [n for n in model.graph.node if n.op_type == "DequantizeLinear"]:
+        if getattr(producers.get(dq.input[0]), "op_type", None) == "QuantizeLinear":  # an activation
+            scale = inits[dq.input[1]]
+            scale.CopyFrom(numpy_helper.from_array(np.asarray(1e-6, np.float32), scale.name))
     with pytest.raises(SearchError, match=r"units in FP32 reach only .* more than the 0\.5 points allowed"):
         search(model, metric_for(hard, "cpu"), max_drop=0.5)
+
+
+def test_the_split_attention_arithmetic_is_in_its_gate_unit_and_comes_back_in_float(hard):
+    """The radix split, its sum, pooling and the attention-weighted ``Mul`` read Q/DQ too: they are
+    the gate's unit (an outlier of the splits reaches the gate through them), and putting it back in
+    FP32 makes a valid graph (a ``Split`` has two outputs: one float copy of it, not two)."""
+    plain = hard["plain"]["cpu"]
+    gate = units(plain)["layer2.0 attention gate"]
+    assert {"/layer2/layer2.0/conv2/Mul", "/layer2/layer2.0/conv2/fc1/Conv"} <= set(gate)
+    assert any("/conv2/Split" in n for n in gate)
+    assert not any(n.endswith("/conv2/conv/Conv") for n in gate)  # the split-attention conv: its own unit
+    kept = without_qdq(plain, ["layer2.0 attention gate"], onnx.load(hard["src"]))
+    onnx.checker.check_model(kept)
+    names = [n.name for n in kept.graph.node]
+    assert len(names) == len(set(names))
+    assert np.isfinite(metric_for(hard, "cpu").logits(kept)).all()  # ONNX Runtime runs it
+
+
+def test_a_searched_conversion_starts_with_the_gates_and_classifier_in_int8():
+    """Unsearched, INT8 keeps the gates and the classifier in FP32; a search judges them like any
+    other unit, so it starts from them in INT8 (only the radix softmax stays FP32)."""
+    assert ConversionConfig("int8", "cpu").keep() == list(int8.KEEP_FP32_NODES)
+    assert ConversionConfig("int8", "cpu", max_drop=0.25).keep() == [r"/rsoftmax/"]
+    assert ConversionConfig("int8", "cpu", max_drop=0.25, keep_fp32_nodes=("^/fc/",)).keep() == ["^/fc/"]
 
 
 def test_the_digits_model_keeps_everything_in_int8_and_the_cli_says_so(digits_onnx, tmp_path):

@@ -23,10 +23,10 @@ from resnest_deploy.precision import (
     CalibrationOptions,
     ConversionConfig,
     RunOptions,
-    calibration,
     convert,
     default_output,
 )
+from resnest_deploy.precision.config import DEFAULT_COUNT
 
 
 def _capability(text: str) -> tuple[int, int]:
@@ -65,7 +65,7 @@ def build_cmd(
     ] = Precision.fp32,
     calib_dir: CalibDirOpt = None,
     calib_npy: CalibNpyOpt = None,
-    calib_count: CalibCountOpt = calibration.DEFAULT_COUNT,
+    calib_count: CalibCountOpt = DEFAULT_COUNT,
     json_out: JsonOpt = False,
 ) -> None:
     """Build a strongly typed TensorRT engine; precision comes from the ONNX file.

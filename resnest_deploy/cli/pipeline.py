@@ -36,8 +36,8 @@ from resnest_deploy.cli._options import (
     user_tolerance,
 )
 from resnest_deploy.cli._progress import progress, search_executor
-from resnest_deploy.precision import CalibrationOptions, RunOptions, calibration
-from resnest_deploy.precision.config import Equalize
+from resnest_deploy.precision import CalibrationOptions, RunOptions
+from resnest_deploy.precision.config import DEFAULT_COUNT, Equalize
 from resnest_deploy.precision.search import DEFAULT_MAX_DROP
 
 
@@ -51,7 +51,7 @@ def pipeline_cmd(
     target: TargetOpt = Target.tensorrt,
     calib_dir: CalibDirOpt = None,
     calib_npy: CalibNpyOpt = None,
-    calib_count: CalibCountOpt = calibration.DEFAULT_COUNT,
+    calib_count: CalibCountOpt = DEFAULT_COUNT,
     eval_dir: EvalDirOpt = None,
     method: PipelineMethodOpt = Method.auto,
     max_drop: MaxDropOpt = DEFAULT_MAX_DROP,

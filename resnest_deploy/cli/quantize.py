@@ -34,11 +34,10 @@ from resnest_deploy.precision import (
     ConversionConfig,
     ConversionReport,
     RunOptions,
-    calibration,
     convert,
     default_output,
 )
-from resnest_deploy.precision.config import Equalize
+from resnest_deploy.precision.config import DEFAULT_COUNT, Equalize
 from resnest_deploy.reports import conversion as rendered
 
 PlotOpt = Annotated[
@@ -60,7 +59,7 @@ def quantize_cmd(
     target: TargetOpt = Target.tensorrt,
     calib_dir: CalibDirOpt = None,
     calib_npy: CalibNpyOpt = None,
-    calib_count: CalibCountOpt = calibration.DEFAULT_COUNT,
+    calib_count: CalibCountOpt = DEFAULT_COUNT,
     eval_dir: EvalDirOpt = None,
     method: MethodOpt = Method.max,
     keep_fp32: KeepOpt = None,

@@ -28,6 +28,10 @@ class ModelParts:
     split_attention: str = "conv2"
     #: ONNX nodes of the attention gate (fc1, fc2, the radix softmax) inside a split attention
     gate_nodes: tuple[str, ...] = (r"/conv2/fc[12]/", r"/rsoftmax/")
+    #: ONNX nodes of the split attention's own arithmetic around its gate (the sum of the radix
+    #: splits, its pooling, the weighting ``Mul`` and the weighted sum): ops of the module itself,
+    #: one level below it, where its convolution, norm and gate are a level deeper
+    attention_nodes: str = r"/conv2/[^/]+$"
     #: ONNX node of a block's residual ``Add`` (conv3 + shortcut, the block output): groups (stage,
     #: block index); its Q/DQ'd inputs (and output) are rounded by no convolution's unit
     residual_nodes: str = r"^/(layer\d+)/\1\.(\d+)/Add$"
@@ -36,6 +40,13 @@ class ModelParts:
     def keep_fp32_nodes(self) -> tuple[str, ...]:
         """What INT8 keeps in FP32 by default: the attention gates and the classifier."""
         return (*self.gate_nodes, self.classifier_nodes)
+
+    @property
+    def searched_keep_fp32_nodes(self) -> tuple[str, ...]:
+        """What a searched INT8 conversion keeps in FP32 before it judges anything: the radix
+        softmax alone. The gates and the classifier are units the search keeps in FP32 where the
+        evaluation set says so, as NNCF's accuracy control reverts only what it must."""
+        return tuple(p for p in self.gate_nodes if "softmax" in p)
 
 
 #: every ResNeSt built here (official and timm names alike) names its parts the same way

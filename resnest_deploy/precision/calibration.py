@@ -21,6 +21,7 @@ import numpy as np
 
 from resnest_deploy import data
 from resnest_deploy.errors import ArtifactError, first_line
+from resnest_deploy.precision.config import DEFAULT_COUNT as DEFAULT_COUNT
 from resnest_deploy.precision.evaluation import (
     IMAGES_CACHE as IMAGES_CACHE,
 )
@@ -41,7 +42,6 @@ from resnest_deploy.precision.evaluation import (
     synsets_for as synsets_for,
 )
 
-DEFAULT_COUNT = 256
 HOLDOUT = 64  # images kept out of calibration to measure the converted model on
 
 

@@ -14,12 +14,10 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resnest_deploy.compare import Tolerance
 from resnest_deploy.errors import ConversionError, Naming, ResnestDeployError, as_parameter
-from resnest_deploy.precision import fp16
-from resnest_deploy.precision.calibration import DEFAULT_COUNT
 
 if TYPE_CHECKING:
+    from resnest_deploy.compare import Tolerance
     from resnest_deploy.executors import Executor
 
 
@@ -82,6 +80,13 @@ class CpuIsa(Choice):
 
 
 #: the calibration methods each target's quantizer offers (ONNX Runtime's; ModelOpt's)
+#: calibration images used when the user gives no ``--calib-count``
+DEFAULT_COUNT = 256
+#: FP16: op types kept in FP32 unless the caller says otherwise
+FP16_KEEP_FP32_OPS: tuple[str, ...] = ("Softmax",)
+#: FP16: node-name patterns kept in FP32 by default (``--keep-fp32`` adds some): none, the classifier
+#: included, since FP16 logits of the digits model match FP32 to a cosine of 0.9999997
+FP16_KEEP_FP32_NODES: tuple[str, ...] = ()
 CPU_METHODS: tuple[str, ...] = ("max", "entropy", "percentile", "distribution")
 TENSORRT_METHODS: tuple[str, ...] = ("max", "entropy", "percentile")
 PRECISIONS: tuple[str, ...] = tuple(p.value for p in Reduced)
@@ -110,7 +115,7 @@ class ConversionConfig:
     target: Target | str = Target.tensorrt
     method: Method | str = Method.max
     keep_fp32_nodes: tuple[str, ...] | None = None
-    keep_fp32_ops: tuple[str, ...] = fp16.KEEP_FP32_OPS
+    keep_fp32_ops: tuple[str, ...] = FP16_KEEP_FP32_OPS
     tolerance: Tolerance | None = None
     max_drop: float | None = None
     cpu_isa: CpuIsa | str = CpuIsa.any
@@ -167,12 +172,18 @@ class ConversionConfig:
         return self.precision == Reduced.int8 and self.method == Method.auto
 
     def keep(self) -> list[str]:
-        """The node-name regexes kept in FP32: the given ones, else the precision's default."""
+        """The node-name regexes kept in FP32: the given ones, else the precision's default. A
+        searched INT8 conversion (``max_drop``) starts from every unit in INT8 and lets the
+        evaluation set say which to keep in FP32; unsearched, INT8 keeps the gates and classifier."""
         if self.keep_fp32_nodes is not None:
             return list(self.keep_fp32_nodes)
-        from resnest_deploy.precision import int8
+        if self.precision == Reduced.fp16:
+            return list(FP16_KEEP_FP32_NODES)
+        from resnest_deploy.models.config import RESNEST_PARTS
 
-        return list(fp16.KEEP_FP32_NODES if self.precision == Reduced.fp16 else int8.KEEP_FP32_NODES)
+        if self.max_drop is not None:
+            return list(RESNEST_PARTS.searched_keep_fp32_nodes)
+        return list(RESNEST_PARTS.keep_fp32_nodes)
 
     def with_method(self, method: str) -> ConversionConfig:
         return replace(self, method=method)

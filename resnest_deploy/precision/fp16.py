@@ -16,12 +16,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from resnest_deploy import _deps
+from resnest_deploy.precision.config import FP16_KEEP_FP32_NODES, FP16_KEEP_FP32_OPS
 
-#: op types kept in FP32 unless the caller says otherwise
-KEEP_FP32_OPS: tuple[str, ...] = ("Softmax",)
-#: node-name patterns kept in FP32 by default (``--keep-fp32`` adds some): none, the classifier
-#: included, since FP16 logits of the digits model match FP32 to a cosine of 0.9999997
-KEEP_FP32_NODES: tuple[str, ...] = ()
+#: the defaults live with the conversion's other choices (``config``), which imports no numpy
+KEEP_FP32_OPS, KEEP_FP32_NODES = FP16_KEEP_FP32_OPS, FP16_KEEP_FP32_NODES
 
 
 def to_fp16(

@@ -148,6 +148,8 @@ class _Surgery:
             clone.attribute.extend(p.attribute)
             clone.domain = p.domain
             self.graph.node.append(clone)
+            # one clone for every output (a Split has several): the others are asked for later
+            self.made.update({o: f"{o}_fp32" for o in p.output if o})
             return f"{name}_fp32"
         return name
 

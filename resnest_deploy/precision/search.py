@@ -236,7 +236,9 @@ def search(
             candidate, judged, layers = _fewest_layers(
                 model, layers, (candidate, judged), metric, result, say
             )
-            result.metric, result.kept_fp32, result.kept_fp32_layers = judged.value, kept, layers
+            # the units some of whose nodes stayed FP32 (the rest went back to INT8 one by one)
+            still = [unit for unit in kept if set(found[unit]) & set(layers)]
+            result.metric, result.kept_fp32, result.kept_fp32_layers = judged.value, still, layers
             result.layers_fp32["chosen"] = fp32_layers(candidate)[0]
             result.drop = metric.drop(judged.logits)
             return candidate, result

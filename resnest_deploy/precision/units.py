@@ -32,19 +32,25 @@ def unit_of(node_name: str, names: ModelParts = RESNEST_PARTS) -> str | None:
     layer, block, part, _ = m.groups()
     where = f"{layer}.{block}"
     if part == names.split_attention:
-        gate = any(re.search(p, node_name) for p in names.gate_nodes)
+        gate = any(re.search(p, node_name) for p in (*names.gate_nodes, names.attention_nodes))
         return f"{where} attention gate" if gate else f"{where} split-attention conv"
     return f"{where} {part}"
 
 
 def units(model: Any) -> dict[str, list[str]]:
     """Unit -> the names of its nodes that read a Q/DQ'd input (what INT8 touches): compute nodes,
-    and each block's residual ``Add`` (its unit kept in FP32, the Add reads float inputs, and the Q/DQ
-    on its output goes where no INT8 consumer reads it)."""
+    each block's residual ``Add`` (its unit kept in FP32, the Add reads float inputs, and the Q/DQ
+    on its output goes where no INT8 consumer reads it), and the split attention's arithmetic (in
+    its gate's unit: an outlier channel of the splits reaches the gate through it)."""
     recorded = next((p.value for p in model.metadata_props if p.key == "arch"), None)
     names = parts(recorded)  # the family's names for a file that records no arch we know
     found: dict[str, list[str]] = {}
-    for node in [*_quantized_compute(model), *_quantized_residuals(model, names)]:
+    quantized = [
+        *_quantized_compute(model),
+        *_quantized_residuals(model, names),
+        *_quantized_attention(model, names),
+    ]
+    for node in quantized:
         unit = unit_of(node.name, names)
         if unit is not None:
             found.setdefault(unit, []).append(node.name)
@@ -70,6 +76,20 @@ def _quantized_residuals(model: Any, names: ModelParts) -> list[Any]:
         for n in model.graph.node
         if n.op_type in RESIDUAL_OPS
         and re.search(names.residual_nodes, n.name)
+        and any(getattr(producers.get(i), "op_type", None) == "DequantizeLinear" for i in n.input)
+    ]
+
+
+def _quantized_attention(model: Any, names: ModelParts) -> list[Any]:
+    """The split attentions' own ops (``names.attention_nodes``: Split, Add, pooling, Mul) that read
+    a DequantizeLinear; compute nodes are found by ``_quantized_compute``."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    return [
+        n
+        for n in model.graph.node
+        if n.op_type not in COMPUTE_OPS
+        and n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+        and re.search(names.attention_nodes, n.name)
         and any(getattr(producers.get(i), "op_type", None) == "DequantizeLinear" for i in n.input)
     ]
 
