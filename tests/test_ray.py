@@ -204,6 +204,26 @@ def test_a_node_checks_the_artifact_it_was_sent(tmp_path, digits_onnx):
         node_copy(blob[:-1], ref, tmp_path)
 
 
+def test_a_node_keeps_the_sidecar_the_driver_read_and_no_other(tmp_path, digits_plan):
+    """An engine's loader reads its sidecar (input form, the TensorRT it was built with) next to
+    the file: the node writes the driver's, checked, and never keeps one an earlier job left."""
+    from resnest_deploy.artifacts import describe
+    from resnest_deploy.executors.ray_node import Sidecar, node_copy
+
+    ref = ArtifactRef.of(digits_plan)
+    blob = digits_plan.read_bytes()
+    sidecar = Sidecar.of(digits_plan)
+    assert sidecar is not None and sidecar.blob == Path(f"{digits_plan}.json").read_bytes()
+    copy = node_copy(blob, ref, tmp_path, sidecar=sidecar)
+    assert Path(f"{copy}.json").read_bytes() == sidecar.blob
+    assert describe(copy).meta == describe(digits_plan).meta  # the node reads what the driver read
+    with pytest.raises(ArtifactError, match=r"^node \S+ received a sidecar of digits.plan that differs"):
+        node_copy(blob, ref, tmp_path, sidecar=Sidecar(sidecar.blob + b" ", sidecar.sha256))
+    node_copy(blob, ref, tmp_path)  # a job that sent none: the earlier job's sidecar is gone
+    assert not Path(f"{copy}.json").exists()
+    assert Sidecar.of(tmp_path / "nothing.plan") is None
+
+
 def test_results_are_kept_once_per_image_and_a_missing_one_stops_the_job():
     from resnest_deploy.executors import exactly_once
     from resnest_deploy.executors.work import ImageOutcome
