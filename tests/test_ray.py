@@ -435,6 +435,9 @@ def test_an_engine_on_a_cluster_without_gpus_is_refused_before_any_work(cluster,
     assert "digits.plan is a TensorRT engine, which runs on a GPU, and the Ray cluster has none" in line
     assert "add a GPU worker group" in line and line.endswith("or run it without --ray")
     assert not _node_touched_since(digits_plan, start)  # refused on the driver: nothing was shipped
+    r = _cli("eval", "--images", str(folder), str(digits_plan), "--provider", "openvino", "--ray", address)
+    assert r.returncode != 0 and r.stderr.count("error:") == 1, r.stderr[-2000:]
+    assert "--provider openvino runs .onnx files; an engine runs in TensorRT on its GPU" in r.stderr
 
 
 def test_an_engine_runs_on_the_node_with_a_gpu_which_says_in_one_line_it_cannot_open_it(

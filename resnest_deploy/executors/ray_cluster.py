@@ -31,6 +31,7 @@ from resnest_deploy.executors.ray_actor import ClassifyActor, outcome
 from resnest_deploy.executors.ray_connect import configure, connect, one_line_errors
 from resnest_deploy.executors.ray_node import Sidecar, sha256
 from resnest_deploy.executors.work import ClassifyJob, ImageOutcome
+from resnest_deploy.loaders import check_engine_options
 
 #: images per block handed to the pool: a few batches, so a lost actor loses little work
 BATCHES_PER_BLOCK = 4
@@ -78,6 +79,7 @@ class RayExecutor:
         kind = artifact_kind(job.artifact.path)
         if kind != "engine":
             return {"size": self.actors(), "num_cpus": self.cpus_per_actor}
+        check_engine_options(job.options)  # a user's mistake, said before the cluster's
         gpus = self.gpus()
         if gpus < 1:
             raise ClusterError(
