@@ -467,6 +467,7 @@ def test_an_engine_runs_on_the_node_with_a_gpu_which_says_in_one_line_it_cannot_
         node = f"Ray node 127.0.0.1 (node {gpu_node.node_id[:8]})"  # the one that declared the GPU
         assert f"{node} could not open the engine digits.plan" in line
         assert "no NVIDIA driver here" in line and line.endswith("or run it without --ray)"), line
+        assert "run digits.onnx here" not in line  # the local advice is not the node's
         assert "images/s" not in run.stderr  # no image was classified anywhere
     sha = ArtifactRef.of(digits_plan).sha256
     copy = NODE_CACHE / sha / "digits.plan"  # the node checked and kept the engine and its sidecar

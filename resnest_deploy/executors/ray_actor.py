@@ -43,7 +43,10 @@ class ClassifyActor:
         try:  # an engine runs on the GPU Ray assigned (CUDA_VISIBLE_DEVICES: device 0 in here)
             self.classifier = Classifier(job, str(path), threads=None if engine else max(1, int(cpus)))
         except Exception as e:  # no driver, another TensorRT, a missing runtime: one line, this node
-            self.failed = cannot_open(path.name, engine, node_name(context), e)
+            from resnest_deploy._cuda import driver_problem
+
+            no_gpu = driver_problem() if engine else None  # said plainly, without the local advice
+            self.failed = cannot_open(path.name, engine, node_name(context), no_gpu or e)
 
     def __call__(self, batch: Any) -> Any:
         """A failed start is raised here, not in ``__init__``: Ray hands the driver an actor that
@@ -64,13 +67,18 @@ def node_name(context: Any) -> str:
     return f"{ray.util.get_node_ip_address()} (node {context.get_node_id()[:8]})"
 
 
-def cannot_open(name: str, engine: bool, node: str, error: Exception) -> ArtifactError:
+def cannot_open(name: str, engine: bool, node: str, error: Exception | str) -> ArtifactError:
     """Why the actor on ``node`` cannot run the artifact, in one line that keeps the cause's own
-    advice (a TensorRT version to rebuild with) and names what the cluster needs."""
-    if isinstance(error, ResnestDeployError):
+    advice (a TensorRT version to rebuild with) and names what the cluster needs; ``error`` is the
+    runner's error, or what the node's NVIDIA driver said (no GPU: the runner's advice to run the
+    ONNX file "here" would mislead on a worker)."""
+    params: tuple[str, ...] = ()
+    if isinstance(error, str):
+        why = error
+    elif isinstance(error, ResnestDeployError):
         why, params = error.template, error.params
     else:
-        why, params = f"{type(error).__name__}: {first_line(error)}", ()
+        why = f"{type(error).__name__}: {first_line(error)}"
     if not engine:  # the cause names its fix (an extra to install): on that worker
         return ArtifactError(f"Ray node {node} could not open {name}: {why}", param=params)
     return ArtifactError(
