@@ -204,6 +204,26 @@ def test_a_node_checks_the_artifact_it_was_sent(tmp_path, digits_onnx):
         node_copy(blob[:-1], ref, tmp_path)
 
 
+def test_a_node_keeps_the_sidecar_the_driver_read_and_no_other(tmp_path, digits_plan):
+    """An engine's loader reads its sidecar (input form, the TensorRT it was built with) next to
+    the file: the node writes the driver's, checked, and never keeps one an earlier job left."""
+    from resnest_deploy.artifacts import describe
+    from resnest_deploy.executors.ray_node import Sidecar, node_copy
+
+    ref = ArtifactRef.of(digits_plan)
+    blob = digits_plan.read_bytes()
+    sidecar = Sidecar.of(digits_plan)
+    assert sidecar is not None and sidecar.blob == Path(f"{digits_plan}.json").read_bytes()
+    copy = node_copy(blob, ref, tmp_path, sidecar=sidecar)
+    assert Path(f"{copy}.json").read_bytes() == sidecar.blob
+    assert describe(copy).meta == describe(digits_plan).meta  # the node reads what the driver read
+    with pytest.raises(ArtifactError, match=r"^node \S+ received a sidecar of digits.plan that differs"):
+        node_copy(blob, ref, tmp_path, sidecar=Sidecar(sidecar.blob + b" ", sidecar.sha256))
+    node_copy(blob, ref, tmp_path)  # a job that sent none: the earlier job's sidecar is gone
+    assert not Path(f"{copy}.json").exists()
+    assert Sidecar.of(tmp_path / "nothing.plan") is None
+
+
 def test_results_are_kept_once_per_image_and_a_missing_one_stops_the_job():
     from resnest_deploy.executors import exactly_once
     from resnest_deploy.executors.work import ImageOutcome
@@ -387,3 +407,71 @@ def test_pipeline_refuses_ray_where_no_search_runs(tmp_path):
     )
     assert r.returncode != 0 and r.stderr.count("error:") == 1 and "--ray runs the INT8 search" in r.stderr
     assert not (tmp_path / "m").exists()  # refused before the export
+
+
+@pytest.fixture(scope="module")
+def digits_plan(digits_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real engine of the digits model, built by TensorRT-RTX ahead of time on this CPU (about a
+    second), with the sidecar `build` writes: what a GPU worker group would be sent."""
+    from resnest_deploy.engine import build_engine
+
+    return build_engine(digits_onnx, tmp_path_factory.mktemp("plan") / "digits.plan", batch=(1, 8, 32)).path
+
+
+def _node_touched_since(artifact: Path, start: float) -> bool:
+    """Whether a node kept a copy of ``artifact`` (node_copy marks its folder used) since ``start``."""
+    from resnest_deploy.executors.ray_node import NODE_CACHE
+
+    folder = NODE_CACHE / ArtifactRef.of(artifact).sha256
+    return folder.exists() and folder.stat().st_mtime >= start - 1
+
+
+def test_an_engine_on_a_cluster_without_gpus_is_refused_before_any_work(cluster, folder, digits_plan):
+    address = cluster.address  # type: ignore[attr-defined]
+    start = time.time()
+    r = _cli("eval", "--images", str(folder), str(digits_plan), "--ray", address)
+    assert r.returncode != 0 and r.stdout == "" and r.stderr.count("error:") == 1, r.stderr[-2000:]
+    line = next(x for x in r.stderr.splitlines() if x.startswith("error:"))
+    assert "digits.plan is a TensorRT engine, which runs on a GPU, and the Ray cluster has none" in line
+    assert "add a GPU worker group" in line and line.endswith("or run it without --ray")
+    assert not _node_touched_since(digits_plan, start)  # refused on the driver: nothing was shipped
+    r = _cli("eval", "--images", str(folder), str(digits_plan), "--provider", "openvino", "--ray", address)
+    assert r.returncode != 0 and r.stderr.count("error:") == 1, r.stderr[-2000:]
+    assert "--provider openvino runs .onnx files; an engine runs in TensorRT on its GPU" in r.stderr
+
+
+def test_an_engine_runs_on_the_node_with_a_gpu_which_says_in_one_line_it_cannot_open_it(
+    cluster, folder, digits_plan, tmp_path
+):
+    """A third node declares one GPU (Ray's resource; this machine has no GPU or driver): the
+    engine's one actor goes there, checks and keeps the engine with its sidecar, and the tool's
+    loader fails for real; the job stops with one line naming that node, nothing written."""
+    from resnest_deploy.executors.ray_node import NODE_CACHE
+
+    with deadline(LIMIT_S):
+        gpu_node = cluster.add_node(num_cpus=1, num_gpus=1)  # type: ignore[attr-defined]
+        try:
+            cluster.wait_for_nodes(timeout=60)  # type: ignore[attr-defined]
+            address = cluster.address  # type: ignore[attr-defined]
+            start = time.monotonic()
+            r = _cli("eval", "--images", str(folder), str(digits_plan), "--ray", address)
+            took = time.monotonic() - start
+            out = tmp_path / "tags.parquet"
+            w = _cli("predict", str(digits_plan), str(folder), "-o", str(out), "--ray", address)
+        finally:
+            cluster.remove_node(gpu_node)  # type: ignore[attr-defined]
+    for run in (r, w):
+        assert run.returncode != 0 and run.stdout == "", run.stderr[-2000:]
+        assert run.stderr.count("error:") == 1, run.stderr[-2000:]
+        line = next(x for x in run.stderr.splitlines() if x.startswith("error:"))
+        node = f"Ray node 127.0.0.1 (node {gpu_node.node_id[:8]})"  # the one that declared the GPU
+        assert f"{node} could not open the engine digits.plan" in line
+        assert "no NVIDIA driver here" in line and line.endswith("or run it without --ray)"), line
+        assert "run digits.onnx here" not in line  # the local advice is not the node's
+        assert "images/s" not in run.stderr  # no image was classified anywhere
+    sha = ArtifactRef.of(digits_plan).sha256
+    copy = NODE_CACHE / sha / "digits.plan"  # the node checked and kept the engine and its sidecar
+    assert copy.read_bytes() == digits_plan.read_bytes()
+    assert (NODE_CACHE / sha / "digits.plan.json").read_bytes() == Path(f"{digits_plan}.json").read_bytes()
+    assert not out.exists() and not list(tmp_path.glob(".tags.parquet.*"))
+    print(f"engine job stopped in {took:.1f} s: {line}")

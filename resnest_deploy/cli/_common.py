@@ -40,7 +40,8 @@ RayOpt = Annotated[
         show_envvar=True,
         metavar="ADDRESS|auto",
         help="Run on a Ray cluster (pip install 'resnest-deploy\\[ray]'): its address (HOST:6379) or "
-        "'auto' for the one `ray start` runs here. Images are read and classified on the workers.",
+        "'auto' for the one `ray start` runs here. Images are read and classified on the workers: one "
+        "actor per CPU for an .onnx file, one per GPU for an engine.",
     ),
 ]
 #: ``--ray`` of the INT8 search (quantize --max-drop, pipeline -p int8): only its trials go there

@@ -1,11 +1,13 @@
 """The Ray executor: a job's images classified by an actor pool across a Ray cluster (Ray Data).
 
-The driver lists the images and ships the artifact's bytes once through the object store; each actor
-(``ray_actor``) checks their sha256 before keeping a node-local copy (``ray_node``), opens the tool's
-own runner once, then reads, decodes and preprocesses its batches with the tool's own transform. Ray
-restarts dead actors and retries their batches, so a batch can run twice: outcomes are deduplicated
-by image index, never counted by arrival, and a job that cannot account for every image stops with
-one line (``ray_connect``). ``predict -o`` rows are written by Ray Data's writers (``ray_write``).
+The driver lists the images and ships the artifact's bytes (and its sidecar) once through the object
+store; each actor (``ray_actor``) checks their sha256 before keeping a node-local copy (``ray_node``),
+opens the tool's own runner once (an ONNX file: one actor per CPU slot; an engine: one per GPU, and
+a cluster without a GPU refuses it up front), then reads, decodes and preprocesses its batches with
+the tool's own transform. Ray restarts dead actors and retries their batches, so a batch can run
+twice: outcomes are deduplicated by image index, never counted by arrival, and a job that cannot
+account for every image stops with one line (``ray_connect``). ``predict -o`` rows are written by
+Ray Data's writers (``ray_write``).
 
 ``ray`` is imported only in these modules, lazily (the ``[ray]`` extra).
 """
@@ -21,16 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from resnest_deploy import _deps
+from resnest_deploy.artifacts import artifact_kind
 from resnest_deploy.errors import ArtifactError
-from resnest_deploy.executors import Classified, Progress, R, S, T, WriteReport, exactly_once
+from resnest_deploy.executors import Classified, ClusterError, Progress, R, S, T, WriteReport, exactly_once
 from resnest_deploy.executors.meter import Meter
 from resnest_deploy.executors.ray_actor import ClassifyActor, outcome
 from resnest_deploy.executors.ray_connect import configure, connect, one_line_errors
-from resnest_deploy.executors.ray_node import sha256
+from resnest_deploy.executors.ray_node import Sidecar, sha256
 from resnest_deploy.executors.work import ClassifyJob, ImageOutcome
+from resnest_deploy.loaders import check_engine_options
 
 #: images per block handed to the pool: a few batches, so a lost actor loses little work
 BATCHES_PER_BLOCK = 4
+#: CPUs an engine actor holds beside its GPU: it reads, decodes and preprocesses its batches
+ENGINE_ACTOR_CPUS = 1.0
 #: a job with no progress this long stops with one line instead of waiting for lost nodes
 STALL_TIMEOUT_S = 600.0
 
@@ -60,16 +66,33 @@ class RayExecutor:
         cpus = float(self.ray.cluster_resources().get("CPU", 0.0))
         return max(1, int(cpus // self.cpus_per_actor))
 
-    def _dataset(self, job: ClassifyJob, items: Sequence[tuple[int, str]]) -> Any:
-        """The images as a Ray Dataset of (index, path), classified by the actor pool."""
+    def gpus(self) -> int:
+        """Whole GPUs the cluster has (``ray.cluster_resources()["GPU"]``): one engine actor each."""
+        return int(float(self.ray.cluster_resources().get("GPU", 0.0)))
+
+    def _pool(self, job: ClassifyJob) -> dict[str, Any]:
+        """How many actors and what each holds: one per CPU slot for an ONNX file, one per GPU
+        (and a CPU to decode its images) for an engine. A cluster with no GPU refuses an engine
+        here, before anything is shipped: Ray would wait for one forever."""
         if not job.artifact.is_file:
             raise ArtifactError("the Ray executor runs files; export the model to ONNX first")
-        if Path(job.artifact.path).suffix.lower() != ".onnx":
-            raise ArtifactError(
-                f"{job.artifact.path}: the Ray executor runs .onnx files (ONNX Runtime, OpenVINO); "
-                "run engines without {ray_address}",
+        kind = artifact_kind(job.artifact.path)
+        if kind != "engine":
+            return {"size": self.actors(), "num_cpus": self.cpus_per_actor}
+        check_engine_options(job.options)  # a user's mistake, said before the cluster's
+        gpus = self.gpus()
+        if gpus < 1:
+            raise ClusterError(
+                f"{Path(job.artifact.path).name} is a TensorRT engine, which runs on a GPU, and the Ray "
+                "cluster has none; add a GPU worker group (`ray start --num-gpus N` on GPU nodes, "
+                "`k8s --ray-job --worker-gpus N`) or run it without {ray_address}",
                 param="ray_address",
             )
+        return {"size": gpus, "num_cpus": ENGINE_ACTOR_CPUS, "num_gpus": 1}
+
+    def _dataset(self, job: ClassifyJob, items: Sequence[tuple[int, str]]) -> Any:
+        """The images as a Ray Dataset of (index, path), classified by the actor pool."""
+        pool = self._pool(job)
         blob = Path(job.artifact.path).read_bytes()
         if sha256(blob) != job.artifact.sha256:
             raise ArtifactError(f"{job.artifact.path} changed since it was measured; run the job again")
@@ -80,11 +103,11 @@ class RayExecutor:
         ds = data.from_items([{"index": i, "path": p} for i, p in items], override_num_blocks=blocks)
         return ds.map_batches(
             ClassifyActor,
-            fn_constructor_args=(job, [blob_ref]),
+            fn_constructor_args=(job, [blob_ref], Sidecar.of(job.artifact.path)),
             batch_size=job.options.batch,
             batch_format="pyarrow",
-            compute=data.ActorPoolStrategy(min_size=1, max_size=self.actors()),
-            num_cpus=self.cpus_per_actor,
+            compute=data.ActorPoolStrategy(min_size=1, max_size=pool.pop("size")),
+            **pool,
         )
 
     def classify(

@@ -46,12 +46,16 @@ def connect(ray: Any, address: str) -> bool:
 
 def configure(ray: Any, stall_timeout_s: float) -> None:
     """Ray Data for our jobs: results in the images' order, no progress bars of its own (the driver
-    reports progress on stderr), a job with no progress for ``stall_timeout_s`` stopped."""
+    reports progress on stderr), a job with no progress for ``stall_timeout_s`` stopped, and an
+    actor's error handed back as it was raised."""
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
     ctx.execution_no_progress_timeout_s = stall_timeout_s
     ctx.log_internal_stack_trace = False
+    # an actor's own error (ArtifactError: the engine cannot open on that node) reaches the driver
+    # as itself, not as Ray Data's UserCodeException, whose cause does not survive pickling
+    ctx.raise_original_map_exception = True
     logging.getLogger("ray").setLevel(logging.WARNING)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
@@ -99,7 +103,7 @@ def one_line_errors() -> Iterator[None]:
     except Exception as e:
         ours = user_error(e)
         if ours is not None:
-            raise ClusterError(str(ours.args[0]) if ours.args else first_line(ours)) from None
+            raise ClusterError(ours.template, param=ours.params) from None  # the CLI names its flags
         raise ClusterError(
             f"the Ray job failed ({type(e).__name__}: {first_line(e)}); no result was kept: "
             "check the cluster (`ray status`) and run it again"

@@ -2,8 +2,9 @@
 
 The driver ships the artifact's bytes once through the object store; each actor hashes what it
 received against the sha256 the driver measured, keeps a node-local copy (a copy already there is
-used only if it still hashes right) and prunes the copies of older jobs, so a node's /tmp does not
-fill with every model the cluster ever ran. No ``ray`` import here: plain files and hashes.
+used only if it still hashes right), with the artifact's sidecar beside it when it has one (an
+engine's loader reads it), and prunes the copies of older jobs, so a node's /tmp does not fill with
+every model the cluster ever ran. No ``ray`` import here: plain files and hashes.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import socket
 import stat
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from resnest_deploy._io import sidecar_path
 from resnest_deploy.errors import ArtifactError
 from resnest_deploy.executors.work import ArtifactRef
 
@@ -43,9 +46,17 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def node_copy(blob: bytes, ref: ArtifactRef, cache: Path = NODE_CACHE, keep: int = KEEP_ARTIFACTS) -> Path:
+def node_copy(
+    blob: bytes,
+    ref: ArtifactRef,
+    cache: Path = NODE_CACHE,
+    keep: int = KEEP_ARTIFACTS,
+    sidecar: Sidecar | None = None,
+) -> Path:
     """The artifact as a file on this node, its content checked: the bytes received must hash to
     the sha256 the driver measured, and a copy already on the node is used only if it still does.
+    ``sidecar`` (an engine's ``FILE.json``: its input form, what it was built for) is written next
+    to the copy, where the loader reads it and checks again that it describes these very bytes.
     The node keeps the ``keep`` most recently used artifacts (``prune``): without a bound, every
     model a cluster ever evaluated stayed in its nodes' /tmp."""
     node = socket.gethostname()
@@ -69,8 +80,46 @@ def node_copy(blob: bytes, ref: ArtifactRef, cache: Path = NODE_CACHE, keep: int
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
+    _place_sidecar(dest, sidecar, node)
     prune(cache, keep)
     return dest
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """An artifact's sidecar as the driver read it, and the sha256 it measured of those bytes."""
+
+    blob: bytes
+    sha256: str
+
+    @classmethod
+    def of(cls, artifact: str | os.PathLike[str]) -> Sidecar | None:
+        path = sidecar_path(artifact)
+        if not path.is_file():
+            return None
+        blob = path.read_bytes()
+        return cls(blob, sha256(blob))
+
+
+def _place_sidecar(dest: Path, sidecar: Sidecar | None, node: str) -> None:
+    """The sidecar the driver sent next to the copy, or none (an older job's is removed): the node
+    reads what the driver read, never what an earlier job left behind."""
+    path = sidecar_path(dest)
+    if sidecar is None:
+        path.unlink(missing_ok=True)
+        return
+    if sha256(sidecar.blob) != sidecar.sha256:
+        raise ArtifactError(
+            f"node {node} received a sidecar of {dest.name} that differs from the driver's; run it again"
+        )
+    if path.is_file() and _file_sha256(path) == sidecar.sha256:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        tmp.write_bytes(sidecar.blob)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def prune(cache: Path, keep: int = KEEP_ARTIFACTS, recent_s: float = KEEP_RECENT_S) -> list[Path]:

@@ -28,7 +28,13 @@ from resnest_deploy.runners.options import RunnerOptions
 if TYPE_CHECKING:
     from resnest_deploy.cache import CacheFolder
 
-__all__ = ["RunnerOptions", "int8_kernels_saturate", "open_runner", "tensorrt_options"]
+__all__ = [
+    "RunnerOptions",
+    "check_engine_options",
+    "int8_kernels_saturate",
+    "open_runner",
+    "tensorrt_options",
+]
 
 #: the batch range TensorRT builds for when the file's batch is dynamic (as `build` does by default)
 TRT_BATCH = (1, 8, 32)
@@ -257,15 +263,21 @@ def rtx_runtime_cache(path: str) -> Callable[[str, str], CacheFolder | None]:
 # -- TensorRT ---------------------------------------------------------------------------------------
 
 
-def _tensorrt(text: str, options: RunnerOptions) -> Runner:
-    from resnest_deploy.loaders.tensorrt import EngineLoader
-    from resnest_deploy.runners.tensorrt import TensorRTRunner
-
+def check_engine_options(options: RunnerOptions) -> None:
+    """An engine runs in TensorRT on its GPU: a provider for .onnx files is refused, here and by a
+    cluster's driver before it sends the engine anywhere."""
     if options.backend not in ("auto", "tensorrt") or options.provider not in ("cpu", "tensorrt", "cuda"):
         raise ArtifactError(
             f"{{provider={options.provider_name}}} runs .onnx files; an engine runs in TensorRT on its GPU",
             param="provider",
         )
+
+
+def _tensorrt(text: str, options: RunnerOptions) -> Runner:
+    from resnest_deploy.loaders.tensorrt import EngineLoader
+    from resnest_deploy.runners.tensorrt import TensorRTRunner
+
+    check_engine_options(options)
     return TensorRTRunner(
         EngineLoader.of(text),
         options,
