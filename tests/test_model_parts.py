@@ -62,7 +62,7 @@ def test_the_node_patterns_find_every_unit_of_a_real_export(digits_onnx):
 @pytest.mark.parametrize("arch", ["resnest14d_digits", "an_arch_we_do_not_know"])
 def test_units_of_a_quantized_file_follow_the_arch_it_records(arch):
     """A file with Q/DQ on two convolutions' inputs and on a block's residual Add: named by the family's
-    parts whatever it records (a split attention's radix sum is no residual unit)."""
+    parts whatever it records (a split attention's radix sum is no residual unit: it is its gate's)."""
     nodes = [
         helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["x"], name="dq"),
         helper.make_node("Conv", ["x", "w"], ["y"], name="/conv1/conv1.0/Conv"),
@@ -80,4 +80,5 @@ def test_units_of_a_quantized_file_follow_the_arch_it_records(arch):
         "stem": ["/conv1/conv1.0/Conv"],
         "layer2.0 attention gate": ["/layer2/layer2.0/conv2/fc1/Conv"],
         "layer1.0 residual": ["/layer1/layer1.0/Add"],
+        "layer1.0 attention gate": ["/layer1/layer1.0/conv2/Add_1"],
     }
