@@ -500,7 +500,8 @@ def table(
     fx = results["fixtures"]
     lines = [
         f"# INT8 on outlier fixtures, budget {BUDGET} points of top-1 on the 899 held-out digits"
-        + (" (--quick)" if quick else ""),
+        + (" (--quick)" if quick else "")
+        + (f" ({results['fixtures_run']} fixtures)" if not quick else ""),
         "",
         f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}, {m['date'][:10]}.",
     ]
@@ -599,7 +600,17 @@ def main() -> None:
         action="store_true",
         help="2 fixtures, CPU target, 3 rounds, batch 1, resnest50 20 iterations",
     )
+    parser.add_argument(
+        "--fixtures",
+        default=None,
+        help=f"comma-separated fixture names (default: all {len(SPECS)}): "
+        + ", ".join(s.name for s in SPECS),
+    )
     args = parser.parse_args()
+    chosen = [n.strip() for n in args.fixtures.split(",")] if args.fixtures else None
+    unknown = sorted(set(chosen or ()) - {s.name for s in SPECS})
+    if unknown:
+        parser.error(f"unknown fixtures {unknown}; choose from {', '.join(s.name for s in SPECS)}")
     providers = ("cpu", "openvino") if importlib.util.find_spec("openvino") else ("cpu",)
     if args.quick:
         specs = [s for s in SPECS if s.name in QUICK_FIXTURES]
@@ -612,7 +623,7 @@ def main() -> None:
             "r50_iterations": 20,
         }
     else:
-        specs, targets = list(SPECS), ("cpu", "tensorrt")
+        specs, targets = [s for s in SPECS if chosen is None or s.name in chosen], ("cpu", "tensorrt")
         timing = {
             "rounds": ROUNDS,
             "batches": (1, 32),
@@ -657,6 +668,7 @@ def main() -> None:
     results: dict[str, Any] = {
         "machine": machine(),
         "quick": args.quick,
+        "fixtures_run": f"{len(specs)} of {len(SPECS)}",
         "budget_points": BUDGET,
         "nncf_max_drop": NNCF_MAX_DROP,
         "evaluation_images": len(sets.x),
