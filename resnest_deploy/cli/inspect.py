@@ -99,6 +99,11 @@ def equalization_lines(meta: dict[str, Any], sidecar: dict[str, Any], conversion
     return lines
 
 
+def _counted(counts: dict[str, int]) -> str:
+    """``{"float32": 120, "int8": 3}`` as people read it: ``120 float32, 3 int8``."""
+    return ", ".join(f"{n} {dtype}" for dtype, n in counts.items()) or "none"
+
+
 def _print_graph(info: dict[str, Any], meta: dict[str, Any]) -> None:
     """An ONNX file's inputs, ops, stored weights and quantized tensors; an engine's build and layers."""
     if info["kind"] == "onnx":
@@ -111,7 +116,7 @@ def _print_graph(info: dict[str, Any], meta: dict[str, Any]) -> None:
         out.print(
             "  weights stored: "
             + ", ".join(f"{k} {v / 2**20:.2f} MiB ({v / total:.0%})" for k, v in stored.items())
-            + f"; initializers by dtype: {info['initializer_dtypes']}"
+            + f"; initializers: {_counted(info['initializer_dtypes'])}"
         )
         q = info["quantized"]
         if q["activations"] or q["weights"]:
