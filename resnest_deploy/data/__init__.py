@@ -132,6 +132,8 @@ def to_rgb8(image: Image.Image) -> Image.Image:
 def find_images(root: str | os.PathLike[str]) -> list[Path]:
     """Every image file under ``root``, recursively, in a stable order."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ArtifactError(f"{root} is a file, not a folder; pass a directory of jpg/png/webp files")
     if not root.is_dir():
         raise ArtifactError(f"image folder not found: {root}; pass a directory of jpg/png/webp files")
     return sorted(
@@ -196,6 +198,8 @@ def labelled_folder(
     in ``class_names`` (ImageNet synset ids such as ``n01440764``). A label the model cannot produce
     (``num_classes``) is refused; entries that cannot be read are listed in ``skipped``."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ArtifactError(f"{root} is a file, not a folder; pass DIR with one sub-folder per class")
     if not root.is_dir():
         raise ArtifactError(f"labelled folder not found: {root}; pass DIR with one sub-folder per class")
     lookup = {name: i for i, name in enumerate(class_names or ())}
