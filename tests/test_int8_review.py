@@ -5,12 +5,55 @@ shows without --json."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
 import onnx
+import pytest
 from onnx import numpy_helper
+from PIL import Image
 from typer.testing import CliRunner
 
 from resnest_deploy.cli.app import app
+from resnest_deploy.data import Transform, digits
+from resnest_deploy.errors import ArtifactError
 from resnest_deploy.inspection import describe
+from resnest_deploy.models import get_spec
+from resnest_deploy.precision import CalibrationOptions, calibration, calibration_for
+
+DIGITS = Transform.from_pretrained(get_spec("resnest14d_digits").pretrained)
+
+
+def _write(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    for i, (im, label) in enumerate(zip(images, labels, strict=True)):
+        d = folder / str(int(label))
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(d / f"{i:04d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> dict[str, Path]:
+    """Class folders of real digits: 100 train digits to calibrate on, 60 test digits to judge on."""
+    root = tmp_path_factory.mktemp("review")
+    train, train_labels = digits("train")
+    test, test_labels = digits("test")
+    return {
+        "calib": _write(root / "calib", train[:100], train_labels[:100]),
+        "val": _write(root / "val", test[:60], test_labels[:60]),
+    }
+
+
+def _val_copy(labelled: dict[str, Path], tmp_path: Path) -> Path:
+    val = tmp_path / "val"
+    shutil.copytree(labelled["val"], val)
+    return val
 
 
 def test_inspect_counts_only_8_bit_weights_and_names_initializer_dtypes_in_words(digits_converted):
@@ -55,3 +98,83 @@ def test_equalize_counts_groups_in_words_and_refuses_an_equalized_file(digits_on
     r = CliRunner().invoke(app, ["equalize", str(once)], terminal_width=300)
     assert r.exit_code == 1 and "already equalized" in r.output, r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.equalized.onnx", "d.equalized.onnx.json"]
+
+
+def test_an_evaluation_set_holding_a_copy_or_a_hard_link_of_a_calibration_image_is_refused(
+    digits_onnx, labelled, tmp_path
+):
+    val = _val_copy(labelled, tmp_path)
+    calibrated = sorted((labelled["calib"] / "3").iterdir())[0]
+    shutil.copyfile(calibrated, val / "3" / "copied.png")  # same bytes, another file
+    os.link(sorted((labelled["calib"] / "7").iterdir())[0], val / "7" / "linked.png")  # same file
+    options = CalibrationOptions(labelled["calib"], None, 256, eval_dir=val)
+    with pytest.raises(ArtifactError, match="shares 2 image") as refused:
+        calibration_for(digits_onnx, options, use_cache=False)
+    assert f"{val / '3' / 'copied.png'} has the bytes of {calibrated}" in str(refused.value)
+    for _ in range(2):  # the images written to the cache, then read from it: checked alike
+        with pytest.raises(ArtifactError, match="shares 2 image"):
+            calibration_for(digits_onnx, options)
+    (val / "3" / "copied.png").unlink()
+    (val / "7" / "linked.png").unlink()
+    assert calibration_for(digits_onnx, options, use_cache=False).evaluation is not None
+
+
+def test_evaluation_images_that_do_not_decode_are_counted_in_one_warning_and_none_decoding_is_refused(
+    labelled, tmp_path
+):
+    val = _val_copy(labelled, tmp_path)
+    (val / "3" / "broken.png").write_bytes(b"not a png")
+    (val / "5" / "empty.png").write_bytes(b"")
+    for use_cache in (False, True, True):  # decoded, written to the cache, read from it: said each time
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            evaluation, _ = calibration.from_eval_dir(val, DIGITS, 10, use_cache)
+        assert len(evaluation.x) == 60
+        (line,) = [str(w.message) for w in said]
+        assert line.startswith("skipped 2 of the 62 evaluation images that do not decode (e.g. ")
+        assert "broken.png" in line and "judged on the other 60" in line
+
+    nothing = tmp_path / "nothing"
+    for label in ("1", "2"):
+        (nothing / label).mkdir(parents=True)
+        (nothing / label / "x.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(ArtifactError, match=r"none of the 2 images under .* decode \(e\.g\. .*x\.png"):
+        calibration.from_eval_dir(nothing, DIGITS, 10, use_cache=False)
+
+
+def _quantize(*args: str) -> subprocess.CompletedProcess[str]:
+    """The console script itself: a library warning is printed as it prints it."""
+    return subprocess.run(
+        [sys.executable, "-m", "resnest_deploy.cli", "quantize", "-p", "int8", "--target", "cpu", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_with_an_evaluation_set_every_calibration_image_calibrates_and_the_sidecar_says_how_many(
+    digits_onnx, labelled, tmp_path
+):
+    val = _val_copy(labelled, tmp_path)
+    (val / "4" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "judged.onnx"
+    calib = ["--onnx", str(digits_onnx), "--calib-dir", str(labelled["calib"])]
+    run = _quantize(*calib, "--eval-dir", str(val), "-o", str(out))
+    assert run.returncode == 0, run.stderr
+    warned = [line for line in run.stderr.splitlines() if "warning" in line]
+    assert len(warned) == 1 and "skipped 1 of the 61 evaluation images" in warned[0], run.stderr
+    assert "calibrating INT8 (max) on 100 inputs" in run.stdout + run.stderr
+    meta = json.loads(Path(f"{out}.json").read_text())
+    assert meta["conversion"]["calibration"]["used"] == 100  # not 80: nothing is held out
+    assert meta["conversion"]["calibration"]["held_out"] == 0
+    assert meta["conversion"]["evaluation"]["count"] == 60
+    assert meta["parity"]["inputs"] == "60 evaluation images"
+
+    plain = tmp_path / "held_out.onnx"  # without an evaluation set, a fifth is still held out to judge
+    run = _quantize(*calib, "-o", str(plain))
+    assert run.returncode == 0, run.stderr
+    meta = json.loads(Path(f"{plain}.json").read_text())
+    section = meta["conversion"]["calibration"]
+    assert (section["used"], section["held_out"]) == (80, 20)
+    assert meta["conversion"]["evaluation"]["count"] == 20

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import io
 import os
 import random
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -155,13 +156,17 @@ class LoadedImages:
     array: np.ndarray  # N, 3, H, W float32
     paths: list[Path]
     skipped: list[tuple[Path, str]]  # unreadable files and why
+    #: sha256 of each decoded file's bytes (as read), in the order of ``paths``: a copy or a hard
+    #: link of an image is the same image, whatever its path
+    digests: list[str] = field(default_factory=list)
 
 
 def load_images(
     paths: Iterable[Path], transform: Transform, advance: Callable[[int], None] | None = None
 ) -> LoadedImages:
-    """Decode and preprocess; files that do not decode are skipped and reported, not fatal."""
-    arrays, kept, skipped = [], [], []
+    """Decode and preprocess; files that do not decode are skipped and reported, not fatal. Each
+    file is read once, and what is read is both hashed and decoded."""
+    arrays, kept, skipped, digests = [], [], [], []
     for path in paths:
         if path.is_symlink() and not path.exists():
             skipped.append((path, "a link to nothing (dangling symlink)"))
@@ -171,9 +176,11 @@ def load_images(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path, formats=IMAGE_FORMATS) as im:
+                raw = path.read_bytes()
+                with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as im:
                     arrays.append(transform(im))
             kept.append(path)
+            digests.append(hashlib.sha256(raw).hexdigest())
         except ImageError as e:
             skipped.append((path, str(e)))
         except UnidentifiedImageError:
@@ -185,7 +192,7 @@ def load_images(
         if advance:
             advance(1)
     empty = np.zeros((0, 3, *transform.hw), np.float32)
-    return LoadedImages(np.stack(arrays) if arrays else empty, kept, skipped)
+    return LoadedImages(np.stack(arrays) if arrays else empty, kept, skipped, digests)
 
 
 def labelled_folder(
