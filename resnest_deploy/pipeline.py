@@ -74,6 +74,7 @@ class PipelineConfig:
         for b in self.batches:
             check_positive(b, "batch_sizes", maximum=MAX_BATCH)
         check_count(self.calibration.count)
+        self.calibration.check_for(self.precision)
 
     @property
     def out(self) -> Path:

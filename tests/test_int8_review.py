@@ -178,3 +178,42 @@ def test_with_an_evaluation_set_every_calibration_image_calibrates_and_the_sidec
     section = meta["conversion"]["calibration"]
     assert (section["used"], section["held_out"]) == (80, 20)
     assert meta["conversion"]["evaluation"]["count"] == 20
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        (["--max-drop", "0.5"], "--max-drop searches the units INT8 hurts"),
+        (["--calibration", "entropy"], "--calibration entropy calibrates INT8"),
+        (["--calibration", "auto"], "--calibration auto calibrates INT8"),
+        (["--eval-dir", "val"], "--eval-dir judges INT8 conversions"),
+    ],
+)
+def test_fp16_refuses_what_only_int8_uses_in_one_line_naming_the_flag(digits_onnx, tmp_path, option, said):
+    out = tmp_path / "h.onnx"
+    r = CliRunner().invoke(
+        app,
+        ["quantize", "--onnx", str(digits_onnx), "-p", "fp16", *option, "-o", str(out)],
+        terminal_width=300,
+    )
+    assert r.exit_code == 2, r.output
+    (line,) = r.output.strip().splitlines()
+    assert line.startswith("error: ") and said in line and "--precision int8" in line, line
+    assert not out.exists()
+
+
+def test_the_library_refuses_the_same_for_fp16_and_keeps_them_for_int8():
+    from resnest_deploy.errors import ConversionError
+    from resnest_deploy.pipeline import PipelineConfig
+    from resnest_deploy.precision import ConversionConfig
+
+    with pytest.raises(ConversionError, match="max_drop searches"):
+        ConversionConfig("fp16", max_drop=0.25)
+    with pytest.raises(ConversionError, match="method percentile calibrates INT8"):
+        ConversionConfig("fp16", method="percentile")
+    assert ConversionConfig("int8", method="percentile", max_drop=0.25).max_drop == 0.25
+    with pytest.raises(ConversionError, match="eval_dir judges INT8"):
+        PipelineConfig(
+            "resnest14d_digits", precision="fp16", calibration=CalibrationOptions(eval_dir=Path("v"))
+        )
+    PipelineConfig("resnest14d_digits", precision="int8", calibration=CalibrationOptions(eval_dir=Path("v")))

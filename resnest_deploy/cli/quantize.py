@@ -103,7 +103,7 @@ def quantize_cmd(
       resnest-deploy quantize --onnx m.onnx -p int8 --target cpu --equalize auto --max-drop 0.25
       resnest-deploy quantize --onnx m.onnx -p int8 --min-cosine 0.95   # accept a looser file, recorded
     """
-    _refuse_early(precision, plot, max_drop, eval_dir)
+    _refuse_early(plot, max_drop)
     config = ConversionConfig(
         precision,
         target,
@@ -114,10 +114,11 @@ def quantize_cmd(
         cpu_isa=cpu_isa,
         equalize=equalize,
     )
+    options = CalibrationOptions(calib_dir, calib_npy, calib_count, eval_dir)
+    options.check_for(precision)
     prepare_outputs([output or default_output(onnx, precision.value, target.value)], [onnx, calib_npy])
     if plot is not None:
         prepare_outputs([plot], [onnx, calib_npy], with_sidecar=False)
-    options = CalibrationOptions(calib_dir, calib_npy, calib_count, eval_dir)
     calib = calibration_with_bar(onnx, options, cache, json_out)
     searching = precision.value == "int8" and max_drop is not None
     with search_executor(ray_address, searching) as ex, progress(not json_out) as say:
@@ -130,16 +131,12 @@ def quantize_cmd(
     _print(report, plot)
 
 
-def _refuse_early(
-    precision: Reduced, plot: Path | None, max_drop: float | None, eval_dir: Path | None
-) -> None:
+def _refuse_early(plot: Path | None, max_drop: float | None) -> None:
     """Options that cannot go together, refused before any file is read."""
     if plot is not None and max_drop is None:
         raise typer.BadParameter(
             "the sensitivity chart comes from the search: add --max-drop", param_hint="--plot"
         )
-    if eval_dir is not None and precision.value != "int8":
-        raise typer.BadParameter("the evaluation set judges INT8: add -p int8", param_hint="--eval-dir")
 
 
 def _print(report: ConversionReport, plot: Path | None) -> None:
