@@ -217,3 +217,45 @@ def test_the_library_refuses_the_same_for_fp16_and_keeps_them_for_int8():
             "resnest14d_digits", precision="fp16", calibration=CalibrationOptions(eval_dir=Path("v"))
         )
     PipelineConfig("resnest14d_digits", precision="int8", calibration=CalibrationOptions(eval_dir=Path("v")))
+
+
+def test_inspect_text_says_what_the_file_was_judged_on_the_drop_what_was_equalized_and_what_stayed_fp32(
+    digits_onnx, labelled, tmp_path
+):
+    out = tmp_path / "judged.onnx"
+    args = [
+        "--onnx",
+        str(digits_onnx),
+        "--calib-dir",
+        str(labelled["calib"]),
+        "--eval-dir",
+        str(labelled["val"]),
+    ]
+    r = CliRunner().invoke(
+        app,
+        [
+            "quantize",
+            "-p",
+            "int8",
+            "--target",
+            "cpu",
+            *args,
+            "--max-drop",
+            "0.5",
+            "--equalize",
+            "on",
+            "-o",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    shown = CliRunner().invoke(app, ["inspect", str(out)], terminal_width=400)
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert "calibration: max on 100 images" in text
+    assert f"on 60 evaluation images in {labelled['val'].resolve()} (labelled)" in text
+    assert "0 points (95% CI -6.02 to 6.02, 60 images, Tango score)" in text
+    assert "60 images cannot resolve the 0.5-point budget; 400 would" in text
+    assert "kept in FP32 by name (the default: the attention gates and the classifier)" in text
+    assert "INT8 search: units kept in FP32: none" in text
+    assert "(10 pairs, 1 with branches, 4 split attentions)" in text and "conv1.0, conv1.3" in text

@@ -112,7 +112,7 @@ class EqualizeReport:
 
     def __str__(self) -> str:
         kinds = collections.Counter(p.kind for p in self.equalized)
-        detail = ", ".join(_counted(n, kind) for kind, n in kinds.items())
+        detail = ", ".join(counted_kind(n, kind) for kind, n in kinds.items())
         ratio = f"{self.imbalance_before:.3g} -> {self.imbalance_after:.3g}"
         return (
             f"equalized {len(self.equalized)} convolution group(s) ({detail or 'none'}), "
@@ -128,7 +128,8 @@ _KIND_WORDS = {
 }
 
 
-def _counted(n: int, kind: str) -> str:
+def counted_kind(n: int, kind: str) -> str:
+    """``n`` groups of ``kind`` in words (``1 pair``, ``2 with branches``)."""
     one, several = _KIND_WORDS.get(kind, (kind, kind))
     return f"{n} {one if n == 1 else several}"
 
