@@ -79,9 +79,10 @@ def quantize_cmd(
     """Convert an FP32 export to FP16 or INT8 and measure it against the FP32 file.
 
     The check runs in ONNX Runtime on held-out images (calibration never sees them: a fifth of
-    --calib-dir's images when there are few, up to 64), or on all of --eval-dir's labelled images,
-    and fails, writing nothing, if top-1 agreement or cosine similarity fall below the precision's
-    bar. INT8 reports its top-1 drop there (labels from class folders, else agreement with FP32)
+    --calib-dir's images when there are few, up to 64), or on all of --eval-dir's labelled images
+    (then every --calib-dir image calibrates; one whose bytes are in --eval-dir is refused), and
+    fails, writing nothing, if top-1 agreement or cosine similarity fall below the precision's bar.
+    INT8 reports its top-1 drop there (labels from class folders, else agreement with FP32)
     with a 95% interval (Tango's score interval, paired per image). --max-drop keeps units in FP32
     until the drop's point estimate is within the budget AND the parity bar holds: what the search
     accepts is written, or nothing is, with the best result reached. --min-cosine / --min-top1
