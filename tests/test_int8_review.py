@@ -259,3 +259,28 @@ def test_inspect_text_says_what_the_file_was_judged_on_the_drop_what_was_equaliz
     assert "kept in FP32 by name (the default: the attention gates and the classifier)" in text
     assert "INT8 search: units kept in FP32: none" in text
     assert "(10 pairs, 1 with branches, 4 split attentions)" in text and "conv1.0, conv1.3" in text
+
+
+def test_pipeline_with_an_evaluation_set_calibrates_on_every_image_and_checks_on_the_set(labelled, tmp_path):
+    from resnest_deploy.pipeline import PipelineConfig, pipeline
+
+    options = CalibrationOptions(labelled["calib"], None, 256, eval_dir=labelled["val"])
+    config = PipelineConfig(
+        "resnest14d_digits",
+        precision="int8",
+        target="cpu",
+        calibration=options,
+        method="max",
+        out_dir=tmp_path,
+        build=False,
+        batches=(1,),
+        iterations=2,
+    )
+    report = pipeline(config)
+    assert report["status"] == "ok", report["status"]
+    checked = report["steps"]["check"]["inputs"]
+    assert checked["kind"] == "eval_dir" and checked["count"] == 60  # not the (now empty) held-out part
+    meta = json.loads((tmp_path / "resnest14d_digits.int8-cpu.onnx.json").read_text())
+    assert (
+        meta["conversion"]["calibration"]["used"] == 100 and meta["conversion"]["evaluation"]["count"] == 60
+    )
