@@ -74,6 +74,8 @@ def _onnx(path: Path, artifact: Artifact) -> dict[str, Any]:
 
 #: the compute ops whose inputs an INT8 file quantizes (``precision.search.COMPUTE_OPS``)
 _COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
+#: onnx.TensorProto.UINT8 and INT8 (onnx is imported lazily): what stored 8-bit weights are
+_EIGHT_BIT = (2, 3)
 
 
 def quantized(model: Any) -> dict[str, Any]:
@@ -81,8 +83,9 @@ def quantized(model: Any) -> dict[str, Any]:
     weights stored as int8 for a DequantizeLinear) and which compute nodes read no Q/DQ'd input, so
     run in FP32 (read from the graph: what runs, whatever the metadata says)."""
     producers = {o: n for n in model.graph.node for o in n.output}
-    inits = {t.name for t in model.graph.initializer}
+    inits = {t.name for t in model.graph.initializer if t.data_type in _EIGHT_BIT}
     activations = sorted({n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"})
+    # int8 weights: 8-bit initializers a DequantizeLinear reads (a CPU file's int32 biases are not)
     weights = sorted(
         {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
     )

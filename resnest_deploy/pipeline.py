@@ -74,6 +74,7 @@ class PipelineConfig:
         for b in self.batches:
             check_positive(b, "batch_sizes", maximum=MAX_BATCH)
         check_count(self.calibration.count)
+        self.calibration.check_for(self.precision)
 
     @property
     def out(self) -> Path:
@@ -216,10 +217,13 @@ def _made(
 
 
 def _checks(steps: _Run, config: PipelineConfig, made: _Artifacts) -> None:
-    """Every runnable file against PyTorch FP32 on the held-out images (or ``config.images``)."""
+    """Every runnable file against PyTorch FP32 on what the conversion was judged on: the evaluation
+    set, else the held-out images (or ``config.images``)."""
     held_out = None
     calib = made.calib
-    if calib is not None:
+    if calib is not None and calib.evaluation is not None:
+        held_out = (calib.evaluation.x, calib.evaluation.record())
+    elif calib is not None:
         kind = f"held-out {calib.source['kind']}"
         held_out = (calib.holdout, {**calib.source, "kind": kind, "count": len(calib.holdout)})
     precision, tolerance = str(config.precision), config.tolerance

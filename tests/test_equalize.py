@@ -71,7 +71,7 @@ def test_digits_logits_unchanged_and_every_equalized_group_balanced(digits_onnx:
         np.testing.assert_allclose(r1, r2, rtol=1e-3, err_msg=pair.first)
         before = _ranges(src, pair)
         assert np.max(np.maximum(*before) / np.minimum(*before)) == pytest.approx(pair.imbalance_before)
-    assert "15 convolution group(s) (10 pair, 1 branches, 4 split attention)" in str(report)
+    assert "15 convolution group(s) (10 pairs, 1 with branches, 4 split attentions)" in str(report)
 
 
 def test_resnest50_random_weights_logits_within_1e_5(tmp_path: Path) -> None:

@@ -284,9 +284,10 @@ def test_the_conversion_cache_key_covers_every_setting(digits_onnx):
         _job(keep_fp32_ops=("Softmax",)).cache_key(),
         _job(keep_fp32_ops=()).cache_key(),
         _job(keep_fp32_nodes=("/fc/",), keep_fp32_ops=()).cache_key(),
-        _job(method="entropy", keep_fp32_ops=()).cache_key(),
+        _job(precision="int8", keep_fp32_ops=()).cache_key(),
+        _job(precision="int8", method="entropy", keep_fp32_ops=()).cache_key(),  # FP16 refuses a method
     }
-    assert len(keys) == 4
+    assert len(keys) == 5
     import resnest_deploy.precision.job as job
 
     old = _job(keep_fp32_ops=()).cache_key()

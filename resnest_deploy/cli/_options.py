@@ -40,8 +40,8 @@ EvalDirOpt = Annotated[
     typer.Option(
         help="Labelled folder (class folders 0, 1, ... or synset ids, as `eval` reads them) kept apart "
         "from --calib-dir: INT8 is judged on all of it (the drop with its 95% interval, --max-drop's "
-        "search, the parity gate). Default: the held-out part of the calibration images, by their "
-        "class folders when they have them, else agreement with FP32.",
+        "search, the parity gate), and every --calib-dir image calibrates. Default: the held-out part "
+        "of the calibration images, by their class folders when they have them, else agreement with FP32.",
     ),
 ]
 CalibCountOpt = Annotated[

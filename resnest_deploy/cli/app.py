@@ -55,11 +55,30 @@ def _function(name: str) -> Callable[..., None]:
     return fn
 
 
+class PlainUsage(TyperCommand):
+    """Arguments in the usage line as placeholders people know (``SRC``, ``[ARTIFACTS]...``): Typer
+    writes a required one ``{src}``, which reads like a template left unfilled (our messages'
+    ``{name}`` placeholders look the same)."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [_plain(piece) for piece in super().collect_usage_pieces(ctx)]
+
+
+def _plain(piece: str) -> str:
+    """``{src}`` -> ``SRC``, ``{artifacts}...`` -> ``ARTIFACTS...``, ``[a]...`` -> ``[A]...``."""
+    name, dots = piece.removesuffix("..."), "..." if piece.endswith("...") else ""
+    if name.startswith("{") and name.endswith("}"):
+        return name[1:-1].upper() + dots
+    if name.startswith("[") and name.endswith("]") and name != "[OPTIONS]":
+        return f"[{name[1:-1].upper()}]{dots}"
+    return piece
+
+
 def _command(name: str) -> Any:
     """The Typer command ``name``, made as ``app.command(name)`` makes it."""
     fn = _function(name)
     one = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    one.command(name, help=reflow(fn.__doc__ or ""))(fn)
+    one.command(name, help=reflow(fn.__doc__ or ""), cls=PlainUsage)(fn)
     return typer.main.get_command(one)
 
 

@@ -37,6 +37,7 @@ def equalize_cmd(
       resnest-deploy equalize m.onnx -o m.equalized.onnx --json
     """
     from resnest_deploy.precision.equalize import write_equalized
+    from resnest_deploy.reports.conversion import module_name as _module
 
     dest = output or src.with_name(f"{src.name.removesuffix('.onnx')}.equalized.onnx")
     report = write_equalized(src, dest)
@@ -65,11 +66,3 @@ def equalize_cmd(
         out.print(f"  left alone: {s.first}: {s.reason}")
     out.print(f"{report}; logits moved {record['relative_change']:.2g} of their scale (bar 1e-05)")
     out.print(f"wrote {dest}; metadata in {sidecar}; prove it with: resnest-deploy check {dest}")
-
-
-def _module(node: str) -> str:
-    """The module path of an exported node (``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1``)."""
-    parts = node.strip("/").split("/")[:-1] or [node]
-    if len(parts) > 1 and parts[1].startswith(parts[0]):
-        parts = parts[1:]
-    return ".".join(parts)

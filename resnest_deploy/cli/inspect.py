@@ -28,6 +28,7 @@ def inspect_cmd(
     """
     from resnest_deploy.inspection import describe
     from resnest_deploy.metadata import RANDOM_WEIGHTS_NOTE, random_weights
+    from resnest_deploy.precision.results import kind_words
 
     info = describe(artifact, layers)
     if json_out:
@@ -46,57 +47,28 @@ def inspect_cmd(
     _print_graph(info, meta)
     conversion = meta.get("conversion") or (info.get("sidecar") or {}).get("conversion") or {}
     if isinstance(conversion, dict) and conversion.get("method"):
-        out.print(f"  calibration: {conversion.get('method')}")
+        images = conversion.get("calibration")
+        images = images if isinstance(images, dict) else {}
+        used = images.get("used")
+        on = f" on {used} {kind_words(str(images.get('kind')))}" if isinstance(used, int) else ""
+        out.print(f"  calibration: {conversion.get('method')}{on}")
         scheme = conversion.get("scheme")
         if isinstance(scheme, dict) and scheme.get("runs_exactly_on"):
             out.print(f"  weights: {scheme.get('weights')}; exact on {scheme.get('runs_exactly_on')}")
-    found = conversion.get("search") if isinstance(conversion, dict) else None
-    if isinstance(found, dict):
-        from resnest_deploy.reports.conversion import kept_summary, latency_summary
+    from resnest_deploy.reports.conversion import equalization_lines, recorded_lines
 
-        kept = kept_summary(found)
-        numbers = {k: float(found.get(k) or 0.0) for k in ("chosen", "fp32", "plain_int8")}
-        out.print(
-            f"  INT8 search: units kept in FP32: {kept}; {found.get('metric')} {numbers['chosen']:.2f} "
-            f"(FP32 {numbers['fp32']:.2f}, plain INT8 {numbers['plain_int8']:.2f}, "
-            f"budget {found.get('max_drop_points')} points)"
-        )
-        cost = latency_summary(found)
-        if cost:
-            out.print(f"  {cost}")
-    for line in equalization_lines(meta, info.get("sidecar") or {}, conversion):
+    for line in [
+        *recorded_lines(conversion),
+        *equalization_lines(meta, info.get("sidecar") or {}, conversion),
+    ]:
         out.print(f"  {line}")
     if not info.get("sidecar"):
         out.print("  no sidecar JSON beside it", style="yellow")
 
 
-def equalization_lines(meta: dict[str, Any], sidecar: dict[str, Any], conversion: Any) -> list[str]:
-    """What cross-layer equalization did, from the metadata: of an equalized FP32 file (its own
-    ``equalization``) or of a conversion that equalized its source first (``conversion.equalization``)."""
-    record = meta.get("equalization") or sidecar.get("equalization")
-    if not isinstance(record, dict) and isinstance(conversion, dict):
-        record = conversion.get("equalization")
-    if not isinstance(record, dict):
-        return []
-    lines = []
-    results = record.get("results")
-    if isinstance(results, list):
-        tried = ", ".join(f"{r.get('equalize')} {float(r.get('metric') or 0):.2f}" for r in results)
-        lines.append(
-            f"equalization auto ({record.get('metric')}, plain INT8): {tried} -> {record.get('chosen')}"
-        )
-    if record.get("skipped") and isinstance(record["skipped"], str):
-        lines.append(f"equalization: {record.get('chosen', 'off')} ({record['skipped']})")
-    elif record.get("chosen", "on") == "on":
-        groups = record.get("groups", len(record.get("equalized") or []))
-        before, after = record.get("imbalance_before"), record.get("imbalance_after")
-        skipped = record.get("skipped") or []
-        lines.append(
-            f"equalized: {groups} convolution group(s), worst range ratio {float(before or 1):.3g} -> "
-            f"{float(after or 1):.3g}, {len(skipped)} left alone; logits moved "
-            f"{float(record.get('relative_change') or 0):.2g} of their scale"
-        )
-    return lines
+def _counted(counts: dict[str, int]) -> str:
+    """``{"float32": 120, "int8": 3}`` as people read it: ``120 float32, 3 int8``."""
+    return ", ".join(f"{n} {dtype}" for dtype, n in counts.items()) or "none"
 
 
 def _print_graph(info: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -111,7 +83,7 @@ def _print_graph(info: dict[str, Any], meta: dict[str, Any]) -> None:
         out.print(
             "  weights stored: "
             + ", ".join(f"{k} {v / 2**20:.2f} MiB ({v / total:.0%})" for k, v in stored.items())
-            + f"; initializers by dtype: {info['initializer_dtypes']}"
+            + f"; initializers: {_counted(info['initializer_dtypes'])}"
         )
         q = info["quantized"]
         if q["activations"] or q["weights"]:

@@ -78,9 +78,10 @@ def quantize_cmd(
     """Convert an FP32 export to FP16 or INT8 and measure it against the FP32 file.
 
     The check runs in ONNX Runtime on held-out images (calibration never sees them: a fifth of
-    --calib-dir's images when there are few, up to 64), or on all of --eval-dir's labelled images,
-    and fails, writing nothing, if top-1 agreement or cosine similarity fall below the precision's
-    bar. INT8 reports its top-1 drop there (labels from class folders, else agreement with FP32)
+    --calib-dir's images when there are few, up to 64), or on all of --eval-dir's labelled images
+    (then every --calib-dir image calibrates; one whose bytes are in --eval-dir is refused), and
+    fails, writing nothing, if top-1 agreement or cosine similarity fall below the precision's bar.
+    INT8 reports its top-1 drop there (labels from class folders, else agreement with FP32)
     with a 95% interval (Tango's score interval, paired per image). --max-drop keeps units in FP32
     until the drop's point estimate is within the budget AND the parity bar holds: what the search
     accepts is written, or nothing is, with the best result reached. --min-cosine / --min-top1
@@ -102,7 +103,7 @@ def quantize_cmd(
       resnest-deploy quantize --onnx m.onnx -p int8 --target cpu --equalize auto --max-drop 0.25
       resnest-deploy quantize --onnx m.onnx -p int8 --min-cosine 0.95   # accept a looser file, recorded
     """
-    _refuse_early(precision, plot, max_drop, eval_dir)
+    _refuse_early(plot, max_drop)
     config = ConversionConfig(
         precision,
         target,
@@ -113,10 +114,11 @@ def quantize_cmd(
         cpu_isa=cpu_isa,
         equalize=equalize,
     )
+    options = CalibrationOptions(calib_dir, calib_npy, calib_count, eval_dir)
+    options.check_for(precision)
     prepare_outputs([output or default_output(onnx, precision.value, target.value)], [onnx, calib_npy])
     if plot is not None:
         prepare_outputs([plot], [onnx, calib_npy], with_sidecar=False)
-    options = CalibrationOptions(calib_dir, calib_npy, calib_count, eval_dir)
     calib = calibration_with_bar(onnx, options, cache, json_out)
     searching = precision.value == "int8" and max_drop is not None
     with search_executor(ray_address, searching) as ex, progress(not json_out) as say:
@@ -129,16 +131,12 @@ def quantize_cmd(
     _print(report, plot)
 
 
-def _refuse_early(
-    precision: Reduced, plot: Path | None, max_drop: float | None, eval_dir: Path | None
-) -> None:
+def _refuse_early(plot: Path | None, max_drop: float | None) -> None:
     """Options that cannot go together, refused before any file is read."""
     if plot is not None and max_drop is None:
         raise typer.BadParameter(
             "the sensitivity chart comes from the search: add --max-drop", param_hint="--plot"
         )
-    if eval_dir is not None and precision.value != "int8":
-        raise typer.BadParameter("the evaluation set judges INT8: add -p int8", param_hint="--eval-dir")
 
 
 def _print(report: ConversionReport, plot: Path | None) -> None:

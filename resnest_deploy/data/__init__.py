@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import io
 import os
 import random
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,8 @@ def to_rgb8(image: Image.Image) -> Image.Image:
 def find_images(root: str | os.PathLike[str]) -> list[Path]:
     """Every image file under ``root``, recursively, in a stable order."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ArtifactError(f"{root} is a file, not a folder; pass a directory of jpg/png/webp files")
     if not root.is_dir():
         raise ArtifactError(f"image folder not found: {root}; pass a directory of jpg/png/webp files")
     return sorted(
@@ -153,13 +156,17 @@ class LoadedImages:
     array: np.ndarray  # N, 3, H, W float32
     paths: list[Path]
     skipped: list[tuple[Path, str]]  # unreadable files and why
+    #: sha256 of each decoded file's bytes (as read), in the order of ``paths``: a copy or a hard
+    #: link of an image is the same image, whatever its path
+    digests: list[str] = field(default_factory=list)
 
 
 def load_images(
     paths: Iterable[Path], transform: Transform, advance: Callable[[int], None] | None = None
 ) -> LoadedImages:
-    """Decode and preprocess; files that do not decode are skipped and reported, not fatal."""
-    arrays, kept, skipped = [], [], []
+    """Decode and preprocess; files that do not decode are skipped and reported, not fatal. Each
+    file is read once, and what is read is both hashed and decoded."""
+    arrays, kept, skipped, digests = [], [], [], []
     for path in paths:
         if path.is_symlink() and not path.exists():
             skipped.append((path, "a link to nothing (dangling symlink)"))
@@ -169,9 +176,11 @@ def load_images(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path, formats=IMAGE_FORMATS) as im:
+                raw = path.read_bytes()
+                with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as im:
                     arrays.append(transform(im))
             kept.append(path)
+            digests.append(hashlib.sha256(raw).hexdigest())
         except ImageError as e:
             skipped.append((path, str(e)))
         except UnidentifiedImageError:
@@ -183,7 +192,7 @@ def load_images(
         if advance:
             advance(1)
     empty = np.zeros((0, 3, *transform.hw), np.float32)
-    return LoadedImages(np.stack(arrays) if arrays else empty, kept, skipped)
+    return LoadedImages(np.stack(arrays) if arrays else empty, kept, skipped, digests)
 
 
 def labelled_folder(
@@ -196,6 +205,8 @@ def labelled_folder(
     in ``class_names`` (ImageNet synset ids such as ``n01440764``). A label the model cannot produce
     (``num_classes``) is refused; entries that cannot be read are listed in ``skipped``."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ArtifactError(f"{root} is a file, not a folder; pass DIR with one sub-folder per class")
     if not root.is_dir():
         raise ArtifactError(f"labelled folder not found: {root}; pass DIR with one sub-folder per class")
     lookup = {name: i for i, name in enumerate(class_names or ())}

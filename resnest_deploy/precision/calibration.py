@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,9 @@ from resnest_deploy.precision.evaluation import (
 )
 from resnest_deploy.precision.evaluation import (
     EvaluationSet as EvaluationSet,
+)
+from resnest_deploy.precision.evaluation import (
+    ImageFiles as ImageFiles,
 )
 from resnest_deploy.precision.evaluation import (
     check_inputs,
@@ -56,6 +59,8 @@ class CalibrationData:
     evaluation: EvaluationSet | None = None
     #: the image files calibrated on (resolved), when they are files: an evaluation set must avoid them
     files: tuple[str, ...] = ()
+    #: the sha256 of each of ``files``' bytes: a copy or hard link of one is the same image
+    digests: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.calib) == 0:
@@ -80,13 +85,18 @@ class CalibrationData:
         where: dict[str, Any] = {k: self.source[k] for k in ("path", "split") if k in self.source}
         return EvaluationSet(self.holdout, self.holdout_labels, {"kind": f"held-out {kind}", **where})
 
-    def with_evaluation(self, evaluation: EvaluationSet, eval_files: Sequence[str] = ()) -> CalibrationData:
-        """This data judged on ``evaluation``; refused when it shares an image file with calibration."""
-        shared = sorted(set(self.files) & set(eval_files))
+    def with_evaluation(
+        self, evaluation: EvaluationSet, eval_files: ImageFiles | None = None
+    ) -> CalibrationData:
+        """This data judged on ``evaluation``; refused when it shares an image with calibration: the
+        same file, or the same bytes under another path (a copy, a hard link)."""
+        shared = ImageFiles(self.files, self.digests).shared_with(eval_files or ImageFiles())
         if shared:
+            calibrated, judged = shared[0]
+            example = calibrated if calibrated == judged else f"{judged} has the bytes of {calibrated}"
             raise ArtifactError(
                 f"the evaluation set shares {len(shared)} image(s) with the calibration images "
-                f"(e.g. {shared[0]}); give {{eval_dir}} a folder kept apart from {{calib_dir}}",
+                f"(e.g. {example}); give {{eval_dir}} a folder kept apart from {{calib_dir}}",
                 param=("eval_dir", "calib_dir"),
             )
         return replace(self, evaluation=evaluation)
@@ -121,9 +131,11 @@ def from_images(
     advance: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     num_classes: int | None = None,
+    hold_out: bool = True,
 ) -> CalibrationData:
     """``count`` images (plus a held-out set) sampled deterministically from ``root``. Class folders
-    (``folder_labels``) label the held-out part; ``num_classes`` refuses labels the model lacks."""
+    (``folder_labels``) label the held-out part; ``num_classes`` refuses labels the model lacks.
+    ``hold_out`` False (an evaluation set judges instead): all ``count`` images calibrate."""
     check_count(count)
     paths = data.find_images(root)
     if not paths:
@@ -132,10 +144,11 @@ def from_images(
             param="calib_dir",
         )
     labels = folder_labels(root, num_classes)
-    chosen = data.sample(paths, count + HOLDOUT, seed)
+    chosen = data.sample(paths, count + HOLDOUT if hold_out else count, seed)
     labelled = "labelled" if labels is not None else "unlabelled"
+    split = "" if hold_out else ":all"
     key = hashlib.sha256(
-        f"{data.fingerprint(chosen, transform)}:{count}:{seed}:{labelled}".encode()
+        f"{data.fingerprint(chosen, transform)}:{count}:{seed}:{labelled}{split}".encode()
     ).hexdigest()[:20]
     source: dict[str, Any] = {
         "kind": "images",
@@ -156,11 +169,17 @@ def from_images(
             f"(e.g. {loaded.skipped[0][0].name}: {loaded.skipped[0][1]}); check the files"
         )
     x = loaded.array
-    k = len(x) - count if len(x) > count else max(1, min(HOLDOUT, len(x) // 5))
-    if len(x) <= count and len(x) < 2:
-        _split(x, HOLDOUT)  # refuses, saying why
+    if not hold_out:
+        k = 0
+    elif len(x) > count:
+        k = len(x) - count
+    else:
+        k = max(1, min(HOLDOUT, len(x) // 5))
+        if len(x) < 2:
+            _split(x, HOLDOUT)  # refuses, saying why
     calib, holdout = x[: len(x) - k], x[len(x) - k :]
     files = tuple(str(q.resolve()) for q in loaded.paths[: len(x) - k])
+    digests = tuple(loaded.digests[: len(x) - k])
     y = None if labels is None else np.array([labels[q] for q in loaded.paths[len(x) - k :]], np.int64)
     skipped = [f"{p}: {why}" for p, why in loaded.skipped]
     if use_cache:
@@ -173,9 +192,11 @@ def from_images(
             holdout_labels=np.zeros(0, np.int64) if y is None else y,
             labelled=np.array(y is not None),
             files=np.array(files, dtype=str),
+            digests=np.array(digests, dtype=str),
         )
         IMAGES_CACHE.put(key, {"kind": "images", "root": str(Path(root).resolve())}, buf.getvalue())
-    return CalibrationData(calib, holdout, {**source, **_counts(calib, holdout, skipped)}, y, None, files)
+    counts = _counts(calib, holdout, skipped)
+    return CalibrationData(calib, holdout, {**source, **counts}, y, None, files, digests)
 
 
 def _cached_images(key: str) -> CalibrationData | None:
@@ -189,8 +210,11 @@ def _cached_images(key: str) -> CalibrationData | None:
             calib, holdout, skipped = z["calib"], z["holdout"], [str(s) for s in z["skipped"]]
             y = z["holdout_labels"] if bool(z["labelled"]) else None
             files = tuple(str(f) for f in z["files"])
+            digests = tuple(str(d) for d in z["digests"])
+        if len(digests) != len(files):
+            return None
         counts = _counts(calib, holdout, skipped)
-        return CalibrationData(calib, holdout, {**counts, "cache": str(entry.path)}, y, None, files)
+        return CalibrationData(calib, holdout, {**counts, "cache": str(entry.path)}, y, None, files, digests)
     except (OSError, ValueError, KeyError, ArtifactError):
         return None
 
@@ -200,8 +224,11 @@ def _counts(calib: np.ndarray, holdout: np.ndarray, skipped: list[str] | None = 
     return counts if skipped is None else counts | {"skipped": skipped}
 
 
-def from_npy(path: str | os.PathLike[str], input_size: tuple[int, int]) -> CalibrationData:
-    """An N x 3 x H x W float array, already preprocessed (normalised as the arch expects)."""
+def from_npy(
+    path: str | os.PathLike[str], input_size: tuple[int, int], hold_out: bool = True
+) -> CalibrationData:
+    """An N x 3 x H x W float array, already preprocessed (normalised as the arch expects);
+    ``hold_out`` False (an evaluation set judges instead): all of it calibrates."""
     fix = "save one N x 3 x H x W float32 array with numpy.save"
     try:
         x = np.load(path, allow_pickle=False)
@@ -222,7 +249,8 @@ def from_npy(path: str | os.PathLike[str], input_size: tuple[int, int]) -> Calib
     bad = int((~np.isfinite(x).reshape(len(x), -1).all(axis=1)).sum())
     if bad:
         raise ArtifactError(f"{path} has {bad} sample(s) with NaN or Inf; drop or fix them")
-    calib, holdout = _split(np.ascontiguousarray(x, np.float32), HOLDOUT)
+    x = np.ascontiguousarray(x, np.float32)
+    calib, holdout = _split(x, HOLDOUT) if hold_out else (x, x[len(x) :])
     return CalibrationData(
         calib,
         holdout,
@@ -268,10 +296,13 @@ def resolve(
     num_classes = num_classes or spec.arch.num_classes
     transform = data.Transform.from_pretrained(spec.pretrained, *input_size)
     found: CalibrationData | None
+    hold_out = eval_dir is None  # an evaluation set judges: every calibration image calibrates
     if calib_npy is not None:
-        found = from_npy(calib_npy, input_size)
+        found = from_npy(calib_npy, input_size, hold_out)
     elif calib_dir is not None:
-        found = from_images(calib_dir, transform, count, seed, use_cache, advance, on_total, num_classes)
+        found = from_images(
+            calib_dir, transform, count, seed, use_cache, advance, on_total, num_classes, hold_out
+        )
     elif spec.pretrained.bundled:
         found = from_digits(transform, count, seed)
     else:

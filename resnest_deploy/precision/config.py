@@ -137,6 +137,8 @@ class ConversionConfig:
                 param=("target", "precision"),
             )
         method = str(self.method.value if isinstance(self.method, Enum) else self.method)
+        if precision == Reduced.fp16:
+            _refuse_int8_only(method, self.max_drop)
         allowed = CPU_METHODS if target == Target.cpu else TENSORRT_METHODS
         if precision == Reduced.int8 and method not in (*allowed, "auto"):
             raise ConversionError(
@@ -201,6 +203,24 @@ class ConversionConfig:
         ]
 
 
+def _refuse_int8_only(method: str, max_drop: float | None) -> None:
+    """What only INT8 uses, given to an FP16 conversion: one line naming it (a usage error)."""
+    if max_drop is not None:
+        raise ConversionError(
+            "{max_drop} searches the units INT8 hurts; an FP16 file has none to search: drop it, "
+            "or convert with {precision=int8}",
+            param=("max_drop", "precision"),
+            exit_code=2,
+        )
+    if method != Method.max.value:  # max, the default, is what FP16 is given when nothing is said
+        raise ConversionError(
+            f"{{method}} {method} calibrates INT8; an FP16 file needs no calibration: drop it, "
+            "or convert with {precision=int8}",
+            param=("method", "precision"),
+            exit_code=2,
+        )
+
+
 @dataclass(frozen=True)
 class CalibrationOptions:
     """Where calibration images come from: a folder of images or a preprocessed .npy (neither: the
@@ -217,6 +237,17 @@ class CalibrationOptions:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
+
+    def check_for(self, precision: Precision | Reduced | str) -> None:
+        """Refuses what a file of ``precision`` cannot use: an evaluation set judges INT8 only."""
+        precision = precision_of(precision)
+        if self.eval_dir is not None and precision != Precision.int8:
+            raise ConversionError(
+                f"{{eval_dir}} judges INT8 conversions; a {precision} file is measured without it: "
+                "drop it, or convert with {precision=int8}",
+                param=("eval_dir", "precision"),
+                exit_code=2,
+            )
 
 
 @dataclass(frozen=True)

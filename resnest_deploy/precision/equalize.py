@@ -112,12 +112,26 @@ class EqualizeReport:
 
     def __str__(self) -> str:
         kinds = collections.Counter(p.kind for p in self.equalized)
-        detail = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+        detail = ", ".join(counted_kind(n, kind) for kind, n in kinds.items())
         ratio = f"{self.imbalance_before:.3g} -> {self.imbalance_after:.3g}"
         return (
             f"equalized {len(self.equalized)} convolution group(s) ({detail or 'none'}), "
             f"skipped {len(self.skipped)}; worst range ratio {ratio}"
         )
+
+
+#: a group's kind counted, one and several: "1 pair", "2 with branches", "4 split attentions"
+_KIND_WORDS = {
+    "pair": ("pair", "pairs"),
+    "branches": ("with branches", "with branches"),
+    "split attention": ("split attention", "split attentions"),
+}
+
+
+def counted_kind(n: int, kind: str) -> str:
+    """``n`` groups of ``kind`` in words (``1 pair``, ``2 with branches``)."""
+    one, several = _KIND_WORDS.get(kind, (kind, kind))
+    return f"{n} {one if n == 1 else several}"
 
 
 def _imbalance(r1: np.ndarray, r2: np.ndarray) -> float:
@@ -200,6 +214,11 @@ def write_equalized(src: str | os.PathLike[str], output: str | os.PathLike[str])
     src, output = Path(src), Path(output)
     prepare_outputs([output], [src])
     meta = read_source(src)  # an FP32 resnest-deploy export, or one line saying why not
+    if isinstance(meta.get("equalization"), dict):
+        raise ArtifactError(
+            f"{src} is already equalized (its metadata records it); equalizing again balances nothing: "
+            "use it as it is, or equalize the export it was made from"
+        )
     started = time.perf_counter()
     model = load_onnx(src)
     if any(True for _ in external_tensors(model)):

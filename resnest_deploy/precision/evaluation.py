@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,29 @@ class EvaluationSet:
         return {**self.source, "count": len(self.x), "labelled": self.labelled}
 
 
+@dataclass(frozen=True)
+class ImageFiles:
+    """Image files that were read: resolved paths and the sha256 of each one's bytes, in the same
+    order. Content keeps an evaluation set apart from calibration: a copy or a hard link of a
+    calibration image under another path is still that image."""
+
+    paths: tuple[str, ...] = ()
+    digests: tuple[str, ...] = ()
+
+    def shared_with(self, other: ImageFiles) -> list[tuple[str, str]]:
+        """(this file, the other's) for every file of ``other`` with the same bytes or path as one
+        of these, in ``other``'s order."""
+        mine = dict(zip(self.digests, self.paths, strict=True))
+        by_path = set(self.paths)
+        pairs = []
+        for path, digest in zip(other.paths, other.digests, strict=True):
+            if digest in mine:
+                pairs.append((mine[digest], path))
+            elif path in by_path:
+                pairs.append((path, path))
+        return pairs
+
+
 def synsets_for(num_classes: int | None) -> list[str] | None:
     """ImageNet synset ids name classes only for a 1000-class model (as ``eval`` reads them)."""
     from resnest_deploy.data.classes import imagenet_classes
@@ -106,9 +130,10 @@ def from_eval_dir(
     use_cache: bool = True,
     advance: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
-) -> tuple[EvaluationSet, tuple[str, ...]]:
+) -> tuple[EvaluationSet, ImageFiles]:
     """Every image of a labelled folder (``eval``'s layout), decoded once (cached by the files and
-    the transform), and the resolved files (to check they are apart from calibration)."""
+    the transform), and the files read (to check they are apart from calibration). Files that do not
+    decode are skipped, said in one warning (how many, one example); none decoding is refused."""
     items = data.labelled_folder(root, synsets_for(num_classes), num_classes)
     paths = [p for p, _ in items]
     labels = dict(items)
@@ -117,37 +142,58 @@ def from_eval_dir(
     hit = _cached_evaluation(key) if use_cache else None
     if hit is not None:
         evaluation, files = hit
+        _warn_skipped(evaluation.source["skipped"], len(paths))
         return EvaluationSet(evaluation.x, evaluation.labels, {**source, **evaluation.source}), files
     if on_total:
         on_total(len(paths))
     loaded = data.load_images(paths, transform, advance)
     if not len(loaded.array):
-        raise ArtifactError(f"none of the {len(paths)} images under {root} could be decoded; check the files")
+        where, why = loaded.skipped[0]
+        raise ArtifactError(
+            f"none of the {len(paths)} images under {root} decode (e.g. {where}: {why}); "
+            "give {eval_dir} a folder of jpg/png/webp images in class folders",
+            param="eval_dir",
+        )
     y = np.array([labels[q] for q in loaded.paths], np.int64)
-    files = tuple(str(q.resolve()) for q in loaded.paths)
+    files = ImageFiles(tuple(str(q.resolve()) for q in loaded.paths), tuple(loaded.digests))
     skipped = [f"{p}: {why}" for p, why in loaded.skipped]
+    _warn_skipped(skipped, len(paths))
     if use_cache:
         buf = io.BytesIO()
         np.savez(
             buf,
             x=loaded.array,
             labels=y,
-            files=np.array(files, dtype=str),
+            files=np.array(files.paths, dtype=str),
+            digests=np.array(files.digests, dtype=str),
             skipped=np.array(skipped, dtype=str),
         )
         IMAGES_CACHE.put(key, {"kind": "eval_dir", "root": source["path"]}, buf.getvalue())
     return EvaluationSet(loaded.array, y, {**source, "skipped": skipped}), files
 
 
-def _cached_evaluation(key: str) -> tuple[EvaluationSet, tuple[str, ...]] | None:
+def _warn_skipped(skipped: list[str], found: int) -> None:
+    """One line for the evaluation images that do not decode: the drop is measured without them."""
+    if skipped:
+        warnings.warn(
+            f"skipped {len(skipped)} of the {found} evaluation images that do not decode "
+            f"(e.g. {skipped[0]}); the conversion is judged on the other {found - len(skipped)}",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _cached_evaluation(key: str) -> tuple[EvaluationSet, ImageFiles] | None:
+    """A verified cache entry, or ``None`` (one written before file digests were kept, too)."""
     entry = IMAGES_CACHE.get(key)
     if entry is None:
         return None
     try:
         with np.load(entry.path, allow_pickle=False) as z:
-            x, y, files, skipped = z["x"], z["labels"], z["files"], [str(s) for s in z["skipped"]]
-        return EvaluationSet(x, y, {"skipped": skipped, "cache": str(entry.path)}), tuple(
-            str(f) for f in files
-        )
+            x, y, skipped = z["x"], z["labels"], [str(s) for s in z["skipped"]]
+            files = ImageFiles(tuple(str(f) for f in z["files"]), tuple(str(d) for d in z["digests"]))
+        if len(files.paths) != len(files.digests) or len(files.paths) != len(x):
+            return None
+        return EvaluationSet(x, y, {"skipped": skipped, "cache": str(entry.path)}), files
     except (OSError, ValueError, KeyError, ArtifactError):
         return None

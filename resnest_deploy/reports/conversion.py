@@ -4,15 +4,17 @@ FP32 and what it costs) and the sensitivity chart, from the typed results of ``p
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from resnest_deploy import _deps
 from resnest_deploy.precision.calibration import HOLDOUT
 from resnest_deploy.precision.cost import LatencyCost, Timing
+from resnest_deploy.precision.equalize import counted_kind
 from resnest_deploy.precision.results import ConversionReport, Evaluation, Tournament
 from resnest_deploy.precision.search import ACCEPTANCE, SearchResult, Sensitivity
+from resnest_deploy.precision.search_result import drop_from_dict
 from resnest_deploy.stats import Drop
 
 
@@ -203,3 +205,121 @@ def plot(ranking: Sequence[Sensitivity], path: str | os.PathLike[str], metric_na
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path
+
+
+# --- what a converted file records, for `inspect` (metadata: untrusted, read defensively) ---------
+
+
+def module_name(node: str) -> str:
+    """The module path of an exported node (``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1``)."""
+    parts = node.strip("/").split("/")[:-1] or [node]
+    if len(parts) > 1 and parts[1].startswith(parts[0]):
+        parts = parts[1:]
+    return ".".join(parts)
+
+
+def _few(names: Sequence[str], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def recorded_lines(section: Any) -> list[str]:
+    """How a converted file was made and judged, from its ``conversion`` metadata: what stayed FP32
+    and why, the search, the set it was judged on and the drop with its interval. A field that does
+    not read as written is left out, not guessed."""
+    if not isinstance(section, Mapping):
+        return []
+    lines = []
+    keep = [k for k in section.get("keep_fp32_nodes") or [] if isinstance(k, str)]
+    if section.get("precision") == "int8" and keep:
+        from resnest_deploy.precision.int8 import KEEP_FP32_NODES
+
+        why = (
+            "the default: the attention gates and the classifier"
+            if tuple(keep) == KEEP_FP32_NODES
+            else "asked"
+        )
+        lines.append(f"kept in FP32 by name ({why}): nodes matching {', '.join(keep)}")
+    found = _read(SearchResult.from_dict, section.get("search"))
+    if found is not None:
+        lines.append(recorded_search_line(found))
+        cost = latency_summary(section["search"])
+        if cost:
+            lines.append(cost)
+    evaluation = _read(Evaluation.from_dict, section.get("evaluation"))
+    drop = _read(drop_from_dict, section.get("drop"))
+    judged = drop_line(evaluation, drop)
+    if judged:
+        lines.append(judged)
+    elif evaluation is not None:
+        lines.append(f"judged on {evaluation}")
+    if evaluation is not None and evaluation.resolves is False and found is not None:
+        lines.append(
+            f"{evaluation.count} images cannot resolve the {found.max_drop:g}-point budget; "
+            f"{evaluation.images_needed} would"
+        )
+    return lines
+
+
+def _read(parse: Any, data: Any) -> Any:
+    """``parse(data)`` for a recorded mapping; ``None`` when it is absent or does not read."""
+    if not isinstance(data, Mapping):
+        return None
+    try:
+        return parse(data)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def recorded_search_line(found: SearchResult) -> str:
+    """A recorded search: the units kept in FP32 and why (each one's gain alone, the rule), and the
+    metric before and after."""
+    return (
+        f"INT8 search: units kept in FP32: {kept_summary(found)}{why_kept(found)}; "
+        f"{found.metric_name} {found.metric:.2f} (FP32 {found.fp32_metric:.2f}, "
+        f"plain INT8 {found.int8_metric:.2f}, budget {found.max_drop:g} points)"
+    )
+
+
+def equalization_lines(meta: Mapping[str, Any], sidecar: Mapping[str, Any], conversion: Any) -> list[str]:
+    """What cross-layer equalization did, from the metadata: of an equalized FP32 file (its own
+    ``equalization``) or of a conversion that equalized its source first (``conversion.equalization``):
+    how many groups of which kinds, which convolutions, the ranges before and after."""
+    record = meta.get("equalization") or sidecar.get("equalization")
+    if not isinstance(record, Mapping) and isinstance(conversion, Mapping):
+        record = conversion.get("equalization")
+    if not isinstance(record, Mapping):
+        return []
+    lines = []
+    results = record.get("results")
+    if isinstance(results, list):
+        tried = ", ".join(
+            f"{r.get('equalize')} {float(r.get('metric') or 0):.2f}"
+            for r in results
+            if isinstance(r, Mapping)
+        )
+        lines.append(
+            f"equalization auto ({record.get('metric')}, plain INT8): {tried} -> {record.get('chosen')}"
+        )
+    if record.get("skipped") and isinstance(record["skipped"], str):
+        lines.append(f"equalization: {record.get('chosen', 'off')} ({record['skipped']})")
+    elif record.get("chosen", "on") == "on":
+        groups = record.get("groups", len(record.get("equalized") or []))
+        before, after = record.get("imbalance_before"), record.get("imbalance_after")
+        skipped = record.get("skipped") or []
+        kinds = record.get("kinds")
+        if not isinstance(kinds, Mapping):  # an equalized FP32 file records each group
+            found = [p.get("kind") for p in record.get("equalized") or [] if isinstance(p, Mapping)]
+            kinds = {k: found.count(k) for k in dict.fromkeys(found) if isinstance(k, str)}
+        detail = ", ".join(counted_kind(int(n), str(k)) for k, n in kinds.items() if isinstance(n, int))
+        lines.append(
+            f"equalized: {groups} convolution group(s){f' ({detail})' if detail else ''}, worst range ratio "
+            f"{float(before or 1):.3g} -> {float(after or 1):.3g}, {len(skipped)} left alone; logits moved "
+            f"{float(record.get('relative_change') or 0):.2g} of their scale"
+        )
+        firsts = record.get("convolutions")
+        if not isinstance(firsts, list):
+            firsts = [p.get("first") for p in record.get("equalized") or [] if isinstance(p, Mapping)]
+        names = [module_name(n) for n in firsts if isinstance(n, str)]
+        if names:
+            lines.append(f"equalized convolutions (each with the ones reading it): {_few(names)}")
+    return lines
