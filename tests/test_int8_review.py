@@ -284,3 +284,5 @@ def test_pipeline_with_an_evaluation_set_calibrates_on_every_image_and_checks_on
     assert (
         meta["conversion"]["calibration"]["used"] == 100 and meta["conversion"]["evaluation"]["count"] == 60
     )
+    md = (tmp_path / "report.md").read_text()
+    assert "## INT8 search for the CPU: " in md and "for TensorRT" not in md  # the file's own target

@@ -122,9 +122,11 @@ def _search_section(key: str, step: dict[str, Any], short: Callable[[str], str])
     evaluation, drop = conversion.get("evaluation"), conversion.get("drop")
     judged = Evaluation.from_dict(evaluation) if isinstance(evaluation, dict) else None
     where = f"{judged.count} {_SET_WORDS.get(judged.kind, judged.kind)}" if judged else "held-out images"
+    # the file's own target (a `pipeline --target cpu` run converts for the CPU in its first step)
+    target = conversion.get("target") or ("cpu" if key == "convert-cpu" else "tensorrt")
     lines = [
         "",
-        f"## INT8 search for {'the CPU' if key == 'convert-cpu' else 'TensorRT'}: "
+        f"## INT8 search for {'the CPU' if target == 'cpu' else 'TensorRT'}: "
         f"{short(step.get('path', ''))} ({found.metric_name} on {where}, "
         f"budget {recorded['max_drop_points']} points)",
         "",
