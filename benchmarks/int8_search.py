@@ -95,15 +95,14 @@ class Sets:
     labels: np.ndarray
 
     def calibration(self, count: int | None = None) -> CalibrationData:
-        """What ``quantize --calib-dir train --eval-dir DIR`` hands ``convert``: the training digits
-        to calibrate on (the last fifth held out, unlabelled) and the labelled evaluation set (the
-        first ``count`` images of it for the too-small-set check)."""
+        """What ``quantize --calib-dir train --eval-dir DIR`` hands ``convert``: every training digit
+        to calibrate on (an evaluation set judges, so nothing is held out of calibration) and the
+        labelled evaluation set (the first ``count`` images of it for the too-small-set check)."""
         x, labels = (self.x, self.labels) if count is None else (self.x[:count], self.labels[:count])
-        k = len(self.calib) // 5
         source = {"kind": "images", "path": str(self.eval_dir), "count": len(x), "labelled": True}
         evaluation = EvaluationSet(x, labels, source)
         calib = CalibrationData(
-            self.calib[:-k], self.calib[-k:], {"kind": "digits", "used": len(self.calib) - k}
+            self.calib, self.calib[:0], {"kind": "digits", "used": len(self.calib), "held_out": 0}
         )
         return calib.with_evaluation(evaluation)
 
