@@ -120,3 +120,14 @@ def read_until_closed(sock, reads: int = 10_000) -> bytes:
             break
         out += chunk
     return out
+
+
+def write_class_folders(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """Images as users hand labelled ones over: ``folder/<label>/NNNN.png``."""
+    from PIL import Image
+
+    for i, (im, label) in enumerate(zip(images, labels, strict=True)):
+        d = folder / str(int(label))
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(d / f"{i:04d}.png")
+    return folder

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import write_class_folders
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -36,14 +37,6 @@ from resnest_deploy.runners.onnxruntime import OnnxRuntimeRunner
 DIGITS = Transform.from_pretrained(get_spec("resnest14d_digits").pretrained)
 
 
-def _write(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:
-    for i, (im, label) in enumerate(zip(images, labels, strict=True)):
-        d = folder / str(int(label))
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(im).save(d / f"{i:04d}.png")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     """The digits as users hand them over: class folders; train to calibrate on, the 899 held-out
@@ -52,9 +45,9 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     train, train_labels = digits("train")
     test, test_labels = digits("test")
     return {
-        "train": _write(root / "train", train, train_labels),
-        "small": _write(root / "small", train[:320], train_labels[:320]),
-        "val": _write(root / "val", test, test_labels),
+        "train": write_class_folders(root / "train", train, train_labels),
+        "small": write_class_folders(root / "small", train[:320], train_labels[:320]),
+        "val": write_class_folders(root / "val", test, test_labels),
     }
 
 

@@ -13,11 +13,10 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
+from helpers import write_class_folders
 from onnx import numpy_helper
-from PIL import Image
 from typer.testing import CliRunner
 
 from resnest_deploy.cli.app import app
@@ -30,14 +29,6 @@ from resnest_deploy.precision import CalibrationOptions, calibration, calibratio
 DIGITS = Transform.from_pretrained(get_spec("resnest14d_digits").pretrained)
 
 
-def _write(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:
-    for i, (im, label) in enumerate(zip(images, labels, strict=True)):
-        d = folder / str(int(label))
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(im).save(d / f"{i:04d}.png")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory) -> dict[str, Path]:
     """Class folders of real digits: 100 train digits to calibrate on, 60 test digits to judge on."""
@@ -45,8 +36,8 @@ def labelled(tmp_path_factory) -> dict[str, Path]:
     train, train_labels = digits("train")
     test, test_labels = digits("test")
     return {
-        "calib": _write(root / "calib", train[:100], train_labels[:100]),
-        "val": _write(root / "val", test[:60], test_labels[:60]),
+        "calib": write_class_folders(root / "calib", train[:100], train_labels[:100]),
+        "val": write_class_folders(root / "val", test[:60], test_labels[:60]),
     }
 
 
