@@ -247,7 +247,7 @@ def test_inspect_text_says_what_the_file_was_judged_on_the_drop_what_was_equaliz
     assert f"on 60 evaluation images in {labelled['val'].resolve()} (labelled)" in text
     assert "0 points (95% CI -6.02 to 6.02, 60 images, Tango score)" in text
     assert "60 images cannot resolve the 0.5-point budget; 400 would" in text
-    assert "kept in FP32 by name (the default: the attention gates and the classifier)" in text
+    assert "kept in FP32 by name (where a search starts: the radix softmax)" in text
     assert "INT8 search: units kept in FP32: none" in text
     assert "(10 pairs, 1 with branches, 4 split attentions)" in text and "conv1.0, conv1.3" in text
 
@@ -277,3 +277,15 @@ def test_pipeline_with_an_evaluation_set_calibrates_on_every_image_and_checks_on
     )
     md = (tmp_path / "report.md").read_text()
     assert "## INT8 search for the CPU: " in md and "for TensorRT" not in md  # the file's own target
+
+
+def test_inspect_says_why_an_unsearched_int8_file_keeps_the_gates_and_classifier(digits_onnx, tmp_path):
+    out = tmp_path / "plain.onnx"
+    r = CliRunner().invoke(
+        app, ["quantize", "--onnx", str(digits_onnx), "-p", "int8", "--target", "cpu", "-o", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+    shown = CliRunner().invoke(app, ["inspect", str(out)], terminal_width=400)
+    text = " ".join(shown.output.split())
+    assert "kept in FP32 by name (the default: the attention gates and the classifier)" in text
+    assert "INT8 search" not in text  # nothing was searched

@@ -77,7 +77,7 @@ def test_help_and_every_runtime_command_work_without_torch(artifacts, tmp_path):
     assert [r["batch"] for r in timed] == [1, 4] and all(r["p50_ms"] > 0 for r in timed)
     checked = json.loads(no_torch("check", str(fp32), str(int8), "--json").stdout)
     assert checked["passed"] and checked["reference"] == "pytorch fp32 cpu, recorded at export"
-    assert "labelled" not in no_torch("inspect", str(int8)).stdout
+    assert "but its graph is" not in no_torch("inspect", str(int8)).stdout  # its label is its graph
     missing = no_torch("export", "--arch", "resnest14d_digits", "-o", str(tmp_path / "x.onnx"))
     assert missing.returncode == 1 and "pip install 'resnest-deploy[export]'" in missing.stderr
 

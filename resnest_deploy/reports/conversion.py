@@ -231,13 +231,13 @@ def recorded_lines(section: Any) -> list[str]:
     lines = []
     keep = [k for k in section.get("keep_fp32_nodes") or [] if isinstance(k, str)]
     if section.get("precision") == "int8" and keep:
-        from resnest_deploy.precision.int8 import KEEP_FP32_NODES
+        from resnest_deploy.models.config import RESNEST_PARTS
 
-        why = (
-            "the default: the attention gates and the classifier"
-            if tuple(keep) == KEEP_FP32_NODES
-            else "asked"
-        )
+        defaults = {
+            RESNEST_PARTS.keep_fp32_nodes: "the default: the attention gates and the classifier",
+            RESNEST_PARTS.searched_keep_fp32_nodes: "where a search starts: the radix softmax",
+        }
+        why = defaults.get(tuple(keep), "asked")
         lines.append(f"kept in FP32 by name ({why}): nodes matching {', '.join(keep)}")
     found = _read(SearchResult.from_dict, section.get("search"))
     if found is not None:
