@@ -312,7 +312,9 @@ class _Client(asyncio.Protocol):
         if self.busy or self.blocked:
             if parsed.done and not self.paused:
                 self.paused = True
-                cast(asyncio.Transport, self.transport).pause_reading()
+                t = self.transport
+                assert t is not None
+                t.pause_reading()
             return
         self._advance()
 
@@ -359,7 +361,8 @@ class _Client(asyncio.Protocol):
         """Answer what the connection holds next: whole requests (a loop, not recursion: thousands
         of pipelined requests refused here are answered at once), else the refusal that ends it;
         else 100 Continue where one is expected, and wait."""
-        parsed = cast(Parsed, self.parsed)
+        parsed, t = self.parsed, self.transport
+        assert parsed is not None and t is not None
         while parsed.done and not (self.busy or self.closed or self.blocked):
             self._dispatch(parsed.done.popleft())
         if self.busy or self.closed:
@@ -367,7 +370,6 @@ class _Client(asyncio.Protocol):
         if self.blocked:
             self._arm()
             return
-        t = cast(asyncio.Transport, self.transport)
         cur = parsed.current
         if parsed.error is None and cur is not None and cur.reject is not None and cur.reject.close:
             parsed.error = refusal(cur.reject, close=True)
@@ -442,7 +444,8 @@ class _Client(asyncio.Protocol):
     def _answered(self, reply: Reply | None, error: Exception | None) -> None:
         """Triton's answer to the request in hand, or why there is none (502, and the client's
         connection closed: what Triton made of the request is not known)."""
-        m = cast(Message, self.m)
+        m = self.m
+        assert m is not None
         if reply is None:
             if self.up is not None:
                 self.up.close()
@@ -462,8 +465,8 @@ class _Client(asyncio.Protocol):
     def _finish(self, reply: bytes, keep: bool) -> None:
         """Write the answer to the request in hand, release what it held, close unless ``keep``
         (then the caller goes on: :meth:`_advance`)."""
-        front = self.front
-        m = cast(Message, self.m)
+        front, m, t, parsed = self.front, self.m, self.transport, self.parsed
+        assert m is not None and t is not None and parsed is not None
         self.m, self.busy = None, False
         front.inflight -= 1
         front.admission.release(m, self.client)
@@ -472,12 +475,12 @@ class _Client(asyncio.Protocol):
                 self.up.close()
                 self.up = None
             return
-        cast(asyncio.Transport, self.transport).write(reply)
+        t.write(reply)
         if not keep or front.draining:
             self.close()
             return
         now = self.since = time.monotonic()
-        cur = cast(Parsed, self.parsed).current
+        cur = parsed.current
         if cur is not None:  # read while this request was answered: its time starts now
             b = self.bounds
             cur.deadline = max(cur.deadline, now + (b.body_timeout_s if cur.head_done else b.head_timeout_s))
@@ -491,7 +494,8 @@ class _Client(asyncio.Protocol):
         b = self.bounds
         if self.blocked:
             return self.since + b.body_timeout_s
-        parsed = cast(Parsed, self.parsed)
+        parsed = self.parsed
+        assert parsed is not None
         cur = parsed.current
         if cur is not None:
             return cur.deadline

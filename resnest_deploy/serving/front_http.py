@@ -61,7 +61,7 @@ class Message:
     method: str = ""
     url: bytes = b""
     headers: dict[bytes, bytes] = field(default_factory=dict)
-    buf: bytearray | None = None  # the body, one buffer however it is framed
+    buf: bytes | bytearray | None = None  # the body: its one piece as read, or a buffer they grow in
     size: int = 0
     chunks: int = 0
     declared: int = -1  # Content-Length; -1: chunked or none
@@ -165,9 +165,12 @@ class Parsed:
                 m.reject = e
                 m.buf = None
                 return
-        if m.buf is None:
-            m.buf = bytearray()
-        m.buf += data
+        if m.buf is None:  # most bodies come in one piece: kept as it is, not copied
+            m.buf = data
+        elif isinstance(m.buf, bytes):
+            m.buf = bytearray(m.buf) + data
+        else:
+            m.buf += data
 
     def on_message_complete(self) -> None:
         assert self.current is not None

@@ -148,7 +148,9 @@ class Upstream(asyncio.Protocol):
         or TimeoutError after ``timeout``: the connection is closed). Called back, never inline."""
         if self.lost or self.transport is None or self.done is not None:
             raise ConnectionError("tritonserver closed the connection")
-        n = sum(len(b) for b in body)
+        n = 0
+        for piece in body:
+            n += len(piece)
         head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {n}\r\n".encode()
         self.limit, self.done = limit, done
         self.deadline = time.monotonic() + timeout
