@@ -123,8 +123,9 @@ class Parsed:
     def on_headers_complete(self) -> None:
         m = self.current
         assert m is not None
-        for key, values in self.joined.items():
-            m.headers[key] = b", ".join(values)
+        if self.joined:
+            for key, values in self.joined.items():
+                m.headers[key] = b", ".join(values)
         m.head_done = True
         m.deadline = time.monotonic() + self.bounds.body_timeout_s
         m.method = self.parser.get_method().decode("latin-1")
@@ -199,13 +200,18 @@ def check_head(m: Message, version: str) -> None:
         m.expect_continue = True
 
 
+_PLAIN = re.compile(rb"/[A-Za-z0-9_.\-/]{0,1000}")
+
+
 def path_of(m: Message) -> str:
     """The request target's path: origin form or absolute form (RFC 9112 3.2); the query is dropped.
     Anything else (authority form, ``*``) has no path here, so it matches no endpoint."""
     if m.path is None:
         m.path = ""
         url = m.url
-        if url.startswith(b"/") or url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
+        if _PLAIN.fullmatch(url):  # what every endpoint's path is made of: parse_url would return it
+            m.path = url.decode("ascii")
+        elif url.startswith(b"/") or url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
             import httptools
 
             with contextlib.suppress(httptools.HttpParserInvalidURLError):
