@@ -68,9 +68,10 @@ from resnest_deploy.serving.requests import Infer, canonical_json, limit_for
 
 __all__ = ["ADMIN_HEADER", "Front", "FrontLimits"]
 
-#: what Triton gets for one request: (method, path, body pieces, extra headers)
-Forward = tuple[str, str, list[bytes | memoryview], list[tuple[bytes, bytes]]]
-_JSON = [(b"Content-Type", b"application/json")]
+#: what Triton gets for one request: (method, path, body pieces, extra header lines)
+Forward = tuple[str, str, list[bytes | memoryview], bytes]
+_JSON = b"Content-Type: application/json\r\n"
+_BINARY = b"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: %d\r\n"
 
 
 @dataclass
@@ -205,24 +206,19 @@ class Front:
                 built = self._decoder.now(m.payload, m.headers.get(b"inference-header-content-length"), limit)
                 if built is None:
                     return None
-            extra = _JSON
-            if built.header_length is not None:
-                extra = [
-                    (b"Content-Type", b"application/octet-stream"),
-                    (b"Inference-Header-Content-Length", b"%d" % built.header_length),
-                ]
+            extra = _JSON if built.header_length is None else _BINARY % built.header_length
             return "POST", path, [built.header, built.binary], extra
         if method in ("GET", "HEAD") and GET.match(path):
             if path == READY and not self.ready:
                 raise HttpRejected(503, f"not ready: {self.reason}")
-            return "GET", path, [], []
+            return "GET", path, [], b""
         if method in ("GET", "POST") and ADMIN.match(path):
             if method == "GET" and not ADMIN_GET.search(path):
                 raise HttpRejected(405, f"{path} takes POST")
-            key = m.headers.get(ADMIN_HEADER)
-            extra = [(ADMIN_HEADER, key)] if key is not None else []
+            key = m.headers.get(ADMIN_HEADER)  # llhttp let no CR or LF into it
+            extra = _JSON if key is None else _JSON + ADMIN_HEADER + b": " + key + b"\r\n"
             body = canonical_json(m.payload) if method == "POST" else b""
-            return method, path, [body], [*_JSON, *extra]
+            return method, path, [body], extra
         if GET.match(path) or INFER.match(path) or ADMIN.match(path):
             raise HttpRejected(405, f"{method} is not served for {path}")
         raise HttpRejected(404, f"{method} {path[:200]} is not served here")

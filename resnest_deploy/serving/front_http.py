@@ -54,7 +54,7 @@ STEP = 1 << 16
 CHUNK_BYTES = 256
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
     """One request of a connection, as far as it has been read."""
 

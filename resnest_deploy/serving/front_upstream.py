@@ -139,13 +139,14 @@ class Upstream(asyncio.Protocol):
         method: str,
         path: str,
         body: list[bytes | memoryview],
-        extra: list[tuple[bytes, bytes]],
+        extra: bytes,
         limit: int,
         timeout: float,
         done: Done,
     ) -> None:
-        """Send one request; ``done`` gets its whole answer, or why there is none (a ConnectionError,
-        or TimeoutError after ``timeout``: the connection is closed). Called back, never inline."""
+        """Send one request (``extra``: header lines of our own making, each ending in CRLF);
+        ``done`` gets its whole answer, or why there is none (a ConnectionError, or TimeoutError
+        after ``timeout``: the connection is closed). Called back, never inline."""
         if self.lost or self.transport is None or self.done is not None:
             raise ConnectionError("tritonserver closed the connection")
         n = 0
@@ -158,7 +159,7 @@ class Upstream(asyncio.Protocol):
             self.timer = asyncio.get_running_loop().call_later(timeout, self._expire)
         # one write: uvloop's writelines costs more than the copy; a body the socket does not take at
         # once waits in the transport, and the answer comes only once tritonserver has read it all
-        self.transport.write(b"".join([head, *[k + b": " + v + b"\r\n" for k, v in extra], b"\r\n", *body]))
+        self.transport.write(b"".join([head, extra, b"\r\n", *body]))
 
     def close(self) -> None:
         self.lost = True
