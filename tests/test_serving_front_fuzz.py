@@ -253,3 +253,20 @@ def test_a_client_that_does_not_read_its_answers_is_closed_after_the_body_deadli
         assert front.admission.conns == 0 and front.buffered == 0
     finally:
         s.close()
+
+
+def test_a_fault_of_the_front_answers_500_and_holds_nothing(front, monkeypatch):
+    """A bug on a request's path (here: the request builder raising) still answers that request once
+    and releases its body bytes; the front keeps serving other connections."""
+    port = front._sock.getsockname()[1]
+
+    def broken(m, built=None):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(front, "build", broken)
+    body = b'{"inputs":[]}'
+    head = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body)
+    assert exchange(port, head + body).startswith(b"HTTP/1.1 500 ")
+    assert front.buffered == 0 and not any(p.by_client for p in front.admission.pools)
+    monkeypatch.undo()
+    assert b'{"echo": ' in exchange(port, b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\n\r\n")

@@ -398,6 +398,9 @@ class _Client(asyncio.Protocol):
         except RequestRejected as e:
             self._finish(answer(e.status, error_body(str(e)), close=not keep), keep)
             return
+        except Exception:  # a fault of ours: the request still gets one answer and releases its bytes
+            self._finish(answer(500, error_body("the front failed on this request"), close=True), False)
+            raise
         up = self.up
         if forward is None or up is None or up.lost:
             task = asyncio.get_running_loop().create_task(self._slowly(m, forward))
@@ -421,6 +424,9 @@ class _Client(asyncio.Protocol):
             self._finish(answer(e.status, error_body(str(e)), close=not keep), keep)
             self._advance()
             return
+        except Exception:  # a fault of ours (asyncio.CancelledError, at close, is no Exception)
+            self._finish(answer(500, error_body("the front failed on this request"), close=True), False)
+            raise
         up = self.up
         if up is None or up.lost:
             try:
