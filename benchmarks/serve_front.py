@@ -1,9 +1,11 @@
-"""serve's HTTP front against the relay it replaced, in one run: throughput, probes, stalled bodies.
+"""serve's HTTP front against an older tree's, in one run: throughput, probes, stalled bodies.
 
     apt-get install wrk
     python benchmarks/serve_front.py --old /tmp/old-checkout [--seconds 10] [--rounds 2]
+    python benchmarks/serve_front.py --old /tmp/before --old-name "front at 03f6af5" --new-name "this front"
 
-``--old`` is a checkout of the code before the front (e.g. ``git archive 3e92b46 | tar -x -C DIR``).
+``--old`` is a checkout of older code (e.g. ``git archive 3e92b46 | tar -x -C DIR``: the relay the
+front replaced, the default names; or the front before a change, named with ``--old-name``).
 Each configuration is `resnest-deploy serve` in a process of its own, started from its own tree
 (PYTHONPATH), serving the digits model (FP32, max batch 16, queue delay 2 ms) on 127.0.0.1. For each:
 
@@ -212,7 +214,9 @@ def stalled_bodies(served: Served, count: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--old", type=Path, required=True, help="a checkout of the code before the front")
+    ap.add_argument("--old", type=Path, required=True, help="a checkout of older code to compare with")
+    ap.add_argument("--old-name", default="old relay", help="what the tables call --old's serve")
+    ap.add_argument("--new-name", default="new front", help="what the tables call this tree's serve")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--stalled", type=int, default=100)
@@ -221,10 +225,13 @@ def main() -> None:
     if args.table_only:
         saved = json.loads((HERE / "results" / "serve_front.json").read_text())
         args.seconds, args.rounds = saved["seconds"], saved["rounds"]
+        args.old_name, args.new_name = saved.get("names", [args.old_name, args.new_name])
         rows = table(saved["results"], saved["summary"], saved["machine"], args)
         save("serve_front", saved, "\n".join(rows))
         return
-    trees = {"old relay": args.old.resolve(), "new front": NEW}
+    if args.old_name == args.new_name:
+        ap.error("--old-name and --new-name must differ")
+    trees = {args.old_name: args.old.resolve(), args.new_name: NEW}
     results: dict = {name: {"rounds": []} for name in trees}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -262,7 +269,7 @@ def main() -> None:
             r[f"cpu_us_{key}"] = round(
                 float(np.median([x[key]["front_cpu_us_per_request"] for x in r["rounds"]])), 1
             )
-    old, new = results["old relay"], results["new front"]
+    old, new = results[args.old_name], results[args.new_name]
     summary = {
         "new_vs_old_c1": round(new["1"] / old["1"], 3),
         "new_vs_old_c16": round(new["16"] / old["16"], 3),
@@ -277,6 +284,7 @@ def main() -> None:
         "serve_front",
         {
             "machine": m,
+            "names": [args.old_name, args.new_name],
             "seconds": args.seconds,
             "rounds": args.rounds,
             "results": results,
@@ -288,7 +296,7 @@ def main() -> None:
 
 def table(results: dict, s: dict, m: dict, args: argparse.Namespace) -> list[str]:
     lines = [
-        "# serve's HTTP front (llhttp, canonical requests) vs the relay it replaced",
+        f"# serve's HTTP front: {args.new_name} vs {args.old_name}",
         "",
         f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}, {m['date'][:10]}. Digits model "
         f"(FP32, max batch {MAX_BATCH}), wrk on the same cores, {args.seconds} s per cell, mean of "

@@ -13,6 +13,7 @@ request the backend saw: nothing reached the backend that the client was not ans
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import random
@@ -211,3 +212,61 @@ def test_framing_mutations_never_reach_the_backend_unchecked(front):
     assert front.buffered == 0 and not any(p.by_client for p in front.admission.pools)
     print(f"{case + 1} cases: {forwarded} requests forwarded, {refused} refused")
     assert forwarded > CASES // 8 and refused > CASES // 5, (forwarded, refused)
+
+
+def test_thousands_of_pipelined_requests_are_answered_in_order(front):
+    """One read can hold thousands of requests: each is answered, in order, the ones refused here
+    at once and the ones forwarded once the backend answers (no recursion per request)."""
+    port = front._sock.getsockname()[1]
+    refused = b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n"
+    forwarded = b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\n\r\n"
+    payload = b"".join(forwarded if i % 500 == 0 else refused for i in range(5000))
+    before = len(Echo.seen)
+    with socket.create_connection((HOST, port), timeout=10) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        answers = read_until_closed(s, reads=10_000)
+    statuses = re.findall(rb"HTTP/1.1 (\d{3}) ", answers)
+    assert len(statuses) == 5000
+    assert [i for i, st in enumerate(statuses) if st == b"200"] == list(range(0, 5000, 500))
+    assert len(Echo.seen) - before == 10
+    assert front.buffered == 0
+
+
+def test_a_client_that_does_not_read_its_answers_is_closed_after_the_body_deadline(front):
+    """Answers a client leaves unread are held for the body deadline, then the connection goes:
+    a client cannot make the front buffer answers without end."""
+    port = front._sock.getsockname()[1]
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(5)
+    s.connect((HOST, port))
+    try:
+        # 10 MB of answers, never read: more than the kernel buffers (4 MB at most here), so the rest
+        # waits in the front
+        payload = b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n" * 80_000
+        with contextlib.suppress(OSError):  # the front stops reading, then closes: either may end it
+            s.sendall(payload)
+        deadline = time.monotonic() + 10
+        while front.admission.conns and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert front.admission.conns == 0 and front.buffered == 0
+    finally:
+        s.close()
+
+
+def test_a_fault_of_the_front_answers_500_and_holds_nothing(front, monkeypatch):
+    """A bug on a request's path (here: the request builder raising) still answers that request once
+    and releases its body bytes; the front keeps serving other connections."""
+    port = front._sock.getsockname()[1]
+
+    def broken(m, built=None):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(front, "build", broken)
+    body = b'{"inputs":[]}'
+    head = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body)
+    assert exchange(port, head + body).startswith(b"HTTP/1.1 500 ")
+    assert front.buffered == 0 and not any(p.by_client for p in front.admission.pools)
+    monkeypatch.undo()
+    assert b'{"echo": ' in exchange(port, b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\n\r\n")

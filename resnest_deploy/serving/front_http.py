@@ -54,14 +54,14 @@ STEP = 1 << 16
 CHUNK_BYTES = 256
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
     """One request of a connection, as far as it has been read."""
 
     method: str = ""
     url: bytes = b""
     headers: dict[bytes, bytes] = field(default_factory=dict)
-    buf: bytearray | None = None  # the body, one buffer however it is framed
+    buf: bytes | bytearray | None = None  # the body: its one piece as read, or a buffer they grow in
     size: int = 0
     chunks: int = 0
     declared: int = -1  # Content-Length; -1: chunked or none
@@ -123,8 +123,9 @@ class Parsed:
     def on_headers_complete(self) -> None:
         m = self.current
         assert m is not None
-        for key, values in self.joined.items():
-            m.headers[key] = b", ".join(values)
+        if self.joined:
+            for key, values in self.joined.items():
+                m.headers[key] = b", ".join(values)
         m.head_done = True
         m.deadline = time.monotonic() + self.bounds.body_timeout_s
         m.method = self.parser.get_method().decode("latin-1")
@@ -165,9 +166,12 @@ class Parsed:
                 m.reject = e
                 m.buf = None
                 return
-        if m.buf is None:
-            m.buf = bytearray()
-        m.buf += data
+        if m.buf is None:  # most bodies come in one piece: kept as it is, not copied
+            m.buf = data
+        elif isinstance(m.buf, bytes):
+            m.buf = bytearray(m.buf) + data
+        else:
+            m.buf += data
 
     def on_message_complete(self) -> None:
         assert self.current is not None
@@ -196,13 +200,18 @@ def check_head(m: Message, version: str) -> None:
         m.expect_continue = True
 
 
+_PLAIN = re.compile(rb"/[A-Za-z0-9_.\-/]{0,1000}")
+
+
 def path_of(m: Message) -> str:
     """The request target's path: origin form or absolute form (RFC 9112 3.2); the query is dropped.
     Anything else (authority form, ``*``) has no path here, so it matches no endpoint."""
     if m.path is None:
         m.path = ""
         url = m.url
-        if url.startswith(b"/") or url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
+        if _PLAIN.fullmatch(url):  # what every endpoint's path is made of: parse_url would return it
+            m.path = url.decode("ascii")
+        elif url.startswith(b"/") or url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
             import httptools
 
             with contextlib.suppress(httptools.HttpParserInvalidURLError):

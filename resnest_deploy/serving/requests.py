@@ -15,8 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from resnest_deploy.errors import RequestRejected
 
@@ -78,12 +77,12 @@ def encode_json(doc: Any) -> bytes:
         ) from None
 
 
-@dataclass(frozen=True)
-class Infer:
-    """A checked infer request, rebuilt: the JSON Triton gets, and the binary tensors after it."""
+class Infer(NamedTuple):
+    """A checked infer request, rebuilt: the JSON Triton gets, and the binary tensors after it (a
+    tuple: made once per request on the front's event loop, where a frozen dataclass costs more)."""
 
     header: bytes
-    binary: bytes  # every binary input's bytes, in order, cut at the sizes checked here
+    binary: bytes | memoryview  # every binary input's bytes, in order, cut at the sizes checked here
     binary_inputs: int
 
     @property
@@ -271,7 +270,8 @@ _CHECKED_MAX_JSON = 4096
 
 def infer_from_body(body: bytes | bytearray, header_length: int | None, max_elements: int) -> Infer:
     """An infer request's whole body (its JSON, then binary tensors when ``header_length`` is given)
-    decoded once, checked and rebuilt."""
+    decoded once, checked and rebuilt. The tensors are a view of ``body`` (not a copy: the front
+    copies them once, into the request it writes)."""
     view = memoryview(body)
     if header_length is None:
         header_length = len(view)
@@ -286,7 +286,7 @@ def infer_from_body(body: bytes | bytearray, header_length: int | None, max_elem
             if len(_CHECKED) >= _CHECKED_ENTRIES:
                 del _CHECKED[next(iter(_CHECKED))]
             _CHECKED[key] = found
-    return Infer(found[0], bytes(binary), found[1])
+    return Infer(found[0], binary, found[1])
 
 
 def canonical_json(body: bytes | bytearray) -> bytes:
@@ -303,6 +303,7 @@ def worker_infer(
 ) -> tuple[int, str] | Infer:
     """:func:`infer_from_body` for a worker process: a rejection comes back as a value."""
     try:
-        return infer_from_body(body, header_length, max_elements)
+        found = infer_from_body(body, header_length, max_elements)
+        return found._replace(binary=bytes(found.binary))  # a view is not sent between processes
     except RequestRejected as e:
         return e.status, str(e)
