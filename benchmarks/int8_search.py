@@ -3,6 +3,7 @@ with and without cross-layer equalization, side by side with NNCF's accuracy-awa
 
     python benchmarks/int8_search.py            # every fixture, both targets (about an hour, quiet box)
     python benchmarks/int8_search.py --quick    # 2 fixtures, CPU target, 3 rounds (a few minutes)
+    python benchmarks/int8_search.py --quick --fixtures a,b,c --name int8_search.cpu6   # those, CPU
 
 Fixtures: ``precision.outliers.SPECS``, generated from the trained digits model with fixed seeds
 (activation outliers 32x-256x in the stem, the blocks, the split attention, the residual stream; the
@@ -530,7 +531,7 @@ def table(
     lines = [
         f"# INT8 on outlier fixtures, budget {BUDGET} points of top-1 on the 899 held-out digits"
         + (" (--quick)" if quick else "")
-        + (f" ({results['fixtures_run']} fixtures)" if not quick else ""),
+        + f" ({results['fixtures_run']} fixtures)",
         "",
         f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}, {m['date'][:10]}.",
     ]
@@ -634,8 +635,13 @@ def main() -> None:
     parser.add_argument(
         "--fixtures",
         default=None,
-        help=f"comma-separated fixture names (default: all {len(SPECS)}): "
-        + ", ".join(s.name for s in SPECS),
+        help=f"comma-separated fixture names (default: all {len(SPECS)}; "
+        f"--quick: {', '.join(QUICK_FIXTURES)}): " + ", ".join(s.name for s in SPECS),
+    )
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="results/NAME.{json,md} (default: int8_search, --quick: int8_search.quick)",
     )
     args = parser.parse_args()
     chosen = [n.strip() for n in args.fixtures.split(",")] if args.fixtures else None
@@ -644,7 +650,7 @@ def main() -> None:
         parser.error(f"unknown fixtures {unknown}; choose from {', '.join(s.name for s in SPECS)}")
     providers = ("cpu", "openvino") if importlib.util.find_spec("openvino") else ("cpu",)
     if args.quick:
-        specs = [s for s in SPECS if s.name in QUICK_FIXTURES]
+        specs = [s for s in SPECS if s.name in (chosen or QUICK_FIXTURES)]
         targets: tuple[str, ...] = ("cpu",)
         timing: dict[str, Any] = {
             "rounds": 3,
@@ -716,7 +722,7 @@ def main() -> None:
     }
     results["goals"] = goals(results, targets, r50, small, equal_digits, providers)
     results["seconds"] = round(time.perf_counter() - started, 1)
-    name = "int8_search.quick" if args.quick else "int8_search"
+    name = args.name or ("int8_search.quick" if args.quick else "int8_search")
     save(name, results, "(the table is written after the figures; see the JSON)")  # a long run is never lost
     save(
         name,
