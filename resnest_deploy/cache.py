@@ -81,6 +81,30 @@ class Cache:
                 digest = sha256_file(tmp)
             write_json(manifest, {"key": key, "sha256": digest, "info": info})
 
+    def get_arrays(self, key: str) -> tuple[Entry, dict[str, Any]] | None:
+        """An intact entry's NumPy arrays (an ``.npz`` from :meth:`put_arrays`), read whole with
+        pickles refused; an entry that does not load as one is a miss, like a damaged one."""
+        entry = self.get(key)
+        if entry is None:
+            return None
+        import numpy as np  # imported here: listing and describing caches needs no numpy
+
+        try:
+            with np.load(entry.path, allow_pickle=False) as z:
+                return entry, {name: z[name] for name in z.files}
+        except (OSError, ValueError):
+            return None
+
+    def put_arrays(self, key: str, info: dict[str, Any], **arrays: Any) -> None:
+        """Store named NumPy arrays under ``key`` as one ``.npz`` (see :meth:`put`)."""
+        import io
+
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        self.put(key, info, buf.getvalue())
+
 
 # --- the registry: every cache the tool keeps, one kind of entry each ------------------------------
 #

@@ -10,7 +10,6 @@ so that the conversion judges on it without another parameter."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -183,9 +182,9 @@ def from_images(
     y = None if labels is None else np.array([labels[q] for q in loaded.paths[len(x) - k :]], np.int64)
     skipped = [f"{p}: {why}" for p, why in loaded.skipped]
     if use_cache:
-        buf = io.BytesIO()
-        np.savez(
-            buf,
+        IMAGES_CACHE.put_arrays(
+            key,
+            {"kind": "images", "root": str(Path(root).resolve())},
             calib=calib,
             holdout=holdout,
             skipped=np.array(skipped, dtype=str),
@@ -194,7 +193,6 @@ def from_images(
             files=np.array(files, dtype=str),
             digests=np.array(digests, dtype=str),
         )
-        IMAGES_CACHE.put(key, {"kind": "images", "root": str(Path(root).resolve())}, buf.getvalue())
     counts = _counts(calib, holdout, skipped)
     return CalibrationData(calib, holdout, {**source, **counts}, y, None, files, digests)
 
@@ -202,20 +200,20 @@ def from_images(
 def _cached_images(key: str) -> CalibrationData | None:
     """A verified cache entry, or ``None``: a damaged or foreign entry is a miss (one written before
     labels were kept, too)."""
-    entry = IMAGES_CACHE.get(key)
-    if entry is None:
+    found = IMAGES_CACHE.get_arrays(key)
+    if found is None:
         return None
+    entry, z = found
     try:
-        with np.load(entry.path, allow_pickle=False) as z:
-            calib, holdout, skipped = z["calib"], z["holdout"], [str(s) for s in z["skipped"]]
-            y = z["holdout_labels"] if bool(z["labelled"]) else None
-            files = tuple(str(f) for f in z["files"])
-            digests = tuple(str(d) for d in z["digests"])
+        calib, holdout, skipped = z["calib"], z["holdout"], [str(s) for s in z["skipped"]]
+        y = z["holdout_labels"] if bool(z["labelled"]) else None
+        files = tuple(str(f) for f in z["files"])
+        digests = tuple(str(d) for d in z["digests"])
         if len(digests) != len(files):
             return None
         counts = _counts(calib, holdout, skipped)
         return CalibrationData(calib, holdout, {**counts, "cache": str(entry.path)}, y, None, files, digests)
-    except (OSError, ValueError, KeyError, ArtifactError):
+    except (ValueError, KeyError, ArtifactError):
         return None
 
 

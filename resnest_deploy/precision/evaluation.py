@@ -7,7 +7,6 @@ its files and transform (the calibration image cache); what is read back is chec
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import warnings
 from collections.abc import Callable
@@ -159,16 +158,15 @@ def from_eval_dir(
     skipped = [f"{p}: {why}" for p, why in loaded.skipped]
     _warn_skipped(skipped, len(paths))
     if use_cache:
-        buf = io.BytesIO()
-        np.savez(
-            buf,
+        IMAGES_CACHE.put_arrays(
+            key,
+            {"kind": "eval_dir", "root": source["path"]},
             x=loaded.array,
             labels=y,
             files=np.array(files.paths, dtype=str),
             digests=np.array(files.digests, dtype=str),
             skipped=np.array(skipped, dtype=str),
         )
-        IMAGES_CACHE.put(key, {"kind": "eval_dir", "root": source["path"]}, buf.getvalue())
     return EvaluationSet(loaded.array, y, {**source, "skipped": skipped}), files
 
 
@@ -185,15 +183,15 @@ def _warn_skipped(skipped: list[str], found: int) -> None:
 
 def _cached_evaluation(key: str) -> tuple[EvaluationSet, ImageFiles] | None:
     """A verified cache entry, or ``None`` (one written before file digests were kept, too)."""
-    entry = IMAGES_CACHE.get(key)
-    if entry is None:
+    found = IMAGES_CACHE.get_arrays(key)
+    if found is None:
         return None
+    entry, z = found
     try:
-        with np.load(entry.path, allow_pickle=False) as z:
-            x, y, skipped = z["x"], z["labels"], [str(s) for s in z["skipped"]]
-            files = ImageFiles(tuple(str(f) for f in z["files"]), tuple(str(d) for d in z["digests"]))
+        x, y, skipped = z["x"], z["labels"], [str(s) for s in z["skipped"]]
+        files = ImageFiles(tuple(str(f) for f in z["files"]), tuple(str(d) for d in z["digests"]))
         if len(files.paths) != len(files.digests) or len(files.paths) != len(x):
             return None
         return EvaluationSet(x, y, {"skipped": skipped, "cache": str(entry.path)}), files
-    except (OSError, ValueError, KeyError, ArtifactError):
+    except (ValueError, KeyError, ArtifactError):
         return None
