@@ -45,10 +45,17 @@ def units(model: Any) -> dict[str, list[str]]:
     recorded = next((p.value for p in model.metadata_props if p.key == "arch"), None)
     names = parts(recorded)  # the family's names for a file that records no arch we know
     found: dict[str, list[str]] = {}
-    quantized = [
-        *_quantized_compute(model),
-        *_quantized_residuals(model, names),
-        *_quantized_attention(model, names),
+    reading = _reading_qdq(model)
+    quantized = [  # compute nodes first, then the residual Adds, then the attention's arithmetic
+        *(n for n in reading if n.op_type in COMPUTE_OPS),
+        *(n for n in reading if n.op_type in RESIDUAL_OPS and re.search(names.residual_nodes, n.name)),
+        *(
+            n
+            for n in reading
+            if n.op_type not in COMPUTE_OPS
+            and n.op_type not in _QDQ_OPS
+            and re.search(names.attention_nodes, n.name)
+        ),
     ]
     for node in quantized:
         unit = unit_of(node.name, names)
@@ -57,40 +64,16 @@ def units(model: Any) -> dict[str, list[str]]:
     return found
 
 
-def _quantized_compute(model: Any) -> list[Any]:
-    """The compute nodes (Conv, Gemm, MatMul) that read an input through a DequantizeLinear."""
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def _reading_qdq(model: Any) -> list[Any]:
+    """The nodes that read an input through a DequantizeLinear (what INT8 touches), in graph order."""
     producers = {o: n for n in model.graph.node for o in n.output}
     return [
         n
         for n in model.graph.node
-        if n.op_type in COMPUTE_OPS
-        and any(getattr(producers.get(i), "op_type", None) == "DequantizeLinear" for i in n.input)
-    ]
-
-
-def _quantized_residuals(model: Any, names: ModelParts) -> list[Any]:
-    """The blocks' residual Adds (by the registry's ``residual_nodes``) that read a DequantizeLinear."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-    return [
-        n
-        for n in model.graph.node
-        if n.op_type in RESIDUAL_OPS
-        and re.search(names.residual_nodes, n.name)
-        and any(getattr(producers.get(i), "op_type", None) == "DequantizeLinear" for i in n.input)
-    ]
-
-
-def _quantized_attention(model: Any, names: ModelParts) -> list[Any]:
-    """The split attentions' own ops (``names.attention_nodes``: Split, Add, pooling, Mul) that read
-    a DequantizeLinear; compute nodes are found by ``_quantized_compute``."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-    return [
-        n
-        for n in model.graph.node
-        if n.op_type not in COMPUTE_OPS
-        and n.op_type not in ("QuantizeLinear", "DequantizeLinear")
-        and re.search(names.attention_nodes, n.name)
-        and any(getattr(producers.get(i), "op_type", None) == "DequantizeLinear" for i in n.input)
+        if any(getattr(producers.get(i), "op_type", None) == "DequantizeLinear" for i in n.input)
     ]
 
 
@@ -98,4 +81,4 @@ def fp32_layers(model: Any) -> tuple[int, int]:
     """How many compute layers (Conv, Gemm, MatMul) run in FP32, of all: what TensorRT will build
     as FP32 kernels, and the cost a CPU-less latency figure stands for."""
     compute = sum(n.op_type in COMPUTE_OPS for n in model.graph.node)
-    return compute - len(_quantized_compute(model)), compute
+    return compute - sum(n.op_type in COMPUTE_OPS for n in _reading_qdq(model)), compute
