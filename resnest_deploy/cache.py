@@ -9,8 +9,13 @@ Listing and clearing what is kept (`resnest-deploy cache`) is :mod:`resnest_depl
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
+import json
 import os
 import shutil
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,8 +102,6 @@ class Cache:
 
     def put_arrays(self, key: str, info: dict[str, Any], **arrays: Any) -> None:
         """Store named NumPy arrays under ``key`` as one ``.npz`` (see :meth:`put`)."""
-        import io
-
         import numpy as np
 
         buf = io.BytesIO()
@@ -166,9 +169,6 @@ class CacheKey:
         }
 
     def digest(self) -> str:
-        import hashlib
-        import json
-
         return hashlib.sha256(json.dumps(self.fields(), sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -191,8 +191,6 @@ def runtime_version(*distributions: str) -> str:
 def _say_once(message: str) -> None:
     if message not in _SAID:
         _SAID.add(message)
-        import sys
-
         print(f"warning: {message}", file=sys.stderr)
 
 
@@ -201,8 +199,6 @@ _SAID: set[str] = set()
 
 def _writable(folder: Path) -> str | None:
     """None if ``folder`` can be created and written, else why not."""
-    import tempfile
-
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
@@ -214,8 +210,6 @@ def _writable(folder: Path) -> str | None:
 
 def fallback_root() -> Path:
     """Where runtime caches go when the cache root cannot be written: per user, under $TMPDIR."""
-    import tempfile
-
     return Path(tempfile.gettempdir()) / f"resnest_deploy-cache-{os.getuid()}"
 
 
@@ -278,8 +272,6 @@ class CacheFolder:
     def seal(self) -> None:
         """Record what the runtime wrote: every file's sha256, then the manifest, atomically. A
         cache that cannot be written is skipped: caching never fails a run."""
-        import json
-
         with contextlib.suppress(OSError, ArtifactError):
             sizes = _files(self.path)
             old = read_manifest(self.path)
