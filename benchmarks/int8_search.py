@@ -30,8 +30,11 @@ its stem and first split-attention inputs (those sites are block-local, so the d
 names hold in resnest50; the residual-stream sites are not), probed on seeded random inputs: plain,
 equalized and "searched" CPU INT8 latency. Random weights cannot be searched (near-uniform logits),
 so the searched file starts where a searched conversion starts (every unit INT8 but the radix
-softmax) and keeps in FP32 the nodes the digits searches kept (CPU target, equalization off; the
+softmax) and keeps in FP32 the nodes the digits searches kept in the stages of resnest50's sites
+(``R50_SITES``, ``R50_NODES``; fixtures planted at one of them; CPU target, equalization off; the
 block-local names hold in resnest50), through ``search.layers_without_qdq`` as the search does.
+Nodes kept for outliers resnest50 does not have (layer3, layer4, the residual stream) are left out:
+they would time another model's search.
 The equalized FP32 files of the digits model and of resnest50 are checked against their sources
 (logits within 1e-5 relative). Each goal line of the issue is judged yes / no / pending at the end.
 
@@ -80,8 +83,13 @@ QUICK_FIXTURES = ("stem-64x", "residual1-32x")  # one equalization undoes, one i
 SMALL_SET = 64  # the held-out count of today's calibration split: cannot resolve 0.25 points
 #: resnest50's planted sites: block-local ones, whose node names the digits model shares
 R50_SITES = ("stem.0", "layer1.conv1", "layer2.conv1")
+#: the node-name prefixes of those sites' stages (the stem is ``conv1`` in both models)
+R50_NODES = ("/conv1/", "/layer1/", "/layer2/")
 R50_SCALE = 64.0
 EQUAL_FP32_BAR = 1e-5
+#: "equal CPU latency" against NNCF: within 5% (the issue's own bar for "within"); a digits file
+#: takes 0.3 ms at batch 1, where one bench process to the next moves by 10-40% on this machine
+SAME_LATENCY = 1.05
 
 
 # --- the evaluation set and calibration -----------------------------------------------------------
@@ -266,8 +274,9 @@ def latency(files: dict[str, Path], timing: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for provider in timing["providers"]:
         for batch in timing["batches"]:
+            iterations = max(100, timing["iterations"] // batch)  # about as long per batch size
             timed = interleaved_p50(
-                files, timing["rounds"], provider=provider, batch=batch, iterations=timing["iterations"]
+                files, timing["rounds"], provider=provider, batch=batch, iterations=iterations
             )
             out[f"{provider}_b{batch}"] = {
                 k: {"p50_ms": round(float(v["p50_ms"]), 3), "rounds": v["rounds"]} for k, v in timed.items()
@@ -407,6 +416,7 @@ def goals(
     small: dict[str, Any],
     equal_digits: float,
     providers: tuple[str, ...],
+    batches: tuple[int, ...] = (1,),
 ) -> list[tuple[str, str, str]]:
     """The issue's goal lines, each judged yes / no / pending with the figures that decide it."""
     fx = results["fixtures"]
@@ -450,6 +460,7 @@ def goals(
             )
         )
     if "cpu" in targets:
+        batch = max(batches)  # where compute, not the runtime's per-call overhead, sets the time
         behind = []
         for n, r in fx.items():
             c, nn = r["cpu"], r["cpu"]["nncf"]
@@ -465,14 +476,15 @@ def goals(
                 )
             for p in providers:
                 a, b = (
-                    _ms(c["latency"], f"{p}_b1", "searched_equalized"),
-                    _ms(c["latency"], f"{p}_b1", "nncf"),
+                    _ms(c["latency"], f"{p}_b{batch}", "searched_equalized"),
+                    _ms(c["latency"], f"{p}_b{batch}", "nncf"),
                 )
-                if a is not None and b is not None and a > b:
-                    behind.append(f"{n}: {p} b1 {a:.3f} vs NNCF {b:.3f} ms")
+                if a is not None and b is not None and a > b * SAME_LATENCY:
+                    behind.append(f"{n}: {p} b{batch} {a:.3f} vs NNCF {b:.3f} ms")
         rows.append(
             (
-                "never behind NNCF (budget, float compute layers, CPU latency at batch 1; ours equalized)",
+                f"never behind NNCF (budget, float compute layers, CPU latency at batch {batch} within "
+                f"{round((SAME_LATENCY - 1) * 100)}%; ours equalized)",
                 "yes" if not behind else "no",
                 "; ".join(behind) or "ahead or equal on every fixture",
             )
@@ -665,7 +677,7 @@ def main() -> None:
             "rounds": ROUNDS,
             "batches": (1, 32),
             "providers": providers,
-            "iterations": 200,
+            "iterations": 1000,
             "r50_iterations": 100,
         }
     started, load_start = time.perf_counter(), round(os.getloadavg()[0], 1)
@@ -689,8 +701,15 @@ def main() -> None:
             fixtures[spec.name] = fixture(spec.name, src, folder, sets, targets, timing) | {
                 "planted": str(where)
             }
+        # what the digits searches kept for outliers at resnest50's planted sites (and only there)
         kept = sorted(
-            {n for r in fixtures.values() for n in r["cpu"]["searched"].get("kept_fp32_layers") or []}
+            {
+                n
+                for s in specs
+                if set(s.sites) & set(R50_SITES)
+                for n in fixtures[s.name]["cpu"]["searched"].get("kept_fp32_layers") or []
+                if n.startswith(R50_NODES)
+            }
         )
         print("resnest50", flush=True)
         r50 = resnest50(folder, kept, timing)
@@ -720,7 +739,7 @@ def main() -> None:
         "load_average": [load_start, round(os.getloadavg()[0], 1)],
         "equalized_fp32_digits_relative_change": equal_digits,
     }
-    results["goals"] = goals(results, targets, r50, small, equal_digits, providers)
+    results["goals"] = goals(results, targets, r50, small, equal_digits, providers, timing["batches"])
     results["seconds"] = round(time.perf_counter() - started, 1)
     name = args.name or ("int8_search.quick" if args.quick else "int8_search")
     save(name, results, "(the table is written after the figures; see the JSON)")  # a long run is never lost

@@ -18,7 +18,7 @@ from resnest_deploy import check as _check
 from resnest_deploy._io import prepare_outputs
 from resnest_deploy.compare import Tolerance
 from resnest_deploy.engine import build_engine, detect
-from resnest_deploy.errors import ParityError, ResnestDeployError, first_line
+from resnest_deploy.errors import ConversionError, ParityError, ResnestDeployError, first_line
 from resnest_deploy.export import export_onnx
 from resnest_deploy.limits import MAX_BATCH, check_positive
 from resnest_deploy.models import get_spec, load_model
@@ -53,8 +53,8 @@ class PipelineConfig:
     precision: Precision | str = Precision.fp32
     target: Target | str = Target.tensorrt
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
-    method: Method | str = Method.auto
-    max_drop: float = search.DEFAULT_MAX_DROP
+    method: Method | str | None = None  # INT8: auto when not given
+    max_drop: float | None = None  # INT8: search.DEFAULT_MAX_DROP when not given
     tolerance: Tolerance | None = None
     images: Path | None = None
     out_dir: Path | None = None
@@ -68,6 +68,11 @@ class PipelineConfig:
         get_spec(self.arch)
         object.__setattr__(self, "precision", precision_of(self.precision))
         object.__setattr__(self, "batches", tuple(self.batches))
+        if self.precision != Precision.int8:
+            _refuse_int8_only(self)
+        object.__setattr__(self, "method", Method.auto if self.method is None else self.method)
+        if self.max_drop is None:
+            object.__setattr__(self, "max_drop", search.DEFAULT_MAX_DROP)
         if self.precision != Precision.fp32:
             # the conversion's choices checked now, before anything is made
             self.conversion(str(self.precision), str(self.target), True)
@@ -87,10 +92,25 @@ class PipelineConfig:
         return ConversionConfig(
             precision,
             target,
-            self.method if searched else Method.max,
+            (self.method or Method.auto) if searched else Method.max,
             tolerance=self.tolerance,
             max_drop=self.max_drop if searched else None,
             equalize=self.equalize if precision == "int8" else Equalize.off,
+        )
+
+
+def _refuse_int8_only(config: PipelineConfig) -> None:
+    """What only INT8 uses, given to an FP32 or FP16 run: one line naming it, not silently dropped."""
+    chosen = {"method": config.method, "max_drop": config.max_drop}
+    chosen["equalize"] = None if str(config.equalize) == "off" else config.equalize
+    if given := [name for name, v in chosen.items() if v is not None]:
+        flags, one = " and ".join(f"{{{name}}}" for name in given), len(given) == 1
+        raise ConversionError(
+            f"{flags} {'applies' if one else 'apply'} only to INT8 (calibration, the search, "
+            f"equalization); an {str(config.precision).upper()} run has nothing to calibrate: drop "
+            f"{'it' if one else 'them'}, or run with {{precision=int8}}",
+            param=(*given, "precision"),
+            exit_code=2,
         )
 
 

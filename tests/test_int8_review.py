@@ -208,6 +208,27 @@ def test_the_library_refuses_the_same_for_fp16_and_keeps_them_for_int8():
             "resnest14d_digits", precision="fp16", calibration=CalibrationOptions(eval_dir=Path("v"))
         )
     PipelineConfig("resnest14d_digits", precision="int8", calibration=CalibrationOptions(eval_dir=Path("v")))
+    int8 = PipelineConfig("resnest14d_digits", precision="int8", equalize="on")
+    assert (str(int8.method), int8.max_drop) == ("auto", 0.5)  # the pipeline's defaults for INT8
+    with pytest.raises(ConversionError, match="max_drop and equalize apply only to INT8"):
+        PipelineConfig("resnest14d_digits", precision="fp16", max_drop=1.0, equalize="on")
+    with pytest.raises(ConversionError, match="method applies only to INT8"):
+        PipelineConfig("resnest14d_digits", precision="fp32", method="entropy")
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["-p", "fp16", "--max-drop", "1"], "--max-drop applies only to INT8"),
+        (["-p", "fp32", "--calibration", "entropy", "--equalize", "on"], "--calibration and --equalize"),
+    ],
+)
+def test_pipeline_refuses_int8_flags_for_fp16_and_fp32_before_any_work(tmp_path, flags, named):
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["pipeline", "--arch", "resnest14d_digits", *flags, "-o", str(out)])
+    assert r.exit_code == 2, r.output
+    assert named in r.output and "--precision int8" in r.output
+    assert not out.exists()
 
 
 def test_inspect_text_says_what_the_file_was_judged_on_the_drop_what_was_equalized_and_what_stayed_fp32(

@@ -58,7 +58,7 @@ MethodOpt = Annotated[
     Method, typer.Option("--method", "--calibration", help=_METHOD_HELP + " Default here: max, one pass.")
 ]
 PipelineMethodOpt = Annotated[
-    Method,
+    Method | None,
     typer.Option(
         "--method",
         "--calibration",

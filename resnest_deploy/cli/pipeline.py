@@ -12,7 +12,6 @@ from resnest_deploy.cli._common import (
     ArchOpt,
     BatchSizesOpt,
     JsonOpt,
-    Method,
     Precision,
     RaySearchOpt,
     Target,
@@ -38,7 +37,6 @@ from resnest_deploy.cli._options import (
 from resnest_deploy.cli._progress import progress, search_executor
 from resnest_deploy.precision import CalibrationOptions, RunOptions
 from resnest_deploy.precision.config import DEFAULT_COUNT, Equalize
-from resnest_deploy.precision.search import DEFAULT_MAX_DROP
 
 
 @handle_errors
@@ -53,8 +51,8 @@ def pipeline_cmd(
     calib_npy: CalibNpyOpt = None,
     calib_count: CalibCountOpt = DEFAULT_COUNT,
     eval_dir: EvalDirOpt = None,
-    method: PipelineMethodOpt = Method.auto,
-    max_drop: MaxDropOpt = DEFAULT_MAX_DROP,
+    method: PipelineMethodOpt = None,
+    max_drop: MaxDropOpt = None,
     equalize: EqualizeOpt = Equalize.off,
     min_cosine: MinCosineOpt = None,
     min_top1: MinTop1Opt = None,
@@ -74,7 +72,7 @@ def pipeline_cmd(
 
     INT8 tries every calibration method (--calibration auto, the default here; `quantize` defaults
     to max, one pass) and keeps the best on held-out images, then keeps the fewest units in FP32
-    that bring top-1 within --max-drop points of FP32 (the report shows both).
+    that bring top-1 within --max-drop points of FP32 (0.5 unless given; the report shows both).
     Stops at the first failure and says why (the report so far is still written).
     With no GPU, the engine is built (TensorRT-RTX builds on a CPU) but not run.
     With --weights random (offline, no checkpoint) every file is made, timed and measured, but not
@@ -101,7 +99,7 @@ def pipeline_cmd(
         target,
         CalibrationOptions(calib_dir, calib_npy, calib_count, eval_dir),
         method,
-        DEFAULT_MAX_DROP if max_drop is None else max_drop,
+        max_drop,
         user_tolerance(precision.value, min_cosine, min_top1) if precision is not Precision.fp32 else None,
         images,
         output_dir,
