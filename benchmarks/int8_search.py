@@ -79,7 +79,7 @@ from resnest_deploy.stats import images_needed, paired_drop, resolves
 
 BUDGET = 0.25  # points of top-1
 ROUNDS = 5  # bench processes per file taking turns; the median is reported
-QUICK_FIXTURES = ("stem-64x", "residual1-32x")  # one equalization undoes, one it cannot reach
+QUICK_FIXTURES = ("stem-64x", "residual1-32x")  # a pair, and a residual stream (several producers)
 SMALL_SET = 64  # the held-out count of today's calibration split: cannot resolve 0.25 points
 #: resnest50's planted sites: block-local ones, whose node names the digits model shares
 R50_SITES = ("stem.0", "layer1.conv1", "layer2.conv1")

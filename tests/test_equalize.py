@@ -36,9 +36,12 @@ def _ranges(model: onnx.ModelProto, pair: EqualizedPair) -> tuple[np.ndarray, np
     the largest over the readers."""
     nodes = {n.name: n for n in model.graph.node}
     arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    w1 = arrays[nodes[pair.first].input[1]]
-    r1 = np.abs(w1).reshape(len(w1), -1).max(axis=1)
-    r1 = r1.reshape(-1, pair.channels).max(axis=0)
+    r1 = np.zeros(pair.channels)
+    for first in pair.producers or (pair.first,):  # a residual stream: every conv added into it
+        w1 = arrays[nodes[first].input[1]]
+        r1 = np.maximum(
+            r1, np.abs(w1).reshape(len(w1), -1).max(axis=1).reshape(-1, pair.channels).max(axis=0)
+        )
     r2 = np.zeros(pair.channels)
     for second in pair.seconds:
         w2 = arrays[nodes[second].input[1]]
@@ -59,9 +62,20 @@ def test_digits_logits_unchanged_and_every_equalized_group_balanced(digits_onnx:
     assert (a.argmax(1) == b.argmax(1)).all() and (a.argmax(1) == labels).mean() > 0.99
     assert relative_change(src, out) < 1e-5
     # stem pairs, the stem's last conv into the first block's conv1 and shortcut, and in each block:
-    # conv1 -> split-attention conv (grouped), the split attention -> fc1 and conv3, fc1 -> fc2
+    # conv1 -> split-attention conv (grouped), the split attention -> fc1 and conv3, fc1 -> fc2; the
+    # residual streams of layer1-3 (conv3 and the shortcut into the next stage's conv1 and shortcut)
     kinds = Counter(p.kind for p in report.equalized)
-    assert kinds == {"pair": 10, "branches": 1, "split attention": 4} and not report.skipped
+    assert kinds == {"pair": 10, "branches": 1, "split attention": 4, "residual stream": 3}
+    # layer4's output goes to the classifier through a flatten: left alone, and said why
+    assert [(s.first, s.reason) for s in report.skipped] == [
+        ("/layer4/layer4.0/Add", "a block output goes to Reshape /Flatten, not only to convolutions and sums")
+    ]
+    stream = next(p for p in report.equalized if p.kind == "residual stream")
+    assert stream.first == "/layer1/layer1.0/Add" and stream.producers == (
+        "/layer1/layer1.0/downsample/downsample.1/Conv",
+        "/layer1/layer1.0/conv3/Conv",
+    )
+    assert stream.seconds == ("/layer2/layer2.0/downsample/downsample.1/Conv", "/layer2/layer2.0/conv1/Conv")
     assert report.imbalance_before > 3 and report.imbalance_after < 1.001
     attention = next(p for p in report.equalized if p.first.endswith("layer3.0/conv2/conv/Conv"))
     assert attention.kind == "split attention" and attention.channels == 64
@@ -71,7 +85,10 @@ def test_digits_logits_unchanged_and_every_equalized_group_balanced(digits_onnx:
         np.testing.assert_allclose(r1, r2, rtol=1e-3, err_msg=pair.first)
         before = _ranges(src, pair)
         assert np.max(np.maximum(*before) / np.minimum(*before)) == pytest.approx(pair.imbalance_before)
-    assert "15 convolution group(s) (10 pairs, 1 with branches, 4 split attentions)" in str(report)
+    assert (
+        "18 convolution group(s) (10 pairs, 1 with branches, 4 split attentions, 3 residual streams)"
+        in str(report)
+    )
 
 
 def test_resnest50_random_weights_logits_within_1e_5(tmp_path: Path) -> None:
@@ -88,9 +105,17 @@ def test_resnest50_random_weights_logits_within_1e_5(tmp_path: Path) -> None:
     x = np.random.default_rng(1).standard_normal((4, 3, 64, 64)).astype(np.float32)
     a, b = _logits(src, x), _logits(out, x)
     assert np.max(np.abs(a - b)) / np.max(np.abs(a)) < 1e-5
-    # 16 bottlenecks: conv1 -> split-attention conv, the split attention, fc1 -> fc2; the stem's three
+    # 16 bottlenecks: conv1 -> split-attention conv, the split attention, fc1 -> fc2; the stem's three;
+    # a residual stream per stage but the last, each through its identity shortcuts (3, 4, 6 blocks):
+    # every block's conv3 and the stage's shortcut, read by every later block's conv1 and the next stage
     kinds = Counter(p.kind for p in report.equalized)
-    assert kinds == {"pair": 2 * 16 + 2, "branches": 1, "split attention": 16} and not report.skipped
+    assert kinds == {"pair": 2 * 16 + 2, "branches": 1, "split attention": 16, "residual stream": 3}
+    streams = [p for p in report.equalized if p.kind == "residual stream"]
+    assert [(len(p.producers), len(p.seconds)) for p in streams] == [(4, 4), (5, 5), (7, 7)]
+    assert [s.first for s in report.skipped] == [f"/layer4/layer4.{b}/Add" for b in range(3)]
+    for p in streams:  # balanced across every producer and reader
+        r1, r2 = _ranges(out, p)
+        np.testing.assert_allclose(r1, r2, rtol=1e-3, err_msg=p.first)
 
 
 @pytest.mark.parametrize("arch", ["resnest50_fast_1s1x64d", "resnest50_fast_4s2x40d"])
@@ -109,7 +134,10 @@ def test_radix_1_gates_and_radix_4_cardinality_2_attention_are_equalized_exactly
     src = onnx.load(path)
     out, report = equalize(src)
     assert relative_change(src, out) < 1e-5
-    assert Counter(p.kind for p in report.equalized)["split attention"] == 16 and not report.skipped
+    assert Counter(p.kind for p in report.equalized)["split attention"] == 16
+    assert {s.reason for s in report.skipped} == {  # only the last stage's stream, into the classifier
+        "a block output goes to Reshape /Flatten, not only to convolutions and sums"
+    }
 
 
 def _conv(name: str, x: str, w: np.ndarray, group: int = 1) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
@@ -198,9 +226,9 @@ def test_write_equalized_records_what_it_did_and_never_overwrites_its_input(
     assert meta["arch"] == "resnest14d_digits" and meta["reference"] == read_source(digits_onnx)["reference"]
     side = json.loads(Path(f"{dest}.json").read_text())
     record = side["equalization"]
-    assert len(record["equalized"]) == len(report.equalized) == 15
+    assert len(record["equalized"]) == len(report.equalized) == 18
     assert record["relative_change"] < 1e-5 and side["source"]["file"] == digits_onnx.name
-    assert str(report).startswith("equalized 15 convolution group(s)")
+    assert str(report).startswith("equalized 18 convolution group(s)")
     # `check` proves it equal to PyTorch within the FP32 bar, as it does the export itself
     from typer.testing import CliRunner
 
@@ -250,12 +278,12 @@ def test_conversion_equalizes_the_source_before_calibration_and_auto_keeps_the_b
     off, on = (r["metric"] for r in record["results"])
     assert record["mode"] == "auto" and record["chosen"] == "on" and record["metric"] == "top-1"
     assert on - off > 5 and on > 99.2, record["results"]
-    assert record["groups"] == 15 and record["kinds"]["split attention"] == 4 and not record["skipped"]
+    assert record["groups"] == 18 and record["kinds"]["split attention"] == 4 and len(record["skipped"]) == 1
     assert record["relative_change"] < 1e-5 and record["imbalance_before"] > 1000
     assert report.parity.cosine > 0.99 and report.parity.top1 > 0.99  # against the user's FP32 file
     side = json.loads(report.sidecar.read_text())
     assert side["source"] == {"file": stem_outliers.name, "sha256": sha256_file(stem_outliers)}
-    assert any(line.startswith("equalization: equalized 15") for line in said)
+    assert any(line.startswith("equalization: equalized 18") for line in said)
     # the library refuses what it cannot mean
     with pytest.raises(ConversionError, match="equalize balances INT8 ranges"):
         ConversionConfig("fp16", "tensorrt", equalize="on")
@@ -273,11 +301,13 @@ def test_the_equalize_command_writes_what_check_proves_and_inspect_shows(
     r = runner.invoke(app, ["equalize", str(digits_onnx), "-o", str(dest), "--json"])
     assert r.exit_code == 0, r.output
     record = json.loads(r.stdout)
-    assert record["path"] == str(dest) and len(record["equalized"]) == 15 and record["relative_change"] < 1e-5
+    assert record["path"] == str(dest) and len(record["equalized"]) == 18 and record["relative_change"] < 1e-5
+    streams = [p for p in record["equalized"] if p["kind"] == "residual stream"]  # named by what makes them
+    assert [p["producers"][-1] for p in streams] == [f"/layer{i}/layer{i}.0/conv3/Conv" for i in (1, 2, 3)]
     r = runner.invoke(app, ["check", str(dest), "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["passed"] is True
     r = runner.invoke(app, ["inspect", str(dest)])
-    assert "equalized: 15 convolution group(s)" in r.stdout and "quantized:" not in r.stdout
+    assert "equalized: 18 convolution group(s)" in r.stdout and "quantized:" not in r.stdout
     # the table names each pair by its module path
     r = runner.invoke(app, ["equalize", str(stem_outliers), "-o", str(tmp_path / "s.onnx")])
     assert r.exit_code == 0 and "conv1.0" in r.stdout and "prove it with: resnest-deploy check" in r.stdout
@@ -298,4 +328,4 @@ def test_the_equalize_command_writes_what_check_proves_and_inspect_shows(
     assert "/fc/Gemm" in info["quantized"]["fp32_compute"]
     assert info["sidecar"]["conversion"]["equalization"]["mode"] == "on"
     r = runner.invoke(app, ["inspect", str(q)])
-    assert "activation tensors" in r.stdout and "equalized: 15 convolution group(s)" in r.stdout
+    assert "activation tensors" in r.stdout and "equalized: 18 convolution group(s)" in r.stdout

@@ -85,8 +85,8 @@ def test_plain_int8_loses_a_point_on_most_and_equalization_repairs_what_it_reach
     digits_onnx: Path, digits_calib: CalibrationData, tmp_path: Path
 ) -> None:
     """The CPU target's INT8 (ONNX Runtime, max calibration, default FP32 nodes) on the 899 test digits.
-    Measured: every spec loses 0.9-24 points; equalized first, none loses anything but the residual
-    stream's (an Add equalization does not touch), which stay hard."""
+    Measured: every spec loses 0.9-24 points; equalized first, none loses anything, the residual
+    stream's included (residual1-32x: 4.12 points before the streams were equalized, 0 since)."""
     src = onnx.load(digits_onnx)
     x, labels = digits_calib.holdout, digits_calib.holdout_labels
     ref_ok = _logits(src, x).argmax(1) == labels
@@ -103,14 +103,13 @@ def test_plain_int8_loses_a_point_on_most_and_equalization_repairs_what_it_reach
         model, _ = from_spec(src, spec, probe)
         drop = paired_drop(ref_ok, int8_ok(model, spec.name))
         hard.append(drop.points >= 1.0)
-        if spec.name in ("blocks-128x", "stem-out-96x", "attention-64x"):  # blocks, branches, attention
+        # blocks, branches, attention, and the residual stream (one stage; two)
+        if spec.name in ("blocks-128x", "stem-out-96x", "attention-64x", "residual1-32x", "residuals-32x"):
             # significant: attention-64x lost 1.56 [0.65, 2.71] before the attention gate (FP32 by
             # default) read its input in float; 0.89 [0.26, 1.79] since
             assert drop.low > 0.2, f"{spec.name}: {drop}"
             repaired = paired_drop(ref_ok, int8_ok(equalize(model)[0], f"{spec.name}.eq"))
             assert repaired.points < 0.25, f"{spec.name}: {repaired}"
-        if spec.name == "residual1-32x":
-            assert paired_drop(ref_ok, int8_ok(equalize(model)[0], f"{spec.name}.eq")).low > 1.0
     assert sum(hard) >= len(SPECS) - 1, hard
 
 
@@ -129,7 +128,7 @@ def test_fixtures_equalization_and_statistics_need_no_torch(digits_onnx: Path, t
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "equalized 15 convolution group(s)" in r.stdout and (tmp_path / "e.onnx").is_file()
+    assert "equalized 18 convolution group(s)" in r.stdout and (tmp_path / "e.onnx").is_file()
     assert r.stderr.strip().splitlines()[-1] == "torch modules: []"
 
 

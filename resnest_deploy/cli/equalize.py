@@ -54,7 +54,7 @@ def equalize_cmd(
     for p in report.equalized:
         readers = ", ".join(_module(s) for s in p.seconds)
         table.add_row(
-            _module(p.first),
+            ", ".join(_module(c) for c in p.producers or (p.first,)),
             readers,
             p.kind,
             str(p.channels),

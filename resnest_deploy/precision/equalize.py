@@ -37,9 +37,14 @@ shape is skipped with a sentence saying why):
   the same argument without the sums. The gate ``fc1 -> ReLU -> fc2`` is a plain pair; ``fc2``'s
   output goes to the softmax, so nothing past it is touched. Measured exact on every registered
   layout (radix 1, 2, 4; cardinality 1, 2, 4).
-* Not done: ``conv3`` and the shortcut convolutions, which meet at an ``Add`` (the residual sum is
-  not per branch), and any convolution whose output goes anywhere before its ReLU, or whose weights
-  another node shares.
+* *Residual streams* (``equalize_stream``): ``conv3`` and the shortcut meet at an ``Add``, so one
+  of them alone cannot be scaled; every convolution added into a stage's stream (each block's
+  ``conv3``, the stage's shortcut) takes the same ``s_c``, identity shortcuts carry it from block to
+  block, and every convolution reading a block output (later blocks' ``conv1``, the next stage's
+  ``conv1`` and shortcut) multiplies it back: exact. The last stage's stream goes through a flatten
+  to the classifier and is left alone.
+* Not done: any convolution whose output goes anywhere before its ReLU, or whose weights another
+  node shares.
 
 Equalizing changes nothing in FP32 beyond rounding: the digits model's logits move by 6e-7 of their
 scale (``write_equalized`` measures it on every file it writes and refuses above ``REL_TOL``).
@@ -62,6 +67,7 @@ from resnest_deploy._io import artifact_pair, prepare_outputs, sha256_file
 from resnest_deploy.errors import ArtifactError, EqualizeError
 from resnest_deploy.onnx_files import external_tensors, load_onnx
 from resnest_deploy.precision.equalize_graph import Graph, Group, fold_batch_norms, group_of
+from resnest_deploy.precision.equalize_stream import Stream, stream_of
 
 #: largest change of the logits, relative to their largest magnitude, a written file may show
 REL_TOL = 1e-5
@@ -81,6 +87,8 @@ class EqualizedPair:
     #: worst channel's max(r1, r2) / min(r1, r2) of the per-channel weight ranges, before and after
     imbalance_before: float
     imbalance_after: float
+    #: a residual stream's convolutions (``first`` is then its first block sum); else empty
+    producers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,7 @@ _KIND_WORDS = {
     "pair": ("pair", "pairs"),
     "branches": ("with branches", "with branches"),
     "split attention": ("split attention", "split attentions"),
+    "residual stream": ("residual stream", "residual streams"),
 }
 
 
@@ -142,14 +151,20 @@ def _imbalance(r1: np.ndarray, r2: np.ndarray) -> float:
 
 
 def _groups(g: Graph, report: EqualizeReport) -> list[Group]:
-    found = []
+    found: list[Group] = []
+    in_stream: set[int] = set()  # a stream is found from its first sum; its others are in it
     for node in g.model.graph.node:
         if node.op_type == "Conv":
-            group = group_of(g, node)
-            if isinstance(group, str):
-                report.skipped.append(SkippedPair(node.name, group))
-            elif group is not None:
-                found.append(group)
+            group: Group | str | None = group_of(g, node)
+        elif node.op_type == "Add" and id(node) not in in_stream:
+            group = stream_of(g, node)
+            in_stream |= {id(a) for a in group.sums} if isinstance(group, Stream) else set()
+        else:
+            continue
+        if isinstance(group, str):
+            report.skipped.append(SkippedPair(node.name, group))
+        elif group is not None:
+            found.append(group)
     return found
 
 
@@ -173,7 +188,10 @@ def equalize(model: Any) -> tuple[Any, EqualizeReport]:
     for p, b in zip(pairs, before, strict=True):
         after = _imbalance(*p.ranges(g))
         seconds = tuple(n.name for n in p.seconds)
-        report.equalized.append(EqualizedPair(p.first.name, seconds, p.kind, len(p.ranges(g)[0]), b, after))
+        made = tuple(n.name for n in p.producers) if isinstance(p, Stream) else ()
+        report.equalized.append(
+            EqualizedPair(p.first.name, seconds, p.kind, len(p.ranges(g)[0]), b, after, made)
+        )
     g.store()
     return model, report
 

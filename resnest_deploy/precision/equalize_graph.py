@@ -30,6 +30,7 @@ class Graph:
         self.model = model
         self.outputs = {o.name for o in model.graph.output}
         self.consumers: dict[str, list[Any]] = {}
+        self.producer = {out: n for n in model.graph.node for out in n.output}
         self.uses: dict[str, int] = {}
         for node in model.graph.node:
             for name in node.input:
@@ -106,7 +107,7 @@ class Group:
     first: Any
     seconds: list[Any]
     radix: int
-    kind: str  # "pair", "branches" or "split attention"
+    kind: str  # "pair", "branches", "split attention" (or "residual stream": ``equalize_stream``)
 
     @staticmethod
     def _by_input(w2: np.ndarray, second: Any) -> np.ndarray:
@@ -119,11 +120,14 @@ class Group:
         """Per channel: the largest weight magnitude producing it, and the largest reading it."""
         w1 = g.arrays[self.first.input[1]]
         r1 = np.abs(w1).reshape(self.radix, w1.shape[0] // self.radix, -1).max(axis=(0, 2))
+        return r1, self.reader_ranges(g, r1)
+
+    def reader_ranges(self, g: Graph, r1: np.ndarray) -> np.ndarray:
         r2 = np.zeros_like(r1)
         for second in self.seconds:
             by_input = np.abs(self._by_input(g.arrays[second.input[1]], second)).max(axis=(1, 3))
             r2 = np.maximum(r2, by_input.reshape(-1))
-        return r1, r2
+        return r2
 
     def scale(self, g: Graph, s: np.ndarray) -> None:
         """Divide ``first``'s channels (every radix branch alike) by ``s``, multiply the readers' by it."""
@@ -132,6 +136,9 @@ class Group:
         g.arrays[self.first.input[1]] = w1 / every.reshape(-1, *([1] * (w1.ndim - 1)))
         if len(self.first.input) > 2:
             g.arrays[self.first.input[2]] = g.arrays[self.first.input[2]] / every
+        self.scale_readers(g, s)
+
+    def scale_readers(self, g: Graph, s: np.ndarray) -> None:
         for second in self.seconds:
             w2 = g.arrays[second.input[1]]
             by_input = self._by_input(w2, second)

@@ -106,7 +106,7 @@ def summary(report: EqualizeReport) -> dict[str, Any]:
     return {
         "groups": len(report.equalized),
         "kinds": dict(collections.Counter(p.kind for p in report.equalized)),
-        "convolutions": [p.first for p in report.equalized],
+        "convolutions": [c for p in report.equalized for c in p.producers or (p.first,)],
         "imbalance_before": round(report.imbalance_before, 4),
         "imbalance_after": round(report.imbalance_after, 4),
         "skipped": [{"first": s.first, "reason": s.reason} for s in report.skipped],

@@ -31,11 +31,11 @@ Sites (``DIGITS_SITES``; one block per stage in ``resnest14d_digits``):
   (they are added, then ReLU), compensated in the next stage's ``conv1`` and shortcut (after its
   average pool) or, after ``layer4``, in the classifier's column ``c`` (after the global pool).
 
-Cross-layer equalization (``precision.equalize``) undoes every site but ``layerN.out`` exactly (a
-pair, the stem's branches, the split attention with one scale shared by its radix branches): an
-outlier there leaves a network equal to the equalized source. The residual stream meets at an
-``Add`` it does not touch, so ``layerN.out`` outliers stay hard after it: the case for an FP32
-fallback with equalization on.
+Cross-layer equalization (``precision.equalize``) undoes every site but ``layer4.out`` exactly (a
+pair, the stem's branches, the split attention with one scale shared by its radix branches, a
+stage's residual stream with one scale shared by every convolution added into it): an outlier there
+leaves a network equal to the equalized source. ``layer4.out`` is read by the classifier through a
+flatten, which equalization leaves alone: the case for an FP32 fallback with equalization on.
 """
 
 from __future__ import annotations
@@ -97,8 +97,9 @@ class OutlierSpec:
 
 
 #: the fixtures tests and ``benchmarks/int8_search.py`` use: stem, blocks, split-attention inputs and
-#: outputs, the residual stream; 32x-256x, one to four channels per site. Equalization undoes all but
-#: the last two exactly (``docs/precision.md`` has the measured drops)
+#: outputs, the residual stream; 32x-256x, one to four channels per site. Equalization undoes every
+#: one exactly, the last two through their residual streams (``docs/precision.md`` has the measured
+#: drops); ``layer4.out``, which it cannot reach, is a site here but in no spec
 SPECS: tuple[OutlierSpec, ...] = (
     OutlierSpec("stem-64x", ("stem.0",), 64.0, seed=0),
     OutlierSpec("stem-deep-48x", ("stem.0", "stem.1"), 48.0, seed=1),
