@@ -270,7 +270,8 @@ def test_inspect_text_says_what_the_file_was_judged_on_the_drop_what_was_equaliz
     assert "60 images cannot resolve the 0.5-point budget; 400 would" in text
     assert "kept in FP32 by name (where a search starts: the radix softmax)" in text
     assert "INT8 search: units kept in FP32: none" in text
-    assert "(10 pairs, 1 with branches, 4 split attentions)" in text and "conv1.0, conv1.3" in text
+    assert "(10 pairs, 1 with branches, 4 split attentions, 3 residual streams)" in text
+    assert "conv1.0, conv1.3" in text
 
 
 def test_pipeline_with_an_evaluation_set_calibrates_on_every_image_and_checks_on_the_set(labelled, tmp_path):
