@@ -100,7 +100,8 @@ class Parsed:
 
     def on_message_begin(self) -> None:
         self.seen += 1
-        self.joined.clear()
+        if self.joined:
+            self.joined.clear()
         self.current = Message(deadline=time.monotonic() + self.bounds.head_timeout_s)
 
     def on_url(self, url: bytes) -> None:
