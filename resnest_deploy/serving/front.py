@@ -44,6 +44,7 @@ from resnest_deploy.serving.front_http import (
     INFER,
     READY,
     Message,
+    infer_model,
     path_of,
 )
 from resnest_deploy.serving.front_limits import Admission, FrontLimits
@@ -183,13 +184,14 @@ class Front:
         if m.reject is not None:
             raise m.reject
         method = m.method
-        if method == "POST" and (found := INFER.match(path)):
+        if method == "POST" and (model := infer_model(m)) is not None:
             if built is None:
-                limit = limit_for(self.limits, found.group("model"))
+                limit = limit_for(self.limits, model)
                 built = self._decoder.now(m.payload, m.headers.get(b"inference-header-content-length"), limit)
                 if built is None:
                     return None
-            extra = _JSON if built.header_length is None else _BINARY % built.header_length
+            length = built.header_length
+            extra = _JSON if length is None else _BINARY % length
             return "POST", path, [built.header, built.binary], extra
         if method in ("GET", "HEAD") and GET.match(path):
             if path == READY and not self.ready:
@@ -208,9 +210,9 @@ class Front:
 
     async def decode(self, m: Message) -> Forward | None:
         """:meth:`build` for an infer request whose JSON is decoded in the worker process."""
-        found = INFER.match(path_of(m))
-        assert found is not None
-        limit = limit_for(self.limits, found.group("model"))
+        model = infer_model(m)
+        assert model is not None
+        limit = limit_for(self.limits, model)
         raw_length = m.headers.get(b"inference-header-content-length")
         return self.build(m, await self._decoder.infer(m.payload, raw_length, limit))
 

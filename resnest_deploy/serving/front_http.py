@@ -76,6 +76,7 @@ class Message:
     counted: int = 0  # bytes of the head the parser handed over (target, header lines)
     deadline: float = 0.0  # the head's, then the body's
     path: str | None = None
+    model: str | None = None  # the model an infer request names (None: no infer request), with path
     limit: int = -1  # the body's bound, once the head is read
 
     @property
@@ -99,7 +100,8 @@ class Parsed:
 
     def on_message_begin(self) -> None:
         self.seen += 1
-        self.joined.clear()
+        if self.joined:
+            self.joined.clear()
         self.current = Message(deadline=time.monotonic() + self.bounds.head_timeout_s)
 
     def on_url(self, url: bytes) -> None:
@@ -108,14 +110,15 @@ class Parsed:
         self.current.counted += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.current is not None
+        m = self.current
+        assert m is not None
         key = name.lower()
-        headers = self.current.headers
-        self.current.counted += len(name) + len(value) + 4
+        headers = m.headers
+        m.counted += len(name) + len(value) + 4
         if key in headers:  # collected, joined once at the end of the head (not again per line)
             if key not in self.joined:
                 self.joined[key] = [headers[key]]
-                self.current.repeated.append(key)
+                m.repeated.append(key)
             self.joined[key].append(value)
         else:
             headers[key] = value
@@ -201,22 +204,49 @@ def check_head(m: Message, version: str) -> None:
 
 
 _PLAIN = re.compile(rb"/[A-Za-z0-9_.\-/]{0,1000}")
+#: plain request targets seen lately -> (path, the model an infer request names): clients send the
+#: same few targets again and again, and two regular expressions per request are a tenth of the
+#: front's Python; a target that is not plain is not kept
+_ROUTES: dict[bytes, tuple[str, str | None]] = {}
+_ROUTES_MAX = 256
 
 
 def path_of(m: Message) -> str:
     """The request target's path: origin form or absolute form (RFC 9112 3.2); the query is dropped.
     Anything else (authority form, ``*``) has no path here, so it matches no endpoint."""
     if m.path is None:
-        m.path = ""
-        url = m.url
-        if _PLAIN.fullmatch(url):  # what every endpoint's path is made of: parse_url would return it
-            m.path = url.decode("ascii")
+        _route(m)
+    assert m.path is not None
+    return m.path
+
+
+def infer_model(m: Message) -> str | None:
+    """The model an infer request's path names; None when the path is no infer endpoint."""
+    if m.path is None:
+        _route(m)
+    return m.model
+
+
+def _route(m: Message) -> None:
+    url = m.url
+    hit = _ROUTES.get(url)
+    if hit is None:
+        path = ""
+        plain = _PLAIN.fullmatch(url) is not None
+        if plain:  # what every endpoint's path is made of: parse_url would return it
+            path = url.decode("ascii")
         elif url.startswith(b"/") or url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
             import httptools
 
             with contextlib.suppress(httptools.HttpParserInvalidURLError):
-                m.path = (httptools.parse_url(url).path or b"").decode("latin-1")
-    return m.path
+                path = (httptools.parse_url(url).path or b"").decode("latin-1")
+        found = INFER.match(path)
+        hit = (path, found.group("model") if found else None)
+        if plain:
+            if len(_ROUTES) >= _ROUTES_MAX:  # emptied, not trimmed: fronts on other threads share it
+                _ROUTES.clear()
+            _ROUTES[url] = hit
+    m.path, m.model = hit
 
 
 def error_body(message: str) -> bytes:
@@ -224,6 +254,12 @@ def error_body(message: str) -> bytes:
 
 
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
+
+
+#: (status, close, retry, headers) -> the lines before and after Content-Length: Triton answers
+#: every request to a model with the same headers, and joining them again costs a microsecond
+_HEADS: dict[tuple[int, bool, bool, tuple[tuple[bytes, bytes], ...] | None], tuple[bytes, bytes]] = {}
+_HEADS_MAX = 256
 
 
 def answer(
@@ -236,21 +272,29 @@ def answer(
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> bytes:
     """A response the front writes itself: always a Content-Length, no body for HEAD or 1xx/204/304."""
+    key = (status, close, retry, None if headers is None else tuple(headers))
+    found = _HEADS.get(key)
+    if found is None:
+        found = _head(status, close, retry, headers)
+        if len(_HEADS) >= _HEADS_MAX:
+            _HEADS.clear()
+        _HEADS[key] = found
+    before, after = found
+    if status in (204, 304) or status < 200:  # bodiless
+        return before + after
+    length = b"Content-Length: %d\r\n" % len(body)
+    return before + length + after if head_only else b"".join((before, length, after, body))
+
+
+def _head(
+    status: int, close: bool, retry: bool, headers: list[tuple[bytes, bytes]] | None
+) -> tuple[bytes, bytes]:
     lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
     if headers is None:
         headers = [(b"Content-Type", b"application/json")]
     lines += [k + b": " + v + b"\r\n" for k, v in headers]
-    bodiless = status in (204, 304) or status < 200
-    if not bodiless:
-        lines.append(b"Content-Length: %d\r\n" % len(body))
-    if close:
-        lines.append(b"Connection: close\r\n")
-    if retry:
-        lines.append(b"Retry-After: 1\r\n")
-    lines.append(b"\r\n")
-    if not (head_only or bodiless):
-        lines.append(body)
-    return b"".join(lines)
+    after = (b"Connection: close\r\n" if close else b"") + (b"Retry-After: 1\r\n" if retry else b"") + b"\r\n"
+    return b"".join(lines), after
 
 
 def refusal(e: HttpRejected, *, close: bool | None = None) -> bytes:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from resnest_deploy.errors import HttpRejected
-from resnest_deploy.serving.front_http import INFER, STEP, Message, path_of
+from resnest_deploy.serving.front_http import STEP, Message, infer_model
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class Admission:
         if m.limit < 0:
             m.limit = 0
             if m.method == "POST":
-                m.limit = self.bounds.max_body if INFER.match(path_of(m)) else self.bounds.max_admin_body
+                m.limit = self.bounds.max_body if infer_model(m) is not None else self.bounds.max_admin_body
         return m.limit
 
     def reserve(self, m: Message, client: str, size: int) -> None:

@@ -28,6 +28,8 @@ class Reply(NamedTuple):
 #: called once per request: (the answer, None) or (None, why there is none)
 Done = Callable[[Reply | None, Exception | None], None]
 _PASSED_ON = (b"content-type", b"inference-header-content-length")
+#: (method, path) -> a request's first lines up to Content-Length's value: the same few, again and again
+_REQUEST_LINES: dict[tuple[str, str], bytes] = {}
 
 
 class Upstream(asyncio.Protocol):
@@ -149,17 +151,19 @@ class Upstream(asyncio.Protocol):
         after ``timeout``: the connection is closed). Called back, never inline."""
         if self.lost or self.transport is None or self.done is not None:
             raise ConnectionError("tritonserver closed the connection")
-        n = 0
-        for piece in body:
-            n += len(piece)
-        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {n}\r\n".encode()
+        head = _REQUEST_LINES.get((method, path))
+        if head is None:
+            head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ".encode()
+            if len(_REQUEST_LINES) >= 256:  # emptied, not trimmed: fronts on other threads share it
+                _REQUEST_LINES.clear()
+            _REQUEST_LINES[method, path] = head
         self.limit, self.done = limit, done
         self.deadline = time.monotonic() + timeout
         if self.timer is None:
             self.timer = asyncio.get_running_loop().call_later(timeout, self._expire)
         # one write: uvloop's writelines costs more than the copy; a body the socket does not take at
         # once waits in the transport, and the answer comes only once tritonserver has read it all
-        self.transport.write(b"".join([head, extra, b"\r\n", *body]))
+        self.transport.write(b"".join([head, b"%d\r\n" % sum(map(len, body)), extra, b"\r\n", *body]))
 
     def close(self) -> None:
         self.lost = True
