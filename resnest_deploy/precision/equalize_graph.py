@@ -33,7 +33,7 @@ class Graph:
         self.producer = {out: n for n in model.graph.node for out in n.output}
         self.uses: dict[str, int] = {}
         for node in model.graph.node:
-            for name in node.input:
+            for name in [*node.input, *_captured(node)]:
                 self.consumers.setdefault(name, []).append(node)
                 self.uses[name] = self.uses.get(name, 0) + 1
         self.init = {t.name: t for t in model.graph.initializer}
@@ -55,6 +55,13 @@ class Graph:
         for name, tensor in self.init.items():
             if tensor.data_type == 1:  # FLOAT
                 tensor.CopyFrom(numpy_helper.from_array(self.arrays[name].astype(np.float32), name))
+
+
+def _captured(node: Any) -> list[str]:
+    """Every name the subgraphs of ``node`` (``If``, ``Loop``, ``Scan``) read, outer-scope tensors among
+    them: a tensor read there is read by ``node`` (a superset; names made inside are never ours)."""
+    graphs = [a.g for a in node.attribute if a.HasField("g")] + [x for a in node.attribute for x in a.graphs]
+    return [name for sub in graphs for inner in sub.node for name in [*inner.input, *_captured(inner)]]
 
 
 def conv_groups(node: Any) -> int:

@@ -13,6 +13,8 @@ one producer alone would not be exact: the sum would mix a scaled and an unscale
 A stream is left alone, with a sentence saying why, when a sum adds anything but such convolutions
 and the stream before it, or a block output goes anywhere but to convolutions (through per-channel
 pools) and the next block's sum: the last stage's output (global pool, flatten, classifier) is one.
+So is a stream whose convolutions differ in rank (a broadcast sum adds channels to rows) or whose
+readers' weights are not their own (shared weights would be scaled twice).
 """
 
 from __future__ import annotations
@@ -104,9 +106,14 @@ def stream_of(g: Graph, add: Any) -> Stream | str | None:
             return found
         readers += [c for c in found[0] if not any(c is r for r in readers)]
         todo += found[1]
+    shared = [r.name for r in readers if not g.own_weights(r)]
+    if shared:
+        return f"{shared[0]}'s weights are not initializers of its own"
     widths = {len(g.arrays[p.input[1]]) for p in producers}
     if len(widths) != 1:
         return f"its convolutions make {sorted(widths)} channels, not one count"
+    if len({g.arrays[p.input[1]].ndim for p in producers}) != 1:  # broadcast: channels meet other axes
+        return "its convolutions differ in rank, so their sum does not add channel to channel"
     width = widths.pop()
     wrong = [r.name for r in readers if g.arrays[r.input[1]].shape[1] * conv_groups(r) != width]
     if wrong or not readers:
