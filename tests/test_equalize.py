@@ -329,3 +329,18 @@ def test_the_equalize_command_writes_what_check_proves_and_inspect_shows(
     assert info["sidecar"]["conversion"]["equalization"]["mode"] == "on"
     r = runner.invoke(app, ["inspect", str(q)])
     assert "activation tensors" in r.stdout and "equalized: 18 convolution group(s)" in r.stdout
+
+
+def test_relative_change_reads_every_output_not_only_the_first() -> None:
+    """A rescaling that reaches only a second output is a change: ``write_equalized`` would refuse it."""
+
+    def model(k: float) -> onnx.ModelProto:
+        nodes = [
+            helper.make_node("Identity", ["x"], ["first"]),
+            helper.make_node("Mul", ["x", "k"], ["second"]),
+        ]
+        inits = [numpy_helper.from_array(np.array(k, np.float32), "k")]
+        return _graph(nodes, inits, ["first", "second"])
+
+    assert relative_change(model(2.0), model(2.0)) == 0.0
+    assert relative_change(model(2.0), model(3.0)) == pytest.approx(0.5, rel=1e-6)
