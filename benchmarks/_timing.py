@@ -56,3 +56,53 @@ def interleaved_p50(
         for name, path in files.items():
             seen[name].append(bench_p50(path, **bench))  # type: ignore[arg-type]
     return {name: {"p50_ms": float(np.median(v)), "rounds": v} for name, v in seen.items()}
+
+
+#: run in a process of its own: every file open on one backend, called in turn (A B C A B C ...)
+_PAIRED = """
+import json, sys, time
+import numpy as np
+from resnest_deploy.loaders import open_runner
+from resnest_deploy.runners.options import RunnerOptions
+backend, batch, calls, warmup, size, *files = sys.argv[1:]
+x = np.random.default_rng(0).standard_normal((int(batch), 3, int(size), int(size))).astype(np.float32)
+runners = [open_runner(f, RunnerOptions(backend=backend)).__enter__() for f in files]
+for _ in range(int(warmup)):
+    for r in runners:
+        r.infer(x)
+times = [[] for _ in runners]
+for _ in range(int(calls)):
+    for r, seen in zip(runners, times):
+        start = time.perf_counter()
+        r.infer(x)
+        seen.append((time.perf_counter() - start) * 1e3)
+print(json.dumps(times))
+"""
+
+
+def paired_times(
+    files: dict[str, Path], backend: str, batch: int, calls: int, warmup: int = 20
+) -> dict[str, np.ndarray]:
+    """ms per call of every file, timed in one process that calls them in turn, so drift and the
+    process's own luck (thread placement, memory layout) fall on all of them alike."""
+    import subprocess
+    import sys
+
+    import onnx
+
+    first = onnx.load(next(iter(files.values())), load_external_data=False)
+    size = first.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+    args = [sys.executable, "-c", _PAIRED, backend, str(batch), str(calls), str(warmup), str(size)]
+    run = subprocess.run([*args, *map(str, files.values())], capture_output=True, text=True, check=True)
+    times = json.loads(run.stdout.strip().splitlines()[-1])
+    return {name: np.asarray(t) for name, t in zip(files, times, strict=True)}
+
+
+def paired_ratio(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, float | list[float]]:
+    """The median of the per-call ratios a / b, with a 95% bootstrap interval over the pairs."""
+    ratios = a / b
+    boot = np.median(np.random.default_rng(seed).choice(ratios, (2000, len(ratios))), axis=1)
+    return {
+        "ratio": round(float(np.median(ratios)), 3),
+        "ci95": [round(float(v), 3) for v in np.percentile(boot, [2.5, 97.5])],
+    }

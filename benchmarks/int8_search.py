@@ -31,11 +31,11 @@ its stem and first split-attention inputs (those sites are block-local, so the d
 names hold in resnest50; the residual-stream sites are not), probed on seeded random inputs: plain,
 equalized and "searched" CPU INT8 latency. Random weights cannot be searched (near-uniform logits),
 so the searched file starts where a searched conversion starts (every unit INT8 but the radix
-softmax) and keeps in FP32 the nodes the digits searches kept in the stages of resnest50's sites
-(``R50_SITES``, ``R50_NODES``; fixtures planted at one of them; CPU target, equalization off; the
-block-local names hold in resnest50), through ``search.layers_without_qdq`` as the search does.
-Nodes kept for outliers resnest50 does not have (layer3, layer4, the residual stream) are left out:
-they would time another model's search.
+softmax) and keeps in FP32 the nodes the digits searches kept at resnest50's sites (``R50_SITES``;
+``r50_keeps``: fixtures planted at one of them, nodes that make or read a planted site's channels;
+CPU target, equalization off; the block-local names hold in resnest50), through
+``search.layers_without_qdq`` as the search does. Nodes kept for outliers resnest50 does not have
+(``stem.1``, layer3, layer4, the residual stream) are left out: they would time another model's search.
 The equalized FP32 files of the digits model and of resnest50 are checked against their sources
 (logits within 1e-5 relative). Each goal line of the issue is judged yes / no / pending at the end.
 
@@ -85,8 +85,6 @@ QUICK_FIXTURES = ("stem-64x", "residual1-32x")  # a pair, and a residual stream 
 SMALL_SET = 64  # the held-out count of today's calibration split: cannot resolve 0.25 points
 #: resnest50's planted sites: block-local ones, whose node names the digits model shares
 R50_SITES = ("stem.0", "layer1.conv1", "layer2.conv1")
-#: the node-name prefixes of those sites' stages (the stem is ``conv1`` in both models)
-R50_NODES = ("/conv1/", "/layer1/", "/layer2/")
 R50_SCALE = 64.0
 EQUAL_FP32_BAR = 1e-5
 #: "equal CPU latency" against NNCF: within 5% (the issue's own bar for "within"); a digits file
@@ -290,8 +288,35 @@ def latency(files: dict[str, Path], timing: dict[str, Any]) -> dict[str, Any]:
 
 
 def resnest50(folder: Path, keep_layers: list[str], timing: dict[str, Any]) -> dict[str, Any]:
-    """Plain, equalized and searched-like CPU INT8 of random-weight resnest50 with planted outliers;
-    the equalized FP32 files of it and of its clean source, checked against their sources."""
+    """Plain, equalized and searched-like CPU INT8 of random-weight resnest50 with planted outliers
+    (``resnest50_files``), timed."""
+    row, files = resnest50_files(folder, keep_layers)
+    r50_timing = {"batches": (1,), "iterations": timing["r50_iterations"], "rounds": timing["r50_rounds"]}
+    row["latency"] = latency(files, timing | r50_timing)
+    return row
+
+
+def r50_keeps(specs: list[Any], fixtures: dict[str, Any]) -> list[str]:
+    """What the digits searches (CPU, equalization off) kept at resnest50's planted sites: of the
+    nodes kept on fixtures planted at one of them, those that make or read a planted site's channels
+    (``DIGITS_SITES``: its producer and readers; the names hold in resnest50). A node kept for a site
+    resnest50 does not have (the stem's ``conv1.6``, read after ``stem.1``) is not kept."""
+    sites = [DIGITS_SITES[name] for name in R50_SITES]
+    near = {n for t in sites for n in (t.producer, *t.also, *t.consumers)}
+    return sorted(
+        {
+            n
+            for s in specs
+            if set(s.sites) & set(R50_SITES)
+            for n in fixtures[s.name]["cpu"]["searched"].get("kept_fp32_layers") or []
+            if n in near
+        }
+    )
+
+
+def resnest50_files(folder: Path, keep_layers: list[str]) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Plain, equalized and searched-like CPU INT8 files of random-weight resnest50 with planted
+    outliers; the equalized FP32 files of it and of its clean source, checked against their sources."""
     import onnx
 
     from resnest_deploy import metadata
@@ -336,9 +361,7 @@ def resnest50(folder: Path, keep_layers: list[str], timing: dict[str, Any]) -> d
     onnx.save(searched, files["searched"])
     row["searched_keeps"] = kept
     row["fp32_layers"] = {k: list(fp32_layers(onnx.load(p))) for k, p in files.items()}
-    r50_timing = {"batches": (1,), "iterations": timing["r50_iterations"], "rounds": timing["r50_rounds"]}
-    row["latency"] = latency(files, timing | r50_timing)
-    return row
+    return row, files
 
 
 def digits_equalized(digits: Path, folder: Path) -> float:
@@ -707,16 +730,7 @@ def main() -> None:
             fixtures[spec.name] = fixture(spec.name, src, folder, sets, targets, timing) | {
                 "planted": str(where)
             }
-        # what the digits searches kept for outliers at resnest50's planted sites (and only there)
-        kept = sorted(
-            {
-                n
-                for s in specs
-                if set(s.sites) & set(R50_SITES)
-                for n in fixtures[s.name]["cpu"]["searched"].get("kept_fp32_layers") or []
-                if n.startswith(R50_NODES)
-            }
-        )
+        kept = r50_keeps(specs, fixtures)
         print("resnest50", flush=True)
         r50 = resnest50(folder, kept, timing)
         print("64 held-out images", flush=True)
