@@ -186,11 +186,11 @@ def equalize(model: Any) -> tuple[Any, EqualizeReport]:
         if moved < CONVERGED:
             break
     for p, b in zip(pairs, before, strict=True):
-        after = _imbalance(*p.ranges(g))
+        r1, r2 = p.ranges(g)
         seconds = tuple(n.name for n in p.seconds)
         made = tuple(n.name for n in p.producers) if isinstance(p, Stream) else ()
         report.equalized.append(
-            EqualizedPair(p.first.name, seconds, p.kind, len(p.ranges(g)[0]), b, after, made)
+            EqualizedPair(p.first.name, seconds, p.kind, len(r1), b, _imbalance(r1, r2), made)
         )
     g.store()
     return model, report

@@ -72,10 +72,9 @@ def fold_batch_norms(model: Any) -> int:
     """Fold every ``Conv -> BatchNormalization`` (inference form) whose convolution feeds nothing else
     into the convolution, in place; return how many were folded."""
     g = Graph(model)
-    producer = {out: n for n in model.graph.node for out in n.output}
     folded: list[Any] = []
     for bn in list(model.graph.node):
-        conv = producer.get(bn.input[0]) if bn.op_type == "BatchNormalization" else None
+        conv = g.producer.get(bn.input[0]) if bn.op_type == "BatchNormalization" else None
         if conv is None or conv.op_type != "Conv" or len(bn.output) != 1:
             continue
         if id(g.only_consumer(conv.output[0])) != id(bn) or not g.own_weights(conv):
@@ -158,14 +157,25 @@ def _names(readers: list[Any], tensor: str, g: Graph) -> str:
     return ", ".join(names)
 
 
-def _reach(g: Graph, tensor: str, skip: Any = None) -> list[Any] | str:
+def block_sum(g: Graph, node: Any) -> bool:
+    """``node`` is a two-input ``Add`` read by one ``Relu`` only: a residual block's end."""
+    if node is None or node.op_type != "Add" or len(node.input) != 2:
+        return False
+    relu = g.only_consumer(node.output[0])
+    return relu is not None and relu.op_type == "Relu"
+
+
+def reach(g: Graph, tensor: str, skip: Any = None, sums: list[Any] | None = None) -> list[Any] | str:
     """The convolutions reading ``tensor`` directly or through per-channel pools, or why not only they
-    (the node ``skip`` reading ``tensor`` itself is left out)."""
+    (the node ``skip`` reading ``tensor`` itself is left out). Given ``sums`` (``tensor`` a residual
+    block's output), the block sums reading ``tensor`` itself as their identity shortcut go there,
+    and being read by nothing but them is no reason."""
+    what, others = ("its activation", "pools") if sums is None else ("a block output", "sums")
     convs, todo = [], [tensor]
     while todo:
         t = todo.pop()
         if t in g.outputs:
-            return "its activation is a graph output"
+            return f"{what} is a graph output"
         for r in g.consumers.get(t, []):
             if r is skip and t == tensor:
                 continue
@@ -173,9 +183,11 @@ def _reach(g: Graph, tensor: str, skip: Any = None) -> list[Any] | str:
                 convs.append(r)
             elif r.op_type in PASS_THROUGH and r.input[0] == t:
                 todo.append(r.output[0])
+            elif sums is not None and t == tensor and block_sum(g, r) and list(r.input).count(t) == 1:
+                sums.append(r)
             else:
-                return f"its activation goes to {r.op_type} {r.name}, not only to convolutions and pools"
-    return convs or "its activation is read by nothing"
+                return f"{what} goes to {r.op_type} {r.name}, not only to convolutions and {others}"
+    return convs if convs or sums is not None else f"{what} is read by nothing"
 
 
 def _radix_sum(g: Graph, split: Any) -> tuple[str, int] | None:
@@ -217,7 +229,7 @@ def _split_attention(g: Graph, act: str) -> tuple[list[Any], int] | str | None:
     weighted = _radix_sum(g, after) if after is not None and after.op_type == "Split" else None
     if pooled is None or weighted is None or pooled[1] != weighted[1] or list(mul[0].input).count(act) != 1:
         return "it feeds a Split and a Mul that are not a split attention's radix sums"
-    readers_pooled, readers_weighted = _reach(g, pooled[0]), _reach(g, weighted[0])
+    readers_pooled, readers_weighted = reach(g, pooled[0]), reach(g, weighted[0])
     for found in (readers_pooled, readers_weighted):
         if isinstance(found, str):
             return f"in its split attention, {found.removeprefix('its ')}"
@@ -229,7 +241,7 @@ def _gate(g: Graph, act: str, mul: Any) -> tuple[list[Any], int] | str:
     """Radix 1: the activation goes (through pools) to ``fc1`` and to the ``Mul`` by a sigmoid gate
     computed from it; the gate is unchanged when every other reader is compensated (in a DAG it cannot
     depend on the ``Mul`` itself), so the product is scaled as the activation and ``conv3`` restores it."""
-    direct, gated = _reach(g, act, skip=mul), _reach(g, mul.output[0])
+    direct, gated = reach(g, act, skip=mul), reach(g, mul.output[0])
     for found in (direct, gated):
         if isinstance(found, str):
             return f"in its attention gate, {found.removeprefix('its ')}"
@@ -252,7 +264,7 @@ def group_of(g: Graph, conv: Any) -> Group | str | None:
     attention = _split_attention(g, act)
     if isinstance(attention, str):
         return attention
-    seconds, radix = attention if attention is not None else (_reach(g, act), 1)
+    seconds, radix = attention if attention is not None else (reach(g, act), 1)
     if isinstance(seconds, str):
         return seconds
     shared = [s.name for s in seconds if not g.own_weights(s)]

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from resnest_deploy.precision.equalize_graph import PASS_THROUGH, Graph, Group, conv_groups
+from resnest_deploy.precision.equalize_graph import Graph, Group, block_sum, conv_groups, reach
 
 
 @dataclass
@@ -49,38 +49,10 @@ class Stream(Group):
         self.scale_readers(g, s)
 
 
-def _block_sum(g: Graph, node: Any) -> bool:
-    """``node`` is a two-input ``Add`` read by one ``Relu`` only: a block's end."""
-    if node is None or node.op_type != "Add" or len(node.input) != 2:
-        return False
-    relu = g.only_consumer(node.output[0])
-    return relu is not None and relu.op_type == "Relu"
-
-
-def _readers(g: Graph, tensor: str) -> tuple[list[Any], list[Any]] | str:
-    """The convolutions reading a block output (directly or through per-channel pools) and the block
-    sums reading it as their identity shortcut, or why not only they."""
-    convs, sums, todo = [], [], [tensor]
-    while todo:
-        t = todo.pop()
-        if t in g.outputs:
-            return f"{t} is a graph output"
-        for r in g.consumers.get(t, []):
-            if r.op_type == "Conv" and r.input[0] == t and t not in r.input[1:]:
-                convs.append(r)
-            elif r.op_type in PASS_THROUGH and r.input[0] == t:
-                todo.append(r.output[0])
-            elif t == tensor and _block_sum(g, r) and list(r.input).count(t) == 1:
-                sums.append(r)
-            else:
-                return f"a block output goes to {r.op_type} {r.name}, not only to convolutions and sums"
-    return convs, sums
-
-
 def stream_of(g: Graph, add: Any) -> Stream | str | None:
     """The residual stream the block sum ``add`` is part of, or why it cannot be scaled (``None``:
     ``add`` is no block's sum)."""
-    if not _block_sum(g, add):
+    if not block_sum(g, add):
         return None
     sums: list[Any] = []
     producers: list[Any] = []
@@ -97,15 +69,16 @@ def stream_of(g: Graph, add: Any) -> Stream | str | None:
                 if not g.own_weights(node):
                     return f"{node.name}'s weights are not initializers of its own"
                 producers.append(node)
-            elif node is not None and node.op_type == "Relu" and _block_sum(g, g.producer.get(node.input[0])):
+            elif node is not None and node.op_type == "Relu" and block_sum(g, g.producer.get(node.input[0])):
                 todo.append(g.producer[node.input[0]])  # the identity shortcut: the stream before
             else:
                 return f"{a.name} adds {t}, neither a convolution of its own nor the stream before it"
-        found = _readers(g, g.consumers[a.output[0]][0].output[0])
+        shortcuts: list[Any] = []  # the next blocks' sums, reading this output as their identity
+        found = reach(g, g.consumers[a.output[0]][0].output[0], sums=shortcuts)
         if isinstance(found, str):
             return found
-        readers += [c for c in found[0] if not any(c is r for r in readers)]
-        todo += found[1]
+        readers += [c for c in found if not any(c is r for r in readers)]
+        todo += shortcuts
     shared = [r.name for r in readers if not g.own_weights(r)]
     if shared:
         return f"{shared[0]}'s weights are not initializers of its own"
