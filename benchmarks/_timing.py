@@ -60,22 +60,23 @@ def interleaved_p50(
 
 #: run in a process of its own: every file open on one backend, called in turn (A B C A B C ...)
 _PAIRED = """
-import json, sys, time
+import contextlib, json, sys, time
 import numpy as np
 from resnest_deploy.loaders import open_runner
 from resnest_deploy.runners.options import RunnerOptions
 backend, batch, calls, warmup, size, *files = sys.argv[1:]
 x = np.random.default_rng(0).standard_normal((int(batch), 3, int(size), int(size))).astype(np.float32)
-runners = [open_runner(f, RunnerOptions(backend=backend)).__enter__() for f in files]
-for _ in range(int(warmup)):
-    for r in runners:
-        r.infer(x)
-times = [[] for _ in runners]
-for _ in range(int(calls)):
-    for r, seen in zip(runners, times):
-        start = time.perf_counter()
-        r.infer(x)
-        seen.append((time.perf_counter() - start) * 1e3)
+with contextlib.ExitStack() as opened:
+    runners = [opened.enter_context(open_runner(f, RunnerOptions(backend=backend))) for f in files]
+    for _ in range(int(warmup)):
+        for r in runners:
+            r.infer(x)
+    times = [[] for _ in runners]
+    for _ in range(int(calls)):
+        for r, seen in zip(runners, times):
+            start = time.perf_counter()
+            r.infer(x)
+            seen.append((time.perf_counter() - start) * 1e3)
 print(json.dumps(times))
 """
 
@@ -106,3 +107,13 @@ def paired_ratio(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, float
         "ratio": round(float(np.median(ratios)), 3),
         "ci95": [round(float(v), 3) for v in np.percentile(boot, [2.5, 97.5])],
     }
+
+
+def machine_line(m: dict) -> str:
+    """How a results table names the machine (``metadata.machine()``): CPU, cores, flags, date."""
+    return f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}, {m['date'][:10]}"
+
+
+def ratio_text(r: dict) -> str:
+    """A ``paired_ratio`` as a table cell: the median ratio and its interval."""
+    return f"{r['ratio']} [{r['ci95'][0]}, {r['ci95'][1]}]"

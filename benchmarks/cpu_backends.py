@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _timing import save
+from _timing import machine_line, save
 
 from resnest_deploy.compare import UNCHECKED
 from resnest_deploy.export import export_onnx
@@ -119,8 +119,7 @@ def main() -> None:
     lines = [
         f"# {args.arch} on the CPU: runtimes and precisions, each in its own process",
         "",
-        f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}, {m['date'][:10]}; "
-        f"{args.iterations} iterations, p50.",
+        f"{machine_line(m)}; {args.iterations} iterations, p50.",
         "",
         "| configuration | batch 1 ms | vs eager | batch 8 ms | vs eager |",
         "|---|---|---|---|---|",

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _timing import save
+from _timing import machine_line, save
 
 from resnest_deploy.compare import UNCHECKED
 from resnest_deploy.metadata import machine
@@ -223,7 +223,7 @@ def main() -> None:
     lines = [
         "# Time to first inference: resnest50 INT8 (CPU target), cold and warm runtime cache",
         "",
-        f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}, {m['date'][:10]}; "
+        f"{machine_line(m)}; "
         f"median of {args.rounds} rounds (serve: {args.serve_rounds}); each figure a fresh process.",
         "",
         "| command | cold ms | warm ms | warm sooner by |",

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _timing import interleaved_p50, save
+from _timing import interleaved_p50, machine_line, save
 
 from resnest_deploy.compare import UNCHECKED
 from resnest_deploy.data import Transform, digits, digits_batch
@@ -125,7 +125,7 @@ def main() -> None:
     lines = [
         "# CPU-target INT8 choices on one machine: resnest50 speed (ONNX Runtime), digits accuracy",
         "",
-        f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}, {m['date'][:10]}. "
+        f"{machine_line(m)}. "
         f"p50 ms: the median (and the fastest) of {args.rounds} `bench` processes per file taking turns; "
         "rounds of one file spread by up to 20% on this shared 2-core VM. "
         f"resnest50 FP32: {fp32['b1']:.1f} ms at batch 1, {fp32['b8']:.1f} ms at batch 8.",

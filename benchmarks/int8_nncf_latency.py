@@ -21,6 +21,7 @@ its own CPU flags. Results: results/int8_nncf_latency.{json,md}.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import tempfile
 import time
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 from _nncf_anchor import anchor
-from _timing import paired_ratio, paired_times, save
+from _timing import machine_line, paired_ratio, paired_times, save
 from int8_search import BUDGET, digits_sets, ours
 
 from resnest_deploy.metadata import machine
@@ -58,8 +59,6 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     chosen = args.fixtures.split(",") if args.fixtures else [s.name for s in SPECS]
     specs = [s for s in SPECS if s.name in chosen]
-    import importlib.util
-
     backends = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
     started, load = time.perf_counter(), [round(os.getloadavg()[0], 1)]
     rows: dict[str, Any] = {}
@@ -100,11 +99,9 @@ def main() -> None:
     lines = [
         "# Our searched, equalized INT8 file against NNCF's: CPU latency paired in one process",
         "",
-        f"{m.get('cpu', 'CPU')}, flags {' '.join(m.get('cpu_flags', []))}, {time.strftime('%Y-%m-%d')}. "
-        f"Batches {args.batches}; per fixture, backend and batch one process alternates the two files "
-        "call by call, "
-        f"{args.calls} calls each after {WARMUP} warm-up pairs; 1-minute load average {load[0]} at the "
-        f"start, {load[1]} at the end (2 cores).",
+        f"{machine_line(m)}. Batches {args.batches}; per fixture, backend and batch one process "
+        f"alternates the two files call by call, {args.calls} calls each after {WARMUP} warm-up pairs; "
+        f"1-minute load average {load[0]} at the start, {load[1]} at the end.",
         "",
         "| fixture | backend, batch | ours p50 ms | NNCF p50 ms | ours / NNCF (median of pairs) | 95% CI |",
         "|---|---|---|---|---|---|",

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _timing import paired_ratio, paired_times, save
+from _timing import machine_line, paired_ratio, paired_times, ratio_text, save
 from int8_search import r50_keeps, resnest50_files
 
 from resnest_deploy.metadata import machine
@@ -73,11 +73,10 @@ def main() -> None:
     lines = [
         "# resnest50 CPU INT8: equalized and searched files against plain, paired in one process",
         "",
-        f"{m.get('cpu', 'CPU')}, flags {' '.join(m.get('cpu_flags', []))}, {time.strftime('%Y-%m-%d')}. "
-        f"Batch 1, 224x224; per backend one process calls the three files in turn, {args.calls} calls "
-        f"each after {WARMUP} warm-up rounds; 1-minute load average {load[0]} at the start, {load[1]} at "
-        f"the end (2 cores). Planted: {row['planted']}. Searched keeps {', '.join(kept) or 'nothing'} in "
-        f"FP32 (from {args.source.name}).",
+        f"{machine_line(m)}. Batch 1, 224x224; per backend one process calls the three files in turn, "
+        f"{args.calls} calls each after {WARMUP} warm-up rounds; 1-minute load average {load[0]} at the "
+        f"start, {load[1]} at the end. Planted: {row['planted']}. Searched keeps "
+        f"{', '.join(kept) or 'nothing'} in FP32 (from {args.source.name}).",
         "",
         "| backend | plain ms | equalized ms | searched ms | equalized / plain (95% CI) "
         "| searched / plain (95% CI) |",
@@ -85,7 +84,7 @@ def main() -> None:
     ]
     for b, v in out.items():
         p = v["p50_ms"]
-        cells = [f"{v[k]['ratio']} [{v[k]['ci95'][0]}, {v[k]['ci95'][1]}]" for k in BARS]
+        cells = [ratio_text(v[k]) for k in BARS]
         lines.append(f"| {b} | {p['plain']} | {p['equalized']} | {p['searched']} | {' | '.join(cells)} |")
     lines += [
         "",

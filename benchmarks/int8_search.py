@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 from _nncf_anchor import MAX_DROP as NNCF_MAX_DROP
 from _nncf_anchor import anchor
-from _timing import interleaved_p50, save
+from _timing import interleaved_p50, machine_line, save
 from PIL import Image
 
 from resnest_deploy import data
@@ -571,7 +571,7 @@ def table(
         + (" (--quick)" if quick else "")
         + f" ({results['fixtures_run']} fixtures)",
         "",
-        f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}, {m['date'][:10]}.",
+        f"{machine_line(m)}.",
     ]
     load = results.get("load_average")
     if load is not None:
@@ -643,7 +643,7 @@ def table(
         "",
         f"resnest50 (random weights, 224x224) with planted outliers ({r50['planted']}); searched keeps "
         f"{', '.join(r50['searched_keeps']) or 'nothing'} in FP32; CPU INT8 p50 ms at batch 1, median of "
-        f"{timing.get('r50_rounds', timing['rounds'])} `bench` processes per file taking turns:",
+        f"{timing['r50_rounds']} `bench` processes per file taking turns:",
         "",
         "| backend | plain | equalized | searched | equalized / plain | searched / plain |",
         "|---|---|---|---|---|---|",

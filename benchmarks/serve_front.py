@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _timing import save
+from _timing import machine_line, save
 from serve_throughput import request_body, wrk
 
 from resnest_deploy.metadata import machine
@@ -298,7 +298,7 @@ def table(results: dict, s: dict, m: dict, args: argparse.Namespace) -> list[str
     lines = [
         f"# serve's HTTP front: {args.new_name} vs {args.old_name}",
         "",
-        f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}, {m['date'][:10]}. Digits model "
+        f"{machine_line(m)}. Digits model "
         f"(FP32, max batch {MAX_BATCH}), wrk on the same cores, {args.seconds} s per cell, mean of "
         f"{args.rounds} alternating rounds, one-image binary-tensor requests. The machine's "
         "1-minute load average during the run"

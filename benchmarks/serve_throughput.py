@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _timing import save
+from _timing import machine_line, save
 
 from resnest_deploy.compare import UNCHECKED
 from resnest_deploy.export import export_onnx
@@ -232,7 +232,7 @@ def table(results: dict, m: dict, seconds: int) -> list[str]:
         f"# Served through `serve` (front + Triton, dynamic batching, max batch {MAX_BATCH}) "
         "vs offline `bench`",
         "",
-        f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}, {m['date'][:10]}. "
+        f"{machine_line(m)}. "
         f"wrk on the same cores, {seconds} s per cell, one image per request (binary tensors). "
         "Cells: img/s (p50/p99 ms, wrk's CPU share).",
         "",

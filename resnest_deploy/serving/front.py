@@ -190,8 +190,7 @@ class Front:
                 built = self._decoder.now(m.payload, m.headers.get(b"inference-header-content-length"), limit)
                 if built is None:
                     return None
-            length = built.header_length
-            extra = _JSON if length is None else _BINARY % length
+            extra = _JSON if built.header_length is None else _BINARY % built.header_length
             return "POST", path, [built.header, built.binary], extra
         if method in ("GET", "HEAD") and GET.match(path):
             if path == READY and not self.ready:
